@@ -1,0 +1,183 @@
+"""The typed, validated run configuration.
+
+Every run setting lives in pyproject's ``[tool.flwr.app.config]`` (Flower's
+convention, overridable with ``flwr run . --run-config "key=value"``). Both apps
+parse ``context.run_config`` once, at start, into a frozen :class:`RunConfig`.
+An unknown key or a bad value raises :class:`~fedshrink.errors.ConfigError`
+whose one-line message names the setting and its allowed values.
+
+Setting names on the Flower side are kebab-case (``num-server-rounds``); the
+dataclass fields are the same names in snake_case.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedshrink.data import SOURCES, PartitionScheme, SplitSpec
+from fedshrink.data import PARTITIONERS as _PARTITIONERS
+from fedshrink.errors import ConfigError
+from fedshrink.models import MODELS as _MODELS
+from fedshrink.models import NORMS
+from fedshrink.training import TrainSettings
+
+Check = Callable[[Any], bool]
+
+
+def _setting(default: Any, check: Check, allowed: str) -> Any:
+    """A dataclass field carrying its validator and a description of what is allowed."""
+    return field(default=default, metadata={"check": check, "allowed": allowed})
+
+
+def _choices(*names: str) -> tuple[Check, str]:
+    return (lambda v: v in names), "one of " + ", ".join(repr(n) for n in names)
+
+
+def _positive_int() -> tuple[Check, str]:
+    return (lambda v: v >= 1), "an integer >= 1"
+
+
+def _fraction(lo_open: bool, hi_closed: bool) -> tuple[Check, str]:
+    def check(v: float) -> bool:
+        lo_ok = v > 0.0 if lo_open else v >= 0.0
+        hi_ok = v <= 1.0 if hi_closed else v < 1.0
+        return lo_ok and hi_ok
+
+    lo = "(0" if lo_open else "[0"
+    hi = "1]" if hi_closed else "1)"
+    return check, f"a number in {lo}, {hi}"
+
+
+DATASETS = tuple(SOURCES)
+PARTITIONERS = tuple(_PARTITIONERS)
+MODELS = tuple(_MODELS)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """All settings of one run; defaults equal pyproject's ``[tool.flwr.app.config]``."""
+
+    # --- federation ---------------------------------------------------------
+    num_server_rounds: int = _setting(40, *_positive_int())
+    fraction_train: float = _setting(1.0, *_fraction(lo_open=True, hi_closed=True))
+    min_train_clients: int = _setting(2, *_positive_int())
+    round_timeout: float = _setting(600.0, lambda v: v > 0, "a number of seconds > 0")
+    seed: int = _setting(42, lambda v: v >= 0, "an integer >= 0")
+    # --- data -----------------------------------------------------------------
+    dataset: str = _setting("digits", *_choices(*DATASETS))
+    data_dir: str = _setting("", lambda v: True, "a path to a dataset saved with save_to_disk, or ''")
+    partitioner: str = _setting("dirichlet", *_choices(*PARTITIONERS))
+    dirichlet_alpha: float = _setting(0.5, lambda v: v > 0, "a number > 0")
+    classes_per_client: int = _setting(2, *_positive_int())
+    test_fraction: float = _setting(0.2, *_fraction(lo_open=True, hi_closed=False))
+    proxy_fraction: float = _setting(0.1, *_fraction(lo_open=False, hi_closed=False))
+    # --- model ----------------------------------------------------------------
+    model: str = _setting("cnn", *_choices(*MODELS))
+    model_width: float = _setting(1.0, lambda v: 0 < v <= 4, "a number in (0, 4]")
+    model_norm: str = _setting("layer", *_choices(*NORMS))
+    # --- local training -------------------------------------------------------
+    local_epochs: int = _setting(2, *_positive_int())
+    batch_size: int = _setting(16, *_positive_int())
+    learning_rate: float = _setting(0.05, lambda v: v > 0, "a number > 0")
+    momentum: float = _setting(0.9, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    weight_decay: float = _setting(0.0, lambda v: v >= 0, "a number >= 0")
+    # --- outputs --------------------------------------------------------------
+    output_dir: str = _setting("runs", lambda v: v != "", "a non-empty directory path")
+    run_name: str = _setting(
+        "",
+        lambda v: v == "" or (all(c.isalnum() or c in "-_." for c in v) and not v.startswith(".")),
+        "'' (a timestamped name) or letters, digits, '-', '_', '.'",
+    )
+    quiet: bool = _setting(False, lambda v: True, "true or false")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            key = to_key(f.name)
+            expected = _FIELD_TYPES[f.name]
+            if expected is float and isinstance(value, int) and not isinstance(value, bool):
+                object.__setattr__(self, f.name, float(value))
+                value = float(value)
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ConfigError(key, value, f"{_TYPE_WORDS[expected]}: {f.metadata['allowed']}")
+            if not f.metadata["check"](value):
+                raise ConfigError(key, value, f.metadata["allowed"])
+
+    # -- conversions -----------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any]) -> RunConfig:
+        """Build from Flower-style kebab-case keys; unknown keys are refused."""
+        known = {to_key(f.name): f.name for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in mapping.items():
+            if key not in known:
+                raise ConfigError(key, value, "a known setting: " + ", ".join(sorted(known)))
+            kwargs[known[key]] = value
+        return cls(**kwargs)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Flower-style kebab-case keys, JSON-serialisable values."""
+        return {to_key(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_mapping(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        return cls.from_mapping(json.loads(text))
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    # -- views for the layers below ----------------------------------------------
+    def split_spec(self) -> SplitSpec:
+        return SplitSpec(self.dataset, self.data_dir, self.test_fraction, self.proxy_fraction, self.seed)
+
+    def partition_scheme(self) -> PartitionScheme:
+        return PartitionScheme(self.partitioner, self.dirichlet_alpha, self.classes_per_client)
+
+    def train_settings(self) -> TrainSettings:
+        return TrainSettings(
+            epochs=self.local_epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+        )
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "a boolean"}
+
+
+def to_key(field_name: str) -> str:
+    return field_name.replace("_", "-")
+
+
+_FIELD_TYPES: dict[str, type] = {
+    f.name: {"int": int, "float": float, "str": str, "bool": bool}[str(f.type)]
+    for f in dataclasses.fields(RunConfig)
+}
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Parse ``"key=value key2=value2"`` as Flower's ``--run-config`` does (TOML values).
+
+    Bare words that are not TOML literals are taken as strings, so
+    ``model=mlp`` and ``model="mlp"`` both work.
+    """
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in text.split():
+        if "=" not in item:
+            raise ConfigError(item, item, "key=value pairs separated by spaces")
+        key, raw = item.split("=", 1)
+        try:
+            out[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = raw
+    return out

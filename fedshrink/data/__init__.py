@@ -1,0 +1,21 @@
+"""Data sets by name, seeded splits (test / proxy / clients) and partitioners."""
+
+from fedshrink.data.federated import SplitSpec, Splits, client_data, client_partitions, make_splits
+from fedshrink.data.partition import PARTITIONERS, PartitionScheme, partition_indices
+from fedshrink.data.sources import HUB_DATASETS, SOURCES, LabelledArrays, SourceData, load_source
+
+__all__ = [
+    "HUB_DATASETS",
+    "PARTITIONERS",
+    "SOURCES",
+    "LabelledArrays",
+    "PartitionScheme",
+    "SourceData",
+    "SplitSpec",
+    "Splits",
+    "client_data",
+    "client_partitions",
+    "load_source",
+    "make_splits",
+    "partition_indices",
+]

@@ -1,0 +1,130 @@
+"""Partitioning client training data across N clients.
+
+The partitioners are flwr-datasets' own (``IidPartitioner``,
+``DirichletPartitioner``, ``PathologicalPartitioner``), run on a local
+``datasets.Dataset`` holding each sample's label and index, so no hub access
+is needed. :func:`partition_indices` returns, for every client, the sorted
+indices of its samples; together they are disjoint and cover every sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedshrink.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class PartitionScheme:
+    """How to split: ``name`` in :data:`PARTITIONERS` plus that scheme's knobs."""
+
+    name: str = "dirichlet"
+    alpha: float = 0.5  # dirichlet concentration; smaller = more skewed
+    classes_per_client: int = 2  # pathological: label classes each client holds
+
+    def __post_init__(self) -> None:
+        if self.name not in PARTITIONERS:
+            raise ConfigError("partitioner", self.name, "one of " + ", ".join(map(repr, PARTITIONERS)))
+        if not self.alpha > 0:
+            raise ConfigError("dirichlet-alpha", self.alpha, "a number > 0")
+        if self.classes_per_client < 1:
+            raise ConfigError("classes-per-client", self.classes_per_client, "an integer >= 1")
+
+
+PartitionerFactory = Callable[[PartitionScheme, int, int, int, int], object]
+PARTITIONERS: dict[str, PartitionerFactory] = {}
+
+
+def _register(name: str) -> Callable[[PartitionerFactory], PartitionerFactory]:
+    def deco(fn: PartitionerFactory) -> PartitionerFactory:
+        PARTITIONERS[name] = fn
+        return fn
+
+    return deco
+
+
+@_register("iid")
+def _iid(scheme: PartitionScheme, n: int, num_partitions: int, num_classes: int, seed: int) -> object:
+    from flwr_datasets.partitioner import IidPartitioner
+
+    return IidPartitioner(num_partitions=num_partitions)
+
+
+@_register("dirichlet")
+def _dirichlet(scheme: PartitionScheme, n: int, num_partitions: int, num_classes: int, seed: int) -> object:
+    from flwr_datasets.partitioner import DirichletPartitioner
+
+    # flwr-datasets resamples until every client holds min_partition_size samples;
+    # keep that floor reachable for small pools (at most half the mean share).
+    min_size = max(1, min(10, n // (2 * num_partitions)))
+    return DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=scheme.alpha,
+        min_partition_size=min_size,
+        self_balancing=False,
+        shuffle=True,
+        seed=seed,
+    )
+
+
+@_register("pathological")
+def _pathological(scheme: PartitionScheme, n: int, num_partitions: int, num_classes: int, seed: int) -> object:
+    from flwr_datasets.partitioner import PathologicalPartitioner
+
+    if scheme.classes_per_client > num_classes:
+        raise ConfigError("classes-per-client", scheme.classes_per_client, f"an integer in [1, {num_classes}]")
+    return PathologicalPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        num_classes_per_partition=scheme.classes_per_client,
+        class_assignment_mode="first-deterministic",
+        shuffle=True,
+        seed=seed,
+    )
+
+
+def partition_indices(
+    labels: np.ndarray, num_partitions: int, scheme: PartitionScheme, seed: int
+) -> list[np.ndarray]:
+    """Split sample indices ``0..len(labels)-1`` into ``num_partitions`` disjoint sets.
+
+    Deterministic for a seed. Raises :class:`ConfigError` for more clients than
+    samples and :class:`DataError` when the scheme leaves a client empty or a
+    sample unassigned.
+    """
+    from datasets import Dataset
+
+    n = len(labels)
+    if num_partitions < 1 or num_partitions > n:
+        raise ConfigError("num-clients", num_partitions, f"an integer in [1, {n}] (training samples)")
+    num_classes = int(labels.max()) + 1 if n else 0
+    partitioner = PARTITIONERS[scheme.name](scheme, n, num_partitions, num_classes, seed)
+    ds = Dataset.from_dict({"label": labels.astype(np.int64), "idx": np.arange(n, dtype=np.int64)})
+    partitioner.dataset = ds  # type: ignore[attr-defined]
+    parts: list[np.ndarray] = []
+    try:
+        for pid in range(num_partitions):
+            part = partitioner.load_partition(pid)  # type: ignore[attr-defined]
+            parts.append(np.sort(np.asarray(part.with_format("numpy")["idx"][:], dtype=np.int64)))
+    except ValueError as exc:  # flwr-datasets' own refusals (e.g. unreachable min size)
+        raise DataError(f"partitioner {scheme.name!r} failed for {num_partitions} clients: {exc}") from exc
+    sizes = [len(p) for p in parts]
+    if min(sizes) == 0:
+        raise DataError(
+            f"partitioner {scheme.name!r} left client {sizes.index(0)} without samples; "
+            "use fewer clients or a larger dirichlet-alpha / classes-per-client"
+        )
+    covered = np.concatenate(parts)
+    if len(covered) != n:
+        missing = n - len(np.unique(covered))
+        raise ConfigError(
+            "classes-per-client",
+            scheme.classes_per_client,
+            f"a value that gives every class a client ({missing} samples unassigned "
+            f"with {num_partitions} clients)",
+        )
+    return parts

@@ -1,0 +1,236 @@
+"""Run the app on Flower's own simulation engine (``flwr run``) and clean up after it.
+
+``flwr run`` on a local connection starts a detached SuperLink that outlives
+the command, exits 0 even when the ServerApp crashed, and, unless told not to,
+installs the app's dependencies at run time. :class:`LocalSimulation` fixes
+all three: it starts that SuperLink itself (same command, chosen ports, its
+own ``FLWR_HOME``) so it knows the PID, runs ``flwr run --stream``, reads the
+run's real status with ``flwr ls --run-id ID --format json``, and stops every
+process it started, by PID, when the ``with`` block ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedshrink.errors import FedShrinkError
+
+FLOWER_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+}
+
+
+class FlowerRunError(FedShrinkError):
+    """``flwr run`` did not finish with status ``finished:completed``."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
+    """Environment for every Flower process fedshrink starts: no runtime installs, no telemetry."""
+    env = dict(os.environ)
+    env.update(FLOWER_ENV)
+    env["FLWR_HOME"] = str(flwr_home)
+    bin_dir = str(Path(sys.executable).parent)  # the CLIs find flower-superexec via PATH
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env.update(extra)
+    return env
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a TOML basic string
+
+
+def run_config_arg(overrides: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={toml_value(v)}" for k, v in overrides.items())
+
+
+@dataclass(frozen=True)
+class FlowerRun:
+    run_id: int
+    status: str  # e.g. "finished:completed", "finished:failed"
+    details: dict[str, Any]  # the run's entry in `flwr ls --format json`
+    output: str  # what `flwr run --stream` printed
+
+
+class LocalSimulation:
+    """A simulation-mode SuperLink on 127.0.0.1 that this object starts and stops.
+
+    Use as a context manager; :meth:`run` submits the app with ``flwr run``.
+    """
+
+    def __init__(self, flwr_home: Path | None = None, *, startup_timeout: float = 30.0) -> None:
+        self._own_home = flwr_home is None
+        self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="fedshrink-flwr-"))
+        self.http_port = free_port()
+        self.control_port = free_port()
+        self.startup_timeout = startup_timeout
+        self.env = flower_env(
+            self.flwr_home,
+            FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.http_port),
+            FLWR_LOCAL_CONTROL_API_PORT=str(self.control_port),
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = self.flwr_home / "local-superlink" / "superlink.log"
+
+    # -- lifecycle -------------------------------------------------------------------
+    def __enter__(self) -> LocalSimulation:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            str(Path(sys.executable).parent / "flower-superlink"),
+            "--insecure", "--simulation", "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation",
+            "--control-api-address", f"127.0.0.1:{self.control_port}",
+            "--host", "127.0.0.1", "--port", str(self.http_port),
+            "--log-file", str(self.log_path),
+            "--database", str(self.log_path.parent / "state.db"),
+        ]
+        self.process = subprocess.Popen(
+            cmd, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while not self._healthy():
+            if self.process.poll() is not None:
+                raise FlowerRunError(f"flower-superlink exited with code {self.process.returncode}; "
+                                     f"see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise FlowerRunError(f"flower-superlink not healthy after {self.startup_timeout:.0f}s")
+            time.sleep(0.2)
+
+    def _healthy(self) -> bool:
+        import httpx
+
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.http_port}/health", timeout=0.5).is_success
+        except httpx.HTTPError:
+            return False
+
+    def pids(self) -> list[int]:
+        """The SuperLink and every process below it (superexec, ServerApp, Ray ...)."""
+        import psutil
+
+        if self.process is None:
+            return []
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root.pid] + [p.pid for p in root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop the SuperLink's whole process tree: SIGTERM, then SIGKILL after ``timeout``."""
+        import psutil
+
+        if self.process is None:
+            return
+        procs = []
+        for pid in self.pids():
+            try:
+                procs.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                pass
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=timeout)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        self.process.wait(timeout=5)
+        self.process = None
+        if self._own_home:
+            shutil.rmtree(self.flwr_home, ignore_errors=True)
+
+    # -- runs ------------------------------------------------------------------------
+    def run(
+        self,
+        app_dir: Path,
+        overrides: Mapping[str, Any],
+        *,
+        num_supernodes: int,
+        cpus_per_client: int = 1,
+        timeout: float = 1800.0,
+        echo: bool = True,
+    ) -> FlowerRun:
+        """``flwr run APP --stream`` on this SuperLink; the real status comes from ``flwr ls``."""
+        flwr = str(Path(sys.executable).parent / "flwr")
+        cmd = [flwr, "run", str(app_dir), "--stream"]
+        if overrides:
+            cmd += ["--run-config", run_config_arg(overrides)]
+        cmd += ["--federation-config",
+                f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"]
+        lines: list[str] = []
+        proc = subprocess.Popen(cmd, env=self.env, cwd=app_dir, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        for line in proc.stdout:
+            lines.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            if time.monotonic() > deadline:
+                proc.kill()
+                break
+        proc.wait()
+        output = "".join(lines)
+        match = re.search(r"Successfully started run (\d+)", output)
+        if match is None:
+            raise FlowerRunError(f"flwr run did not start a run (exit {proc.returncode}):\n{output[-2000:]}")
+        run_id = int(match.group(1))
+        details = self.run_details(run_id)
+        return FlowerRun(run_id=run_id, status=str(details.get("status", "unknown")), details=details,
+                         output=output)
+
+    def run_details(self, run_id: int, *, settle: float = 30.0) -> dict[str, Any]:
+        """The run's entry in ``flwr ls --run-id ID --format json``, once it has finished."""
+        flwr = str(Path(sys.executable).parent / "flwr")
+        deadline = time.monotonic() + settle
+        while True:
+            out = subprocess.run([flwr, "ls", "--run-id", str(run_id), "--format", "json"], env=self.env,
+                                 capture_output=True, text=True, timeout=60)
+            try:
+                runs = json.loads(out.stdout).get("runs", [])
+            except json.JSONDecodeError as exc:
+                raise FlowerRunError(f"flwr ls gave no JSON: {out.stdout[-500:]} {out.stderr[-500:]}") from exc
+            entry = next((r for r in runs if str(r.get("run-id")) == str(run_id)), {})
+            if str(entry.get("status", "")).startswith("finished") or time.monotonic() > deadline:
+                return dict(entry)
+            time.sleep(1.0)

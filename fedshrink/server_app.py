@@ -1,0 +1,149 @@
+"""The ServerApp: builds the global model, runs the rounds, evaluates, records.
+
+``main`` is what Flower calls; :func:`serve` does the work for any Grid (the
+simulation engine's, a SuperLink's, or the in-process one in
+:mod:`fedshrink.runner`). Each round: the Strategy configures per-node train
+messages, the Grid delivers them, the Strategy validates and aggregates the
+replies, the server evaluates the global model on its test set, and the round
+is appended to ``metrics.jsonl`` and printed as one console line.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedshrink.config import RunConfig
+from fedshrink.data import make_splits
+from fedshrink.models import ModelSpec, build_model, count_parameters
+from fedshrink.report import RunDirectory
+from fedshrink.strategy import FedShrink
+from fedshrink.training import evaluate
+
+app = ServerApp()
+log = logging.getLogger("fedshrink.server")
+
+Console = Callable[[str], None]
+
+
+def _print(line: str) -> None:
+    print(line, flush=True)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = RunConfig.from_mapping(context.run_config)
+    serve(grid, cfg)
+
+
+def train_config_for(cfg: RunConfig, spec: ModelSpec) -> ConfigRecord:
+    """The per-round settings every client trains with (taken from the run config)."""
+    return ConfigRecord(
+        {
+            "model-spec": spec.to_json(),
+            "local-epochs": cfg.local_epochs,
+            "batch-size": cfg.batch_size,
+            "learning-rate": cfg.learning_rate,
+            "momentum": cfg.momentum,
+            "weight-decay": cfg.weight_decay,
+        }
+    )
+
+
+def serve(
+    grid: Grid,
+    cfg: RunConfig,
+    *,
+    base_dir: Path | None = None,
+    console: Console = _print,
+) -> dict[str, Any]:
+    """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the summary written to disk."""
+    t_start = time.perf_counter()
+    splits = make_splits(cfg.split_spec())
+    spec = ModelSpec(cfg.model, splits.input_shape, splits.num_classes, cfg.model_width, cfg.model_norm)
+    torch.manual_seed(cfg.seed)
+    model = build_model(spec)
+    strategy = FedShrink(
+        fraction_train=cfg.fraction_train,
+        min_train_clients=cfg.min_train_clients,
+        min_available_nodes=cfg.min_train_clients,
+        seed=cfg.seed,
+        wait_timeout=cfg.round_timeout,
+    )
+    rundir = RunDirectory.create(cfg, base=base_dir)
+    say = (lambda _line: None) if cfg.quiet else console
+    say(
+        f"fedshrink: {cfg.dataset} ({len(splits.train)} client samples, {len(splits.test)} test, "
+        f"{len(splits.proxy)} proxy), {cfg.model} x{cfg.model_width} ({count_parameters(model):,} "
+        f"parameters), {cfg.num_server_rounds} rounds -> {rundir.path}"
+    )
+
+    arrays = ArrayRecord(model.state_dict())
+    train_config = train_config_for(cfg, spec)
+    history: list[dict[str, Any]] = []
+    try:
+        for rnd in range(1, cfg.num_server_rounds + 1):
+            t0 = time.perf_counter()
+            messages = list(strategy.configure_train(rnd, arrays, train_config, grid))
+            replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
+            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            if new_arrays is not None:
+                arrays = new_arrays
+            model.load_state_dict(arrays.to_torch_state_dict())
+            ev = evaluate(model, splits.test)
+            outcome = strategy.outcomes[-1]
+            record: dict[str, Any] = {
+                "round": rnd,
+                "accuracy": ev.accuracy,
+                "loss": ev.loss,
+                "seconds": time.perf_counter() - t0,
+                "clients-sent": len(messages),
+                "clients-good": len(outcome.good),
+                "clients-dropped": len(outcome.dropped),
+                "skipped": outcome.skipped,
+                "dropped": [
+                    {"node-id": d.node_id, "partition-id": d.partition_id, "reason": d.reason}
+                    for d in outcome.dropped
+                ],
+                "train": dict(train_metrics or {}),
+            }
+            rundir.append_round(record)
+            history.append(record)
+            say(
+                f"round {rnd:>3}/{cfg.num_server_rounds}  accuracy {ev.accuracy:.4f}  "
+                f"loss {ev.loss:.4f}  {record['seconds']:6.2f}s  "
+                f"clients {len(outcome.good)}/{len(messages)}" + ("  (skipped)" if outcome.skipped else "")
+            )
+    except BaseException as exc:
+        rundir.write_summary({"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                              "rounds-completed": len(history)})
+        raise
+
+    final = history[-1]
+    summary: dict[str, Any] = {
+        "status": "completed",
+        "accuracy": final["accuracy"],
+        "loss": final["loss"],
+        "best-accuracy": max(r["accuracy"] for r in history),
+        "rounds": cfg.num_server_rounds,
+        "rounds-skipped": sum(r["skipped"] for r in history),
+        "clients": len(list(grid.get_node_ids())),
+        "model": cfg.model,
+        "model-parameters": count_parameters(model),
+        "seconds": time.perf_counter() - t_start,
+        "run-dir": str(rundir.path),
+    }
+    torch.save(model.state_dict(), rundir.path / "global_model.pt")
+    rundir.write_summary(summary)
+    say(
+        f"done: accuracy {summary['accuracy']:.4f} after {summary['rounds']} rounds in "
+        f"{summary['seconds']:.1f}s; run directory {rundir.path}"
+    )
+    return summary

@@ -1,0 +1,205 @@
+"""fedshrink's Flower Strategy: per-node train messages, validated replies, weighted averaging.
+
+The maths lives in :mod:`.aggregate`; reply checks in :mod:`.replies`. This
+class wires them to Flower's message API:
+
+* :meth:`configure_train` samples nodes (deterministically for a seed) and
+  builds one message per node through :meth:`train_content`, the seam where
+  later layers put per-client payloads (fragments, compressed downlinks);
+* :meth:`aggregate_train` parses every reply against what that node was sent,
+  drops bad replies with a logged reason, skips a round that has fewer good
+  replies than ``min_train_clients``, and averages the rest by sample count.
+
+Evaluation is server-side (see :mod:`fedshrink.server_app`), so
+``configure_evaluate`` sends nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedshrink.errors import ConfigError, ReplyError
+from fedshrink.strategy.aggregate import weighted_mean, weighted_metric_mean
+from fedshrink.strategy.replies import (
+    ARRAYS_KEY,
+    CONFIG_KEY,
+    Dropped,
+    Expected,
+    GoodReply,
+    expected_from,
+    parse_reply,
+    partition_of,
+)
+
+log = logging.getLogger("fedshrink.strategy")
+
+
+@dataclass
+class RoundOutcome:
+    """What happened to one round's replies (kept for the run's records)."""
+
+    server_round: int
+    good: list[GoodReply] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    skipped: bool = False
+    aggregate_seconds: float = 0.0
+
+
+def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: record[k].numpy() for k in record.keys()}
+
+
+def numpy_to_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+class FedShrink(Strategy):
+    """Federated averaging over validated per-node replies.
+
+    Parameters
+    ----------
+    fraction_train:
+        Share of connected nodes sampled each round, in (0, 1].
+    min_train_clients:
+        Fewest nodes to sample, and fewest good replies a round needs to be
+        aggregated; a round with fewer is skipped (the model stays as it was).
+    min_available_nodes:
+        Nodes that must be connected before a round starts.
+    seed:
+        Seeds node sampling (with the round number).
+    wait_timeout:
+        Seconds to wait for ``min_available_nodes`` before failing the run.
+    """
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        min_train_clients: int = 2,
+        min_available_nodes: int = 2,
+        seed: int = 0,
+        wait_timeout: float = 600.0,
+    ) -> None:
+        if not 0.0 < fraction_train <= 1.0:
+            raise ConfigError("fraction-train", fraction_train, "a number in (0, 1]")
+        if min_train_clients < 1:
+            raise ConfigError("min-train-clients", min_train_clients, "an integer >= 1")
+        if min_available_nodes < 1:
+            raise ConfigError("min-available-nodes", min_available_nodes, "an integer >= 1")
+        self.fraction_train = fraction_train
+        self.min_train_clients = min_train_clients
+        self.min_available_nodes = max(min_available_nodes, min_train_clients)
+        self.seed = seed
+        self.wait_timeout = wait_timeout
+        self._expected: dict[int, Expected] = {}
+        self.outcomes: list[RoundOutcome] = []
+
+    # -- sampling ----------------------------------------------------------------
+    def sample_nodes(self, server_round: int, grid: Grid) -> list[int]:
+        deadline = time.monotonic() + self.wait_timeout
+        while len(nodes := sorted(grid.get_node_ids())) < self.min_available_nodes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"only {len(nodes)} nodes connected after {self.wait_timeout:.0f}s; "
+                    f"{self.min_available_nodes} needed"
+                )
+            log.info("waiting for nodes: %d of %d connected", len(nodes), self.min_available_nodes)
+            time.sleep(1.0)
+        k = max(self.min_train_clients, int(round(self.fraction_train * len(nodes))))
+        k = min(k, len(nodes))
+        rng = np.random.default_rng([self.seed, server_round])
+        # sample positions, not ids: node ids are unsigned 64-bit and must not pass through numpy
+        picked = rng.choice(len(nodes), size=k, replace=False)
+        return sorted(nodes[int(i)] for i in picked)
+
+    # -- train -------------------------------------------------------------------
+    def train_content(
+        self, node_id: int, server_round: int, arrays: ArrayRecord, config: ConfigRecord
+    ) -> RecordDict:
+        """The content sent to ``node_id``; subclasses send per-node payloads."""
+        cfg = ConfigRecord(dict(config))
+        cfg["server-round"] = server_round
+        return RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg})
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        messages = []
+        self._expected = {}
+        for node_id in self.sample_nodes(server_round, grid):
+            content = self.train_content(node_id, server_round, arrays, config)
+            sent = content.array_records[ARRAYS_KEY]
+            self._expected[node_id] = expected_from(record_to_numpy(sent))
+            messages.append(
+                Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN, group_id=str(server_round))
+            )
+        return messages
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        t0 = time.perf_counter()
+        outcome = RoundOutcome(server_round)
+        seen: set[int] = set()
+        for msg in replies:
+            node = msg.metadata.src_node_id
+            expected = self._expected.get(node)
+            try:
+                if expected is None:
+                    raise ReplyError("reply from a node that was not sent a train message")
+                if node in seen:
+                    raise ReplyError("second reply from the same node")
+                seen.add(node)
+                outcome.good.append(parse_reply(msg, expected))
+            except ReplyError as exc:
+                outcome.dropped.append(Dropped(node, partition_of(msg), str(exc)))
+        for node in sorted(set(self._expected) - seen):
+            outcome.dropped.append(Dropped(node, -1, "no reply before the round timeout"))
+        for d in outcome.dropped:
+            log.warning("round %d: dropped reply of node %d (partition %d): %s",
+                        server_round, d.node_id, d.partition_id, d.reason)
+        self.outcomes.append(outcome)
+
+        metrics = MetricRecord({"replies-good": len(outcome.good), "replies-dropped": len(outcome.dropped)})
+        if len(outcome.good) < self.min_train_clients:
+            outcome.skipped = True
+            log.warning("round %d skipped: %d good replies, %d needed",
+                        server_round, len(outcome.good), self.min_train_clients)
+            return None, metrics
+
+        new_arrays = self.aggregate_arrays(outcome.good)
+        weights = [r.num_examples for r in outcome.good]
+        metrics["num-examples"] = int(sum(weights))
+        for key in ("train-loss",):
+            vals = [r.metrics[key] for r in outcome.good if key in r.metrics]
+            if len(vals) == len(outcome.good):
+                metrics[key] = weighted_metric_mean(vals, weights)
+        outcome.aggregate_seconds = time.perf_counter() - t0
+        return numpy_to_record(new_arrays), metrics
+
+    def aggregate_arrays(self, good: list[GoodReply]) -> dict[str, np.ndarray]:
+        """Combine the good replies' arrays; FedAvg's sample-weighted mean here."""
+        return weighted_mean([r.arrays for r in good], [r.num_examples for r in good])
+
+    # -- evaluate (server-side only) ----------------------------------------------
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        return None
+
+    def summary(self) -> None:
+        log.info(
+            "%s: fraction-train=%s min-train-clients=%d min-available-nodes=%d",
+            type(self).__name__, self.fraction_train, self.min_train_clients, self.min_available_nodes,
+        )

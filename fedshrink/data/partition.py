@@ -57,18 +57,58 @@ def _iid(scheme: PartitionScheme, n: int, num_partitions: int, num_classes: int,
 def _dirichlet(scheme: PartitionScheme, n: int, num_partitions: int, num_classes: int, seed: int) -> object:
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    # flwr-datasets resamples until every client holds min_partition_size samples;
-    # keep that floor reachable for small pools (at most half the mean share).
-    min_size = max(1, min(10, n // (2 * num_partitions)))
-    return DirichletPartitioner(
-        num_partitions=num_partitions,
-        partition_by="label",
-        alpha=scheme.alpha,
-        min_partition_size=min_size,
-        self_balancing=False,
-        shuffle=True,
-        seed=seed,
+    # flwr-datasets resamples (10 tries) until every client holds min_partition_size
+    # samples. Ask for 10 (at most half the mean share) and lower the floor for
+    # skewed draws (small alpha, many clients) rather than fail: 10, 5, 2, 1.
+    floors = sorted({max(1, min(f, n // (2 * num_partitions))) for f in (10, 5, 2, 1)}, reverse=True)
+    return _FirstThatSamples(
+        [
+            DirichletPartitioner(
+                num_partitions=num_partitions,
+                partition_by="label",
+                alpha=scheme.alpha,
+                min_partition_size=floor,
+                self_balancing=False,
+                shuffle=True,
+                seed=seed,
+            )
+            for floor in floors
+        ]
     )
+
+
+class _FirstThatSamples:
+    """The first of several partitioners whose sampling succeeds (same interface)."""
+
+    def __init__(self, candidates: list[object]) -> None:
+        self._candidates = candidates
+        self._chosen: object | None = None
+        self._dataset: object | None = None
+
+    @property
+    def dataset(self) -> object:
+        return self._dataset
+
+    @dataset.setter
+    def dataset(self, value: object) -> None:
+        self._dataset = value
+
+    def load_partition(self, partition_id: int) -> object:
+        if self._chosen is None:
+            last: ValueError | None = None
+            for cand in self._candidates:
+                cand.dataset = self._dataset  # type: ignore[attr-defined]
+                try:
+                    cand.load_partition(0)  # type: ignore[attr-defined]
+                except ValueError as exc:
+                    last = exc
+                    continue
+                self._chosen = cand
+                break
+            else:
+                assert last is not None
+                raise last
+        return self._chosen.load_partition(partition_id)  # type: ignore[attr-defined]
 
 
 @_register("pathological")

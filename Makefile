@@ -1,0 +1,48 @@
+# fedshrink: two commands on a fresh machine with Python 3.11 and make.
+#   make demo   create .venv, install, run the default simulation end to end
+#   make test   create or update .venv, run the whole test suite
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU build of torch. It is installed first so that fedshrink's open `torch>=2.2`
+# requirement is already met and pip never pulls a CUDA build of several GB.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+export FLWR_TELEMETRY_ENABLED := 0
+
+.PHONY: demo demo-inprocess test test-fast lint install proto clean
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fedshrink run --engine flower --num-clients 20
+
+# the same run in this process, without Ray (about 30 s)
+demo-inprocess: $(STAMP)
+	$(VENV)/bin/fedshrink run --engine inprocess --num-clients 20
+
+test: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not e2e"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check fedshrink tests simulations scripts
+	$(VENV)/bin/mypy fedshrink
+
+proto: $(STAMP)
+	$(PY) scripts/gen_proto.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,286 @@
+"""Codec chains: ``"topk:0.05|int8|zlib"`` parsed, validated, serialised and applied.
+
+Public API::
+
+    ChainConfig(stages: tuple[CodecConfig, ...])
+    ChainConfig.parse(text) / .to_string() / .to_dict() / .from_dict(d) / .to_json() / .from_json(s)
+    Chain(config: ChainConfig | str)            # also Chain.parse(text)
+    chain.encode(name, tensor, *, rng=None) -> EncodedTensor      # .nbytes: bytes on the wire
+    chain.roundtrip(name, tensor, *, rng=None) -> (EncodedTensor, torch.Tensor)
+    chain.lossy -> bool
+
+Grammar: stages separated by ``|``; each stage is ``id`` or ``id:arg,key=value,...``
+(the first bare ``arg`` is the codec's positional setting: topk/randk ratio,
+quant bits, zlib level). Aliases: ``int8``/``int4``/``q1``..``q8`` (quant with
+those bits), ``float16``/``half`` (fp16), ``bfloat16`` (bf16). ``raw`` or ``""``
+is the empty, lossless chain (float32 bytes as they are).
+
+Stage order: at most one sparsifier (first), at most one value codec, at most
+one entropy stage (last). Semantics: the sparsifier picks values + indices; the
+value codec encodes the kept values (or the whole tensor, grouped per channel
+if asked); the entropy stage compresses the final ``[indices][values]`` payload.
+Lossy stages apply to floating-point tensors only (``bitmap`` also to bool);
+other tensors (int64 counters, ...) travel raw through the entropy stage only.
+Error feedback (see :mod:`~fedshrink.compression.errorfeedback`) wraps a whole
+chain: ``residual = input - decode(encode(input))``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedshrink.compression import bitops
+from fedshrink.compression.codecs import (
+    ALIASES,
+    REGISTRY,
+    Codec,
+    CodecConfig,
+    EncodeError,
+    EntropyCodec,
+    Kind,
+    Sparsifier,
+    ValueCodec,
+)
+from fedshrink.compression.wire import (
+    DEFAULT_LIMITS,
+    DTYPES,
+    FLOAT_DTYPES,
+    TORCH_TO_NAME,
+    DecodeLimits,
+    EncodedTensor,
+    decode_tensor,
+)
+from fedshrink.errors import ConfigError
+from fedshrink.v1 import compression_pb2 as pb
+
+RAW = "raw"
+
+
+def _parse_stage(text: str) -> CodecConfig:
+    head, _, rest = text.strip().partition(":")
+    head = head.strip().lower()
+    args: dict[str, str] = {}
+    if head in ALIASES:
+        head, preset = ALIASES[head]
+        args.update(preset)
+    cls = REGISTRY.get(head)
+    if cls is None:
+        allowed = "one of " + ", ".join(sorted([*REGISTRY, *ALIASES]))
+        raise ConfigError("codec", text.strip(), allowed)
+    config_cls = cls.config_cls
+    if rest.strip():
+        for i, part in enumerate(rest.split(",")):
+            key, eq, val = part.partition("=")
+            if not eq:
+                if i != 0 or config_cls.positional is None:
+                    raise ConfigError(
+                        f"{head}.argument",
+                        part.strip(),
+                        "key=value pairs"
+                        + (f" after an optional {config_cls.positional}" if config_cls.positional else ""),
+                    )
+                key, val = config_cls.positional, part
+            args[key.strip()] = val.strip()
+    return config_cls.from_args(args)
+
+
+@dataclass(frozen=True)
+class ChainConfig:
+    """An ordered, validated tuple of codec configs."""
+
+    stages: tuple[CodecConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stages", tuple(self.stages))
+        last = -1
+        order = {Kind.SPARSIFY: 0, Kind.VALUE: 1, Kind.ENTROPY: 2}
+        kinds: list[Kind] = []
+        for cfg in self.stages:
+            if not isinstance(cfg, CodecConfig) or cfg.codec_id not in REGISTRY:
+                raise ConfigError("chain.stage", cfg, "a registered codec config")
+            kind = REGISTRY[cfg.codec_id].kind
+            if order[kind] <= last:
+                raise ConfigError(
+                    "chain",
+                    self.to_string(),
+                    "at most one sparsifier (first), one value codec, one entropy stage (last)",
+                )
+            last = order[kind]
+            kinds.append(kind)
+        if Kind.SPARSIFY in kinds and any(cfg.codec_id == "bitmap" for cfg in self.stages):
+            raise ConfigError("chain", self.to_string(), "bitmap without a sparsifier before it")
+
+    @classmethod
+    def parse(cls, text: str) -> ChainConfig:
+        if not isinstance(text, str):
+            raise ConfigError("chain", text, "a string such as 'topk:0.05|int8|zlib'")
+        if text.strip().lower() in ("", RAW, "none"):
+            return cls(())
+        return cls(tuple(_parse_stage(part) for part in text.split("|")))
+
+    def to_string(self) -> str:
+        return "|".join(cfg.to_string() for cfg in self.stages) or RAW
+
+    def __str__(self) -> str:
+        return self.to_string()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain": [cfg.to_dict() for cfg in self.stages]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ChainConfig:
+        if not isinstance(data, Mapping) or set(data) != {"chain"} or not isinstance(data["chain"], list):
+            raise ConfigError("chain", data, "a mapping {'chain': [stage, ...]}")
+        stages: list[CodecConfig] = []
+        for item in data["chain"]:
+            codec_id = item.get("codec") if isinstance(item, Mapping) else None
+            if codec_id not in REGISTRY:
+                raise ConfigError("codec", codec_id, "one of " + ", ".join(sorted(REGISTRY)))
+            stages.append(REGISTRY[codec_id].config_cls.from_dict(item))
+        return cls(tuple(stages))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ChainConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError:
+            raise ConfigError("chain", text[:80], "a JSON object {'chain': [...]}") from None
+        return cls.from_dict(data)
+
+
+def _raw_bytes(t: torch.Tensor, dtype: str) -> bytes:
+    if dtype == "bfloat16":
+        return t.contiguous().view(torch.int16).numpy().astype("<i2", copy=False).tobytes()
+    if dtype == "bool":
+        return t.contiguous().numpy().astype(np.uint8).tobytes()
+    return t.contiguous().numpy().astype(DTYPES[dtype][0], copy=False).tobytes()
+
+
+class Chain:
+    """An instantiated chain of codecs; thread-compatible, stateless between calls."""
+
+    def __init__(self, config: ChainConfig | str) -> None:
+        self.config = ChainConfig.parse(config) if isinstance(config, str) else config
+        if not isinstance(self.config, ChainConfig):
+            raise ConfigError("chain", config, "a ChainConfig or a chain string")
+        self.sparsifier: Sparsifier | None = None
+        self.value: ValueCodec | None = None
+        self.entropy: EntropyCodec | None = None
+        for cfg in self.config.stages:
+            codec: Codec = REGISTRY[cfg.codec_id](cfg)
+            if isinstance(codec, Sparsifier):
+                self.sparsifier = codec
+            elif isinstance(codec, ValueCodec):
+                self.value = codec
+            elif isinstance(codec, EntropyCodec):
+                self.entropy = codec
+
+    @classmethod
+    def parse(cls, text: str) -> Chain:
+        return cls(ChainConfig.parse(text))
+
+    def __repr__(self) -> str:
+        return f"Chain({self.config.to_string()!r})"
+
+    @property
+    def lossy(self) -> bool:
+        """Whether decode(encode(x)) may differ from x (for floating-point x)."""
+        return self.sparsifier is not None or (self.value is not None and self.value.codec_id != "bitmap")
+
+    def encode(
+        self, name: str, tensor: torch.Tensor, *, rng: np.random.Generator | None = None
+    ) -> EncodedTensor:
+        """Encode one tensor; ``rng`` drives random-k and stochastic rounding."""
+        if not isinstance(tensor, torch.Tensor):
+            raise EncodeError(name, f"expected a torch.Tensor, got {type(tensor).__name__}")
+        t = tensor.detach().cpu()
+        dtype = TORCH_TO_NAME.get(t.dtype)
+        if dtype is None:
+            raise EncodeError(name, f"unsupported dtype {t.dtype}")
+        shape = tuple(int(d) for d in t.shape)
+        n = t.numel()
+        is_float = dtype in FLOAT_DTYPES
+        if is_float and not bool(torch.isfinite(t).all()):
+            raise EncodeError(name, "non-finite values")
+        rng = np.random.default_rng() if rng is None else rng
+        ct = pb.CompressedTensor(name=name, shape=shape, dtype=dtype)
+        value = self.value
+        use_value = value is not None and (is_float or (dtype == "bool" and value.accepts_bool))
+        use_sparse = self.sparsifier is not None and is_float
+        index_bytes = b""
+        if not use_value and not use_sparse:
+            value_bytes = _raw_bytes(t, dtype)
+        else:
+            x = t.to(torch.float32).contiguous().numpy().reshape(-1)  # (n,)
+            idx = None
+            axis: int | None = None
+            if use_sparse:
+                assert self.sparsifier is not None
+                idx = self.sparsifier.select(x, rng)
+                ct.stages.append(self.sparsifier.stage())
+                index_bytes, encoding = self._encode_indices(idx, n)
+                ct.sparse.CopyFrom(pb.SparseIndex(encoding=encoding, count=idx.size, nbytes=len(index_bytes)))
+            if use_value:
+                assert value is not None
+                if idx is not None:
+                    grouped = x[idx].reshape(1, -1)  # (1, k)
+                else:
+                    axis = value.group_axis(len(shape))
+                    if axis is None:
+                        grouped = x.reshape(1, n)
+                    else:  # (C, N): channels first
+                        per = math.prod(shape) // shape[axis] if shape[axis] else 0
+                        grouped = np.moveaxis(x.reshape(shape), axis, 0).reshape(shape[axis], per)
+                try:
+                    value_bytes, stage = value.encode(grouped, rng, axis)
+                except ValueError as exc:
+                    raise EncodeError(name, str(exc)) from None
+                ct.stages.append(stage)
+            else:
+                assert idx is not None
+                value_bytes = _raw_bytes(t.reshape(-1)[torch.from_numpy(idx)], dtype)
+        payload = index_bytes + value_bytes
+        ct.raw_nbytes = len(payload)
+        if self.entropy is not None:
+            payload, estage = self.entropy.compress(payload)
+            ct.stages.append(estage)
+        ct.payload = payload
+        data = ct.SerializeToString()
+        itemsize = 1 if dtype == "bool" else np.dtype(DTYPES[dtype][0]).itemsize
+        return EncodedTensor(
+            name=name,
+            shape=shape,
+            dtype=dtype,
+            codecs=tuple(s.codec for s in ct.stages),
+            data=data,
+            raw_nbytes=n * itemsize,
+        )
+
+    @staticmethod
+    def _encode_indices(idx: np.ndarray, n: int) -> tuple[bytes, pb.IndexEncoding]:
+        varint = bitops.varint_encode(idx)
+        if len(varint) <= bitops.packed_nbytes(n, 1):
+            return varint, pb.INDEX_ENCODING_DELTA_VARINT
+        return bitops.bitmap_from_indices(idx, n), pb.INDEX_ENCODING_BITMAP
+
+    def roundtrip(
+        self,
+        name: str,
+        tensor: torch.Tensor,
+        *,
+        rng: np.random.Generator | None = None,
+        limits: DecodeLimits = DEFAULT_LIMITS,
+    ) -> tuple[EncodedTensor, torch.Tensor]:
+        """Encode, then decode what would arrive (what error feedback needs)."""
+        enc = self.encode(name, tensor, rng=rng)
+        return enc, decode_tensor(enc.data, name=name, limits=limits)

@@ -1,0 +1,220 @@
+"""Carriage in Flower: encoded tensors inside ``ArrayRecord``s, and byte accounting.
+
+Public API::
+
+    STYPE = "fedshrink.v1"; UPDATE_KEY = "_fedshrink_update"
+    encode_state(state: Mapping[str, Tensor], chain: Chain | str, *, residuals: ResidualStore | None = None,
+                 fragment: str = "", round: int = 0, direction: str = "uplink",
+                 rng: np.random.Generator | None = None) -> tuple[ArrayRecord, int]
+    decode_record(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, Tensor]
+    read_update(record, *, limits=DEFAULT_LIMITS) -> DecodedUpdate   # header + tensors
+    decode_reply(message: Message, *, key: str = "arrays", limits=DEFAULT_LIMITS) -> dict[str, Tensor]
+    message_nbytes(message: Message, *, mode: str = "proto") -> int
+    recorddict_nbytes(content: RecordDict) -> int
+
+Each tensor is one ``flwr.app.Array(dtype=<original dtype>, shape=<original shape>,
+stype="fedshrink.v1", data=<serialized CompressedTensor>)`` keyed by its name;
+the optional :class:`~fedshrink.v1.compression_pb2.TensorUpdate` header (fragment,
+round, chain, direction, tensor names) sits under ``UPDATE_KEY`` with stype
+``fedshrink.v1.update``. Both directions use the same functions: the server
+encodes its downlink model with its own chain (usually without residuals).
+
+:func:`decode_record` first parses and validates every header of the record
+(stypes, names, shapes against the Array metadata, declared sizes against the
+per-tensor and per-record caps, header names = keys) and only then decodes
+payloads; a fault raises :class:`~fedshrink.errors.DecodeError`. A reply that is
+an error message or lacks the record raises :class:`~fedshrink.errors.ReplyError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.common.serde import message_to_proto, recorddict_to_proto
+from google.protobuf.message import DecodeError as ProtoDecodeError
+
+from fedshrink.compression.chain import Chain
+from fedshrink.compression.errorfeedback import ResidualStore
+from fedshrink.compression.wire import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    EncodedTensor,
+    ParsedTensor,
+    decode_parsed,
+    parse_tensor,
+)
+from fedshrink.errors import ConfigError, DecodeError, ReplyError
+from fedshrink.v1 import compression_pb2 as pb
+
+STYPE = "fedshrink.v1"
+UPDATE_STYPE = "fedshrink.v1.update"
+UPDATE_KEY = "_fedshrink_update"
+FORMAT_VERSION = 1
+DIRECTIONS = ("uplink", "downlink")
+
+
+@dataclass(frozen=True)
+class DecodedUpdate:
+    fragment: str
+    round: int
+    chain: str
+    direction: str
+    tensors: dict[str, torch.Tensor]
+
+
+def to_array(enc: EncodedTensor) -> Array:
+    """An encoded tensor as a Flower Array with fedshrink's stype."""
+    return Array(dtype=enc.dtype, shape=enc.shape, stype=STYPE, data=enc.data)
+
+
+def encode_state(
+    state: Mapping[str, torch.Tensor],
+    chain: Chain | str,
+    *,
+    residuals: ResidualStore | None = None,
+    fragment: str = "",
+    round: int = 0,
+    direction: str = "uplink",
+    rng: np.random.Generator | None = None,
+) -> tuple[ArrayRecord, int]:
+    """Encode a state dict (or update) into an ArrayRecord; return it and its wire bytes.
+
+    With ``residuals``, error feedback wraps the chain (and updates the store).
+    The byte count is the sum of the serialized payloads (tensors + header) that
+    the record carries; :func:`message_nbytes` measures the whole message.
+    """
+    chain = Chain(chain) if isinstance(chain, str) else chain
+    if direction not in DIRECTIONS:
+        raise ConfigError("direction", direction, "one of 'uplink', 'downlink'")
+    if not isinstance(round, int) or round < 0:
+        raise ConfigError("round", round, "an integer >= 0")
+    if UPDATE_KEY in state:
+        raise ConfigError("state key", UPDATE_KEY, "any tensor name but the reserved header key")
+    rng = np.random.default_rng() if rng is None else rng
+    record = ArrayRecord()
+    total = 0
+    for name, tensor in state.items():
+        if residuals is not None:
+            enc, _ = residuals.encode(chain, name, tensor, rng=rng)
+        else:
+            enc = chain.encode(name, tensor, rng=rng)
+        record[name] = to_array(enc)
+        total += enc.nbytes
+    header = pb.TensorUpdate(
+        format_version=FORMAT_VERSION,
+        fragment=fragment,
+        round=round,
+        chain=chain.config.to_string(),
+        tensor_names=list(state),
+        direction=direction,
+    )
+    data = header.SerializeToString()
+    record[UPDATE_KEY] = Array(dtype="uint8", shape=(len(data),), stype=UPDATE_STYPE, data=data)
+    return record, total + len(data)
+
+
+def _parse_header(arr: Array, limits: DecodeLimits) -> pb.TensorUpdate:
+    if arr.stype != UPDATE_STYPE:
+        raise DecodeError(UPDATE_KEY, f"stype {arr.stype!r}, expected {UPDATE_STYPE!r}")
+    data = arr.data
+    if not isinstance(data, bytes) or len(data) > limits.max_tensors * (limits.max_name_len + 8) + 4096:
+        raise DecodeError(UPDATE_KEY, "update header missing or over its size cap")
+    header = pb.TensorUpdate()
+    try:
+        header.ParseFromString(data)
+    except (ProtoDecodeError, RuntimeError, ValueError):
+        raise DecodeError(UPDATE_KEY, "malformed TensorUpdate") from None
+    if header.format_version != FORMAT_VERSION:
+        raise DecodeError(UPDATE_KEY, f"unsupported format version {header.format_version}")
+    if header.direction not in DIRECTIONS:
+        raise DecodeError(UPDATE_KEY, f"unknown direction {header.direction[:20]!r}")
+    return header
+
+
+def _parse_record(
+    record: ArrayRecord, limits: DecodeLimits
+) -> tuple[pb.TensorUpdate | None, list[ParsedTensor]]:
+    if not isinstance(record, ArrayRecord):
+        raise DecodeError("<record>", f"expected an ArrayRecord, got {type(record).__name__}")
+    if len(record) > limits.max_tensors + 1:
+        raise DecodeError("<record>", f"{len(record)} arrays exceed the cap of {limits.max_tensors}")
+    size = sum(len(arr.data) if isinstance(arr.data, bytes) else 0 for arr in record.values())
+    if size > limits.max_record_bytes:
+        raise DecodeError("<record>", f"{size} bytes exceed the cap of {limits.max_record_bytes}")
+    header = _parse_header(record[UPDATE_KEY], limits) if UPDATE_KEY in record else None
+    parsed: list[ParsedTensor] = []
+    total = 0
+    for key, arr in record.items():
+        if key == UPDATE_KEY:
+            continue
+        if arr.stype != STYPE:
+            raise DecodeError(key, f"stype {str(arr.stype)[:40]!r}, expected {STYPE!r}")
+        p = parse_tensor(arr.data, name=key, limits=limits)
+        if tuple(arr.shape) != p.shape or arr.dtype != p.dtype:
+            raise DecodeError(
+                key, f"Array says {arr.dtype}{list(arr.shape)}, header says {p.dtype}{list(p.shape)}"
+            )
+        total += p.numel
+        if total > limits.max_total_numel:
+            raise DecodeError(key, f"record exceeds the cap of {limits.max_total_numel} elements in total")
+        parsed.append(p)
+    if header is not None and list(header.tensor_names) != [p.name for p in parsed]:
+        raise DecodeError(UPDATE_KEY, "tensor names in the header do not match the record")
+    return header, parsed
+
+
+def decode_record(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
+    """Decode every tensor of a record (validating all headers first); raise DecodeError."""
+    _, parsed = _parse_record(record, limits)
+    return {p.name: decode_parsed(p) for p in parsed}
+
+
+def read_update(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedUpdate:
+    """Like :func:`decode_record`, and also return the update header (required here)."""
+    header, parsed = _parse_record(record, limits)
+    if header is None:
+        raise DecodeError(UPDATE_KEY, "record has no update header")
+    tensors = {p.name: decode_parsed(p) for p in parsed}
+    return DecodedUpdate(header.fragment, header.round, header.chain, header.direction, tensors)
+
+
+def decode_reply(
+    message: Message, *, key: str = "arrays", limits: DecodeLimits = DEFAULT_LIMITS
+) -> dict[str, torch.Tensor]:
+    """Decode the compressed ArrayRecord ``key`` of a reply to torch tensors, or raise."""
+    if message.has_error():
+        raise ReplyError(f"reply is an error: {message.error.code} {(message.error.reason or '')[:200]}")
+    content = message.content
+    if key not in content:
+        raise ReplyError(f"reply has no record {key!r} (has {sorted(content)})")
+    record = content[key]
+    if not isinstance(record, ArrayRecord):
+        raise ReplyError(f"reply record {key!r} is a {type(record).__name__}, not an ArrayRecord")
+    return decode_record(record, limits=limits)
+
+
+def recorddict_nbytes(content: RecordDict) -> int:
+    """Serialized size of a RecordDict (Flower's own protobuf serde)."""
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+def message_nbytes(message: Message, *, mode: str = "proto") -> int:
+    """Bytes of a whole Flower Message.
+
+    ``mode="proto"``: the size of Flower's protobuf ``Message`` (metadata +
+    content + error) from ``flwr.common.serde.message_to_proto``.
+    ``mode="objects"``: the sum of the deflated objects Flower 1.42's transport
+    pushes for it (message, records, arrays and array chunks, each unique object
+    once); a few hundred bytes more than ``"proto"`` per message.
+    """
+    if mode == "proto":
+        return int(message_to_proto(message).ByteSize())
+    if mode == "objects":
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+        return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    raise ConfigError("mode", mode, "'proto' or 'objects'")

@@ -1,0 +1,74 @@
+"""Bit packing, bitmaps and delta varints: round trips and hostile inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedshrink.compression import bitops
+
+
+@settings(max_examples=60, deadline=None)
+@given(bits=st.integers(1, 8), n=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+def test_pack_roundtrip_and_size(bits: int, n: int, seed: int) -> None:
+    q = np.random.default_rng(seed).integers(0, 2**bits, n).astype(np.uint8)
+    data = bitops.pack_bits(q, bits)
+    assert len(data) == (n * bits + 7) // 8  # 4-bit values take half a byte
+    assert np.array_equal(bitops.unpack_bits(data, n, bits), q)
+
+
+def test_nibbles_are_msb_first() -> None:
+    assert bitops.pack_bits(np.array([1, 2, 3], dtype=np.uint8), 4) == bytes([0x12, 0x30])
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_unpack_rejects_bad_length_and_padding(bits: int) -> None:
+    data = bitops.pack_bits(np.zeros(5, dtype=np.uint8), bits)
+    with pytest.raises(ValueError):
+        bitops.unpack_bits(data + b"\0", 5, bits)
+    with pytest.raises(ValueError):
+        bitops.unpack_bits(data[:-1], 5, bits)
+    if (5 * bits) % 8:
+        with pytest.raises(ValueError, match="padding"):
+            bitops.unpack_bits(data[:-1] + b"\x01", 5, bits)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5000), frac=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
+def test_indices_roundtrip(n: int, frac: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, int(frac * n), replace=False)).astype(np.int64)
+    code = bitops.varint_encode(idx)
+    assert len(code) == bitops.varint_nbytes(idx)
+    assert np.array_equal(bitops.varint_decode(code, idx.size, n), idx)
+    bitmap = bitops.bitmap_from_indices(idx, n)
+    assert len(bitmap) == (n + 7) // 8
+    assert np.array_equal(bitops.indices_from_bitmap(bitmap, n, idx.size), idx)
+
+
+def test_varint_large_gaps() -> None:
+    idx = np.array([0, 127, 128, 2**14, 2**21 + 5, 2**34], dtype=np.int64)
+    assert np.array_equal(bitops.varint_decode(bitops.varint_encode(idx), idx.size, 2**35), idx)
+
+
+@pytest.mark.parametrize(
+    ("data", "count", "n"),
+    [
+        (b"\x80", 1, 10),  # truncated
+        (b"\x01\x02", 1, 10),  # trailing varint
+        (b"\x0a", 1, 10),  # index 10 out of bounds
+        (b"\x05\x05", 2, 10),  # 5 then 11: out of bounds
+        (b"\xff\xff\xff\xff\xff\x01", 1, 2**40),  # 6-byte varint
+        (b"\x00", 0, 10),  # bytes for zero indices
+    ],
+)
+def test_varint_rejects(data: bytes, count: int, n: int) -> None:
+    with pytest.raises(ValueError):
+        bitops.varint_decode(data, count, n)
+
+
+def test_bitmap_count_mismatch() -> None:
+    with pytest.raises(ValueError, match="set bits"):
+        bitops.indices_from_bitmap(b"\xf0", 8, 3)

@@ -82,7 +82,7 @@ class RunConfig:
     # --- local training -------------------------------------------------------
     local_epochs: int = _setting(2, *_positive_int())
     batch_size: int = _setting(16, *_positive_int())
-    learning_rate: float = _setting(0.05, lambda v: v > 0, "a number > 0")
+    learning_rate: float = _setting(0.01, lambda v: v > 0, "a number > 0")
     momentum: float = _setting(0.9, lambda v: 0 <= v < 1, "a number in [0, 1)")
     weight_decay: float = _setting(0.0, lambda v: v >= 0, "a number >= 0")
     # --- outputs --------------------------------------------------------------

@@ -20,7 +20,7 @@ from fedshrink.data import LabelledArrays
 class TrainSettings:
     epochs: int = 2
     batch_size: int = 32
-    learning_rate: float = 0.05
+    learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
 

@@ -1,0 +1,128 @@
+"""End to end through the in-process Grid: the real ServerApp and ClientApp, no Ray."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedshrink.client_app import app as real_client_app
+from fedshrink.errors import ConfigError
+from fedshrink.report import RunDirectory
+from fedshrink.runner import run_inprocess
+
+
+def test_run_writes_run_directory(quick: dict[str, Any]) -> None:
+    result = run_inprocess({**quick, "run-name": "first"}, num_clients=5)
+    assert result.run_dir == Path(quick["output-dir"]) / "first"
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {"config.json", "metrics.jsonl", "summary.json", "global_model.pt"} <= files
+    rundir = RunDirectory(result.run_dir)
+    assert rundir.read_config().num_server_rounds == 3
+    rounds = rundir.read_rounds()
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert all(r["clients-good"] == 5 and r["clients-dropped"] == 0 for r in rounds)
+    summary = json.loads((result.run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["accuracy"] == rounds[-1]["accuracy"]
+    assert summary["clients"] == 5
+    assert result.grid.calls == 15  # 5 clients x 3 rounds
+
+
+def test_training_learns(quick: dict[str, Any]) -> None:
+    result = run_inprocess({**quick, "num-server-rounds": 6, "partitioner": "iid"}, num_clients=5)
+    rounds = RunDirectory(result.run_dir).read_rounds()
+    assert rounds[-1]["loss"] < rounds[0]["loss"]
+    assert result.summary["accuracy"] > 0.6  # chance is 0.1
+
+
+def test_same_seed_same_model(quick: dict[str, Any]) -> None:
+    a = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
+    b = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
+    c = run_inprocess({**quick, "num-server-rounds": 2, "seed": 9}, num_clients=4)
+    sa, sb, sc = (torch.load(r.run_dir / "global_model.pt") for r in (a, b, c))
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_client_identity_is_partition_id(quick: dict[str, Any]) -> None:
+    seen: list[int] = []
+    spy = ClientApp()
+
+    @spy.train()
+    def train(msg: Message, context: Context) -> Message:
+        reply = real_client_app(msg, context)
+        seen.append(int(reply.content["metrics"]["partition-id"]))
+        return reply
+
+    run_inprocess({**quick, "num-server-rounds": 1}, num_clients=6, client_app=spy)
+    assert sorted(seen) == list(range(6))
+
+
+def test_crashing_client_does_not_stop_the_run(quick: dict[str, Any]) -> None:
+    flaky = ClientApp()
+
+    @flaky.train()
+    def train(msg: Message, context: Context) -> Message:
+        if context.node_config["partition-id"] == 0:
+            raise RuntimeError("device ran out of battery")
+        return real_client_app(msg, context)
+
+    result = run_inprocess(quick, num_clients=4, client_app=flaky)
+    rounds = RunDirectory(result.run_dir).read_rounds()
+    assert all(r["clients-good"] == 3 and r["clients-dropped"] == 1 for r in rounds)
+    assert "battery" in rounds[0]["dropped"][0]["reason"]
+    assert result.summary["status"] == "completed"
+
+
+def test_round_without_enough_replies_is_skipped(quick: dict[str, Any]) -> None:
+    dead = ClientApp()
+
+    @dead.train()
+    def train(msg: Message, context: Context) -> Message:
+        raise RuntimeError("offline")
+
+    result = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=3, client_app=dead)
+    rounds = RunDirectory(result.run_dir).read_rounds()
+    assert all(r["skipped"] for r in rounds)
+    assert result.summary["rounds-skipped"] == 2
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ({"num-server-rounds": 0}, "num-server-rounds"),
+        ({"dirichlet-alpha": 0.0}, "dirichlet-alpha"),
+        ({"model": "transformer"}, "model"),
+        ({"dataset": "svhn"}, "dataset"),
+        ({"unknown-key": 3}, "unknown-key"),
+    ],
+)
+def test_bad_setting_fails_before_writing(quick: dict[str, Any], override: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        run_inprocess({**quick, **override}, num_clients=3)
+    assert info.value.key == key
+    assert not Path(quick["output-dir"]).exists()
+
+
+def test_more_clients_than_samples_fails_before_writing(quick: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="num-clients"):
+        run_inprocess(quick, num_clients=5000)
+    assert not Path(quick["output-dir"]).exists()
+
+
+def test_run_name_is_not_reused(quick: dict[str, Any]) -> None:
+    run_inprocess({**quick, "num-server-rounds": 1, "run-name": "same"}, num_clients=2)
+    with pytest.raises(ConfigError, match="run-name"):
+        run_inprocess({**quick, "num-server-rounds": 1, "run-name": "same"}, num_clients=2)
+
+
+@pytest.mark.parametrize("model", ["mlp", "resnet"])
+def test_other_models_run(quick: dict[str, Any], model: str) -> None:
+    result = run_inprocess({**quick, "num-server-rounds": 1, "model": model}, num_clients=3)
+    assert result.summary["model"] == model and 0.0 <= result.summary["accuracy"] <= 1.0

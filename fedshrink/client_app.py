@@ -9,7 +9,9 @@ the trained arrays and its metrics (``num-examples``, ``train-loss``,
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -45,13 +47,21 @@ class NodeIdentity:
         return cls(pid, n)
 
 
-def train_settings_from(config: dict[str, object]) -> TrainSettings:
+def _number(config: Mapping[str, object], key: str, kind: type[int] | type[float]) -> Any:
+    """A numeric setting of the server's train message, checked for presence and type."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"train message {key}", value, f"a{'n integer' if kind is int else ' number'}")
+    return kind(value)
+
+
+def train_settings_from(config: Mapping[str, object]) -> TrainSettings:
     return TrainSettings(
-        epochs=int(config["local-epochs"]),  # type: ignore[call-overload]
-        batch_size=int(config["batch-size"]),  # type: ignore[call-overload]
-        learning_rate=float(config["learning-rate"]),  # type: ignore[arg-type]
-        momentum=float(config["momentum"]),  # type: ignore[arg-type]
-        weight_decay=float(config["weight-decay"]),  # type: ignore[arg-type]
+        epochs=_number(config, "local-epochs", int),
+        batch_size=_number(config, "batch-size", int),
+        learning_rate=_number(config, "learning-rate", float),
+        momentum=_number(config, "momentum", float),
+        weight_decay=_number(config, "weight-decay", float),
     )
 
 
@@ -59,8 +69,8 @@ def train_settings_from(config: dict[str, object]) -> TrainSettings:
 def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_mapping(context.run_config)
     node = NodeIdentity.from_node_config(dict(context.node_config))
-    config = dict(msg.content.config_records[CONFIG_KEY])
-    server_round = int(config["server-round"])  # type: ignore[call-overload]
+    config: dict[str, object] = dict(msg.content.config_records[CONFIG_KEY])
+    server_round = _number(config, "server-round", int)
     spec = ModelSpec.from_json(str(config["model-spec"]))
 
     data = client_data(cfg.split_spec(), cfg.partition_scheme(), node.partition_id, node.num_partitions)

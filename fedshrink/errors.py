@@ -38,5 +38,18 @@ class DecodeError(FedShrinkError, ValueError):
         super().__init__(f"cannot decode tensor {tensor!r}: {fault}")
 
 
+class EncodeError(FedShrinkError, ValueError):
+    """A tensor cannot be encoded as asked (non-finite values, a mask that is not 0/1, ...)."""
+
+    def __init__(self, tensor: str, fault: str) -> None:
+        self.tensor = tensor
+        self.fault = fault
+        super().__init__(f"cannot encode tensor {tensor!r}: {fault}")
+
+
 class ReplyError(FedShrinkError):
     """A client's reply is unusable (wrong keys, shapes, counts, values)."""
+
+
+class DistillError(FedShrinkError):
+    """Server-side distillation cannot run as asked (empty proxy, no student fits the budget ...)."""

@@ -43,14 +43,14 @@ def test_partitions_disjoint_cover_and_deterministic(
     assert len(allidx) == len(labels)  # disjoint ...
     assert np.array_equal(np.sort(allidx), np.arange(len(labels)))  # ... and covering
     again = partition_indices(labels, num_partitions, scheme, seed=7)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
 @pytest.mark.parametrize("scheme", SCHEMES[1:], ids=lambda s: s.name)
 def test_other_seed_gives_other_partition(labels: np.ndarray, scheme: PartitionScheme) -> None:
     a = partition_indices(labels, 10, scheme, seed=1)
     b = partition_indices(labels, 10, scheme, seed=2)
-    assert any(not np.array_equal(x, y) for x, y in zip(a, b))
+    assert any(not np.array_equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_pathological_gives_each_client_k_classes(labels: np.ndarray) -> None:

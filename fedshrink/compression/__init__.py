@@ -33,7 +33,6 @@ from fedshrink.compression.codecs import (
     BFloat16Config,
     BitmapConfig,
     CodecConfig,
-    EncodeError,
     Float16Config,
     QuantConfig,
     RandKConfig,
@@ -60,6 +59,7 @@ from fedshrink.compression.wire import (
     decode_tensor,
     parse_tensor,
 )
+from fedshrink.errors import EncodeError
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -42,7 +42,6 @@ from fedshrink.compression.codecs import (
     REGISTRY,
     Codec,
     CodecConfig,
-    EncodeError,
     EntropyCodec,
     Kind,
     Sparsifier,
@@ -57,7 +56,7 @@ from fedshrink.compression.wire import (
     EncodedTensor,
     decode_tensor,
 )
-from fedshrink.errors import ConfigError
+from fedshrink.errors import ConfigError, EncodeError
 from fedshrink.v1 import compression_pb2 as pb
 
 RAW = "raw"

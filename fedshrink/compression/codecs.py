@@ -36,7 +36,7 @@ import numpy.typing as npt
 import torch
 
 from fedshrink.compression import bitops
-from fedshrink.errors import ConfigError, FedShrinkError
+from fedshrink.errors import ConfigError
 from fedshrink.v1 import compression_pb2 as pb
 
 F32 = npt.NDArray[np.float32]
@@ -45,15 +45,6 @@ I64 = npt.NDArray[np.int64]
 FP16_MAX = float(np.finfo(np.float16).max)  # 65504
 BF16_MAX = float(torch.finfo(torch.bfloat16).max)
 F32_MAX = float(np.finfo(np.float32).max)
-
-
-class EncodeError(FedShrinkError, ValueError):
-    """A tensor cannot be encoded as asked (non-finite values, a mask that is not 0/1, ...)."""
-
-    def __init__(self, tensor: str, fault: str) -> None:
-        self.tensor = tensor
-        self.fault = fault
-        super().__init__(f"cannot encode tensor {tensor!r}: {fault}")
 
 
 class Kind(enum.Enum):

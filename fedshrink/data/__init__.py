@@ -1,6 +1,6 @@
 """Data sets by name, seeded splits (test / proxy / clients) and partitioners."""
 
-from fedshrink.data.federated import SplitSpec, Splits, client_data, client_partitions, make_splits
+from fedshrink.data.federated import Splits, SplitSpec, client_data, client_partitions, make_splits
 from fedshrink.data.partition import PARTITIONERS, PartitionScheme, partition_indices
 from fedshrink.data.sources import HUB_DATASETS, SOURCES, LabelledArrays, SourceData, load_source
 

@@ -8,6 +8,8 @@ walk the layer graph and slice by index without knowing the model's name.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -24,7 +26,7 @@ class MLP(nn.Module):
         c, h, w = spec.input_shape
         sizes = [c * h * w] + [channels(b, spec.width) for b in self.base_hidden]
         layers: list[nn.Module] = [nn.Flatten()]
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], spec.num_classes))
         self.net = nn.Sequential(*layers)

@@ -230,7 +230,7 @@ class LocalSimulation:
                 runs = json.loads(out.stdout).get("runs", [])
             except json.JSONDecodeError as exc:
                 raise FlowerRunError(f"flwr ls gave no JSON: {out.stdout[-500:]} {out.stderr[-500:]}") from exc
-            entry = next((r for r in runs if str(r.get("run-id")) == str(run_id)), {})
+            entry: dict[str, Any] = next((r for r in runs if str(r.get("run-id")) == str(run_id)), {})
             if str(entry.get("status", "")).startswith("finished") or time.monotonic() > deadline:
                 return dict(entry)
             time.sleep(1.0)

@@ -31,7 +31,7 @@ def weighted_mean(states: Sequence[State], weights: Sequence[float]) -> dict[str
     out: dict[str, np.ndarray] = {}
     for key, ref in states[0].items():
         acc = np.zeros(ref.shape, dtype=np.float64)
-        for wi, state in zip(w, states):
+        for wi, state in zip(w, states, strict=True):
             arr = state[key]
             assert arr.shape == ref.shape, (key, arr.shape, ref.shape)
             acc += wi * arr

@@ -1,10 +1,13 @@
 """The ClientApp: one device's side of a round.
 
 It reads the run settings from ``context.run_config``, its identity from the
-node config (``partition-id``, ``num-partitions``), the model spec and the
-training settings from the server's message, trains locally and replies with
-the trained arrays and its metrics (``num-examples``, ``train-loss``,
-``partition-id`` ...). Client data never leaves the node: it is loaded here.
+node config (``partition-id``, ``num-partitions``), the model spec, training
+settings and uplink codec chain from the server's message; decodes the global
+model, trains locally, and replies with its update (trained minus received)
+encoded by the uplink chain, plus its metrics (``num-examples``,
+``train-loss``, ``partition-id`` ...). A lossy chain keeps its error-feedback
+residual in ``context.state`` between rounds. Client data never leaves the
+node: it is loaded here.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fedshrink.compression import Chain, ResidualStore, decode_record, encode_state
 from fedshrink.config import RunConfig
 from fedshrink.data import client_data
 from fedshrink.errors import ConfigError
@@ -74,11 +79,20 @@ def train(msg: Message, context: Context) -> Message:
     spec = ModelSpec.from_json(str(config["model-spec"]))
 
     data = client_data(cfg.split_spec(), cfg.partition_scheme(), node.partition_id, node.num_partitions)
+    uplink = Chain.parse(str(config.get("uplink-chain", "raw")))
+    received = decode_record(msg.content.array_records[ARRAYS_KEY])
     model = build_model(spec)
-    model.load_state_dict(msg.content.array_records[ARRAYS_KEY].to_torch_state_dict())
+    model.load_state_dict(received)
     result = train_local(
         model, data, train_settings_from(config), seed=seed_for(cfg.seed, server_round, node.partition_id)
     )
+    trained = model.state_dict()
+    update = {k: trained[k] - received[k] for k in received}
+    residuals = ResidualStore.load(context.state) if uplink.lossy else None
+    record, _ = encode_state(update, uplink, residuals=residuals, round=server_round, direction="uplink",
+                             rng=np.random.default_rng(seed_for(cfg.seed, server_round, node.partition_id, 1)))
+    if residuals is not None:
+        residuals.save(context.state)
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
@@ -88,5 +102,5 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": result.seconds,
         }
     )
-    reply = RecordDict({ARRAYS_KEY: ArrayRecord(model.state_dict()), METRICS_KEY: metrics})
+    reply = RecordDict({ARRAYS_KEY: record, METRICS_KEY: metrics})
     return Message(reply, reply_to=msg)

@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedshrink.data import SOURCES, PartitionScheme, SplitSpec
 from fedshrink.data import PARTITIONERS as _PARTITIONERS
+from fedshrink.data import SOURCES, PartitionScheme, SplitSpec
 from fedshrink.errors import ConfigError
 from fedshrink.models import MODELS as _MODELS
 from fedshrink.models import NORMS
@@ -57,6 +57,19 @@ PARTITIONERS = tuple(_PARTITIONERS)
 MODELS = tuple(_MODELS)
 
 
+_CHAIN_HELP = "a codec chain such as 'raw', 'int8', 'q4|zlib' or 'topk:0.05|int8|zlib'"
+
+
+def _chain_ok(text: str) -> bool:
+    from fedshrink.compression import Chain
+
+    try:
+        Chain.parse(text)
+    except ConfigError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """All settings of one run; defaults equal pyproject's ``[tool.flwr.app.config]``."""
@@ -79,6 +92,9 @@ class RunConfig:
     model: str = _setting("cnn", *_choices(*MODELS))
     model_width: float = _setting(1.0, lambda v: 0 < v <= 4, "a number in (0, 4]")
     model_norm: str = _setting("layer", *_choices(*NORMS))
+    # --- communication --------------------------------------------------------
+    uplink_chain: str = _setting("raw", lambda v: _chain_ok(v), _CHAIN_HELP)
+    downlink_chain: str = _setting("raw", lambda v: _chain_ok(v), _CHAIN_HELP)
     # --- local training -------------------------------------------------------
     local_epochs: int = _setting(2, *_positive_int())
     batch_size: int = _setting(16, *_positive_int())

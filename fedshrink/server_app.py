@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
+from fedshrink.compression import recorddict_nbytes
 from fedshrink.config import RunConfig
 from fedshrink.data import make_splits
 from fedshrink.models import ModelSpec, build_model, count_parameters
@@ -53,6 +54,7 @@ def train_config_for(cfg: RunConfig, spec: ModelSpec) -> ConfigRecord:
             "learning-rate": cfg.learning_rate,
             "momentum": cfg.momentum,
             "weight-decay": cfg.weight_decay,
+            "uplink-chain": cfg.uplink_chain,
         }
     )
 
@@ -76,6 +78,7 @@ def serve(
         min_available_nodes=cfg.min_train_clients,
         seed=cfg.seed,
         wait_timeout=cfg.round_timeout,
+        downlink_chain=cfg.downlink_chain,
     )
     rundir = RunDirectory.create(cfg, base=base_dir)
     say = (lambda _line: None) if cfg.quiet else console
@@ -86,6 +89,8 @@ def serve(
     )
 
     arrays = ArrayRecord(model.state_dict())
+    # what one reply's arrays would cost uncompressed: the full fp32 state in Flower's plain ArrayRecord
+    fp32_reply_bytes = recorddict_nbytes(RecordDict({"arrays": arrays}))
     train_config = train_config_for(cfg, spec)
     history: list[dict[str, Any]] = []
     try:
@@ -108,6 +113,9 @@ def serve(
                 "clients-good": len(outcome.good),
                 "clients-dropped": len(outcome.dropped),
                 "skipped": outcome.skipped,
+                "bytes-up": outcome.bytes_up,
+                "bytes-down": outcome.bytes_down,
+                "bytes-up-uncompressed": fp32_reply_bytes * len(outcome.good),
                 "dropped": [
                     {"node-id": d.node_id, "partition-id": d.partition_id, "reason": d.reason}
                     for d in outcome.dropped

@@ -126,3 +126,21 @@ def test_run_name_is_not_reused(quick: dict[str, Any]) -> None:
 def test_other_models_run(quick: dict[str, Any], model: str) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 1, "model": model}, num_clients=3)
     assert result.summary["model"] == model and 0.0 <= result.summary["accuracy"] <= 1.0
+
+
+def test_compressed_uplink_cuts_bytes_and_keeps_residuals(quick: dict[str, Any]) -> None:
+    raw = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=3)
+    small = run_inprocess({**quick, "num-server-rounds": 2, "uplink-chain": "topk:0.1|int8|zlib",
+                           "downlink-chain": "fp16"}, num_clients=3)
+    raw_rounds, small_rounds = (RunDirectory(r.run_dir).read_rounds() for r in (raw, small))
+    assert all(r["clients-good"] == 3 for r in small_rounds)
+    assert small_rounds[0]["bytes-up"] * 10 < raw_rounds[0]["bytes-up"]
+    assert small_rounds[0]["bytes-down"] < 0.6 * raw_rounds[0]["bytes-down"]
+    # error feedback: each client's residual is kept in its context state between rounds
+    states = [ctx.state for ctx in small.grid._contexts.values()]
+    assert all("fedshrink.residuals" in st for st in states)
+
+
+def test_bad_chain_setting(quick: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match="uplink-chain"):
+        run_inprocess({**quick, "uplink-chain": "gzip"}, num_clients=2)

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from fedshrink.compression import STYPE, encode_state
 from fedshrink.runner.inprocess import server_identity
 from fedshrink.strategy import FedShrink, weighted_mean
 
@@ -39,10 +41,24 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(v) for k, v in arrays.items()})
 
 
-def _reply(to: Message, arrays: dict[str, np.ndarray] | None, metrics: dict[str, int | float]) -> Message:
+def _encoded_update(trained: dict[str, np.ndarray], base: dict[str, np.ndarray], chain: str = "raw") -> ArrayRecord:
+    update = {k: torch.from_numpy(np.asarray(v - base[k]) if k in base else v) for k, v in trained.items()}
+    record, _ = encode_state(update, chain)
+    return record
+
+
+def _reply(
+    to: Message,
+    arrays: dict[str, np.ndarray] | None,
+    metrics: dict[str, int | float],
+    *,
+    base: dict[str, np.ndarray] | None = None,
+    plain: bool = False,
+) -> Message:
+    """A client's reply: ``arrays`` are the trained tensors; fedshrink sends ``arrays - base`` encoded."""
     content = RecordDict({"metrics": MetricRecord(metrics)})
     if arrays is not None:
-        content["arrays"] = _record(arrays)
+        content["arrays"] = _record(arrays) if plain else _encoded_update(arrays, base or {})
     return Message(content, reply_to=to)
 
 
@@ -80,12 +96,14 @@ def test_equals_flower_fedavg_on_same_replies() -> None:
     ours = FedShrink(min_train_clients=2, min_available_nodes=2)
     msgs, glob = _round(ours, [11, 12, 13, 14], rng)
     assert [m.metadata.dst_node_id for m in msgs] == [11, 12, 13, 14]
-    replies = []
+    replies, plain = [], []
     for i, msg in enumerate(msgs):
         trained = {k: np.asarray(v + rng.normal(size=v.shape)).astype(v.dtype) for k, v in glob.items()}
-        replies.append(_reply(msg, trained, {"num-examples": 10 * (i + 1), "train-loss": 1.0 / (i + 1)}))
+        metrics = {"num-examples": 10 * (i + 1), "train-loss": 1.0 / (i + 1)}
+        replies.append(_reply(msg, trained, metrics, base=glob))  # fedshrink: encoded update
+        plain.append(_reply(msg, trained, metrics, plain=True))  # Flower: plain trained arrays
     mine, my_metrics = ours.aggregate_train(1, replies)
-    theirs, their_metrics = FedAvg(fraction_evaluate=0.0).aggregate_train(1, replies)
+    theirs, their_metrics = FedAvg(fraction_evaluate=0.0).aggregate_train(1, plain)
     assert mine is not None and theirs is not None and my_metrics is not None and their_metrics is not None
     for k in ("w", "b"):  # float tensors: identical to Flower's FedAvg
         np.testing.assert_allclose(mine[k].numpy(), theirs[k].numpy(), rtol=1e-6, atol=1e-6)
@@ -94,7 +112,7 @@ def test_equals_flower_fedavg_on_same_replies() -> None:
     assert mine["steps"].numpy() == np.rint(theirs["steps"].numpy())
     # and both equal the sample-weighted mean computed by hand
     w = np.array([10, 20, 30, 40], np.float64)
-    stacked = np.stack([r.content["arrays"]["w"].numpy().astype(np.float64) for r in replies])  # (4, 4, 3)
+    stacked = np.stack([r.content["arrays"]["w"].numpy().astype(np.float64) for r in plain])  # (4, 4, 3)
     hand = np.tensordot(w, stacked, axes=1) / w.sum()
     np.testing.assert_allclose(mine["w"].numpy(), hand, rtol=1e-6)
     assert my_metrics["train-loss"] == pytest.approx(their_metrics["train-loss"])
@@ -116,17 +134,36 @@ def test_sampling_keeps_64_bit_node_ids_exact() -> None:
     assert sorted(s.sample_nodes(1, FakeGrid(nodes))) == sorted(nodes)  # type: ignore[arg-type]
 
 
+def _nan_reply(msg: Message, g: dict[str, np.ndarray]) -> Message:
+    """An update whose payload bytes were altered to NaN after encoding."""
+    marker = np.float32(1.2345)
+    reply = _reply(msg, {k: g[k] + (marker if k == "b" else 0) for k in g}, {"num-examples": 5}, base=g)
+    arr = reply.content["arrays"]["b"]
+    data = arr.data.replace(marker.tobytes(), np.float32(np.nan).tobytes())
+    assert data != arr.data
+    reply.content["arrays"]["b"] = Array(dtype=arr.dtype, shape=arr.shape, stype=STYPE, data=data)
+    return reply
+
+
+def _truncated_reply(msg: Message, g: dict[str, np.ndarray]) -> Message:
+    reply = _reply(msg, g, {"num-examples": 5}, base=g)
+    arr = reply.content["arrays"]["w"]
+    reply.content["arrays"]["w"] = Array(dtype=arr.dtype, shape=arr.shape, stype=STYPE, data=arr.data[:-7])
+    return reply
+
+
 BAD_REPLIES = {
     "client error": lambda msg, g: Message(Error(10, "boom"), reply_to=msg),
     "no arrays": lambda msg, g: _reply(msg, None, {"num-examples": 5}),
-    "missing num-examples": lambda msg, g: _reply(msg, g, {"train-loss": 1.0}),
-    "zero num-examples": lambda msg, g: _reply(msg, g, {"num-examples": 0}),
+    "missing num-examples": lambda msg, g: _reply(msg, g, {"train-loss": 1.0}, base=g),
+    "zero num-examples": lambda msg, g: _reply(msg, g, {"num-examples": 0}, base=g),
     "wrong shape": lambda msg, g: _reply(msg, {**g, "w": np.zeros((3, 4), np.float32)}, {"num-examples": 5}),
-    "wrong dtype": lambda msg, g: _reply(msg, {**g, "w": g["w"].astype(np.float64)}, {"num-examples": 5}),
-    "extra key": lambda msg, g: _reply(msg, {**g, "evil": np.zeros(1, np.float32)}, {"num-examples": 5}),
-    "missing key": lambda msg, g: _reply(msg, {k: v for k, v in g.items() if k != "b"}, {"num-examples": 5}),
-    "nan": lambda msg, g: _reply(msg, {**g, "b": np.full(4, np.nan, np.float32)}, {"num-examples": 5}),
-    "inf": lambda msg, g: _reply(msg, {**g, "b": np.full(4, np.inf, np.float32)}, {"num-examples": 5}),
+    "wrong dtype": lambda msg, g: _reply(msg, {**g, "w": g["w"].astype(np.float64)}, {"num-examples": 5}, base=g),
+    "extra key": lambda msg, g: _reply(msg, {**g, "evil": np.zeros(1, np.float32)}, {"num-examples": 5}, base=g),
+    "missing key": lambda msg, g: _reply(msg, {k: v for k, v in g.items() if k != "b"}, {"num-examples": 5}, base=g),
+    "plain (unencoded) arrays": lambda msg, g: _reply(msg, g, {"num-examples": 5}, plain=True),
+    "nan payload": _nan_reply,
+    "truncated payload": _truncated_reply,
 }
 
 
@@ -135,7 +172,7 @@ def test_bad_reply_is_dropped_with_reason(kind: str) -> None:
     rng = np.random.default_rng(1)
     s = FedShrink(min_train_clients=2, min_available_nodes=2)
     msgs, glob = _round(s, [1, 2, 3], rng)
-    good = [_reply(m, glob, {"num-examples": 4, "partition-id": i}) for i, m in enumerate(msgs[:2])]
+    good = [_reply(m, glob, {"num-examples": 4, "partition-id": i}, base=glob) for i, m in enumerate(msgs[:2])]
     bad = BAD_REPLIES[kind](msgs[2], glob)
     arrays, metrics = s.aggregate_train(1, [*good, bad])
     assert arrays is not None and metrics is not None
@@ -143,13 +180,14 @@ def test_bad_reply_is_dropped_with_reason(kind: str) -> None:
     dropped = s.outcomes[-1].dropped
     assert len(dropped) == 1 and dropped[0].node_id == 3 and dropped[0].reason
     np.testing.assert_allclose(arrays["w"].numpy(), glob["w"])  # the bad reply did not leak in
+    assert s.outcomes[-1].bytes_up > 0 and s.outcomes[-1].bytes_down > 0
 
 
 def test_reply_from_unknown_node_and_duplicates_are_dropped() -> None:
     rng = np.random.default_rng(2)
     s = FedShrink(min_train_clients=1, min_available_nodes=1)
     msgs, glob = _round(s, [1, 2], rng)
-    r1 = _reply(msgs[0], glob, {"num-examples": 3})
+    r1 = _reply(msgs[0], glob, {"num-examples": 3}, base=glob)
     _, metrics = s.aggregate_train(1, [r1, r1])
     assert metrics is not None and metrics["replies-good"] == 1
     reasons = [d.reason for d in s.outcomes[-1].dropped]
@@ -161,7 +199,7 @@ def test_round_with_too_few_good_replies_is_skipped() -> None:
     rng = np.random.default_rng(3)
     s = FedShrink(min_train_clients=3, min_available_nodes=3)
     msgs, glob = _round(s, [1, 2, 3], rng)
-    replies = [_reply(m, glob, {"num-examples": 4}) for m in msgs[:2]]
+    replies = [_reply(m, glob, {"num-examples": 4}, base=glob) for m in msgs[:2]]
     replies.append(Message(Error(10, "crashed"), reply_to=msgs[2]))
     arrays, metrics = s.aggregate_train(1, replies)
     assert arrays is None

@@ -5,10 +5,16 @@ class wires them to Flower's message API:
 
 * :meth:`configure_train` samples nodes (deterministically for a seed) and
   builds one message per node through :meth:`train_content`, the seam where
-  later layers put per-client payloads (fragments, compressed downlinks);
-* :meth:`aggregate_train` parses every reply against what that node was sent,
-  drops bad replies with a logged reason, skips a round that has fewer good
-  replies than ``min_train_clients``, and averages the rest by sample count.
+  per-client payloads go; the global model travels encoded by the downlink
+  codec chain (``"raw"``: lossless);
+* :meth:`aggregate_train` decodes every reply's update (trained minus
+  received, encoded by the client's uplink chain), checks it against what that
+  node was sent, drops bad replies with a logged reason, skips a round that
+  has fewer good replies than ``min_train_clients``, and adds the
+  sample-weighted mean update to the global model. With lossless chains this
+  is exactly FedAvg: ``g + sum_i w_i (t_i - g) = sum_i w_i t_i``.
+
+Bytes are counted exactly, as serialized Flower Messages, in both directions.
 
 Evaluation is server-side (see :mod:`fedshrink.server_app`), so
 ``configure_evaluate`` sends nothing.
@@ -22,10 +28,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedshrink.compression import DEFAULT_LIMITS, Chain, DecodeLimits, encode_state, message_nbytes
 from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.strategy.aggregate import weighted_mean, weighted_metric_mean
 from fedshrink.strategy.replies import (
@@ -51,6 +59,8 @@ class RoundOutcome:
     dropped: list[Dropped] = field(default_factory=list)
     skipped: bool = False
     aggregate_seconds: float = 0.0
+    bytes_down: int = 0  # train messages sent, serialized
+    bytes_up: int = 0  # replies received (good and bad), serialized
 
 
 def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -77,6 +87,10 @@ class FedShrink(Strategy):
         Seeds node sampling (with the round number).
     wait_timeout:
         Seconds to wait for ``min_available_nodes`` before failing the run.
+    downlink_chain:
+        Codec chain the global model is sent with (see :mod:`fedshrink.compression`).
+    limits:
+        Caps applied when decoding replies (element counts, bytes).
     """
 
     def __init__(
@@ -87,6 +101,8 @@ class FedShrink(Strategy):
         min_available_nodes: int = 2,
         seed: int = 0,
         wait_timeout: float = 600.0,
+        downlink_chain: str = "raw",
+        limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
         if not 0.0 < fraction_train <= 1.0:
             raise ConfigError("fraction-train", fraction_train, "a number in (0, 1]")
@@ -99,7 +115,12 @@ class FedShrink(Strategy):
         self.min_available_nodes = max(min_available_nodes, min_train_clients)
         self.seed = seed
         self.wait_timeout = wait_timeout
+        self.downlink = Chain.parse(downlink_chain)
+        self.limits = limits
         self._expected: dict[int, Expected] = {}
+        self._global: dict[str, np.ndarray] = {}
+        self._downlink_cache: tuple[int, ArrayRecord] | None = None
+        self._bytes_down = 0
         self.outcomes: list[RoundOutcome] = []
 
     # -- sampling ----------------------------------------------------------------
@@ -121,44 +142,53 @@ class FedShrink(Strategy):
         return sorted(nodes[int(i)] for i in picked)
 
     # -- train -------------------------------------------------------------------
-    def train_content(
-        self, node_id: int, server_round: int, arrays: ArrayRecord, config: ConfigRecord
-    ) -> RecordDict:
-        """The content sent to ``node_id``; subclasses send per-node payloads."""
+    def encode_downlink(self, server_round: int) -> ArrayRecord:
+        """The global model encoded by the downlink chain (once per round)."""
+        if self._downlink_cache is None or self._downlink_cache[0] != server_round:
+            state = {k: torch.from_numpy(v) for k, v in self._global.items()}
+            record, _ = encode_state(state, self.downlink, round=server_round, direction="downlink")
+            self._downlink_cache = (server_round, record)
+        return self._downlink_cache[1]
+
+    def train_content(self, node_id: int, server_round: int, config: ConfigRecord) -> tuple[RecordDict, Expected]:
+        """The content sent to ``node_id`` and what its reply must match; subclasses send per-node payloads."""
         cfg = ConfigRecord(dict(config))
         cfg["server-round"] = server_round
-        return RecordDict({ARRAYS_KEY: arrays, CONFIG_KEY: cfg})
+        content = RecordDict({ARRAYS_KEY: self.encode_downlink(server_round), CONFIG_KEY: cfg})
+        return content, expected_from(self._global)
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        self._global = record_to_numpy(arrays)
         messages = []
         self._expected = {}
+        self._bytes_down = 0
         for node_id in self.sample_nodes(server_round, grid):
-            content = self.train_content(node_id, server_round, arrays, config)
-            sent = content.array_records[ARRAYS_KEY]
-            self._expected[node_id] = expected_from(record_to_numpy(sent))
-            messages.append(
-                Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN, group_id=str(server_round))
-            )
+            content, expected = self.train_content(node_id, server_round, config)
+            self._expected[node_id] = expected
+            msg = Message(content, dst_node_id=node_id, message_type=MessageType.TRAIN, group_id=str(server_round))
+            self._bytes_down += message_nbytes(msg)
+            messages.append(msg)
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         t0 = time.perf_counter()
-        outcome = RoundOutcome(server_round)
+        outcome = RoundOutcome(server_round, bytes_down=self._bytes_down)
         seen: set[int] = set()
         for msg in replies:
             node = msg.metadata.src_node_id
             expected = self._expected.get(node)
+            outcome.bytes_up += message_nbytes(msg)
             try:
                 if expected is None:
                     raise ReplyError("reply from a node that was not sent a train message")
                 if node in seen:
                     raise ReplyError("second reply from the same node")
                 seen.add(node)
-                outcome.good.append(parse_reply(msg, expected))
+                outcome.good.append(parse_reply(msg, expected, limits=self.limits))
             except ReplyError as exc:
                 outcome.dropped.append(Dropped(node, partition_of(msg), str(exc)))
         for node in sorted(set(self._expected) - seen):
@@ -186,8 +216,9 @@ class FedShrink(Strategy):
         return numpy_to_record(new_arrays), metrics
 
     def aggregate_arrays(self, good: list[GoodReply]) -> dict[str, np.ndarray]:
-        """Combine the good replies' arrays; FedAvg's sample-weighted mean here."""
-        return weighted_mean([r.arrays for r in good], [r.num_examples for r in good])
+        """New global model: the current one plus the sample-weighted mean update."""
+        mean_update = weighted_mean([r.arrays for r in good], [r.num_examples for r in good])
+        return {k: (g + mean_update[k]).astype(g.dtype) for k, g in self._global.items()}
 
     # -- evaluate (server-side only) ----------------------------------------------
     def configure_evaluate(

@@ -1,9 +1,12 @@
 """Validation of client replies before anything is aggregated.
 
-A reply is checked against what the server sent that node: the same array
-names, shapes and dtypes, finite values, a positive example count. A bad
-reply becomes a :class:`Dropped` record with the reason; it never raises out
-of the Strategy.
+A reply carries the client's update (trained minus received) encoded by
+fedshrink's codecs (:mod:`fedshrink.compression`). It is decoded under the
+server's :class:`~fedshrink.compression.DecodeLimits` (nothing is unpickled,
+nothing larger than declared is allocated) and checked against what the
+server sent that node: the same tensor names, shapes and dtypes, finite
+values, a positive example count. A bad reply becomes a :class:`Dropped`
+record with the reason; it never raises out of the Strategy.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Message
 
-from fedshrink.errors import ReplyError
+from fedshrink.compression import DEFAULT_LIMITS, DecodeLimits, decode_reply, message_nbytes
+from fedshrink.errors import DecodeError, ReplyError
 
 ARRAYS_KEY = "arrays"
 METRICS_KEY = "metrics"
@@ -34,8 +38,9 @@ class GoodReply:
     node_id: int
     partition_id: int
     num_examples: int
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]  # the decoded update: trained minus received
     metrics: dict[str, float]
+    nbytes: int  # the reply's size as a Flower Message
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ def expected_from(arrays: Mapping[str, np.ndarray]) -> Expected:
     )
 
 
-def parse_reply(msg: Message, expected: Expected) -> GoodReply:
+def parse_reply(msg: Message, expected: Expected, *, limits: DecodeLimits = DEFAULT_LIMITS) -> GoodReply:
     """Return the reply's content, or raise :class:`ReplyError` naming the fault."""
     if msg.has_error():
         raise ReplyError(f"client error {msg.error.code}: {msg.error.reason}")
@@ -63,29 +68,24 @@ def parse_reply(msg: Message, expected: Expected) -> GoodReply:
     num_examples = metrics.get("num-examples")
     if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples <= 0:
         raise ReplyError(f"num-examples must be a positive int, got {num_examples!r}")
-    if ARRAYS_KEY not in content.array_records:
-        raise ReplyError(f"no ArrayRecord {ARRAYS_KEY!r}")
-    record = content.array_records[ARRAYS_KEY]
-    got_keys, want_keys = set(record.keys()), set(expected.shapes)
+    try:
+        decoded = decode_reply(msg, key=ARRAYS_KEY, limits=limits)
+    except DecodeError as exc:
+        raise ReplyError(str(exc)) from exc
+    got_keys, want_keys = set(decoded), set(expected.shapes)
     if got_keys != want_keys:
         missing, extra = sorted(want_keys - got_keys), sorted(got_keys - want_keys)
-        raise ReplyError(f"array names differ from what was sent: missing {missing[:3]}, extra {extra[:3]}")
+        raise ReplyError(f"tensor names differ from what was sent: missing {missing[:3]}, extra {extra[:3]}")
     arrays: dict[str, np.ndarray] = {}
     for key in expected.shapes:
-        arr_rec = record[key]
-        if tuple(arr_rec.shape) != tuple(expected.shapes[key]) or arr_rec.dtype != expected.dtypes[key]:
+        arr = decoded[key].numpy()
+        if arr.shape != tuple(expected.shapes[key]) or str(arr.dtype) != expected.dtypes[key]:
             raise ReplyError(
-                f"array {key!r} is {arr_rec.dtype}{list(arr_rec.shape)}, "
+                f"tensor {key!r} is {arr.dtype}{list(arr.shape)}, "
                 f"sent {expected.dtypes[key]}{list(expected.shapes[key])}"
             )
-        try:
-            arr = arr_rec.numpy()
-        except Exception as exc:  # malformed bytes in the record
-            raise ReplyError(f"array {key!r} cannot be read: {type(exc).__name__}: {exc}") from exc
-        if arr.shape != tuple(expected.shapes[key]):
-            raise ReplyError(f"array {key!r} holds {arr.shape}, header says {arr_rec.shape}")
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            raise ReplyError(f"array {key!r} holds NaN or Inf")
+            raise ReplyError(f"tensor {key!r} holds NaN or Inf")
         arrays[key] = arr
     scalar = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     return GoodReply(
@@ -94,6 +94,7 @@ def parse_reply(msg: Message, expected: Expected) -> GoodReply:
         num_examples=num_examples,
         arrays=arrays,
         metrics=scalar,
+        nbytes=message_nbytes(msg),
     )
 
 

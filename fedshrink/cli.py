@@ -37,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--app-dir", type=Path, default=Path(__file__).resolve().parent.parent,
                      help="the Flower app directory for --engine flower (holds pyproject.toml)")
     run.add_argument("--cpus-per-client", type=int, default=1, help="Ray CPUs per client (--engine flower)")
+    rep = sub.add_parser("report", help="(re)build report.md and its plots from a run directory")
+    rep.add_argument("run_dir", type=Path)
+    cmp = sub.add_parser("compare", help="put several runs side by side (compare.md + plots)")
+    cmp.add_argument("run_dirs", type=Path, nargs="+")
+    cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output directory")
     return p
 
 
@@ -99,11 +104,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_run_dirs(paths: list[Path]) -> None:
+    for p in paths:
+        if not (p / "metrics.jsonl").is_file():
+            raise ConfigError("run directory", str(p), "a directory holding metrics.jsonl (a fedshrink run)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedshrink.report import build_report
+
+    _check_run_dirs([args.run_dir])
+    report = build_report(args.run_dir)
+    print(f"wrote {report.path} and {len(report.plots)} plots" +
+          (f"; skipped: {', '.join(report.skipped)}" if report.skipped else ""))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedshrink.report import compare_runs
+
+    _check_run_dirs(args.run_dirs)
+    comparison = compare_runs(args.run_dirs, args.out)
+    print(f"wrote {comparison.path} and {len(comparison.plots)} plots")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "compare":
+            return cmd_compare(args)
     except ConfigError as exc:
         print(f"fedshrink: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,7 @@ from fedshrink.compression import recorddict_nbytes
 from fedshrink.config import RunConfig
 from fedshrink.data import make_splits
 from fedshrink.models import ModelSpec, build_model, count_parameters
-from fedshrink.report import RunDirectory
+from fedshrink.report import RunDirectory, build_report
 from fedshrink.strategy import FedShrink
 from fedshrink.training import evaluate
 
@@ -150,8 +150,10 @@ def serve(
     }
     torch.save(model.state_dict(), rundir.path / "global_model.pt")
     rundir.write_summary(summary)
+    report = build_report(rundir.path)
+    summary["report"] = str(report.path)
     say(
         f"done: accuracy {summary['accuracy']:.4f} after {summary['rounds']} rounds in "
-        f"{summary['seconds']:.1f}s; run directory {rundir.path}"
+        f"{summary['seconds']:.1f}s; run directory {rundir.path} (report: {report.path.name})"
     )
     return summary

@@ -38,3 +38,20 @@ def test_bad_setting_one_line(
 def test_too_many_clients(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["run", "--num-clients", "100000", "-c", f"output-dir='{tmp_path / 'runs'}'"])
     assert rc == 2 and "num-clients" in capsys.readouterr().err
+
+
+def test_report_and_compare_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "runs"
+    for name, chain in (("a", "raw"), ("b", "q4|zlib")):
+        assert main(["run", "--num-clients", "3", "-c",
+                     f"num-server-rounds=2 local-epochs=1 quiet=true output-dir='{out}' run-name={name} "
+                     f"uplink-chain='{chain}'"]) == 0
+    report = out / "a" / "report.md"
+    assert report.is_file() and (out / "a" / "plots" / "accuracy_vs_round.png").is_file()
+    report.unlink()
+    assert main(["report", str(out / "a")]) == 0 and report.is_file()
+    assert "accuracy_vs_bytes.png" in report.read_text()  # bytes are recorded, so the plot is drawn
+    assert main(["compare", str(out / "a"), str(out / "b"), "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare.md").is_file()
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    assert "run directory" in capsys.readouterr().err

@@ -1,0 +1,249 @@
+"""The report's plots: pure functions from plain series to matplotlib ``Figure``s.
+
+No pyplot state: every function builds a :class:`matplotlib.figure.Figure`
+(Agg canvas, safe in threads, tests and notebooks) and
+:func:`save_figure` writes it as PNG. A plot that lacks its data raises
+:class:`MissingData` with the reason, which the report prints in place of the plot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from fedshrink.errors import ConfigError
+from fedshrink.report.console import human_bytes
+
+DPI = 110
+
+
+class MissingData(Exception):
+    """A plot's data is absent from the run directory; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One run's accuracy per round, with cumulative uplink bytes when the run recorded them."""
+
+    rounds: Sequence[int]
+    accuracy: Sequence[float]
+    bytes_up: Sequence[float] | None = None  # cumulative, B
+    bytes_up_uncompressed: Sequence[float] | None = None  # cumulative, B, fp32 full-size equivalent
+
+
+@dataclass(frozen=True)
+class ClientBar:
+    """Totals of one client over the run."""
+
+    partition_id: int
+    profile: str
+    wall_seconds: float
+    peak_rss_bytes: int
+    bytes_up: int
+    bytes_down: int
+    energy_joules: float
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """A student candidate (one entry of ``pareto.json``)."""
+
+    params: int
+    accuracy: float
+    name: str = ""
+    bytes: int | None = None
+    macs: int | None = None
+    latency_ms: float | None = None
+    chosen: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.params, bool) or not isinstance(self.params, int) or self.params < 0:
+            raise ConfigError("pareto params", self.params, "an integer >= 0")
+        if not (isinstance(self.accuracy, int | float) and 0 <= self.accuracy <= 1):
+            raise ConfigError("pareto accuracy", self.accuracy, "a number in [0, 1]")
+        if self.bytes is not None and (not isinstance(self.bytes, int) or self.bytes < 0):
+            raise ConfigError("pareto bytes", self.bytes, "an integer >= 0 or absent")
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> ParetoPoint:
+        if not isinstance(d, Mapping) or "params" not in d or "accuracy" not in d:
+            raise ConfigError("pareto.json entry", d, "an object with at least 'params' and 'accuracy'")
+        return cls(
+            params=int(d["params"]),
+            accuracy=float(d["accuracy"]),
+            name=str(d.get("name", "")),
+            bytes=None if d.get("bytes") is None else int(d["bytes"]),
+            macs=None if d.get("macs") is None else int(d["macs"]),
+            latency_ms=None if d.get("latency_ms") is None else float(d["latency_ms"]),
+            chosen=bool(d.get("chosen", False)),
+        )
+
+    def size(self, key: str) -> float:
+        value = self.bytes if key == "bytes" else self.params
+        return float(value if value is not None else self.params)
+
+
+def pareto_front(points: Sequence[ParetoPoint], size_key: str = "params") -> list[ParetoPoint]:
+    """The non-dominated points (smaller size and higher accuracy are better), by size ascending.
+
+    A point is dominated when another is no larger and no less accurate, and
+    strictly better in one of the two.
+    """
+    ordered = sorted(points, key=lambda p: (p.size(size_key), -p.accuracy))
+    front: list[ParetoPoint] = []
+    best = -math.inf
+    for p in ordered:
+        if p.accuracy > best:
+            front.append(p)
+            best = p.accuracy
+    return front
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _bytes_axis(ax: Axes, axis: str = "x") -> None:
+    fmt = FuncFormatter(lambda v, _pos: human_bytes(v) if v > 0 else "0")
+    target = ax.xaxis if axis == "x" else ax.yaxis
+    if target.get_scale() == "log":
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    target.set_major_formatter(fmt)
+    target.set_minor_formatter(NullFormatter())  # log axes: label decades only
+
+
+def _figure(width: float = 6.4, height: float = 4.0, nrows: int = 1, ncols: int = 1) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def plot_accuracy_vs_round(curves: Mapping[str, Curve]) -> Figure:
+    """Test accuracy of the global model against round, one line per run."""
+    if not curves or all(len(c.rounds) == 0 for c in curves.values()):
+        raise MissingData("no rounds in metrics.jsonl")
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for label, c in curves.items():
+        ax.plot(list(c.rounds), list(c.accuracy), marker="o", markersize=3, label=label)
+    ax.set_xlabel("round")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy against round")
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize="small")
+    return fig
+
+
+def plot_accuracy_vs_bytes(curves: Mapping[str, Curve]) -> Figure:
+    """Accuracy against cumulative uplink bytes: fedshrink (solid) and its fp32 equivalent (dashed)."""
+    usable = {k: c for k, c in curves.items() if c.bytes_up is not None}
+    if not usable:
+        raise MissingData("no 'bytes-up' in the round records of metrics.jsonl")
+    fig, axes = _figure()
+    ax = axes[0][0]
+    for label, c in usable.items():
+        assert c.bytes_up is not None
+        (line,) = ax.plot(list(c.bytes_up), list(c.accuracy), marker="o", markersize=3,
+                          label=f"{label}: fedshrink")
+        if c.bytes_up_uncompressed is not None:
+            ax.plot(list(c.bytes_up_uncompressed), list(c.accuracy), linestyle="--", color=line.get_color(),
+                    alpha=0.7, label=f"{label}: uncompressed fp32 equivalent")
+    xs = [v for c in usable.values() for seq in (c.bytes_up, c.bytes_up_uncompressed) if seq for v in seq]
+    if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
+        ax.set_xscale("log")
+    _bytes_axis(ax)
+    ax.set_xlabel("cumulative uplink bytes (all clients)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy against cumulative uplink bytes")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return fig
+
+
+def plot_client_bars(bars: Sequence[ClientBar], *, energy_label: str = "") -> Figure:
+    """Per-client totals over the run: wall time, peak RSS, bytes (up + down stacked), energy."""
+    if not bars:
+        raise MissingData("no clients.csv (per-client resource records)")
+    bars = sorted(bars, key=lambda b: b.partition_id)
+    profiles = sorted({b.profile for b in bars})
+    palette = [f"C{i % 10}" for i in range(len(profiles))]
+    color = {p: palette[i] for i, p in enumerate(profiles)}
+    xs = list(range(len(bars)))
+    colors = [color[b.profile] for b in bars]
+    fig, axes = _figure(10.0, 6.4, 2, 2)
+    panels: list[tuple[Axes, str, list[float]]] = [
+        (axes[0][0], "wall time over the run (s)", [b.wall_seconds for b in bars]),
+        (axes[0][1], "peak RSS (max over rounds)", [float(b.peak_rss_bytes) for b in bars]),
+        (axes[1][1], "energy (J)" + (f"\n[{energy_label}]" if energy_label else ""),
+         [b.energy_joules for b in bars]),
+    ]
+    for ax, title, values in panels:
+        ax.bar(xs, values, color=colors)
+        ax.set_title(title, fontsize="medium")
+    _bytes_axis(axes[0][1], "y")
+    ax = axes[1][0]
+    ax.bar(xs, [b.bytes_up for b in bars], color=colors, label="up")
+    ax.bar(xs, [b.bytes_down for b in bars], bottom=[b.bytes_up for b in bars], color=colors, alpha=0.4,
+           hatch="//", label="down")
+    ax.set_title("bytes over the run (up solid, down hatched)", fontsize="medium")
+    _bytes_axis(ax, "y")
+    labels = [str(b.partition_id) for b in bars]
+    step = max(1, len(bars) // 20)
+    for row in axes:
+        for ax in row:
+            ax.set_xticks(xs[::step], labels[::step], fontsize="small")
+            ax.set_xlabel("client (partition-id)", fontsize="small")
+            ax.grid(axis="y", alpha=0.3)
+    if len(profiles) > 1 or profiles != ["default"]:
+        from matplotlib.patches import Patch
+
+        fig.legend(handles=[Patch(color=color[p], label=p) for p in profiles], loc="outside upper right",
+                   title="profile", fontsize="small")
+    fig.suptitle("Per-client costs")
+    return fig
+
+
+def plot_pareto(points: Sequence[ParetoPoint], *, size_key: str = "params") -> Figure:
+    """The student candidates: accuracy against size, the Pareto front joined, the chosen one starred."""
+    if not points:
+        raise MissingData("no pareto.json (student search candidates)")
+    front = pareto_front(points, size_key)
+    fig, axes = _figure()
+    ax = axes[0][0]
+    others = [p for p in points if p not in front]
+    ax.scatter([p.size(size_key) for p in others], [p.accuracy for p in others], color="0.6", s=18,
+               label="candidate")
+    ax.plot([p.size(size_key) for p in front], [p.accuracy for p in front], "o-", color="C0",
+            markersize=5, label="Pareto front")
+    chosen = [p for p in points if p.chosen]
+    if chosen:
+        ax.scatter([p.size(size_key) for p in chosen], [p.accuracy for p in chosen], marker="*", s=220,
+                   color="C3", zorder=5, label="chosen")
+    for p in front:
+        if p.name:
+            ax.annotate(p.name, (p.size(size_key), p.accuracy), fontsize="x-small",
+                        xytext=(4, -10), textcoords="offset points")
+    sizes = [p.size(size_key) for p in points]
+    if min(sizes) > 0 and max(sizes) / min(sizes) > 20:
+        ax.set_xscale("log")
+    if size_key == "bytes":
+        _bytes_axis(ax)
+        ax.set_xlabel("student size (bytes)")
+    else:
+        ax.set_xlabel("student parameters")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Student search: Pareto front")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return fig

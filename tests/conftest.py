@@ -7,9 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+# The test models are tiny: one intra-op thread is fastest, and several threads
+# oversubscribe a 2-core machine badly (measured: 6 s vs 157 s for one test under load).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

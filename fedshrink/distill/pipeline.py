@@ -1,0 +1,415 @@
+"""The one entry point: distil the teacher into a searched student, compress it, export it.
+
+``distill_and_export(teacher, teacher_spec, proxy_x, test, cfg, out_dir)`` does, in order:
+
+1. measure the teacher (params, MACs, bytes, test accuracy, CPU latency);
+2. search a student inside ``cfg``'s budget (:mod:`.search`), unless ``cfg.student`` fixes one;
+3. distil it from scratch on a transfer set built from every proxy image (``cfg.steps``;
+   only ``proxy_x``, no labels unless ``alpha > 0``), prune by magnitude and fine-tune
+   with the same loss (``cfg.finetune_steps``, masks kept), bake the masks in;
+4. int8 per-channel PTQ calibrated on the proxy images (:mod:`.compress`);
+5. write into ``out_dir``: ``student.onnx`` (fp32, checked in onnxruntime against torch
+   within 1e-4), ``student_state.pt`` (fp32 pruned state dict), ``student_int8.fsq``
+   (packed int8 + sparsity, re-read and checked), ``model_card.json``, ``pareto.json`` and
+   ``pareto.csv``; and return a :class:`DistillReport`.
+
+The test set is used only to report accuracies, never to choose or train anything.
+The caller decides whether to run (``cfg.enabled``) and how often (``cfg.every_k_rounds``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedshrink.data import LabelledArrays
+from fedshrink.distill.compress import finalize_pruning, pack_int8, prune_student, quantize_int8, sparsity, unpack_int8
+from fedshrink.distill.export import (
+    check_onnx,
+    export_onnx,
+    fp32_nbytes,
+    measure_latency_ms,
+    onnx_accuracy,
+    onnx_latency_ms,
+    state_dict_nbytes,
+    write_json,
+)
+from fedshrink.distill.kd import AugmentConfig, EnsembleTeacher, KDSettings, build_transfer_set, distill
+from fedshrink.distill.macs import count_macs
+from fedshrink.distill.search import Budget, SearchSettings, candidate_spec, measure_figures, search_student
+from fedshrink.errors import ConfigError, DistillError
+from fedshrink.models import NORMS, ModelSpec, build_model, count_parameters
+from fedshrink.training import evaluate
+
+DEFAULT_CANDIDATES = ("mlp:0.1", "mlp:0.2", "cnn:0.125", "cnn:0.1875", "cnn:0.25", "resnet:0.1875",
+                      "resnet:0.25")
+TEACHERS = ("global", "ensemble")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Every setting of server-side distillation, validated at construction; JSON round-trips."""
+
+    enabled: bool = True
+    every_k_rounds: int = 0  # 0 = only at the end of the run (the ServerApp acts on it)
+    teacher: str = "global"  # or "ensemble" of the round's client models (FedDF); the caller supplies them
+    temperature: float = 4.0
+    alpha: float = 0.0  # weight of the labelled CE loss; 0 = pure distillation (proxy is unlabeled)
+    steps: int = 2000  # final distillation steps (batches)
+    finetune_steps: int = 1000  # distillation steps after pruning, masks kept
+    transfer_size: int = 16384  # proxy images + augmented copies, labelled once by the teacher
+    batch_size: int = 128
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    prune_amount: float = 0.5  # magnitude pruning of every Conv2d / Linear weight
+    # budget (0 = no limit); bytes = the packed int8 sparse file, latency = fp32 batch 1 one thread
+    # (defaults: 110,922 / 15 and 443,688 / 60, rounded down: the issue's 15x / 60x for the default cnn teacher)
+    max_params: int = 7390
+    max_macs: int = 0
+    max_bytes: int = 7390
+    max_latency_ms: float = 0.0
+    # search
+    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    student: str = ""  # "<model>:<width>" skips the search
+    student_norm: str = ""  # "" = the teacher's
+    search_rungs: tuple[int, ...] = (100, 300)
+    search_eta: int = 3
+    search_holdout: float = 0.2
+    search_views: int = 4
+    latency_repeats: int = 50
+    onnx_opset: int = 17
+    threads: int = 1  # torch CPU threads while distilling (restored afterwards)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.enabled, bool):
+            raise ConfigError("distill.enabled", self.enabled, "true or false")
+        for key in ("every_k_rounds", "seed"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"distill.{key}", v, "an integer >= 0")
+        for key in ("transfer_size", "threads"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"distill.{key}", v, "an integer >= 1")
+        if isinstance(self.latency_repeats, bool) or not isinstance(self.latency_repeats, int) \
+                or self.latency_repeats < 1:
+            raise ConfigError("distill.latency_repeats", self.latency_repeats, "an integer >= 1")
+        if not isinstance(self.onnx_opset, int) or not 13 <= self.onnx_opset <= 20:
+            raise ConfigError("distill.onnx_opset", self.onnx_opset, "an integer in [13, 20]")
+        if self.teacher not in TEACHERS:
+            raise ConfigError("distill.teacher", self.teacher, "one of " + ", ".join(map(repr, TEACHERS)))
+        if isinstance(self.prune_amount, bool) or not isinstance(self.prune_amount, int | float) \
+                or not 0 <= self.prune_amount < 1:
+            raise ConfigError("distill.prune_amount", self.prune_amount, "a number in [0, 1)")
+        if self.student_norm and self.student_norm not in NORMS:
+            raise ConfigError("distill.student_norm", self.student_norm, "'' or one of " + ", ".join(NORMS))
+        object.__setattr__(self, "candidates", tuple(self.candidates))
+        object.__setattr__(self, "search_rungs", tuple(self.search_rungs))
+        if self.student:
+            from fedshrink.distill.search import parse_candidate
+
+            parse_candidate(self.student, "distill.student")
+        # the sub-configs validate the rest and name the bad key
+        self.kd_settings(self.steps)
+        self.kd_settings(self.finetune_steps)
+        self.budget()
+        self.search_settings()
+
+    def kd_settings(self, steps: int) -> KDSettings:
+        return KDSettings(steps, self.batch_size, self.learning_rate, self.weight_decay, self.temperature,
+                          self.alpha)
+
+    def budget(self) -> Budget:
+        return Budget(self.max_params, self.max_macs, self.max_bytes, self.max_latency_ms)
+
+    def search_settings(self) -> SearchSettings:
+        return SearchSettings(self.search_rungs, self.search_eta, self.search_holdout, self.search_views)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["candidates"] = list(self.candidates)
+        d["search_rungs"] = list(self.search_rungs)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DistillConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError("distill", unknown[0], "one of " + ", ".join(sorted(known)))
+        d = dict(d)
+        if "augment" in d and isinstance(d["augment"], dict):
+            aug_known = {f.name for f in dataclasses.fields(AugmentConfig)}
+            bad = sorted(set(d["augment"]) - aug_known)
+            if bad:
+                raise ConfigError("distill.augment", bad[0], "one of " + ", ".join(sorted(aug_known)))
+            d["augment"] = AugmentConfig(**d["augment"])
+        for key in ("candidates", "search_rungs"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> DistillConfig:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class DistillReport:
+    """What :func:`distill_and_export` measured and wrote; ``card`` is ``model_card.json``'s content."""
+
+    student_spec: ModelSpec
+    card: dict[str, Any]
+    reason: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def teacher(self) -> dict[str, Any]:
+        return dict(self.card["teacher"])
+
+    @property
+    def student(self) -> dict[str, Any]:
+        return dict(self.card["student"])
+
+    @property
+    def ratios(self) -> dict[str, float]:
+        return dict(self.card["ratios"])
+
+
+def _accuracy(model: nn.Module, test: LabelledArrays) -> float:
+    return evaluate(model, test).accuracy
+
+
+def _latency(model: nn.Module, shape: tuple[int, int, int], repeats: int) -> dict[str, float]:
+    return {
+        "latency_ms_batch1": measure_latency_ms(model, shape, 1, repeats=repeats),
+        "latency_ms_batch64": measure_latency_ms(model, shape, 64, repeats=repeats),
+    }
+
+
+def as_teacher(teacher: nn.Module | Sequence[nn.Module]) -> nn.Module:
+    """A module, or a sequence of modules turned into their logit-averaging ensemble."""
+    if isinstance(teacher, nn.Module):
+        return teacher
+    return EnsembleTeacher(list(teacher))
+
+
+def distill_and_export(
+    teacher: nn.Module | Sequence[nn.Module],
+    teacher_spec: ModelSpec,
+    proxy_x: np.ndarray,
+    test: LabelledArrays,
+    cfg: DistillConfig,
+    out_dir: Path,
+    *,
+    proxy_y: np.ndarray | None = None,
+    log: Any = None,
+) -> DistillReport:
+    """Distil, search, compress and export (see the module doc); raises :class:`DistillError` on bad input.
+
+    ``teacher`` is the global model, or a sequence of client models whose mean logits teach
+    (FedDF). ``proxy_x`` ``(N, C, H, W)`` float32 are the server's proxy images; ``proxy_y``
+    is only read when ``cfg.alpha > 0``. ``test`` is used for reporting only. ``log`` (a
+    ``print``-like callable) gets progress lines. Runs on ``cfg.threads`` torch threads.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _distill_and_export(teacher, teacher_spec, proxy_x, test, cfg, out_dir, proxy_y=proxy_y, log=log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _distill_and_export(
+    teacher: nn.Module | Sequence[nn.Module],
+    teacher_spec: ModelSpec,
+    proxy_x: np.ndarray,
+    test: LabelledArrays,
+    cfg: DistillConfig,
+    out_dir: Path,
+    *,
+    proxy_y: np.ndarray | None = None,
+    log: Any = None,
+) -> DistillReport:
+    t_start = time.perf_counter()
+    say = log or (lambda _line: None)
+    proxy_x = np.asarray(proxy_x, dtype=np.float32)
+    if proxy_x.ndim != 4 or len(proxy_x) == 0:
+        raise DistillError(f"the proxy set is empty or not (N, C, H, W) images (shape {proxy_x.shape}): "
+                           "there is nothing to distill on")
+    if tuple(proxy_x.shape[1:]) != tuple(teacher_spec.input_shape):
+        raise DistillError(f"proxy images have shape {proxy_x.shape[1:]}, the teacher expects "
+                           f"{teacher_spec.input_shape}")
+    if cfg.alpha > 0 and (proxy_y is None or len(proxy_y) != len(proxy_x)):
+        raise DistillError(f"alpha={cfg.alpha} mixes in a labelled loss, but no proxy labels were given")
+    t_model = as_teacher(teacher).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shape = teacher_spec.input_shape
+    px = torch.from_numpy(proxy_x)  # (N, C, H, W)
+    py = torch.from_numpy(np.asarray(proxy_y, dtype=np.int64)) if cfg.alpha > 0 and proxy_y is not None else None
+
+    # 1. teacher figures
+    t_params = count_parameters(t_model)
+    teacher_card: dict[str, Any] = {
+        "spec": json.loads(teacher_spec.to_json()),
+        "kind": cfg.teacher if not isinstance(teacher, nn.Module) else "global",
+        "params": t_params,
+        "macs": count_macs(t_model, shape),
+        "bytes_fp32": fp32_nbytes(t_model),
+        "bytes_state_dict_file": state_dict_nbytes(t_model),
+        "test_accuracy": _accuracy(t_model, test),
+        **_latency(t_model, shape, cfg.latency_repeats),
+    }
+    say(f"distill: teacher {t_params:,} params, test accuracy {teacher_card['test_accuracy']:.4f}")
+
+    # 2. student: fixed or searched
+    t0 = time.perf_counter()
+    if cfg.student:
+        spec = candidate_spec(cfg.student, teacher_spec, cfg.student_norm)
+        fig = measure_figures(spec, cfg.prune_amount, repeats=cfg.latency_repeats)
+        if fig.params >= t_params:
+            raise DistillError(f"student {cfg.student} has {fig.params:,} params, not fewer than the "
+                               f"teacher's {t_params:,}: a student must be smaller")
+        problems = cfg.budget().violations(fig)
+        if problems:
+            raise DistillError(f"student {cfg.student} does not fit the budget: {'; '.join(problems)}")
+        reason = f"{cfg.student}: fixed by the settings (no search)"
+        records: list[dict[str, Any]] = []
+    else:
+        result = search_student(
+            t_model, teacher_spec, px, candidates=cfg.candidates, budget=cfg.budget(),
+            search=cfg.search_settings(), kd=cfg.kd_settings(cfg.search_rungs[0]), aug=cfg.augment,
+            transfer_size=cfg.transfer_size, prune_amount=cfg.prune_amount, norm=cfg.student_norm, seed=cfg.seed,
+            latency_repeats=cfg.latency_repeats,
+        )
+        spec, reason = result.picked.spec, result.reason
+        records = [r.row() for r in result.records]
+    search_s = time.perf_counter() - t0
+    say(f"distill: picked {reason} ({search_s:.1f}s)")
+
+    # 3. distil on all proxy images, prune, fine-tune
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    student = build_model(spec)
+    if count_parameters(student) >= t_params:
+        raise DistillError(f"student has {count_parameters(student):,} params, not fewer than the teacher's "
+                           f"{t_params:,}: a student must be smaller")
+    transfer = build_transfer_set(px, t_model if cfg.alpha < 1 else None, cfg.transfer_size, cfg.augment,
+                                  seed=cfg.seed + 1, proxy_y=py, num_classes=teacher_spec.num_classes)
+    kd_main = distill(student, transfer, cfg.kd_settings(cfg.steps), seed=cfg.seed + 1)
+    acc_dense = _accuracy(student, test)
+    prune_student(student, cfg.prune_amount)
+    kd_ft = distill(student, transfer, cfg.kd_settings(cfg.finetune_steps), seed=cfg.seed + 2)
+    finalize_pruning(student)
+    student.eval()
+    train_s = time.perf_counter() - t0
+
+    # 4. int8 PTQ calibrated on the proxy images, packed, re-read from the bytes
+    qmodel = quantize_int8(student, px)
+    packed = pack_int8(qmodel)
+    files = {
+        "onnx": out_dir / "student.onnx",
+        "state_dict": out_dir / "student_state.pt",
+        "int8": out_dir / "student_int8.fsq",
+        "card": out_dir / "model_card.json",
+        "pareto_json": out_dir / "pareto.json",
+        "pareto_csv": out_dir / "pareto.csv",
+    }
+    files["int8"].write_bytes(packed)
+    q_loaded = unpack_int8(files["int8"].read_bytes())
+    with torch.no_grad():
+        if not torch.equal(q_loaded(px[:64]), qmodel(px[:64])):
+            raise DistillError("the packed int8 student does not reproduce the in-memory one")
+
+    # 5. exports and checks
+    torch.save(student.state_dict(), files["state_dict"])
+    export_onnx(student, shape, files["onnx"], opset=cfg.onnx_opset)
+    check_x = np.concatenate([test.x[:256], proxy_x[:64]])
+    onnx_diff = check_onnx(student, files["onnx"], check_x)
+    s_params = count_parameters(student)
+    s_bytes = files["int8"].stat().st_size
+    student_card: dict[str, Any] = {
+        "spec": json.loads(spec.to_json()),
+        "params": s_params,
+        "nonzero_weights": int(sum(int((m.weight != 0).sum()) for m in student.modules()
+                                   if isinstance(m, nn.Conv2d | nn.Linear))),
+        "sparsity": sparsity(student),
+        "macs": count_macs(student, shape),
+        "bytes_int8_file": s_bytes,
+        "bytes_fp32": fp32_nbytes(student),
+        "bytes_state_dict_file": files["state_dict"].stat().st_size,
+        "bytes_onnx_file": files["onnx"].stat().st_size,
+        "test_accuracy_dense_fp32": acc_dense,
+        "test_accuracy_fp32": _accuracy(student, test),
+        "test_accuracy_int8": _accuracy(q_loaded, test),
+        "test_accuracy_onnx": onnx_accuracy(files["onnx"], test.x, test.y),
+        "onnx_max_abs_diff": onnx_diff,
+        **_latency(student, shape, cfg.latency_repeats),
+        "onnx_latency_ms_batch1": onnx_latency_ms(files["onnx"], shape, 1, repeats=cfg.latency_repeats),
+        "onnx_latency_ms_batch64": onnx_latency_ms(files["onnx"], shape, 64, repeats=cfg.latency_repeats),
+    }
+    card: dict[str, Any] = {
+        "format": "fedshrink-model-card/1",
+        "teacher": teacher_card,
+        "student": student_card,
+        "ratios": {
+            "params": t_params / s_params,
+            "bytes": teacher_card["bytes_fp32"] / s_bytes,
+            "bytes_vs_teacher_file": teacher_card["bytes_state_dict_file"] / s_bytes,
+            "macs": teacher_card["macs"] / max(student_card["macs"], 1),
+            "latency_batch1": teacher_card["latency_ms_batch1"] / student_card["latency_ms_batch1"],
+        },
+        "accuracy_gap_points": {
+            "fp32": 100 * (teacher_card["test_accuracy"] - student_card["test_accuracy_fp32"]),
+            "int8": 100 * (teacher_card["test_accuracy"] - student_card["test_accuracy_int8"]),
+        },
+        "selection": reason,
+        "proxy_images": len(proxy_x),
+        "labels_used": cfg.alpha > 0,
+        "distillation": {"steps": kd_main.steps, "finetune_steps": kd_ft.steps, "final_loss": kd_main.final_loss,
+                         "finetune_loss": kd_ft.final_loss},
+        "seconds": {"search": search_s, "train": train_s, "total": time.perf_counter() - t_start},
+        "definitions": {
+            "macs": "multiply-accumulates per sample, Conv2d + Linear only (fedshrink.distill.macs)",
+            "bytes_int8_file": "size of student_int8.fsq: int8 nonzeros + bitmap + per-channel fp32 scales "
+                               "+ fp32 biases/norms + header (fedshrink.distill.compress)",
+            "bytes_fp32": "4 bytes x parameters",
+            "latency": "median ms per forward call, one CPU thread, torch.inference_mode (batch 64: per batch)",
+        },
+        "config": cfg.to_dict(),
+    }
+    write_json(files["card"], card)
+    write_json(files["pareto_json"], {"budget": cfg.budget().describe(), "picked": spec.name + f":{spec.width:g}",
+                                      "reason": reason, "candidates": records})
+    with files["pareto_csv"].open("w", newline="") as fh:
+        if records:
+            writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+    card["seconds"]["total"] = time.perf_counter() - t_start
+    write_json(files["card"], card)
+    say(
+        f"distill: student {spec.name} x{spec.width:g}: {s_params:,} params ({card['ratios']['params']:.1f}x fewer), "
+        f"{s_bytes:,} bytes ({card['ratios']['bytes']:.1f}x smaller), test accuracy fp32 "
+        f"{student_card['test_accuracy_fp32']:.4f} / int8 {student_card['test_accuracy_int8']:.4f} "
+        f"(teacher {teacher_card['test_accuracy']:.4f}) in {card['seconds']['total']:.1f}s -> {out_dir}"
+    )
+    if not math.isfinite(kd_main.final_loss):
+        raise DistillError(f"distillation diverged (final loss {kd_main.final_loss})")
+    return DistillReport(student_spec=spec, card=card, reason=reason, files=files)

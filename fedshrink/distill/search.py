@@ -1,0 +1,305 @@
+"""Student search under a resource budget: candidates, figures, successive halving, Pareto front.
+
+Search space: the registered model family (``mlp``: 3 layers, ``cnn``: 5, ``resnet``:
+8 weight layers; the architecture is the depth axis) crossed with width multipliers,
+given as ``"name:width"`` strings. For each candidate the static figures are
+measured before any training: parameters, MACs (:mod:`.macs`), an upper bound on
+the int8 packed bytes after pruning (:func:`.compress.packed_nbytes_bound`) and
+fp32 CPU latency at batch 1 (:func:`.export.measure_latency_ms`). Candidates
+outside the budget, or not smaller than the teacher, are never trained.
+
+The rest compete by successive halving (Jamieson & Talwalkar 2016; Li et al.
+2018, Hyperband) over short distillations: rung ``i`` trains every survivor for
+``rungs[i]`` more steps on a transfer set (augmented copies, labelled once by the
+teacher) of 1 - ``holdout`` of the proxy images, scores it, and
+keeps the best ``ceil(n / eta)``. The score is the student's top-1 agreement
+with the teacher on the held-out proxy images and augmented views of them: the
+server has no labels, so agreement with the teacher stands in for accuracy. The
+last rung's best is picked; ties go to fewer parameters, then lower latency.
+
+The Pareto front is over rung-0 scores (every trained candidate has one, after
+the same number of steps, so they compare): a candidate is on it when no other
+has a score >= and parameters <= and latency <= with one strictly better.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedshrink.distill.compress import packed_nbytes_bound
+from fedshrink.distill.export import measure_latency_ms
+from fedshrink.distill.kd import AugmentConfig, KDSettings, augment, build_transfer_set, distill
+from fedshrink.distill.macs import count_macs
+from fedshrink.errors import ConfigError, DistillError
+from fedshrink.models import MODELS, ModelSpec, build_model, count_parameters
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits a student must meet; 0 means no limit. Bytes = the packed int8 file (:mod:`.compress`)."""
+
+    max_params: int = 0
+    max_macs: int = 0
+    max_bytes: int = 0
+    max_latency_ms: float = 0.0  # fp32, batch 1, one thread, median
+
+    def __post_init__(self) -> None:
+        for key in ("max_params", "max_macs", "max_bytes"):
+            v = getattr(self, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"distill.{key}", v, "an integer >= 0 (0 = no limit)")
+        v = self.max_latency_ms
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < math.inf:
+            raise ConfigError("distill.max_latency_ms", v, "a finite number >= 0 (0 = no limit)")
+
+    def violations(self, fig: Figures) -> list[str]:
+        """Human-readable reasons ``fig`` breaks this budget (empty: it fits)."""
+        out = []
+        if self.max_params and fig.params > self.max_params:
+            out.append(f"params {fig.params:,} > {self.max_params:,}")
+        if self.max_macs and fig.macs > self.max_macs:
+            out.append(f"MACs {fig.macs:,} > {self.max_macs:,}")
+        if self.max_bytes and fig.bytes_bound > self.max_bytes:
+            out.append(f"bytes {fig.bytes_bound:,} > {self.max_bytes:,}")
+        if self.max_latency_ms and fig.latency_ms > self.max_latency_ms:
+            out.append(f"latency {fig.latency_ms:.3f} ms > {self.max_latency_ms:g} ms")
+        return out
+
+    def describe(self) -> str:
+        parts = [
+            f"params <= {self.max_params:,}" if self.max_params else "",
+            f"MACs <= {self.max_macs:,}" if self.max_macs else "",
+            f"bytes <= {self.max_bytes:,}" if self.max_bytes else "",
+            f"latency <= {self.max_latency_ms:g} ms" if self.max_latency_ms else "",
+        ]
+        return ", ".join(p for p in parts if p) or "no limits"
+
+
+@dataclass(frozen=True)
+class Figures:
+    params: int
+    macs: int  # per sample
+    bytes_bound: int  # upper bound of the packed int8 file after pruning
+    latency_ms: float  # fp32 torch, batch 1, one thread, median
+
+
+def parse_candidate(text: str, key: str = "distill.candidates") -> tuple[str, float]:
+    """``"cnn:0.25"`` -> ``("cnn", 0.25)``; raises :class:`ConfigError` on anything else."""
+    name, sep, width = text.partition(":")
+    try:
+        w = float(width)
+    except ValueError:
+        w = -1.0
+    if not sep or name not in MODELS or not 0 < w <= 4:
+        raise ConfigError(key, text, "'<model>:<width>' with model in "
+                          + ", ".join(sorted(MODELS)) + " and width in (0, 4]")
+    return name, w
+
+
+def candidate_spec(text: str, base: ModelSpec, norm: str = "") -> ModelSpec:
+    name, width = parse_candidate(text)
+    return ModelSpec(name, base.input_shape, base.num_classes, width, norm or base.norm)
+
+
+def measure_figures(spec: ModelSpec, prune_amount: float, *, repeats: int = 20) -> Figures:
+    torch.manual_seed(0)
+    model = build_model(spec)
+    return Figures(
+        params=count_parameters(model),
+        macs=count_macs(model, spec.input_shape),
+        bytes_bound=packed_nbytes_bound(spec, prune_amount),
+        latency_ms=measure_latency_ms(model, spec.input_shape, 1, repeats=repeats),
+    )
+
+
+@dataclass
+class CandidateRecord:
+    """One candidate's figures and fate in the search (written to pareto.json / .csv)."""
+
+    name: str  # "cnn:0.25"
+    spec: ModelSpec
+    figures: Figures
+    violations: list[str]
+    larger_than_teacher: bool = False
+    scores: list[float] = field(default_factory=list)  # agreement after each rung it reached
+    steps: int = 0  # total distillation steps it received
+    on_front: bool = False
+    picked: bool = False
+
+    @property
+    def in_budget(self) -> bool:
+        return not self.violations and not self.larger_than_teacher
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "candidate": self.name,
+            "model": self.spec.name,
+            "width": self.spec.width,
+            "norm": self.spec.norm,
+            **asdict(self.figures),
+            "in_budget": self.in_budget,
+            "why_out": "; ".join(self.violations + (["not smaller than the teacher"]
+                                                    if self.larger_than_teacher else [])),
+            "rung0_agreement": self.scores[0] if self.scores else None,
+            "last_agreement": self.scores[-1] if self.scores else None,
+            "rungs_reached": len(self.scores),
+            "steps": self.steps,
+            "on_front": self.on_front,
+            "picked": self.picked,
+        }
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    rungs: tuple[int, ...] = (100, 300)  # extra distillation steps per rung
+    eta: int = 3  # keep ceil(n / eta) after each rung
+    holdout: float = 0.2  # share of proxy images held out for scoring
+    views: int = 4  # augmented views per held-out image, beside the image itself
+
+    def __post_init__(self) -> None:
+        if not self.rungs or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.rungs):
+            raise ConfigError("distill.search_rungs", self.rungs, "a non-empty list of integers >= 1")
+        if isinstance(self.eta, bool) or not isinstance(self.eta, int) or self.eta < 2:
+            raise ConfigError("distill.search_eta", self.eta, "an integer >= 2")
+        if not 0 <= self.holdout < 1:
+            raise ConfigError("distill.search_holdout", self.holdout, "a number in [0, 1)")
+        if isinstance(self.views, bool) or not isinstance(self.views, int) or self.views < 0:
+            raise ConfigError("distill.search_views", self.views, "an integer >= 0")
+
+
+@dataclass
+class SearchResult:
+    records: list[CandidateRecord]
+    picked: CandidateRecord
+    reason: str
+
+    def front(self) -> list[CandidateRecord]:
+        return [r for r in self.records if r.on_front]
+
+
+def pareto_mask(points: Sequence[tuple[float, float, float]]) -> list[bool]:
+    """``points`` as (score to maximise, cost1, cost2 to minimise); True where not dominated."""
+    out = []
+    for i, (s, a, b) in enumerate(points):
+        dominated = any(
+            s2 >= s and a2 <= a and b2 <= b and (s2 > s or a2 < a or b2 < b)
+            for j, (s2, a2, b2) in enumerate(points) if j != i
+        )
+        out.append(not dominated)
+    return out
+
+
+def split_holdout(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, held out) of ``n`` proxy images; with too few images both are everything."""
+    k = int(round(n * holdout))
+    if k < 1 or n - k < 1:
+        idx = np.arange(n)
+        return idx, idx
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[k:]), np.sort(perm[:k])
+
+
+def scoring_set(x: torch.Tensor, views: int, aug: AugmentConfig, seed: int) -> torch.Tensor:
+    """Held-out images plus ``views`` augmented (no mixup) views of each: ``((1 + views) N, C, H, W)``."""
+    gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    plain = AugmentConfig(aug.max_shift, aug.max_rotate_deg, aug.max_scale, aug.noise_std, 0.0, aug.mixup_alpha)
+    return torch.cat([x] + [augment(x, plain, gen, rng)[0] for _ in range(views)])
+
+
+@torch.no_grad()
+def _agreement(student: nn.Module, teacher_pred: torch.Tensor, x: torch.Tensor) -> float:
+    student.eval()
+    return float((student(x).argmax(1) == teacher_pred).float().mean())
+
+
+def search_student(
+    teacher: nn.Module,
+    teacher_spec: ModelSpec,
+    proxy_x: torch.Tensor,
+    *,
+    candidates: Sequence[str],
+    budget: Budget,
+    search: SearchSettings,
+    kd: KDSettings,
+    aug: AugmentConfig,
+    transfer_size: int,
+    prune_amount: float,
+    norm: str = "",
+    seed: int = 0,
+    latency_repeats: int = 20,
+) -> SearchResult:
+    """Measure, filter and race ``candidates``; return every record and the pick with its reason."""
+    if len(proxy_x) == 0:
+        raise DistillError("the proxy set is empty: there is nothing to distill on")
+    if not candidates:
+        raise ConfigError("distill.candidates", list(candidates), "at least one '<model>:<width>'")
+    teacher_params = count_parameters(teacher)
+    records = []
+    for text in dict.fromkeys(candidates):  # de-duplicated, order kept
+        spec = candidate_spec(text, teacher_spec, norm)
+        fig = measure_figures(spec, prune_amount, repeats=latency_repeats)
+        records.append(CandidateRecord(text, spec, fig, budget.violations(fig),
+                                       larger_than_teacher=fig.params >= teacher_params))
+    feasible = [r for r in records if r.in_budget]
+    if not feasible:
+        smaller = [r for r in records if not r.larger_than_teacher]
+        if not smaller:
+            raise DistillError(
+                f"every candidate has >= the teacher's {teacher_params:,} parameters; a student must be smaller")
+        s = min(smaller, key=lambda r: (r.figures.params, r.figures.macs))
+        f = s.figures
+        raise DistillError(
+            f"no candidate fits the budget ({budget.describe()}); the smallest, {s.name}, has "
+            f"{f.params:,} params, {f.macs:,} MACs, {f.bytes_bound:,} bytes, {f.latency_ms:.3f} ms "
+            f"({'; '.join(s.violations)})"
+        )
+
+    train_idx, held_idx = split_holdout(len(proxy_x), search.holdout, seed)
+    transfer = build_transfer_set(proxy_x[torch.from_numpy(train_idx)], teacher, transfer_size, aug, seed=seed)
+    x_score = scoring_set(proxy_x[torch.from_numpy(held_idx)], search.views, aug, seed + 1)
+    teacher.eval()
+    with torch.no_grad():
+        teacher_pred = teacher(x_score).argmax(1)  # (M,)
+
+    students: dict[str, nn.Module] = {}
+    for r in feasible:
+        torch.manual_seed(seed)
+        students[r.name] = build_model(r.spec)
+    alive = list(feasible)
+    for rung, steps in enumerate(search.rungs):
+        for r in alive:
+            distill(students[r.name], transfer, _with_steps(kd, steps), seed=seed + 97 * rung)
+            r.steps += steps
+            r.scores.append(_agreement(students[r.name], teacher_pred, x_score))
+        alive.sort(key=lambda r: (-r.scores[-1], r.figures.params, r.figures.latency_ms))
+        if rung < len(search.rungs) - 1:
+            alive = alive[: max(1, math.ceil(len(alive) / search.eta))]
+    best = alive[0]
+    best.picked = True
+    for r, on in zip(feasible, pareto_mask([(r.scores[0], r.figures.params, r.figures.latency_ms)
+                                           for r in feasible]), strict=True):
+        r.on_front = on
+    runner_up = alive[1] if len(alive) > 1 else None
+    f = best.figures
+    reason = (
+        f"{best.name}: best held-out teacher agreement {best.scores[-1]:.3f} after {best.steps} steps "
+        f"among {len(alive)} finalist(s) of {len(feasible)} candidate(s) inside the budget "
+        f"({budget.describe()}); it has {f.params:,} params, {f.macs:,} MACs, <= {f.bytes_bound:,} bytes, "
+        f"{f.latency_ms:.3f} ms at batch 1"
+        + (f"; runner-up {runner_up.name} scored {runner_up.scores[-1]:.3f}" if runner_up else "")
+        + (f"; {len(records) - len(feasible)} candidate(s) excluded by the budget or teacher size"
+           if len(records) > len(feasible) else "")
+    )
+    return SearchResult(records=records, picked=best, reason=reason)
+
+
+def _with_steps(kd: KDSettings, steps: int) -> KDSettings:
+    return KDSettings(steps, kd.batch_size, kd.learning_rate, kd.weight_decay, kd.temperature, kd.alpha)
+

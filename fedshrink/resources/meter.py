@@ -385,12 +385,10 @@ class ResourceMeter:
 # exact uplink bytes
 # ---------------------------------------------------------------------------------
 def message_size(message: Message) -> int:
-    """Encoded bytes of a Flower Message: the size of ``flwr.common.serde.message_to_proto``.
+    """Encoded bytes of a Flower Message (``message_to_proto`` size); one definition, in the codecs layer."""
+    from fedshrink.compression.flower import message_nbytes
 
-    The same definition as ``fedshrink.compression.flower.message_nbytes(mode="proto")``
-    (the tests hold them equal); kept here so metering does not import the codecs.
-    """
-    return int(message_to_proto(message).ByteSize())
+    return message_nbytes(message)
 
 
 def reply_with_record(reply: Message, record: ResourceRecord, *, metrics_key: str = "metrics") -> ResourceRecord:

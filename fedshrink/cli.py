@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +57,9 @@ def _prepare(overrides: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     out = Path(cfg.output_dir).expanduser()
     if not out.is_absolute():
         out = Path.cwd() / out
-    name = cfg.run_name
-    if not name:
-        from fedshrink.report import default_run_name
+    from fedshrink.report.rundir import unique_run_name
 
-        name = default_run_name(cfg) + "-" + uuid.uuid4().hex[:6]
-    overrides = {**overrides, "output-dir": str(out), "run-name": name}
+    overrides = {**overrides, "output-dir": str(out), "run-name": unique_run_name(cfg)}
     return RunConfig.from_mapping(overrides), overrides
 
 

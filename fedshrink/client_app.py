@@ -12,9 +12,7 @@ node: it is loaded here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message, MetricRecord, RecordDict
@@ -26,7 +24,7 @@ from fedshrink.data import client_data
 from fedshrink.errors import ConfigError
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.strategy.replies import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
-from fedshrink.training import TrainSettings, seed_for, train_local
+from fedshrink.training import TrainSettings, read_number, seed_for, train_local
 
 app = ClientApp()
 
@@ -52,30 +50,12 @@ class NodeIdentity:
         return cls(pid, n)
 
 
-def _number(config: Mapping[str, object], key: str, kind: type[int] | type[float]) -> Any:
-    """A numeric setting of the server's train message, checked for presence and type."""
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise ConfigError(f"train message {key}", value, f"a{'n integer' if kind is int else ' number'}")
-    return kind(value)
-
-
-def train_settings_from(config: Mapping[str, object]) -> TrainSettings:
-    return TrainSettings(
-        epochs=_number(config, "local-epochs", int),
-        batch_size=_number(config, "batch-size", int),
-        learning_rate=_number(config, "learning-rate", float),
-        momentum=_number(config, "momentum", float),
-        weight_decay=_number(config, "weight-decay", float),
-    )
-
-
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_mapping(context.run_config)
     node = NodeIdentity.from_node_config(dict(context.node_config))
     config: dict[str, object] = dict(msg.content.config_records[CONFIG_KEY])
-    server_round = _number(config, "server-round", int)
+    server_round = read_number(config, "server-round", int)
     spec = ModelSpec.from_json(str(config["model-spec"]))
 
     data = client_data(cfg.split_spec(), cfg.partition_scheme(), node.partition_id, node.num_partitions)
@@ -84,7 +64,7 @@ def train(msg: Message, context: Context) -> Message:
     model = build_model(spec)
     model.load_state_dict(received)
     result = train_local(
-        model, data, train_settings_from(config), seed=seed_for(cfg.seed, server_round, node.partition_id)
+        model, data, TrainSettings.from_config(config), seed=seed_for(cfg.seed, server_round, node.partition_id)
     )
     trained = model.state_dict()
     update = {k: trained[k] - received[k] for k in received}

@@ -47,15 +47,7 @@ def main(grid: Grid, context: Context) -> None:
 def train_config_for(cfg: RunConfig, spec: ModelSpec) -> ConfigRecord:
     """The per-round settings every client trains with (taken from the run config)."""
     return ConfigRecord(
-        {
-            "model-spec": spec.to_json(),
-            "local-epochs": cfg.local_epochs,
-            "batch-size": cfg.batch_size,
-            "learning-rate": cfg.learning_rate,
-            "momentum": cfg.momentum,
-            "weight-decay": cfg.weight_decay,
-            "uplink-chain": cfg.uplink_chain,
-        }
+        {"model-spec": spec.to_json(), "uplink-chain": cfg.uplink_chain, **cfg.train_settings().to_config()}
     )
 
 

@@ -7,13 +7,24 @@ return small result records; the apps wrap them into Flower messages.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedshrink.data import LabelledArrays
+from fedshrink.errors import ConfigError
+
+
+def read_number(config: Mapping[str, object], key: str, kind: type[int] | type[float]) -> Any:
+    """A numeric entry of a received config (e.g. the server's train message), checked for presence and type."""
+    value = config.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"train message {key}", value, f"a{'n integer' if kind is int else ' number'}")
+    return kind(value)
 
 
 @dataclass(frozen=True)
@@ -23,6 +34,23 @@ class TrainSettings:
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
+
+    # field -> key in the server's train message (the run-config names)
+    CONFIG_KEYS: ClassVar[dict[str, str]] = {
+        "epochs": "local-epochs",
+        "batch_size": "batch-size",
+        "learning_rate": "learning-rate",
+        "momentum": "momentum",
+        "weight_decay": "weight-decay",
+    }
+
+    def to_config(self) -> dict[str, int | float]:
+        return {key: getattr(self, name) for name, key in self.CONFIG_KEYS.items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, object]) -> TrainSettings:
+        kinds = {f.name: int if f.type == "int" else float for f in fields(cls)}
+        return cls(**{name: read_number(config, key, kinds[name]) for name, key in cls.CONFIG_KEYS.items()})
 
 
 @dataclass(frozen=True)

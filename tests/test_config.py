@@ -84,3 +84,14 @@ def test_views_carry_settings() -> None:
     assert cfg.partition_scheme().classes_per_client == 3
     assert cfg.train_settings().epochs == 5
     assert cfg.split_spec().dataset == "digits"
+
+
+def test_train_settings_round_trip_through_the_train_message() -> None:
+    from fedshrink.training import TrainSettings
+
+    settings = RunConfig.from_mapping({"local-epochs": 3, "learning-rate": 0.2}).train_settings()
+    assert TrainSettings.from_config(settings.to_config()) == settings
+    with pytest.raises(ConfigError, match="local-epochs"):
+        TrainSettings.from_config({**settings.to_config(), "local-epochs": 2.5})
+    with pytest.raises(ConfigError, match="momentum"):
+        TrainSettings.from_config({k: v for k, v in settings.to_config().items() if k != "momentum"})

@@ -19,12 +19,13 @@ The caller decides whether to run (``cfg.enabled``) and how often (``cfg.every_k
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,24 +229,30 @@ def distill_and_export(
     is only read when ``cfg.alpha > 0``. ``test`` is used for reporting only. ``log`` (a
     ``print``-like callable) gets progress lines. Runs on ``cfg.threads`` torch threads.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
+        return _run(teacher, teacher_spec, proxy_x, test, cfg, out_dir, proxy_y, log)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block on ``n`` torch intra-op threads, restoring the previous count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
     try:
-        return _distill_and_export(teacher, teacher_spec, proxy_x, test, cfg, out_dir, proxy_y=proxy_y, log=log)
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
-def _distill_and_export(
+def _run(
     teacher: nn.Module | Sequence[nn.Module],
     teacher_spec: ModelSpec,
     proxy_x: np.ndarray,
     test: LabelledArrays,
     cfg: DistillConfig,
     out_dir: Path,
-    *,
-    proxy_y: np.ndarray | None = None,
-    log: Any = None,
+    proxy_y: np.ndarray | None,
+    log: Any,
 ) -> DistillReport:
     t_start = time.perf_counter()
     say = log or (lambda _line: None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,11 @@ from fedshrink.errors import ConfigError
 
 def default_run_name(cfg: RunConfig) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{cfg.model}"
+
+
+def unique_run_name(cfg: RunConfig) -> str:
+    """``cfg.run_name``, or a timestamped name with a random suffix when it is empty."""
+    return cfg.run_name or f"{default_run_name(cfg)}-{uuid.uuid4().hex[:6]}"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

@@ -29,7 +29,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from fedshrink.config import RunConfig
 from fedshrink.errors import ConfigError
-from fedshrink.report.rundir import RunDirectory, default_run_name
+from fedshrink.report.rundir import RunDirectory, unique_run_name
 
 CLIENT_EXCEPTION = 10  # mirrors the code Flower's runtime uses for a ClientApp exception
 
@@ -145,8 +145,7 @@ def run_inprocess(
     from fedshrink.server_app import app as default_server_app
 
     cfg = RunConfig.from_mapping(dict(overrides or {}))
-    if not cfg.run_name:  # fix the name here so the run directory can be found afterwards
-        cfg = cfg.replace(run_name=default_run_name(cfg) + "-" + uuid.uuid4().hex[:6])
+    cfg = cfg.replace(run_name=unique_run_name(cfg))  # fixed here so the run directory can be found afterwards
     configs = node_configs if node_configs is not None else simulation_node_configs(num_clients)
     train_pool = _train_pool_size(cfg)
     if len(configs) > train_pool:

@@ -63,16 +63,6 @@ def _prepare(overrides: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     return RunConfig.from_mapping(overrides), overrides
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
-    keys = ("status", "accuracy", "best-accuracy", "loss", "rounds", "clients", "model-parameters", "seconds")
-    width = max(len(k) for k in keys)
-    print("\nsummary")
-    for k in keys:
-        v = summary.get(k)
-        print(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
-    print(f"  {'run-dir':<{width}}  {summary.get('run-dir')}")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     cfg, overrides = _prepare(_overrides(args.run_config))
     if args.num_clients < 1:
@@ -96,7 +86,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if run.status != "finished:completed":
             raise FlowerRunError(f"run {run.run_id} ended with status {run.status!r}")
         summary = RunDirectory(RunDirectory.resolve(cfg)).read_summary()
-    _print_summary(summary)
+    print(f"fedshrink: {summary['status']}, accuracy {summary['accuracy']:.4f}, run directory {summary['run-dir']}")
     return 0
 
 

@@ -5,7 +5,9 @@ node config (``partition-id``, ``num-partitions``), the model spec, training
 settings and uplink codec chain from the server's message; decodes the global
 model, trains locally, and replies with its update (trained minus received)
 encoded by the uplink chain, plus its metrics (``num-examples``,
-``train-loss``, ``partition-id`` ...). A lossy chain keeps its error-feedback
+``train-loss``, ``partition-id`` ...) and its resource record for the round
+(``res-*``: wall and CPU time, peak RSS, exact bytes down and up, parameters,
+MACs, training FLOPs, energy with its method; see :mod:`fedshrink.resources`). A lossy chain keeps its error-feedback
 residual in ``context.state`` between rounds. Client data never leaves the
 node: it is loaded here.
 """
@@ -22,7 +24,14 @@ from fedshrink.compression import Chain, ResidualStore, decode_record, encode_st
 from fedshrink.config import RunConfig
 from fedshrink.data import client_data
 from fedshrink.errors import ConfigError
-from fedshrink.models import ModelSpec, build_model
+from fedshrink.models import ModelSpec, build_model, count_parameters
+from fedshrink.resources import (
+    ResourceMeter,
+    fp32_equivalent_nbytes,
+    macs_per_sample,
+    message_size,
+    reply_with_record,
+)
 from fedshrink.strategy.replies import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedshrink.training import TrainSettings, read_number, seed_for, train_local
 
@@ -60,19 +69,21 @@ def train(msg: Message, context: Context) -> Message:
 
     data = client_data(cfg.split_spec(), cfg.partition_scheme(), node.partition_id, node.num_partitions)
     uplink = Chain.parse(str(config.get("uplink-chain", "raw")))
-    received = decode_record(msg.content.array_records[ARRAYS_KEY])
-    model = build_model(spec)
-    model.load_state_dict(received)
-    result = train_local(
-        model, data, TrainSettings.from_config(config), seed=seed_for(cfg.seed, server_round, node.partition_id)
-    )
-    trained = model.state_dict()
-    update = {k: trained[k] - received[k] for k in received}
-    residuals = ResidualStore.load(context.state) if uplink.lossy else None
-    record, _ = encode_state(update, uplink, residuals=residuals, round=server_round, direction="uplink",
-                             rng=np.random.default_rng(seed_for(cfg.seed, server_round, node.partition_id, 1)))
-    if residuals is not None:
-        residuals.save(context.state)
+    settings = TrainSettings.from_config(config)
+    bytes_in = message_size(msg)
+    with ResourceMeter(watts_per_core=cfg.watts_per_core) as meter:  # decode, train, encode
+        received = decode_record(msg.content.array_records[ARRAYS_KEY])
+        model = build_model(spec)
+        model.load_state_dict(received)
+        result = train_local(model, data, settings, seed=seed_for(cfg.seed, server_round, node.partition_id))
+        trained = model.state_dict()
+        update = {k: trained[k] - received[k] for k in received}
+        residuals = ResidualStore.load(context.state) if uplink.lossy else None
+        rng = np.random.default_rng(seed_for(cfg.seed, server_round, node.partition_id, 1))
+        record, _ = encode_state(update, uplink, residuals=residuals, round=server_round, direction="uplink",
+                                 rng=rng)
+        if residuals is not None:
+            residuals.save(context.state)
     metrics = MetricRecord(
         {
             "num-examples": result.num_examples,
@@ -82,5 +93,13 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": result.seconds,
         }
     )
-    reply = RecordDict({ARRAYS_KEY: record, METRICS_KEY: metrics})
-    return Message(reply, reply_to=msg)
+    reply = Message(RecordDict({ARRAYS_KEY: record, METRICS_KEY: metrics}), reply_to=msg)
+    resources = meter.record(
+        bytes_received=bytes_in,
+        parameters=count_parameters(model),
+        macs_per_sample=macs_per_sample(model, spec.input_shape),
+        samples=result.num_examples * settings.epochs,
+        bytes_sent_fp32=fp32_equivalent_nbytes(reply, ARRAYS_KEY, trained),
+    )
+    reply_with_record(reply, resources)  # last: the reply must not change after this
+    return reply

@@ -101,6 +101,10 @@ class RunConfig:
     learning_rate: float = _setting(0.01, lambda v: v > 0, "a number > 0")
     momentum: float = _setting(0.9, lambda v: 0 <= v < 1, "a number in [0, 1)")
     weight_decay: float = _setting(0.0, lambda v: v >= 0, "a number >= 0")
+    # --- resources --------------------------------------------------------------
+    watts_per_core: float = _setting(
+        12.0, lambda v: 0 < v <= 1000, "a number of watts per busy core in (0, 1000] (energy estimate)"
+    )
     # --- outputs --------------------------------------------------------------
     output_dir: str = _setting("runs", lambda v: v != "", "a non-empty directory path")
     run_name: str = _setting(

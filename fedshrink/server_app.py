@@ -12,30 +12,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedshrink.compression import recorddict_nbytes
 from fedshrink.config import RunConfig
 from fedshrink.data import make_splits
+from fedshrink.errors import ReplyError
 from fedshrink.models import ModelSpec, build_model, count_parameters
-from fedshrink.report import RunDirectory, build_report
+from fedshrink.report import RunConsole, RunDirectory, build_report
+from fedshrink.resources import ResourceLedger
 from fedshrink.strategy import FedShrink
 from fedshrink.training import evaluate
 
 app = ServerApp()
 log = logging.getLogger("fedshrink.server")
-
-Console = Callable[[str], None]
-
-
-def _print(line: str) -> None:
-    print(line, flush=True)
 
 
 @app.main()
@@ -56,7 +50,6 @@ def serve(
     cfg: RunConfig,
     *,
     base_dir: Path | None = None,
-    console: Console = _print,
 ) -> dict[str, Any]:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the summary written to disk."""
     t_start = time.perf_counter()
@@ -73,7 +66,9 @@ def serve(
         downlink_chain=cfg.downlink_chain,
     )
     rundir = RunDirectory.create(cfg, base=base_dir)
-    say = (lambda _line: None) if cfg.quiet else console
+    ledger = ResourceLedger()
+    console = RunConsole(quiet=cfg.quiet)
+    say = console.say
     say(
         f"fedshrink: {cfg.dataset} ({len(splits.train)} client samples, {len(splits.test)} test, "
         f"{len(splits.proxy)} proxy), {cfg.model} x{cfg.model_width} ({count_parameters(model):,} "
@@ -81,10 +76,9 @@ def serve(
     )
 
     arrays = ArrayRecord(model.state_dict())
-    # what one reply's arrays would cost uncompressed: the full fp32 state in Flower's plain ArrayRecord
-    fp32_reply_bytes = recorddict_nbytes(RecordDict({"arrays": arrays}))
     train_config = train_config_for(cfg, spec)
     history: list[dict[str, Any]] = []
+    console.start(cfg.num_server_rounds, title=f"{cfg.dataset} / {cfg.model}")
     try:
         for rnd in range(1, cfg.num_server_rounds + 1):
             t0 = time.perf_counter()
@@ -96,6 +90,12 @@ def serve(
             model.load_state_dict(arrays.to_torch_state_dict())
             ev = evaluate(model, splits.test)
             outcome = strategy.outcomes[-1]
+            for reply in outcome.good:
+                try:
+                    ledger.add_reply(rnd, reply.metrics, node_id=reply.node_id)
+                except ReplyError as exc:  # telemetry only: the update itself was valid and is kept
+                    log.warning("round %d: resource record of node %d ignored: %s", rnd, reply.node_id, exc)
+            ledger.add_server(rnd, aggregation_seconds=outcome.aggregate_seconds, bytes_down=outcome.bytes_down)
             record: dict[str, Any] = {
                 "round": rnd,
                 "accuracy": ev.accuracy,
@@ -105,9 +105,8 @@ def serve(
                 "clients-good": len(outcome.good),
                 "clients-dropped": len(outcome.dropped),
                 "skipped": outcome.skipped,
-                "bytes-up": outcome.bytes_up,
-                "bytes-down": outcome.bytes_down,
-                "bytes-up-uncompressed": fp32_reply_bytes * len(outcome.good),
+                **ledger.round_record(rnd),  # bytes up/down (exact), fp32 equivalent, energy, FLOPs ...
+                "bytes-up-received": outcome.bytes_up,  # every reply, dropped ones included
                 "dropped": [
                     {"node-id": d.node_id, "partition-id": d.partition_id, "reason": d.reason}
                     for d in outcome.dropped
@@ -116,12 +115,14 @@ def serve(
             }
             rundir.append_round(record)
             history.append(record)
+            console.round(record)
             say(
                 f"round {rnd:>3}/{cfg.num_server_rounds}  accuracy {ev.accuracy:.4f}  "
                 f"loss {ev.loss:.4f}  {record['seconds']:6.2f}s  "
                 f"clients {len(outcome.good)}/{len(messages)}" + ("  (skipped)" if outcome.skipped else "")
             )
     except BaseException as exc:
+        console.finish({})
         rundir.write_summary({"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                               "rounds-completed": len(history)})
         raise
@@ -138,14 +139,19 @@ def serve(
         "model": cfg.model,
         "model-parameters": count_parameters(model),
         "seconds": time.perf_counter() - t_start,
+        "bytes-up": sum(r["bytes-up"] for r in history),
+        "bytes-down": sum(r["bytes-down"] for r in history),
+        "bytes-up-uncompressed": sum(r["bytes-up-uncompressed"] for r in history),
+        "energy-j": sum(r["energy-j"] for r in history),
+        "energy-estimated": any(r["energy-estimated"] for r in history),
+        "resources": ledger.summary(),
         "run-dir": str(rundir.path),
     }
+    ledger.write_csv(rundir.path)
     torch.save(model.state_dict(), rundir.path / "global_model.pt")
     rundir.write_summary(summary)
     report = build_report(rundir.path)
     summary["report"] = str(report.path)
-    say(
-        f"done: accuracy {summary['accuracy']:.4f} after {summary['rounds']} rounds in "
-        f"{summary['seconds']:.1f}s; run directory {rundir.path} (report: {report.path.name})"
-    )
+    console.finish(summary)
+    say(f"run directory {rundir.path} (report: {report.path.name})")
     return summary

@@ -16,7 +16,8 @@ def test_run_inprocess_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixt
                "-c", "run-name=cli"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "round   2/2" in text and "summary" in text and str(out / "cli") in text
+    assert "round   2/2" in text and "fedshrink run summary" in text and "fedshrink: completed, accuracy" in text
+    assert str(out / "cli") in text
     assert json.loads((out / "cli" / "summary.json").read_text())["status"] == "completed"
 
 

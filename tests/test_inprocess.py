@@ -144,3 +144,21 @@ def test_compressed_uplink_cuts_bytes_and_keeps_residuals(quick: dict[str, Any])
 def test_bad_chain_setting(quick: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match="uplink-chain"):
         run_inprocess({**quick, "uplink-chain": "gzip"}, num_clients=2)
+
+
+def test_resources_are_recorded_per_client_and_round(quick: dict[str, Any]) -> None:
+    import csv
+
+    result = run_inprocess({**quick, "num-server-rounds": 2, "uplink-chain": "q4|zlib"}, num_clients=3)
+    rows = list(csv.DictReader((result.run_dir / "clients.csv").open()))
+    assert sorted((int(r["round"]), int(r["partition-id"])) for r in rows) == [(1, 0), (1, 1), (1, 2), (2, 0),
+                                                                              (2, 1), (2, 2)]
+    for r in rows:  # training FLOPs = 3 x 2 x MACs per sample x samples; CNN on 8x8 = 625,920 MACs
+        assert int(r["macs-per-sample"]) == 625_920
+        assert float(r["train-flops"]) == 6 * 625_920 * int(r["samples"])
+        assert float(r["energy-j"]) > 0 and r["energy-method"].startswith("estimated")
+        assert float(r["bytes-up"]) * 4 < float(r["bytes-up-fp32"])  # 4-bit + zlib against fp32
+    rounds = RunDirectory(result.run_dir).read_rounds()
+    assert rounds[0]["bytes-up"] == sum(int(float(r["bytes-up"])) for r in rows if r["round"] == "1")
+    assert result.summary["energy-j"] > 0 and result.summary["energy-estimated"] is True
+    assert result.summary["resources"]["clients"]

@@ -100,6 +100,11 @@ class RunConsole:
         self._progress.start()
         self._task = self._progress.add_task(title, total=total_rounds, acc="-", up="-", down="-")
 
+    def say(self, line: str) -> None:
+        """A plain line (printed above the live bar when there is one); nothing when quiet."""
+        if not self.quiet:
+            self.console.print(line, highlight=False, markup=False, soft_wrap=True)
+
     def round(self, record: Mapping[str, Any]) -> None:
         """Advance by one round; ``record`` is the round's metrics.jsonl record."""
         if "bytes-up" in record:

@@ -20,6 +20,7 @@ from typing import Any
 
 from fedshrink.data import PARTITIONERS as _PARTITIONERS
 from fedshrink.data import SOURCES, PartitionScheme, SplitSpec
+from fedshrink.distill import DistillConfig
 from fedshrink.errors import ConfigError
 from fedshrink.models import MODELS as _MODELS
 from fedshrink.models import NORMS
@@ -101,6 +102,21 @@ class RunConfig:
     learning_rate: float = _setting(0.01, lambda v: v > 0, "a number > 0")
     momentum: float = _setting(0.9, lambda v: 0 <= v < 1, "a number in [0, 1)")
     weight_decay: float = _setting(0.0, lambda v: v >= 0, "a number >= 0")
+    # --- distillation into a compact student (fedshrink/distill) -----------------
+    distill: bool = _setting(True, lambda v: True, "true or false")
+    distill_every: int = _setting(0, lambda v: v >= 0, "an integer >= 0 (0 = only at the end of the run)")
+    distill_teacher: str = _setting("global", *_choices("global", "ensemble"))
+    distill_temperature: float = _setting(4.0, lambda v: 0 < v <= 100, "a number in (0, 100]")
+    distill_alpha: float = _setting(
+        0.0, lambda v: 0 <= v <= 1, "a number in [0, 1] (weight of the proxy's labels; 0 = unlabeled proxy)"
+    )
+    distill_steps: int = _setting(2000, *_positive_int())
+    distill_finetune_steps: int = _setting(1000, lambda v: v >= 0, "an integer >= 0")
+    student_max_params: int = _setting(7390, lambda v: v >= 0, "an integer >= 0 (0 = no limit)")
+    student_max_macs: int = _setting(0, lambda v: v >= 0, "an integer >= 0 (0 = no limit)")
+    student_max_bytes: int = _setting(7390, lambda v: v >= 0, "an integer >= 0 (0 = no limit)")
+    student_max_latency_ms: float = _setting(0.0, lambda v: v >= 0, "a number >= 0 (0 = no limit)")
+    distill_threads: int = _setting(1, *_positive_int())
     # --- resources --------------------------------------------------------------
     watts_per_core: float = _setting(
         12.0, lambda v: 0 < v <= 1000, "a number of watts per busy core in (0, 1000] (energy estimate)"
@@ -159,6 +175,23 @@ class RunConfig:
 
     def partition_scheme(self) -> PartitionScheme:
         return PartitionScheme(self.partitioner, self.dirichlet_alpha, self.classes_per_client)
+
+    def distill_config(self) -> DistillConfig:
+        return DistillConfig(
+            enabled=self.distill,
+            every_k_rounds=self.distill_every,
+            teacher=self.distill_teacher,
+            temperature=self.distill_temperature,
+            alpha=self.distill_alpha,
+            steps=self.distill_steps,
+            finetune_steps=self.distill_finetune_steps,
+            max_params=self.student_max_params,
+            max_macs=self.student_max_macs,
+            max_bytes=self.student_max_bytes,
+            max_latency_ms=self.student_max_latency_ms,
+            threads=self.distill_threads,
+            seed=self.seed,
+        )
 
     def train_settings(self) -> TrainSettings:
         return TrainSettings(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedshrink.config import RunConfig
-from fedshrink.data import make_splits
+from fedshrink.data import Splits, make_splits
+from fedshrink.distill import DistillReport, distill_and_export
 from fedshrink.errors import ReplyError
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.report import RunConsole, RunDirectory, build_report
@@ -43,6 +45,30 @@ def train_config_for(cfg: RunConfig, spec: ModelSpec) -> ConfigRecord:
     return ConfigRecord(
         {"model-spec": spec.to_json(), "uplink-chain": cfg.uplink_chain, **cfg.train_settings().to_config()}
     )
+
+
+def distill_student(
+    cfg: RunConfig,
+    spec: ModelSpec,
+    model: torch.nn.Module,
+    strategy: FedShrink,
+    splits: Splits,
+    out_dir: Path,
+    say: Callable[[str], None],
+) -> DistillReport:
+    """Distil the global model (or the latest round's client models) into a student on the proxy split."""
+    dcfg = cfg.distill_config()
+    teacher: torch.nn.Module | list[torch.nn.Module] = model
+    if dcfg.teacher == "ensemble" and strategy.outcomes and strategy.outcomes[-1].good:
+        teacher = []
+        for state in strategy.client_states(strategy.outcomes[-1]):
+            client_model = build_model(spec)
+            client_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+            teacher.append(client_model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the proxy's labels are read only when the user gives them weight (distill-alpha > 0)
+    proxy_y = splits.proxy.y if dcfg.alpha > 0 else None
+    return distill_and_export(teacher, spec, splits.proxy.x, splits.test, dcfg, out_dir, proxy_y=proxy_y, log=say)
 
 
 def serve(
@@ -90,6 +116,10 @@ def serve(
             model.load_state_dict(arrays.to_torch_state_dict())
             ev = evaluate(model, splits.test)
             outcome = strategy.outcomes[-1]
+            if cfg.distill and cfg.distill_every and rnd % cfg.distill_every == 0 and rnd < cfg.num_server_rounds:
+                t_d = time.perf_counter()
+                distill_student(cfg, spec, model, strategy, splits, rundir.path / f"student-round-{rnd}", say)
+                ledger.add_server(rnd, distillation_seconds=time.perf_counter() - t_d)
             for reply in outcome.good:
                 try:
                     ledger.add_reply(rnd, reply.metrics, node_id=reply.node_id)
@@ -147,6 +177,22 @@ def serve(
         "resources": ledger.summary(),
         "run-dir": str(rundir.path),
     }
+    if cfg.distill:
+        t_d = time.perf_counter()
+        student = distill_student(cfg, spec, model, strategy, splits, rundir.path, say)
+        summary["distillation-seconds"] = time.perf_counter() - t_d
+        ledger.add_server(cfg.num_server_rounds, distillation_seconds=summary["distillation-seconds"])
+        summary["student"] = {
+            "model": f"{student.student_spec.name} x{student.student_spec.width:g}",
+            "params": student.student["params"],
+            "bytes": student.student["bytes_int8_file"],
+            "test-accuracy-fp32": student.student["test_accuracy_fp32"],
+            "test-accuracy-int8": student.student["test_accuracy_int8"],
+            "ratios": student.ratios,
+            "reason": student.reason,
+        }
+        summary["resources"] = ledger.summary()
+        summary["seconds"] = time.perf_counter() - t_start
     ledger.write_csv(rundir.path)
     torch.save(model.state_dict(), rundir.path / "global_model.pt")
     rundir.write_summary(summary)

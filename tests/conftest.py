@@ -24,4 +24,5 @@ def quick(tmp_path: Path) -> dict[str, Any]:
         "local-epochs": 1,
         "output-dir": str(tmp_path / "runs"),
         "quiet": True,
+        "distill": False,  # distillation has its own tests (tests/distill, test_distill_in_run)
     }

@@ -12,7 +12,7 @@ from fedshrink.cli import main
 
 def test_run_inprocess_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
-    rc = main(["run", "--num-clients", "3", "-c", f"num-server-rounds=2 local-epochs=1 output-dir='{out}'",
+    rc = main(["run", "--num-clients", "3", "-c", f"num-server-rounds=2 local-epochs=1 distill=false output-dir='{out}'",
                "-c", "run-name=cli"])
     assert rc == 0
     text = capsys.readouterr().out
@@ -45,7 +45,7 @@ def test_report_and_compare_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = tmp_path / "runs"
     for name, chain in (("a", "raw"), ("b", "q4|zlib")):
         assert main(["run", "--num-clients", "3", "-c",
-                     f"num-server-rounds=2 local-epochs=1 quiet=true output-dir='{out}' run-name={name} "
+                     f"num-server-rounds=2 local-epochs=1 quiet=true distill=false output-dir='{out}' run-name={name} "
                      f"uplink-chain='{chain}'"]) == 0
     report = out / "a" / "report.md"
     assert report.is_file() and (out / "a" / "plots" / "accuracy_vs_round.png").is_file()

@@ -162,3 +162,17 @@ def test_resources_are_recorded_per_client_and_round(quick: dict[str, Any]) -> N
     assert rounds[0]["bytes-up"] == sum(int(float(r["bytes-up"])) for r in rows if r["round"] == "1")
     assert result.summary["energy-j"] > 0 and result.summary["energy-estimated"] is True
     assert result.summary["resources"]["clients"]
+
+
+@pytest.mark.parametrize("teacher", ["global", "ensemble"])
+def test_distillation_at_the_end_of_a_run(quick: dict[str, Any], teacher: str) -> None:
+    result = run_inprocess({**quick, "num-server-rounds": 2, "distill": True, "distill-teacher": teacher,
+                            "distill-steps": 30, "distill-finetune-steps": 10}, num_clients=3)
+    files = {p.name for p in result.run_dir.iterdir()}
+    assert {"student.onnx", "student_state.pt", "student_int8.fsq", "model_card.json", "pareto.json"} <= files
+    student = result.summary["student"]
+    assert student["params"] <= 7390 and student["bytes"] <= 7390
+    assert student["bytes"] == (result.run_dir / "student_int8.fsq").stat().st_size
+    assert 0.0 <= student["test-accuracy-int8"] <= 1.0
+    assert result.summary["distillation-seconds"] > 0
+    assert (result.run_dir / "plots" / "pareto.png").is_file()  # the report draws the search's front

@@ -153,6 +153,11 @@ class CandidateRecord:
             "steps": self.steps,
             "on_front": self.on_front,
             "picked": self.picked,
+            # the keys fedshrink.report reads from pareto.json (its plot and table)
+            "name": self.name,
+            "accuracy": self.scores[-1] if self.scores else 0.0,  # teacher agreement on held-out proxy images
+            "bytes": self.figures.bytes_bound,
+            "chosen": self.picked,
         }
 
 

@@ -242,7 +242,7 @@ def plot_pareto(points: Sequence[ParetoPoint], *, size_key: str = "params") -> F
         ax.set_xlabel("student size (bytes)")
     else:
         ax.set_xlabel("student parameters")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel("accuracy (search: agreement with the teacher on held-out proxy)")
     ax.set_title("Student search: Pareto front")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")

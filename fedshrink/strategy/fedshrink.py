@@ -215,6 +215,11 @@ class FedShrink(Strategy):
         outcome.aggregate_seconds = time.perf_counter() - t0
         return numpy_to_record(new_arrays), metrics
 
+    def client_states(self, outcome: RoundOutcome) -> list[dict[str, np.ndarray]]:
+        """The models the round's good replies trained (global sent that round + each update)."""
+        assert outcome is self.outcomes[-1], "client states are known for the latest round only"
+        return [{k: (g + r.arrays[k]).astype(g.dtype) for k, g in self._global.items()} for r in outcome.good]
+
     def aggregate_arrays(self, good: list[GoodReply]) -> dict[str, np.ndarray]:
         """New global model: the current one plus the sample-weighted mean update."""
         mean_update = weighted_mean([r.arrays for r in good], [r.num_examples for r in good])

@@ -12,7 +12,8 @@ from fedshrink.cli import main
 
 def test_run_inprocess_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
-    rc = main(["run", "--num-clients", "3", "-c", f"num-server-rounds=2 local-epochs=1 distill=false output-dir='{out}'",
+    rc = main(["run", "--num-clients", "3",
+               "-c", f"num-server-rounds=2 local-epochs=1 distill=false output-dir='{out}'",
                "-c", "run-name=cli"])
     assert rc == 0
     text = capsys.readouterr().out

@@ -13,6 +13,7 @@ import io
 import json
 import statistics
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,14 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, int, int], path: Path,
     """Export ``model`` (float32, eval mode) with a dynamic batch axis: input ``x``, output ``logits``."""
     model.eval()
     x = torch.zeros((1, *input_shape))
-    torch.onnx.export(
-        model, (x,), str(path), dynamo=False, opset_version=opset,
-        input_names=["x"], output_names=["logits"],
-        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-    )
+    # the TorchScript exporter (dynamo=False) needs no onnxscript; torch warns that it is the legacy path
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model, (x,), str(path), dynamo=False, opset_version=opset,
+            input_names=["x"], output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
 
 
 def onnx_session(path: Path) -> Any:

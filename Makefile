@@ -14,7 +14,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: demo demo-inprocess test test-fast lint install proto clean
+.PHONY: demo demo-flower test test-fast lint install proto clean
 
 # runtime install (what `make demo` needs) ...
 $(STAMP): pyproject.toml
@@ -31,12 +31,14 @@ $(DEV): $(STAMP)
 
 install: $(DEV)
 
+# the default job: the real ServerApp, ClientApp and Strategy driven in this process
+# (no Ray: about 70 s here, distillation included)
 demo: $(STAMP)
-	$(VENV)/bin/fedshrink run --engine flower --num-clients 20
-
-# the same run in this process, without Ray (about 70 s here, distillation included)
-demo-inprocess: $(STAMP)
 	$(VENV)/bin/fedshrink run --engine inprocess --num-clients 20
+
+# the same job on Flower's simulation engine (Ray) through `flwr run` (about 95 s here)
+demo-flower: $(STAMP)
+	$(VENV)/bin/fedshrink run --engine flower --num-clients 20
 
 test: $(DEV)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest

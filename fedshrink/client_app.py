@@ -14,17 +14,24 @@ node: it is loaded here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from flwr.app import Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from torch import nn
 
 from fedshrink.compression import Chain, ResidualStore, decode_record, encode_state
+from fedshrink.compression.pruning import encode_masks, get_masks, prune_model, remove_pruning
 from fedshrink.config import RunConfig
 from fedshrink.data import client_data
 from fedshrink.errors import ConfigError
+from fedshrink.fakequant import fake_quantize_, remove_fake_quant
+from fedshrink.fragments import FragmentSpec
 from fedshrink.models import ModelSpec, build_model, count_parameters
+from fedshrink.profiles import DeviceProfile, assign_profiles, get_profile
 from fedshrink.resources import (
     ResourceMeter,
     fp32_equivalent_nbytes,
@@ -32,6 +39,7 @@ from fedshrink.resources import (
     message_size,
     reply_with_record,
 )
+from fedshrink.strategy.fragments import MASKS_KEY
 from fedshrink.strategy.replies import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedshrink.training import TrainSettings, read_number, seed_for, train_local
 
@@ -59,6 +67,52 @@ class NodeIdentity:
         return cls(pid, n)
 
 
+def node_profile(cfg: RunConfig, node: NodeIdentity, node_config: Mapping[str, object]) -> DeviceProfile:
+    """The node's device profile: ``profile=...`` in its node config, else its share of the run's mix."""
+    if "profile" in node_config:
+        return get_profile(str(node_config["profile"]))
+    if not cfg.profile_mix:
+        return get_profile("laptop")
+    return get_profile(assign_profiles(cfg.profile_mix, node.num_partitions, cfg.seed)[node.partition_id])
+
+
+@app.query("profile")
+def profile(msg: Message, context: Context) -> Message:
+    """Tell the server this node's partition id and device profile (asked once, before training)."""
+    cfg = RunConfig.from_mapping(context.run_config)
+    node = NodeIdentity.from_node_config(dict(context.node_config))
+    prof = node_profile(cfg, node, dict(context.node_config))
+    reply = ConfigRecord({"partition-id": node.partition_id, "profile": prof.name})
+    return Message(RecordDict({CONFIG_KEY: reply}), reply_to=msg)
+
+
+def build_local_model(spec: ModelSpec, received: Mapping[str, torch.Tensor], config: Mapping[str, object]
+                      ) -> tuple[nn.Module, DeviceProfile | None]:
+    """The model this client trains: the full model, or its fragment with the profile's pruning and fake-quant."""
+    if "fragment-spec" not in config:
+        model = build_model(spec)
+        model.load_state_dict(received)
+        return model, None
+    fragment = FragmentSpec.from_json(str(config["fragment-spec"]))
+    prof = get_profile(str(config["profile"]))
+    model = build_model(spec.at_width(fragment.width if fragment.width is not None else prof.width))
+    model.load_state_dict(received)
+    if prof.pruning_method is not None and prof.sparsity > 0:
+        prune_model(model, prof.pruning_method, prof.sparsity)
+    fake_quantize_(model, prof.weight_bits)
+    return model, prof
+
+
+def finish_local_model(model: nn.Module, prof: DeviceProfile | None) -> dict[str, torch.Tensor]:
+    """Bake fake-quant, make pruning permanent; return the masks (empty without pruning)."""
+    if prof is None:
+        return {}
+    remove_fake_quant(model)
+    masks = get_masks(model)
+    remove_pruning(model)
+    return masks
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_mapping(context.run_config)
@@ -70,12 +124,13 @@ def train(msg: Message, context: Context) -> Message:
     data = client_data(cfg.split_spec(), cfg.partition_scheme(), node.partition_id, node.num_partitions)
     uplink = Chain.parse(str(config.get("uplink-chain", "raw")))
     settings = TrainSettings.from_config(config)
+    torch.set_num_threads(cfg.client_threads)
     bytes_in = message_size(msg)
     with ResourceMeter(watts_per_core=cfg.watts_per_core) as meter:  # decode, train, encode
         received = decode_record(msg.content.array_records[ARRAYS_KEY])
-        model = build_model(spec)
-        model.load_state_dict(received)
+        model, prof = build_local_model(spec, received, config)
         result = train_local(model, data, settings, seed=seed_for(cfg.seed, server_round, node.partition_id))
+        masks = finish_local_model(model, prof)
         trained = model.state_dict()
         update = {k: trained[k] - received[k] for k in received}
         residuals = ResidualStore.load(context.state) if uplink.lossy else None
@@ -93,7 +148,10 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": result.seconds,
         }
     )
-    reply = Message(RecordDict({ARRAYS_KEY: record, METRICS_KEY: metrics}), reply_to=msg)
+    content = RecordDict({ARRAYS_KEY: record, METRICS_KEY: metrics})
+    if masks:
+        content[MASKS_KEY], _ = encode_masks(masks)
+    reply = Message(content, reply_to=msg)
     resources = meter.record(
         bytes_received=bytes_in,
         parameters=count_parameters(model),

@@ -71,6 +71,18 @@ def _chain_ok(text: str) -> bool:
     return True
 
 
+def _mix_ok(text: str) -> bool:
+    from fedshrink.profiles import parse_mix
+
+    if text == "":
+        return True
+    try:
+        parse_mix(text)
+    except ConfigError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """All settings of one run; defaults equal pyproject's ``[tool.flwr.app.config]``."""
@@ -93,6 +105,13 @@ class RunConfig:
     model: str = _setting("cnn", *_choices(*MODELS))
     model_width: float = _setting(1.0, lambda v: 0 < v <= 4, "a number in (0, 4]")
     model_norm: str = _setting("layer", *_choices(*NORMS))
+    # --- heterogeneous clients (fedshrink/fragments, fedshrink/profiles) ---------
+    profile_mix: str = _setting(
+        "", lambda v: _mix_ok(v),
+        "'' (every client trains the full model) or a mix of device profiles such as 'iot:0.4,phone:0.4,laptop:0.2'",
+    )
+    fragment_policy: str = _setting("rolling", *_choices("static", "rolling", "random"))
+    pruned_as_zero: bool = _setting(False, lambda v: True, "true or false")
     # --- communication --------------------------------------------------------
     uplink_chain: str = _setting("raw", lambda v: _chain_ok(v), _CHAIN_HELP)
     downlink_chain: str = _setting("raw", lambda v: _chain_ok(v), _CHAIN_HELP)
@@ -118,6 +137,7 @@ class RunConfig:
     student_max_latency_ms: float = _setting(0.0, lambda v: v >= 0, "a number >= 0 (0 = no limit)")
     distill_threads: int = _setting(1, *_positive_int())
     # --- resources --------------------------------------------------------------
+    client_threads: int = _setting(1, *_positive_int())  # torch intra-op threads of a ClientApp
     watts_per_core: float = _setting(
         12.0, lambda v: 0 < v <= 1000, "a number of watts per busy core in (0, 1000] (energy estimate)"
     )
@@ -142,6 +162,9 @@ class RunConfig:
                 raise ConfigError(key, value, f"{_TYPE_WORDS[expected]}: {f.metadata['allowed']}")
             if not f.metadata["check"](value):
                 raise ConfigError(key, value, f.metadata["allowed"])
+        if self.profile_mix and self.distill and self.distill_teacher == "ensemble":
+            raise ConfigError("distill-teacher", self.distill_teacher,
+                              "'global' when a profile-mix makes clients train fragments")
 
     # -- conversions -----------------------------------------------------------
     @classmethod

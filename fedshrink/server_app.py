@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
@@ -24,10 +25,12 @@ from fedshrink.config import RunConfig
 from fedshrink.data import Splits, make_splits
 from fedshrink.distill import DistillReport, distill_and_export
 from fedshrink.errors import ReplyError
+from fedshrink.fragments import extract, make_policy
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.report import RunConsole, RunDirectory, build_report
 from fedshrink.resources import ResourceLedger
 from fedshrink.strategy import FedShrink
+from fedshrink.strategy.fragments import FragmentStrategy
 from fedshrink.training import evaluate
 
 app = ServerApp()
@@ -71,6 +74,22 @@ def distill_student(
     return distill_and_export(teacher, spec, splits.proxy.x, splits.test, dcfg, out_dir, proxy_y=proxy_y, log=say)
 
 
+def evaluate_widths(strategy: FragmentStrategy, model: torch.nn.Module, spec: ModelSpec, splits: Splits
+                    ) -> dict[str, float]:
+    """Test accuracy of the sub-model of every width in use (its static, prefix fragment)."""
+    out: dict[str, float] = {}
+    state = {k: v.numpy() for k, v in model.state_dict().items()}
+    static = make_policy("static")
+    for width in strategy.widths_in_use():
+        if width >= 1.0:
+            continue
+        sub = extract(state, strategy.graph, static.spec_for(strategy.graph, width, 0, 0))
+        sub_model = build_model(spec.at_width(width))
+        sub_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()})
+        out[f"{width:g}"] = evaluate(sub_model, splits.test).accuracy
+    return out
+
+
 def serve(
     grid: Grid,
     cfg: RunConfig,
@@ -83,13 +102,18 @@ def serve(
     spec = ModelSpec(cfg.model, splits.input_shape, splits.num_classes, cfg.model_width, cfg.model_norm)
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
-    strategy = FedShrink(
+    common = dict(
         fraction_train=cfg.fraction_train,
         min_train_clients=cfg.min_train_clients,
         min_available_nodes=cfg.min_train_clients,
         seed=cfg.seed,
         wait_timeout=cfg.round_timeout,
         downlink_chain=cfg.downlink_chain,
+    )
+    strategy: FedShrink = (
+        FragmentStrategy(model_spec=spec, policy=cfg.fragment_policy, pruned_as_zero=cfg.pruned_as_zero, **common)
+        if cfg.profile_mix
+        else FedShrink(**common)  # type: ignore[arg-type]
     )
     rundir = RunDirectory.create(cfg, base=base_dir)
     ledger = ResourceLedger()
@@ -116,6 +140,7 @@ def serve(
             model.load_state_dict(arrays.to_torch_state_dict())
             ev = evaluate(model, splits.test)
             outcome = strategy.outcomes[-1]
+            width_acc = evaluate_widths(strategy, model, spec, splits) if isinstance(strategy, FragmentStrategy) else {}
             if cfg.distill and cfg.distill_every and rnd % cfg.distill_every == 0 and rnd < cfg.num_server_rounds:
                 t_d = time.perf_counter()
                 distill_student(cfg, spec, model, strategy, splits, rundir.path / f"student-round-{rnd}", say)
@@ -135,6 +160,7 @@ def serve(
                 "clients-good": len(outcome.good),
                 "clients-dropped": len(outcome.dropped),
                 "skipped": outcome.skipped,
+                **({"accuracy-width": width_acc} if width_acc else {}),
                 **ledger.round_record(rnd),  # bytes up/down (exact), fp32 equivalent, energy, FLOPs ...
                 "bytes-up-received": outcome.bytes_up,  # every reply, dropped ones included
                 "dropped": [

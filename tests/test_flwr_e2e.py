@@ -44,6 +44,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSimulation]:
 def test_flwr_run_completes_and_writes_run_dir(sim: LocalSimulation, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     run = sim.run(APP_DIR, {"num-server-rounds": 2, "local-epochs": 1, "distill": False, "output-dir": str(out),
+                            "profile-mix": "iot:0.5,laptop:0.5",
                             "run-name": "e2e"}, num_supernodes=4, echo=False)
     assert run.status == "finished:completed", run.output[-3000:]
     summary = json.loads((out / "e2e" / "summary.json").read_text())
@@ -51,6 +52,7 @@ def test_flwr_run_completes_and_writes_run_dir(sim: LocalSimulation, tmp_path: P
     assert 0.0 <= summary["accuracy"] <= 1.0
     rounds = [json.loads(x) for x in (out / "e2e" / "metrics.jsonl").read_text().splitlines()]
     assert [r["clients-good"] for r in rounds] == [4, 4]
+    assert set(rounds[-1]["accuracy-width"]) == {"0.25"}  # mixed profiles: iot fragments were trained
     assert "round   2/2" in run.output  # the console line per round reaches the stream
 
 

@@ -188,7 +188,9 @@ class FedShrink(Strategy):
                 if node in seen:
                     raise ReplyError("second reply from the same node")
                 seen.add(node)
-                outcome.good.append(parse_reply(msg, expected, limits=self.limits))
+                good = parse_reply(msg, expected, limits=self.limits)
+                self.accept_reply(msg, good)
+                outcome.good.append(good)
             except ReplyError as exc:
                 outcome.dropped.append(Dropped(node, partition_of(msg), str(exc)))
         for node in sorted(set(self._expected) - seen):
@@ -214,6 +216,9 @@ class FedShrink(Strategy):
                 metrics[key] = weighted_metric_mean(vals, weights)
         outcome.aggregate_seconds = time.perf_counter() - t0
         return numpy_to_record(new_arrays), metrics
+
+    def accept_reply(self, msg: Message, reply: GoodReply) -> None:
+        """Extra checks of a parsed reply (raise :class:`ReplyError` to drop it); none here."""
 
     def client_states(self, outcome: RoundOutcome) -> list[dict[str, np.ndarray]]:
         """The models the round's good replies trained (global sent that round + each update)."""

@@ -1,0 +1,138 @@
+"""Heterogeneous clients: each trains a fragment of the global model sized to its device profile.
+
+:class:`FragmentStrategy` overrides two seams of :class:`~.fedshrink.FedShrink`:
+
+* :meth:`train_content` cuts each client's fragment out of the global model
+  (a :class:`~fedshrink.fragments.FragmentSpec` chosen by the fragment policy
+  for the client's profile width, round and node), encodes it with the
+  profile's downlink chain, and tells the client its profile (pruning,
+  fake-quant bits, uplink chain, epochs, batch size);
+* :meth:`aggregate_arrays` rebuilds each client's trained fragment (the
+  fragment it was sent plus its decoded update) and folds the overlapping
+  fragments into the global model with
+  :func:`~fedshrink.fragments.aggregate_fragments`: every coordinate becomes
+  the sample-weighted mean over the clients that held it (pruned-away
+  coordinates count as not held unless ``pruned_as_zero``); coordinates that
+  nobody held keep their value.
+
+A node's profile is learnt by asking it once (a ``query.profile`` message:
+from its node config ``profile=...`` in deployment, from the run's profile mix
+and its partition id in simulation) before its first training round.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedshrink.compression import encode_state
+from fedshrink.compression.pruning import decode_masks
+from fedshrink.errors import ConfigError, DecodeError, ReplyError
+from fedshrink.fragments import Contribution, FragmentSpec, aggregate_fragments, build_graph, extract, make_policy
+from fedshrink.models import ModelSpec, build_model
+from fedshrink.profiles import DeviceProfile, get_profile
+from fedshrink.strategy.fedshrink import FedShrink, RoundOutcome
+from fedshrink.strategy.replies import ARRAYS_KEY, CONFIG_KEY, Expected, GoodReply, expected_from
+from fedshrink.training import read_number
+
+log = logging.getLogger("fedshrink.strategy")
+
+MASKS_KEY = "masks"
+PROFILE_QUERY = f"{MessageType.QUERY}.profile"
+
+
+class FragmentStrategy(FedShrink):
+    """FedShrink over per-client fragments (see the module doc).
+
+    Parameters beyond :class:`FedShrink`'s: ``model_spec`` of the global model,
+    ``policy`` (``static``, ``rolling`` or ``random``) and ``pruned_as_zero``.
+    """
+
+    def __init__(self, *, model_spec: ModelSpec, policy: str = "rolling", pruned_as_zero: bool = False,
+                 **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.model_spec = model_spec
+        self.graph = build_graph(build_model(model_spec))
+        self.policy = make_policy(policy)
+        self.pruned_as_zero = pruned_as_zero
+        self.node_profiles: dict[int, DeviceProfile] = {}
+        self.node_partitions: dict[int, int] = {}
+        self._specs: dict[int, FragmentSpec] = {}
+        self._masks: dict[int, dict[str, np.ndarray]] = {}
+
+    # -- profiles ---------------------------------------------------------------------
+    def learn_profiles(self, node_ids: list[int], grid: Grid, timeout: float) -> None:
+        """Ask every node whose profile is unknown for it; nodes that do not answer are left out."""
+        unknown = [n for n in node_ids if n not in self.node_profiles]
+        if not unknown:
+            return
+        queries = [Message(RecordDict({CONFIG_KEY: ConfigRecord({})}), dst_node_id=n, message_type=PROFILE_QUERY)
+                   for n in unknown]
+        for reply in grid.send_and_receive(queries, timeout=timeout):
+            node = reply.metadata.src_node_id
+            try:
+                if reply.has_error():
+                    raise ReplyError(f"client error {reply.error.code}: {reply.error.reason}")
+                config = reply.content.config_records[CONFIG_KEY]
+                self.node_profiles[node] = get_profile(str(config["profile"]))
+                self.node_partitions[node] = read_number(config, "partition-id", int)
+            except (ReplyError, ConfigError, KeyError, TypeError, ValueError) as exc:
+                log.warning("node %d: profile query failed, node left out: %s", node, exc)
+
+    def sample_nodes(self, server_round: int, grid: Grid) -> list[int]:
+        nodes = super().sample_nodes(server_round, grid)
+        self.learn_profiles(nodes, grid, self.wait_timeout)
+        return [n for n in nodes if n in self.node_profiles]
+
+    def widths_in_use(self) -> list[float]:
+        return sorted({p.width for p in self.node_profiles.values()})
+
+    # -- train ------------------------------------------------------------------------
+    def train_content(self, node_id: int, server_round: int, config: ConfigRecord) -> tuple[RecordDict, Expected]:
+        profile = self.node_profiles[node_id]
+        spec = self.policy.spec_for(self.graph, profile.width, server_round, node_id)
+        self._specs[node_id] = spec
+        sub = extract(self._global, self.graph, spec)  # name -> ndarray of sub-shape
+        record, _ = encode_state({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()},
+                                 profile.downlink, round=server_round, direction="downlink")
+        cfg = ConfigRecord(dict(config))
+        cfg.update({
+            "server-round": server_round,
+            "fragment-spec": spec.to_json(),
+            "profile": profile.name,
+            "uplink-chain": profile.uplink,
+            "local-epochs": profile.local_epochs,
+            "batch-size": profile.batch_size,
+        })
+        return RecordDict({ARRAYS_KEY: record, CONFIG_KEY: cfg}), expected_from(sub)
+
+    def accept_reply(self, msg: Message, reply: GoodReply) -> None:
+        """Read the client's prune masks (bitmaps of its fragment's weights) when it sent them."""
+        masks: dict[str, np.ndarray] = {}
+        if MASKS_KEY in msg.content.array_records:
+            try:
+                decoded = decode_masks(msg.content.array_records[MASKS_KEY], limits=self.limits)
+            except DecodeError as exc:
+                raise ReplyError(f"masks: {exc}") from exc
+            for key, mask in decoded.items():
+                if key not in reply.arrays or tuple(mask.shape) != reply.arrays[key].shape:
+                    raise ReplyError(f"mask {key!r} does not match a tensor of the fragment")
+                masks[key] = mask.numpy()
+        self._masks[reply.node_id] = masks
+
+    def aggregate_arrays(self, good: list[GoodReply]) -> dict[str, np.ndarray]:
+        contributions = []
+        for r in good:
+            spec = self._specs[r.node_id]
+            sent = extract(self._global, self.graph, spec)
+            trained = {k: (v + r.arrays[k]).astype(v.dtype) for k, v in sent.items()}
+            contributions.append(Contribution(trained, spec, float(r.num_examples), self._masks.get(r.node_id) or None))
+        return aggregate_fragments(self._global, self.graph, contributions, pruned_as_zero=self.pruned_as_zero)
+
+    def client_states(self, outcome: RoundOutcome) -> list[dict[str, np.ndarray]]:
+        # fragments are not whole models; RunConfig refuses distill-teacher=ensemble with a profile mix
+        raise NotImplementedError("client states of fragments are not whole models")

@@ -74,6 +74,13 @@ def distill_student(
     return distill_and_export(teacher, spec, splits.proxy.x, splits.test, dcfg, out_dir, proxy_y=proxy_y, log=say)
 
 
+def profile_of(strategy: FedShrink, node_id: int) -> str:
+    """The device profile a node trained with ("default" when every client trains the full model)."""
+    if isinstance(strategy, FragmentStrategy) and node_id in strategy.node_profiles:
+        return strategy.node_profiles[node_id].name
+    return "default"
+
+
 def evaluate_widths(strategy: FragmentStrategy, model: torch.nn.Module, spec: ModelSpec, splits: Splits
                     ) -> dict[str, float]:
     """Test accuracy of the sub-model of every width in use (its static, prefix fragment)."""
@@ -147,7 +154,8 @@ def serve(
                 ledger.add_server(rnd, distillation_seconds=time.perf_counter() - t_d)
             for reply in outcome.good:
                 try:
-                    ledger.add_reply(rnd, reply.metrics, node_id=reply.node_id)
+                    ledger.add_reply(rnd, reply.metrics, profile=profile_of(strategy, reply.node_id),
+                                     node_id=reply.node_id)
                 except ReplyError as exc:  # telemetry only: the update itself was valid and is kept
                     log.warning("round %d: resource record of node %d ignored: %s", rnd, reply.node_id, exc)
             ledger.add_server(rnd, aggregation_seconds=outcome.aggregate_seconds, bytes_down=outcome.bytes_down)

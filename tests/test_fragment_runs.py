@@ -72,6 +72,9 @@ def test_mixed_profiles_train_fragments(quick: dict[str, Any]) -> None:
     params = {int(r["partition-id"]): int(r["params"]) for r in rows}
     full = int(result.summary["model-parameters"])
     assert min(params.values()) < full / 8 and max(params.values()) == full  # iot fragments vs laptop
+    assert {r["profile"] for r in rows} == {"iot", "phone", "laptop"}
+    assert (result.run_dir / "plots" / "client_costs.png").is_file()
+    assert "| iot |" in (result.run_dir / "report.md").read_text()  # the per-profile table
     raw = run_inprocess({**quick, "num-server-rounds": 3}, num_clients=10)
     raw_up = sum(r["bytes-up"] for r in RunDirectory(raw.run_dir).read_rounds())
     assert sum(r["bytes-up"] for r in rounds) * 4 < raw_up

@@ -176,3 +176,12 @@ def test_distillation_at_the_end_of_a_run(quick: dict[str, Any], teacher: str) -
     assert 0.0 <= student["test-accuracy-int8"] <= 1.0
     assert result.summary["distillation-seconds"] > 0
     assert (result.run_dir / "plots" / "pareto.png").is_file()  # the report draws the search's front
+
+
+def test_distillation_every_k_rounds(quick: dict[str, Any]) -> None:
+    result = run_inprocess({**quick, "num-server-rounds": 2, "distill": True, "distill-every": 1,
+                            "distill-steps": 20, "distill-finetune-steps": 0}, num_clients=3)
+    assert (result.run_dir / "student-round-1" / "model_card.json").is_file()  # after round 1
+    assert (result.run_dir / "model_card.json").is_file()  # and at the end
+    rounds = RunDirectory(result.run_dir).read_rounds()
+    assert rounds[0]["distillation-s"] > 0 and rounds[1]["distillation-s"] == 0

@@ -1,0 +1,137 @@
+"""Heterogeneous fragments against full-width FedAvg on digits (issue 4).
+
+Same data (20 clients, Dirichlet 0.5), same seeds, same local training; the
+mixed runs use the shipped profile mix (iot:0.4, phone:0.4, laptop:0.2: 80% of
+clients at width <= 0.5, pruned, fake-quantized, with compressed uplinks).
+For every seed, the target is FedAvg's final accuracy minus 1.5 points; the
+figure of merit is FedAvg's cumulative uplink bytes to first reach the target
+divided by the mixed run's. Writes ``simulations/results/fragments.md``.
+
+    python simulations/benchmarks/bench_fragments.py [--seeds 1 2 3] [--rounds 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedshrink.report import RunDirectory, human_bytes
+from fedshrink.runner import run_inprocess
+
+ROOT = Path(__file__).resolve().parents[2]
+MIX = "iot:0.4,phone:0.4,laptop:0.2"
+POLICIES = ("static", "rolling", "random")
+
+
+def run(seed: int, rounds: int, clients: int, out: Path, **extra: Any) -> list[dict[str, Any]]:
+    cfg = {"seed": seed, "num-server-rounds": rounds, "distill": False, "quiet": True, "output-dir": str(out), **extra}
+    result = run_inprocess(cfg, num_clients=clients)
+    return RunDirectory(result.run_dir).read_rounds()
+
+
+def bytes_to_reach(rounds: list[dict[str, Any]], target: float) -> int | None:
+    total = 0
+    for r in rounds:
+        total += int(r["bytes-up"])
+        if r["accuracy"] >= target:
+            return total
+    return None
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--clients", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "fragments.md")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    t0 = time.time()
+    runs: dict[str, dict[int, list[dict[str, Any]]]] = {"fedavg": {}, **{p: {} for p in POLICIES}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            runs["fedavg"][seed] = run(seed, args.rounds, args.clients, Path(tmp))
+            print(f"seed {seed} fedavg {runs['fedavg'][seed][-1]['accuracy']:.4f}", flush=True)
+            for policy in POLICIES:
+                runs[policy][seed] = run(seed, args.rounds, args.clients, Path(tmp), **{
+                    "profile-mix": MIX, "fragment-policy": policy})
+                print(f"seed {seed} {policy} {runs[policy][seed][-1]['accuracy']:.4f}", flush=True)
+
+    lines = [
+        "# Heterogeneous fragments against full-width FedAvg (issue 4)", "",
+        f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by `python simulations/benchmarks/bench_fragments.py "
+        f"--seeds {' '.join(map(str, args.seeds))} --rounds {args.rounds}` in {time.time() - t0:.0f} s "
+        "(2-core CPU, torch 1 thread, in-process engine).", "",
+        f"digits, {args.clients} clients, Dirichlet alpha 0.5, default CNN, {args.rounds} rounds, seeds "
+        f"{args.seeds}. FedAvg: every client at width 1, fp32, raw chains. Mixed: profile mix `{MIX}` "
+        "(iot: width 0.25, 50% unstructured pruning, 4-bit fake-quant, uplink `topk:0.1|q4|zlib`; phone: width "
+        "0.5, 30% pruning, 8-bit, `topk:0.25|int8|zlib`; laptop: width 1, fp32, raw), profiles' own epochs and "
+        "batch sizes. Bytes are exact serialized Flower Messages.", "",
+        "Target per seed: FedAvg's final accuracy minus 1.5 points. *Bytes to target*: cumulative uplink bytes "
+        "at the first round at or above it. *Saving*: FedAvg's bytes to target / the run's.", "",
+        "## Summary (mean ± sd over seeds)", "",
+        "| run | final accuracy % | best accuracy % | reached target (seeds) | uplink bytes to target | "
+        "saving vs FedAvg | total uplink | total downlink |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, per_seed in runs.items():
+        finals, bests, savings, to_target, ups, downs = [], [], [], [], [], []
+        reached = 0
+        for seed, rounds in per_seed.items():
+            target = runs["fedavg"][seed][-1]["accuracy"] - 0.015
+            finals.append(100 * rounds[-1]["accuracy"])
+            bests.append(100 * max(r["accuracy"] for r in rounds))
+            ups.append(sum(r["bytes-up"] for r in rounds))
+            downs.append(sum(r["bytes-down"] for r in rounds))
+            b = bytes_to_reach(rounds, target)
+            fb = bytes_to_reach(runs["fedavg"][seed], target)
+            if b is not None and fb is not None:
+                reached += 1
+                to_target.append(b)
+                savings.append(fb / b)
+        lines.append(
+            f"| {name} | {mean_sd(finals)} | {mean_sd(bests)} | {reached}/{len(per_seed)} | "
+            f"{human_bytes(statistics.mean(to_target)) if to_target else 'never'} | "
+            f"{mean_sd(savings) + 'x' if savings else 'n/a'} | {human_bytes(statistics.mean(ups))} | "
+            f"{human_bytes(statistics.mean(downs))} |")
+    lines += ["", "## Accuracy per round (mean over seeds, %)", ""]
+    marks = sorted({1, *range(5, args.rounds + 1, 5), args.rounds})
+    lines += ["| run | " + " | ".join(f"r{m}" for m in marks) + " |", "|---|" + "---:|" * len(marks)]
+    for name, per_seed in runs.items():
+        cells = [f"{100 * statistics.mean(r[m - 1]['accuracy'] for r in per_seed.values()):.1f}" for m in marks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Cumulative uplink / downlink bytes (mean over seeds)", ""]
+    lines += ["| run | " + " | ".join(f"r{m}" for m in marks) + " |", "|---|" + "---:|" * len(marks)]
+    for name, per_seed in runs.items():
+        cells = []
+        for m in marks:
+            up = statistics.mean(sum(x["bytes-up"] for x in r[:m]) for r in per_seed.values())
+            down = statistics.mean(sum(x["bytes-down"] for x in r[:m]) for r in per_seed.values())
+            cells.append(f"{human_bytes(up)} / {human_bytes(down)}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "## Final accuracy of every width's sub-model (static prefix, mean ± sd, %)", "",
+              "| run | width 0.25 | width 0.5 | global (width 1) |", "|---|---:|---:|---:|"]
+    for name in POLICIES:
+        per_seed = runs[name]
+        w = {k: [100 * r[-1]["accuracy-width"][k] for r in per_seed.values()] for k in ("0.25", "0.5")}
+        g = [100 * r[-1]["accuracy"] for r in per_seed.values()]
+        lines.append(f"| {name} | {mean_sd(w['0.25'])} | {mean_sd(w['0.5'])} | {mean_sd(g)} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -4,12 +4,13 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# The CPU build of torch. It is installed first so that fedshrink's open `torch>=2.2`
-# requirement is already met and pip never pulls a CUDA build of several GB.
+# The CPU build of torch. It is pinned in the same install as fedshrink, so that
+# fedshrink's open `torch>=2.2` requirement resolves to it and pip never pulls a CUDA build of several GB.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
-PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
+# --no-compile: modules are byte-compiled when first imported instead of all at install time
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check --no-compile
 
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
@@ -20,8 +21,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) "$(TORCH)"
-	$(PIP) -e .
+	$(PIP) "$(TORCH)" -e .
 	touch $(STAMP)
 
 # ... plus the test and lint tools (what `make test` needs)

@@ -30,6 +30,8 @@ from fedshrink.data import client_data
 from fedshrink.errors import ConfigError
 from fedshrink.fakequant import fake_quantize_, remove_fake_quant
 from fedshrink.fragments import FragmentSpec
+from fedshrink.fragments.nested import NestedConfig, NestedDistiller
+from fedshrink.fragments.scaler import build_sub_model
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.profiles import DeviceProfile, assign_profiles, get_profile
 from fedshrink.resources import (
@@ -93,9 +95,8 @@ def build_local_model(spec: ModelSpec, received: Mapping[str, torch.Tensor], con
         model = build_model(spec)
         model.load_state_dict(received)
         return model, None
-    fragment = FragmentSpec.from_json(str(config["fragment-spec"]))
     prof = get_profile(str(config["profile"]))
-    model = build_model(spec.at_width(fragment.width if fragment.width is not None else prof.width))
+    model = build_sub_model(spec, model_width(config), scaled=bool(config.get("input-scaling", False)))
     model.load_state_dict(received)
     if prof.pruning_method is not None and prof.sparsity > 0:
         prune_model(model, prof.pruning_method, prof.sparsity)
@@ -103,11 +104,32 @@ def build_local_model(spec: ModelSpec, received: Mapping[str, torch.Tensor], con
     return model, prof
 
 
+def model_width(config: Mapping[str, object]) -> float:
+    """Width of the model this client trains (1 without a fragment)."""
+    if "fragment-spec" not in config:
+        return 1.0
+    fragment = FragmentSpec.from_json(str(config["fragment-spec"]))
+    return fragment.width if fragment.width is not None else get_profile(str(config["profile"])).width
+
+
+def nested_distiller(spec: ModelSpec, config: Mapping[str, object], width: float) -> NestedDistiller | None:
+    """Self-distillation into the narrower widths the server named (``nested-widths``), if any."""
+    widths = config.get("nested-widths")
+    if not widths:
+        return None
+    if not isinstance(widths, list) or not all(isinstance(w, float) for w in widths):
+        raise ConfigError("train message nested-widths", widths, "a list of numbers in (0, 1)")
+    nested = NestedConfig(tuple(widths), temperature=read_number(config, "nested-temperature", float),
+                          weight=read_number(config, "nested-weight", float))
+    distiller = NestedDistiller(spec, width, nested, scaled=bool(config.get("input-scaling", False)))
+    return distiller if distiller.widths else None
+
+
 def finish_local_model(model: nn.Module, prof: DeviceProfile | None) -> dict[str, torch.Tensor]:
     """Bake fake-quant, make pruning permanent; return the masks (empty without pruning)."""
     if prof is None:
         return {}
-    remove_fake_quant(model)
+    remove_fake_quant(model, bake=False)  # the update is of the full-precision shadow weights
     masks = get_masks(model)
     remove_pruning(model)
     return masks
@@ -129,7 +151,9 @@ def train(msg: Message, context: Context) -> Message:
     with ResourceMeter(watts_per_core=cfg.watts_per_core) as meter:  # decode, train, encode
         received = decode_record(msg.content.array_records[ARRAYS_KEY])
         model, prof = build_local_model(spec, received, config)
-        result = train_local(model, data, settings, seed=seed_for(cfg.seed, server_round, node.partition_id))
+        nested = nested_distiller(spec, config, model_width(config))
+        result = train_local(model, data, settings, seed=seed_for(cfg.seed, server_round, node.partition_id),
+                             extra_loss=nested.loss if nested is not None else None)
         masks = finish_local_model(model, prof)
         trained = model.state_dict()
         update = {k: trained[k] - received[k] for k in received}

@@ -22,9 +22,10 @@ from fedshrink.data import PARTITIONERS as _PARTITIONERS
 from fedshrink.data import SOURCES, PartitionScheme, SplitSpec
 from fedshrink.distill import DistillConfig
 from fedshrink.errors import ConfigError
+from fedshrink.fragments.nested import NestedConfig
 from fedshrink.models import MODELS as _MODELS
 from fedshrink.models import NORMS
-from fedshrink.training import TrainSettings
+from fedshrink.training import LOSSES, TrainSettings
 
 Check = Callable[[Any], bool]
 
@@ -111,7 +112,11 @@ class RunConfig:
         "'' (every client trains the full model) or a mix of device profiles such as 'iot:0.4,phone:0.4,laptop:0.2'",
     )
     fragment_policy: str = _setting("rolling", *_choices("static", "rolling", "random"))
-    pruned_as_zero: bool = _setting(False, lambda v: True, "true or false")
+    pruned_as_zero: bool = _setting(True, lambda v: True, "true or false")
+    fragment_scaling: bool = _setting(False, lambda v: True, "true or false")
+    nested_distill: bool = _setting(True, lambda v: True, "true or false")
+    nested_temperature: float = _setting(1.0, lambda v: 0 < v <= 100, "a number in (0, 100]")
+    nested_weight: float = _setting(1.0, lambda v: 0 <= v <= 100, "a number in [0, 100]")
     # --- communication --------------------------------------------------------
     uplink_chain: str = _setting("raw", lambda v: _chain_ok(v), _CHAIN_HELP)
     downlink_chain: str = _setting("raw", lambda v: _chain_ok(v), _CHAIN_HELP)
@@ -121,6 +126,7 @@ class RunConfig:
     learning_rate: float = _setting(0.01, lambda v: v > 0, "a number > 0")
     momentum: float = _setting(0.9, lambda v: 0 <= v < 1, "a number in [0, 1)")
     weight_decay: float = _setting(0.0, lambda v: v >= 0, "a number >= 0")
+    local_loss: str = _setting("ce", *_choices(*LOSSES))
     # --- distillation into a compact student (fedshrink/distill) -----------------
     distill: bool = _setting(True, lambda v: True, "true or false")
     distill_every: int = _setting(0, lambda v: v >= 0, "an integer >= 0 (0 = only at the end of the run)")
@@ -216,6 +222,12 @@ class RunConfig:
             seed=self.seed,
         )
 
+    def nested_config(self) -> NestedConfig | None:
+        """Self-distillation across widths on the clients (None when ``nested-distill`` is off)."""
+        if not self.nested_distill:
+            return None
+        return NestedConfig((), temperature=self.nested_temperature, weight=self.nested_weight)
+
     def train_settings(self) -> TrainSettings:
         return TrainSettings(
             epochs=self.local_epochs,
@@ -223,6 +235,7 @@ class RunConfig:
             learning_rate=self.learning_rate,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
+            loss=self.local_loss,
         )
 
 

@@ -26,6 +26,7 @@ from fedshrink.data import Splits, make_splits
 from fedshrink.distill import DistillReport, distill_and_export
 from fedshrink.errors import ReplyError
 from fedshrink.fragments import extract, make_policy
+from fedshrink.fragments.scaler import build_sub_model
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.report import RunConsole, RunDirectory, build_report
 from fedshrink.resources import ResourceLedger
@@ -91,7 +92,7 @@ def evaluate_widths(strategy: FragmentStrategy, model: torch.nn.Module, spec: Mo
         if width >= 1.0:
             continue
         sub = extract(state, strategy.graph, static.spec_for(strategy.graph, width, 0, 0))
-        sub_model = build_model(spec.at_width(width))
+        sub_model = build_sub_model(spec, width, scaled=strategy.input_scaling)
         sub_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()})
         out[f"{width:g}"] = evaluate(sub_model, splits.test).accuracy
     return out
@@ -118,7 +119,8 @@ def serve(
         downlink_chain=cfg.downlink_chain,
     )
     strategy: FedShrink = (
-        FragmentStrategy(model_spec=spec, policy=cfg.fragment_policy, pruned_as_zero=cfg.pruned_as_zero, **common)
+        FragmentStrategy(model_spec=spec, policy=cfg.fragment_policy, pruned_as_zero=cfg.pruned_as_zero,
+                         input_scaling=cfg.fragment_scaling, nested=cfg.nested_config(), **common)
         if cfg.profile_mix
         else FedShrink(**common)  # type: ignore[arg-type]
     )

@@ -7,7 +7,7 @@ return small result records; the apps wrap them into Flower messages.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -27,13 +27,31 @@ def read_number(config: Mapping[str, object], key: str, kind: type[int] | type[f
     return kind(value)
 
 
+LOSSES = ("ce", "masked-ce")
+
+
 @dataclass(frozen=True)
 class TrainSettings:
+    """Local training settings, sent to clients in the train message under their run-config names.
+
+    ``loss``: ``"ce"`` is cross-entropy over all classes; ``"masked-ce"`` is
+    cross-entropy over the classes present in the client's own data (the
+    softmax is restricted to them: HeteroFL's masked cross-entropy, FedRS's
+    restricted softmax), so a client never pushes down the logits of classes
+    it has no examples of, which on label-skewed data are the logits other
+    clients are raising.
+    """
+
     epochs: int = 2
     batch_size: int = 32
     learning_rate: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 0.0
+    loss: str = "ce"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ConfigError("local-loss", self.loss, "one of " + ", ".join(map(repr, LOSSES)))
 
     # field -> key in the server's train message (the run-config names)
     CONFIG_KEYS: ClassVar[dict[str, str]] = {
@@ -42,6 +60,7 @@ class TrainSettings:
         "learning_rate": "learning-rate",
         "momentum": "momentum",
         "weight_decay": "weight-decay",
+        "loss": "local-loss",
     }
 
     def to_config(self) -> dict[str, int | float]:
@@ -49,8 +68,17 @@ class TrainSettings:
 
     @classmethod
     def from_config(cls, config: Mapping[str, object]) -> TrainSettings:
-        kinds = {f.name: int if f.type == "int" else float for f in fields(cls)}
-        return cls(**{name: read_number(config, key, kinds[name]) for name, key in cls.CONFIG_KEYS.items()})
+        kinds = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for name, key in cls.CONFIG_KEYS.items():
+            if kinds[name] == "str":
+                value = config.get(key)
+                if not isinstance(value, str):
+                    raise ConfigError(f"train message {key}", value, "a string")
+                values[name] = value
+            else:
+                values[name] = read_number(config, key, int if kinds[name] == "int" else float)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -68,10 +96,17 @@ class EvalResult:
     accuracy: float
 
 
+ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def train_local(
-    model: nn.Module, data: LabelledArrays, settings: TrainSettings, *, seed: int
+    model: nn.Module, data: LabelledArrays, settings: TrainSettings, *, seed: int, extra_loss: ExtraLoss | None = None
 ) -> TrainResult:
     """SGD with momentum over ``settings.epochs`` epochs of shuffled mini-batches.
+
+    ``extra_loss(model, x, y, logits)`` is added to every batch's loss (e.g.
+    :class:`fedshrink.fragments.nested.NestedDistiller`); ``logits`` are the
+    model's, before any class masking.
 
     Shuffling draws from a generator seeded with ``seed``, so a client's round
     is reproducible.
@@ -88,6 +123,11 @@ def train_local(
         weight_decay=settings.weight_decay,
     )
     loss_fn = nn.CrossEntropyLoss()
+    present: torch.Tensor | None = None  # (K,) bool: classes in this client's data
+    if settings.loss == "masked-ce" and n:
+        num_classes = int(y.max()) + 1
+        present = torch.zeros(num_classes, dtype=torch.bool)
+        present[y.unique()] = True
     model.train()
     total, steps = 0.0, 0
     for _ in range(settings.epochs):
@@ -95,7 +135,16 @@ def train_local(
         for start in range(0, n, settings.batch_size):
             idx = order[start : start + settings.batch_size]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(x[idx]), y[idx])
+            xb, yb = x[idx], y[idx]
+            logits = model(xb)  # (B, K)
+            masked = logits
+            if present is not None:
+                mask = torch.zeros(logits.shape[1], dtype=torch.bool)
+                mask[: present.numel()] = present
+                masked = logits.masked_fill(~mask, float("-inf"))  # softmax over the present classes only
+            loss = loss_fn(masked, yb)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, xb, yb, logits)
             loss.backward()
             opt.step()
             total += float(loss.detach())

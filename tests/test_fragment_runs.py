@@ -12,7 +12,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from fedshrink.client_app import nested_distiller
 from fedshrink.compression import encode_state
+from fedshrink.errors import ConfigError
+from fedshrink.fragments.nested import NestedConfig
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.profiles import get_profile
 from fedshrink.report import RunDirectory
@@ -64,7 +67,7 @@ def test_full_width_fragments_equal_flower_fedavg() -> None:
 
 
 def test_mixed_profiles_train_fragments(quick: dict[str, Any]) -> None:
-    result = run_inprocess({**quick, "num-server-rounds": 3, "profile-mix": MIX}, num_clients=10)
+    result = run_inprocess({**quick, "num-server-rounds": 5, "profile-mix": MIX}, num_clients=10)
     rounds = RunDirectory(result.run_dir).read_rounds()
     assert all(r["clients-good"] == 10 and r["clients-dropped"] == 0 for r in rounds)
     assert set(rounds[-1]["accuracy-width"]) == {"0.25", "0.5"}  # iot and phone sub-models, evaluated
@@ -75,7 +78,7 @@ def test_mixed_profiles_train_fragments(quick: dict[str, Any]) -> None:
     assert {r["profile"] for r in rows} == {"iot", "phone", "laptop"}
     assert (result.run_dir / "plots" / "client_costs.png").is_file()
     assert "| iot |" in (result.run_dir / "report.md").read_text()  # the per-profile table
-    raw = run_inprocess({**quick, "num-server-rounds": 3}, num_clients=10)
+    raw = run_inprocess({**quick, "num-server-rounds": 5}, num_clients=10)
     raw_up = sum(r["bytes-up"] for r in RunDirectory(raw.run_dir).read_rounds())
     assert sum(r["bytes-up"] for r in rounds) * 4 < raw_up
     assert rounds[-1]["loss"] < rounds[0]["loss"]
@@ -93,3 +96,40 @@ def test_node_config_profile_overrides_the_mix(quick: dict[str, Any]) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 1, "profile-mix": "laptop:1.0"}, node_configs=configs)
     rows = list(csv.DictReader((result.run_dir / "clients.csv").open()))
     assert all(int(r["params"]) < int(result.summary["model-parameters"]) / 8 for r in rows)
+
+
+def test_wide_clients_are_told_the_narrower_widths_to_distil_into() -> None:
+    spec = ModelSpec("cnn", (1, 8, 8), 10)
+    torch.manual_seed(0)
+    glob = ArrayRecord({k: v for k, v in build_model(spec).state_dict().items()})
+    strategy = FragmentStrategy(model_spec=spec, policy="static", min_train_clients=3, min_available_nodes=3,
+                                nested=NestedConfig((), temperature=2.0, weight=0.5))
+    strategy.node_profiles = {1: get_profile("iot"), 2: get_profile("phone"), 3: get_profile("laptop")}
+    msgs = {m.metadata.dst_node_id: m for m in
+            strategy.configure_train(1, glob, ConfigRecord({}), FakeGrid([1, 2, 3]))}  # type: ignore[arg-type]
+    told = {n: m.content.config_records["config"].get("nested-widths") for n, m in msgs.items()}
+    assert told == {1: None, 2: [0.25], 3: [0.25, 0.5]}
+    assert msgs[3].content.config_records["config"]["nested-temperature"] == 2.0
+    off = FragmentStrategy(model_spec=spec, policy="static", min_train_clients=3, min_available_nodes=3)
+    off.node_profiles = strategy.node_profiles
+    assert all("nested-widths" not in m.content.config_records["config"]
+               for m in off.configure_train(1, glob, ConfigRecord({}), FakeGrid([1, 2, 3])))  # type: ignore[arg-type]
+
+
+def test_client_builds_the_distiller_the_server_asked_for() -> None:
+    spec = ModelSpec("cnn", (1, 8, 8), 10)
+    config: dict[str, object] = {"nested-widths": [0.25, 0.5], "nested-temperature": 1.0, "nested-weight": 1.0}
+    distiller = nested_distiller(spec, config, 0.5)
+    assert distiller is not None and distiller.widths == [0.25]
+    assert nested_distiller(spec, {}, 1.0) is None
+    with pytest.raises(ConfigError, match="nested-widths"):
+        nested_distiller(spec, {**config, "nested-widths": ["x"]}, 1.0)
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_mixed_run_with_and_without_nested_distillation(quick: dict[str, Any], nested: bool) -> None:
+    result = run_inprocess({**quick, "num-server-rounds": 2, "profile-mix": "iot:0.5,laptop:0.5",
+                            "nested-distill": nested}, num_clients=4)
+    rounds = RunDirectory(result.run_dir).read_rounds()
+    assert all(r["clients-good"] == 4 for r in rounds)
+    assert set(rounds[-1]["accuracy-width"]) == {"0.25"}

@@ -33,6 +33,7 @@ from fedshrink.compression import encode_state
 from fedshrink.compression.pruning import decode_masks
 from fedshrink.errors import ConfigError, DecodeError, ReplyError
 from fedshrink.fragments import Contribution, FragmentSpec, aggregate_fragments, build_graph, extract, make_policy
+from fedshrink.fragments.nested import NestedConfig, nested_widths
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.profiles import DeviceProfile, get_profile
 from fedshrink.strategy.fedshrink import FedShrink, RoundOutcome
@@ -49,16 +50,22 @@ class FragmentStrategy(FedShrink):
     """FedShrink over per-client fragments (see the module doc).
 
     Parameters beyond :class:`FedShrink`'s: ``model_spec`` of the global model,
-    ``policy`` (``static``, ``rolling`` or ``random``) and ``pruned_as_zero``.
+    ``policy`` (``static``, ``rolling`` or ``random``), ``pruned_as_zero`` and
+    ``input_scaling`` (sub-models scale each layer's input by full / kept
+    fan-in, see :mod:`fedshrink.fragments.scaler`) and ``nested`` (clients
+    also train their nested prefixes at the narrower widths in use, see
+    :mod:`fedshrink.fragments.nested`; None: off).
     """
 
     def __init__(self, *, model_spec: ModelSpec, policy: str = "rolling", pruned_as_zero: bool = False,
-                 **kwargs: object) -> None:
+                 input_scaling: bool = False, nested: NestedConfig | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.model_spec = model_spec
         self.graph = build_graph(build_model(model_spec))
         self.policy = make_policy(policy)
         self.pruned_as_zero = pruned_as_zero
+        self.input_scaling = input_scaling
+        self.nested = nested
         self.node_profiles: dict[int, DeviceProfile] = {}
         self.node_partitions: dict[int, int] = {}
         self._specs: dict[int, FragmentSpec] = {}
@@ -104,11 +111,23 @@ class FragmentStrategy(FedShrink):
             "server-round": server_round,
             "fragment-spec": spec.to_json(),
             "profile": profile.name,
+            "input-scaling": self.input_scaling,
+            **self._nested_config(profile.width),
             "uplink-chain": profile.uplink,
             "local-epochs": profile.local_epochs,
             "batch-size": profile.batch_size,
         })
         return RecordDict({ARRAYS_KEY: record, CONFIG_KEY: cfg}), expected_from(sub)
+
+    def _nested_config(self, width: float) -> dict[str, list[float] | float]:
+        """What the client distils into: the narrower widths in use (nothing when off or none)."""
+        if self.nested is None:
+            return {}
+        narrower = nested_widths(self.widths_in_use(), width)
+        if not narrower:
+            return {}
+        return {"nested-widths": list(narrower), "nested-temperature": self.nested.temperature,
+                "nested-weight": self.nested.weight}
 
     def accept_reply(self, msg: Message, reply: GoodReply) -> None:
         """Read the client's prune masks (bitmaps of its fragment's weights) when it sent them."""

@@ -1,13 +1,17 @@
 """Heterogeneous fragments against full-width FedAvg on digits (issue 4).
 
 Same data (20 clients, Dirichlet 0.5), same seeds, same local training; the
-mixed runs use the shipped profile mix (iot:0.4, phone:0.4, laptop:0.2: 80% of
-clients at width <= 0.5, pruned, fake-quantized, with compressed uplinks).
+mixed runs use the shipped profile mix (``fedshrink.profiles.DEFAULT_MIX``:
+80% of clients at width <= 0.5, pruned, fake-quantized, with compressed
+uplinks) and the shipped fragment settings (self-distillation across widths,
+pruned weights aggregated as zeros). With ``--ablations`` (default on) the
+static policy is also run, on the first seed, with each of those settings
+switched back, to measure what each one contributes.
 For every seed, the target is FedAvg's final accuracy minus 1.5 points; the
 figure of merit is FedAvg's cumulative uplink bytes to first reach the target
 divided by the mixed run's. Writes ``simulations/results/fragments.md``.
 
-    python simulations/benchmarks/bench_fragments.py [--seeds 1 2 3] [--rounds 40]
+    python simulations/benchmarks/bench_fragments.py [--seeds 1 2 3] [--rounds 40] [--no-ablations]
 """
 
 from __future__ import annotations
@@ -21,18 +25,38 @@ from typing import Any
 
 import torch
 
+from fedshrink.profiles import DEFAULT_MIX, get_profile, parse_mix
 from fedshrink.report import RunDirectory, human_bytes
 from fedshrink.runner import run_inprocess
 
 ROOT = Path(__file__).resolve().parents[2]
-MIX = "iot:0.4,phone:0.4,laptop:0.2"
+MIX = DEFAULT_MIX
 POLICIES = ("static", "rolling", "random")
+# static policy with one shipped setting switched back (first seed only)
+ABLATIONS = {
+    "static, no self-distillation": {"nested-distill": False},
+    "static, pruned weights not held": {"pruned-as-zero": False},
+    "static, input scaling on": {"fragment-scaling": True},
+}
 
 
 def run(seed: int, rounds: int, clients: int, out: Path, **extra: Any) -> list[dict[str, Any]]:
     cfg = {"seed": seed, "num-server-rounds": rounds, "distill": False, "quiet": True, "output-dir": str(out), **extra}
     result = run_inprocess(cfg, num_clients=clients)
     return RunDirectory(result.run_dir).read_rounds()
+
+
+THRESHOLDS = (80, 85, 90, 95)
+
+
+def profiles_text() -> str:
+    parts = []
+    for name in parse_mix(MIX):
+        p = get_profile(name)
+        prune = f"{p.sparsity:.0%} {p.prune} pruning" if p.prune != "none" else "no pruning"
+        bits = f"{p.weight_bits}-bit fake-quant" if p.weight_bits < 32 else "fp32"
+        parts.append(f"{name}: width {p.width:g}, {prune}, {bits}, uplink `{p.uplink}`, downlink `{p.downlink}`")
+    return "; ".join(parts)
 
 
 def bytes_to_reach(rounds: list[dict[str, Any]], target: float) -> int | None:
@@ -57,6 +81,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "fragments.md")
+    ap.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
@@ -69,6 +94,12 @@ def main() -> None:
                 runs[policy][seed] = run(seed, args.rounds, args.clients, Path(tmp), **{
                     "profile-mix": MIX, "fragment-policy": policy})
                 print(f"seed {seed} {policy} {runs[policy][seed][-1]['accuracy']:.4f}", flush=True)
+        ablations: dict[str, list[dict[str, Any]]] = {}
+        for name, change in (ABLATIONS.items() if args.ablations else []):
+            seed = args.seeds[0]
+            ablations[name] = run(seed, args.rounds, args.clients, Path(tmp), **{
+                "profile-mix": MIX, "fragment-policy": "static", **change})
+            print(f"seed {seed} {name} {ablations[name][-1]['accuracy']:.4f}", flush=True)
 
     lines = [
         "# Heterogeneous fragments against full-width FedAvg (issue 4)", "",
@@ -77,9 +108,9 @@ def main() -> None:
         "(2-core CPU, torch 1 thread, in-process engine).", "",
         f"digits, {args.clients} clients, Dirichlet alpha 0.5, default CNN, {args.rounds} rounds, seeds "
         f"{args.seeds}. FedAvg: every client at width 1, fp32, raw chains. Mixed: profile mix `{MIX}` "
-        "(iot: width 0.25, 50% unstructured pruning, 4-bit fake-quant, uplink `topk:0.1|q4|zlib`; phone: width "
-        "0.5, 30% pruning, 8-bit, `topk:0.25|int8|zlib`; laptop: width 1, fp32, raw), profiles' own epochs and "
-        "batch sizes. Bytes are exact serialized Flower Messages.", "",
+        f"({profiles_text()}), self-distillation across widths, pruned weights aggregated as zeros. "
+        "Both do the same local training (2 epochs, batch 16, SGD lr 0.01, momentum 0.9). "
+        "Bytes are exact serialized Flower Messages.", "",
         "Target per seed: FedAvg's final accuracy minus 1.5 points. *Bytes to target*: cumulative uplink bytes "
         "at the first round at or above it. *Saving*: FedAvg's bytes to target / the run's.", "",
         "## Summary (mean ± sd over seeds)", "",
@@ -122,13 +153,44 @@ def main() -> None:
             down = statistics.mean(sum(x["bytes-down"] for x in r[:m]) for r in per_seed.values())
             cells.append(f"{human_bytes(up)} / {human_bytes(down)}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    widths = sorted({k for name in POLICIES for r in runs[name].values() for k in r[-1].get("accuracy-width", {})},
+                    key=float)
     lines += ["", "## Final accuracy of every width's sub-model (static prefix, mean ± sd, %)", "",
-              "| run | width 0.25 | width 0.5 | global (width 1) |", "|---|---:|---:|---:|"]
+              "| run | " + " | ".join(f"width {w}" for w in widths) + " | global (width 1) |",
+              "|---|" + "---:|" * (len(widths) + 1)]
     for name in POLICIES:
         per_seed = runs[name]
-        w = {k: [100 * r[-1]["accuracy-width"][k] for r in per_seed.values()] for k in ("0.25", "0.5")}
+        w = {k: [100 * r[-1]["accuracy-width"][k] for r in per_seed.values()] for k in widths}
         g = [100 * r[-1]["accuracy"] for r in per_seed.values()]
-        lines.append(f"| {name} | {mean_sd(w['0.25'])} | {mean_sd(w['0.5'])} | {mean_sd(g)} |")
+        lines.append(f"| {name} | " + " | ".join(mean_sd(w[k]) for k in widths) + f" | {mean_sd(g)} |")
+    if ablations:
+        seed = args.seeds[0]
+        target = runs["fedavg"][seed][-1]["accuracy"] - 0.015
+        lines += ["", f"## Ablations (static policy, seed {seed})", "",
+                  "| run | final accuracy % | best accuracy % | uplink bytes to target | total uplink |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, rounds in {"static (shipped settings)": runs["static"][seed], **ablations}.items():
+            b = bytes_to_reach(rounds, target)
+            lines.append(f"| {name} | {100 * rounds[-1]['accuracy']:.2f} | "
+                         f"{100 * max(r['accuracy'] for r in rounds):.2f} | "
+                         f"{human_bytes(b) if b is not None else 'never'} | "
+                         f"{human_bytes(sum(r['bytes-up'] for r in rounds))} |")
+    lines += ["", "## Bytes to lower thresholds (mean over seeds that reached it)", "",
+              "Cumulative uplink bytes to first reach each accuracy; in brackets, FedAvg's bytes to the same "
+              "accuracy divided by the run's (the saving).", "",
+              "| run | " + " | ".join(f"{t}%" for t in THRESHOLDS) + " |", "|---|" + "---:|" * len(THRESHOLDS)]
+    for name, per_seed in runs.items():
+        cells = []
+        for t in THRESHOLDS:
+            pairs = [(bytes_to_reach(r, t / 100), bytes_to_reach(runs["fedavg"][seed], t / 100))
+                     for seed, r in per_seed.items()]
+            ok = [(b, f) for b, f in pairs if b is not None and f is not None]
+            if not ok:
+                cells.append("never")
+                continue
+            cells.append(f"{human_bytes(statistics.mean(b for b, _ in ok))} "
+                         f"({statistics.mean(f / b for b, f in ok):.1f}x, {len(ok)}/{len(pairs)})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -8,6 +8,8 @@ from collections import Counter
 import pytest
 from fragment_helpers import MODEL_NAMES
 
+from fedshrink.compression import Chain
+from fedshrink.config import RunConfig
 from fedshrink.errors import ConfigError
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.profiles import (
@@ -37,9 +39,13 @@ def test_shipped_profiles() -> None:
     assert {"iot", "phone", "edge", "laptop"} <= set(PROFILES)
     iot, laptop = get_profile("iot"), get_profile("laptop")
     assert iot.width == 0.25 and iot.sparsity == 0.5 and iot.weight_bits == 4 and iot.uplink.startswith("topk:0.1")
-    assert laptop.width == 1.0 and laptop.weight_bits == 32 and laptop.uplink == "raw" and laptop.prune == "none"
-    widths = [p.width for p in PROFILES.values()]
-    assert widths == sorted(widths)
+    assert laptop.width == 1.0 and laptop.weight_bits == 32 and laptop.downlink == "raw" and laptop.prune == "none"
+    assert Chain.parse(laptop.uplink).lossy  # every uplink is compressed, with error feedback
+    shipped = [get_profile(n) for n in ("iot", "phone", "edge", "laptop")]
+    assert [p.width for p in shipped] == sorted(p.width for p in shipped)
+    # the same local training as a full-width run with the default settings
+    defaults = RunConfig()
+    assert all(p.local_epochs == defaults.local_epochs and p.batch_size == defaults.batch_size for p in shipped)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +106,7 @@ def test_assign_profiles_largest_remainder_and_seeded() -> None:
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_estimate_formula(name: str) -> None:
     spec = ModelSpec(name, (3, 32, 32), 10)
-    laptop = get_profile("laptop")
+    laptop = DeviceProfile("full-raw")  # width 1, fp32, raw chains
     est = estimate(spec, laptop)
     params = count_parameters(build_model(spec))
     assert est.params == params

@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="put several runs side by side (compare.md + plots)")
     cmp.add_argument("run_dirs", type=Path, nargs="+")
     cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output directory")
+    from fedshrink.deploy.cli import add_parser as add_deploy_parser
+
+    add_deploy_parser(sub)
     return p
 
 
@@ -124,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "deploy":
+            from fedshrink.deploy.cli import cmd_deploy
+
+            return cmd_deploy(args)
     except ConfigError as exc:
         print(f"fedshrink: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from fedshrink.deploy.certs import CertificateSet, check_host, make_certificates
 from fedshrink.deploy.topology import (
     CONNECTION,
+    DEFAULT_PROFILES,
     DeploymentError,
     LocalDeployment,
     NodeSpec,
@@ -14,6 +15,7 @@ from fedshrink.deploy.topology import (
 
 __all__ = [
     "CONNECTION",
+    "DEFAULT_PROFILES",
     "CertificateSet",
     "DeploymentError",
     "LocalDeployment",

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedshrink.deploy.topology import DEFAULT_PROFILES
 from fedshrink.errors import ConfigError, FedShrinkError
 
 APP_DIR = Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ def add_parser(sub: Any) -> None:
 
     def topology_args(p: argparse.ArgumentParser, *, workdir: bool) -> None:
         p.add_argument("--nodes", type=int, default=3, help="SuperNodes (default 3)")
-        p.add_argument("--profiles", default="iot,phone,laptop",
+        p.add_argument("--profiles", default=",".join(DEFAULT_PROFILES),
                        help="device profiles given to the nodes in turn (default iot,phone,laptop)")
         p.add_argument("--dataset", default="digits", help="data set each node loads (node-config dataset)")
         p.add_argument("--data-dir", default="", help="where each node's copy of the data set lives (node-config)")

@@ -51,6 +51,8 @@ CONNECTION = "fedshrink-deploy"
 SUPERLINK_PORT = 9092  # the SuperLink's one HTTP(S) port: Fleet, Control and ServerAppIo APIs
 SUPERNODE_PORT = 9094  # a SuperNode's ClientAppIo port (local to its machine)
 STATE_FILE = "deployment.json"
+# the three-node topology of `fedshrink deploy local`, the e2e test and docker/compose.yaml
+DEFAULT_PROFILES = ("iot", "phone", "laptop")
 
 
 class DeploymentError(FedShrinkError):
@@ -251,9 +253,7 @@ class LocalDeployment:
 
     def start(self) -> None:
         """SuperLink, node registration, SuperNodes; returns once every SuperNode is online."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.flwr_home.mkdir(parents=True, exist_ok=True)
-        (self.flwr_home / "config.toml").write_text(self.topology.connection_toml())
+        self.prepare()
         self.start_superlink()
         if self.topology.auth:
             for i in range(len(self.topology.nodes)):
@@ -262,6 +262,20 @@ class LocalDeployment:
             self._spawn(f"supernode-{i}", self.topology.supernode_command(i, clientappio_port=free_port()))
         self.wait_online(len(self.topology.nodes))
         self.save()
+
+    def prepare(self) -> None:
+        """Fresh state under ``workdir`` and the ``flwr`` connection; refuses a workdir still in use."""
+        state = self.workdir / STATE_FILE
+        if state.is_file():
+            running = [s for s in LocalDeployment.attach(self.workdir).started if s.alive()]
+            if running:
+                raise ConfigError("workdir", str(self.workdir), "a directory without a running deployment "
+                                  f"(PIDs {[s.pid for s in running]}; `fedshrink deploy down` stops them)")
+            state.unlink()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "state.db").unlink(missing_ok=True)  # registrations of an earlier deployment
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(self.topology.connection_toml())
 
     def start_superlink(self) -> None:
         t = self.topology

@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--app-dir", type=Path, default=Path(__file__).resolve().parent.parent,
                      help="the Flower app directory for --engine flower (holds pyproject.toml)")
     run.add_argument("--cpus-per-client", type=int, default=1, help="Ray CPUs per client (--engine flower)")
+    run.add_argument("--ray-address", default="",
+                     help="host:port of a running Ray cluster to join instead of starting one (--engine flower)")
     rep = sub.add_parser("report", help="(re)build report.md and its plots from a run directory")
     rep.add_argument("run_dir", type=Path)
     cmp = sub.add_parser("compare", help="put several runs side by side (compare.md + plots)")
@@ -83,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pool = len(make_splits(cfg.split_spec()).train)
         if args.num_clients > pool:
             raise ConfigError("--num-clients", args.num_clients, f"an integer in [1, {pool}] (training samples)")
-        with LocalSimulation() as sim:
+        with LocalSimulation(ray_address=args.ray_address) as sim:
             run = sim.run(args.app_dir.resolve(), overrides, num_supernodes=args.num_clients,
                           cpus_per_client=args.cpus_per_client)
         if run.status != "finished:completed":

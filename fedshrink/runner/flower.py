@@ -85,7 +85,8 @@ class LocalSimulation:
     Use as a context manager; :meth:`run` submits the app with ``flwr run``.
     """
 
-    def __init__(self, flwr_home: Path | None = None, *, startup_timeout: float = 30.0) -> None:
+    def __init__(self, flwr_home: Path | None = None, *, startup_timeout: float = 30.0,
+                 ray_address: str = "") -> None:
         self._own_home = flwr_home is None
         self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="fedshrink-flwr-"))
         self.http_port = free_port()
@@ -96,6 +97,8 @@ class LocalSimulation:
             FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.http_port),
             FLWR_LOCAL_CONTROL_API_PORT=str(self.control_port),
         )
+        if ray_address:  # Flower's Ray backend calls ray.init(), which joins the cluster RAY_ADDRESS names
+            self.env["RAY_ADDRESS"] = ray_address
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.flwr_home / "local-superlink" / "superlink.log"
 

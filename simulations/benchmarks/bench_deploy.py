@@ -9,14 +9,19 @@ rounds (one local epoch, no distillation, fragments on), stops every process
 by PID, and splits each round's wall time (``seconds`` in metrics.jsonl,
 measured by the ServerApp) into:
 
-* training: the slowest client's ClientApp work that round (decode, train,
-  encode; ``wall-s`` in clients.csv);
-* process start: a fresh ``flwr-clientapp`` process per message, which
-  imports torch, Flower and fedshrink again (measured here as the median of
-  3 cold ``python -c "import fedshrink.client_app"``, the same imports);
+* ClientApp work: the slowest client's metered span that round (decode,
+  build the model, train, encode; ``wall-s`` in clients.csv);
+* ClientApp process overhead: Flower starts a fresh ``flwr-clientapp``
+  process per message, which imports torch, Flower and fedshrink again and
+  rebuilds the node's data split. Measured as the mean ClientApp lifetime
+  (``compute-time.clientapp-seconds`` of ``flwr ls`` over the number of
+  ClientApp messages) minus the mean metered work. A cold
+  ``import flwr.clientapp, torch, fedshrink.client_app`` is timed as a
+  cross-check;
 * server: aggregation (``aggregation-s``);
-* polling and transport: the rest (SuperNodes and the ServerApp both poll the
-  SuperLink every 3 s when idle, plus TLS requests and serialisation).
+* polling, transport and evaluation: the rest. SuperNodes and the ServerApp
+  both poll the SuperLink every 3 s while they wait, requests go over TLS,
+  and the server evaluates each width in use.
 
 Round 1 also carries the profile query (one more ClientApp process per node).
 """
@@ -27,6 +32,7 @@ import argparse
 import csv
 import datetime
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -94,6 +100,7 @@ def main() -> int:
     rounds = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     with open(run_dir / "clients.csv") as fh:
         clients = list(csv.DictReader(fh))
+    load = os.getloadavg()[1]
     start = import_seconds()
 
     lines = [
@@ -102,7 +109,8 @@ def main() -> int:
         f"{datetime.date.today()}, {platform.machine()}, {platform.python_version()}, "
         "3 SuperNodes + SuperLink on 127.0.0.1 with TLS and SuperNode authentication "
         "(profiles iot / phone / laptop, digits, default CNN, one local epoch). "
-        "The machine's 2 cores were shared with other jobs while this ran, so absolute times are high.",
+        f"{os.cpu_count()} cores; 5-minute load average at the end of the run {load:.1f} "
+        "(other jobs shared the machine when this exceeds the core count, and every figure grows with it).",
         "",
         "Command: `python simulations/benchmarks/bench_deploy.py"
         + (f" --rounds {args.rounds}" if args.rounds != 3 else "") + "`",
@@ -119,22 +127,26 @@ def main() -> int:
         "",
         "## Rounds",
         "",
-        f"Process start of one ClientApp (cold `import flwr.clientapp, torch, fedshrink.client_app`, median of 3): "
+        f"Cold `import flwr.clientapp, torch, fedshrink.client_app` in a fresh interpreter (median of 3): "
         f"{start:.1f} s.",
         "",
-        "| round | wall s | training s (slowest client) | process start s | aggregation s | polling and transport s |",
+        "| round | wall s | ClientApp work s (slowest client) | ClientApp process overhead s | aggregation s "
+        "| polling, transport, evaluation s |",
         "|---:|---:|---:|---:|---:|---:|",
     ]
+    messages = len(topo.nodes) * (args.rounds + 1)  # a train message per node and round, plus the profile query
+    lifetime = float(run.details["compute-time"]["clientapp-seconds"]) / messages
+    overhead = lifetime - sum(float(c["wall-s"]) for c in clients) / messages
     for r in rounds:
         n = int(r["round"])
-        train = max(float(c["wall-s"]) for c in clients if int(c["round"]) == n)
-        starts = start * (2 if n == 1 else 1)  # round 1: the profile query starts one more process per node
-        rest = float(r["seconds"]) - train - starts - float(r["aggregation-s"])
-        lines.append(f"| {n} | {r['seconds']:.1f} | {train:.1f} | {starts:.1f} | {r['aggregation-s']:.2f} | "
+        work = max(float(c["wall-s"]) for c in clients if int(c["round"]) == n)
+        proc = overhead * (2 if n == 1 else 1)  # round 1: the profile query runs one more ClientApp per node
+        rest = float(r["seconds"]) - work - proc - float(r["aggregation-s"])
+        lines.append(f"| {n} | {r['seconds']:.1f} | {work:.1f} | {proc:.1f} | {r['aggregation-s']:.2f} | "
                      f"{rest:.1f} |")
-    lines += ["", "Process start and polling are fixed costs of Flower's deployment runtime (a fresh ClientApp "
-              "process per message; 3 s poll intervals on both sides); training is the only part that grows with "
-              "the work."]
+    lines += ["", f"Mean ClientApp process lifetime {lifetime:.1f} s over {messages} messages. Process start-up "
+              "and polling are fixed costs of Flower's deployment runtime (a fresh ClientApp process per message, "
+              "3 s poll intervals on both sides). Only the ClientApp work grows with the model and the data."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

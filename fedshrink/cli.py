@@ -73,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.num_clients < 1:
         raise ConfigError("--num-clients", args.num_clients, "an integer >= 1")
     if args.engine == "inprocess":
+        if args.ray_address:
+            raise ConfigError("--ray-address", args.ray_address, "empty with --engine inprocess (no Ray there)")
         from fedshrink.runner import run_inprocess
 
         result = run_inprocess(overrides, num_clients=args.num_clients)

@@ -207,3 +207,12 @@ def test_cli_bad_setting_is_one_line(argv: list[str], capsys: pytest.CaptureFixt
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedshrink: invalid setting") and "\n" not in err
+
+
+def test_simulation_joins_a_ray_cluster_by_address(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedshrink.runner.flower import LocalSimulation
+
+    sim = LocalSimulation(tmp_path, ray_address="10.0.0.7:6379")  # not started
+    assert sim.env["RAY_ADDRESS"] == "10.0.0.7:6379"  # Flower's Ray backend calls ray.init() with no address
+    assert main(["run", "--ray-address", "10.0.0.7:6379"]) == 2  # the in-process engine has no Ray
+    assert "--ray-address" in capsys.readouterr().err

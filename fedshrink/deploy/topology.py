@@ -405,12 +405,20 @@ class LocalDeployment:
                          output=output)
 
 
-def shell_commands(topology: Topology) -> str:
-    """The topology as shell commands, one per line (for docs and ``fedshrink deploy plan``)."""
-    lines = [shlex.join(topology.superlink_command("state.db"))]
+def shell_commands(topology: Topology, *, listen: str = "0.0.0.0") -> str:
+    """The topology as shell commands, grouped by machine (for docs and ``fedshrink deploy plan``).
+
+    The SuperLink listens on ``listen`` (all interfaces by default); SuperNodes dial ``topology.address``.
+    """
+    lines = ["# server: the SuperLink", shlex.join(topology.superlink_command("state.db", listen=listen)), "",
+             "# the machine that runs flwr: $FLWR_HOME/config.toml", *("#   " + x for x in
+                                                                      topology.connection_toml().splitlines())]
     if topology.auth:
         lines += [shlex.join(["flwr", "supernode", "register",
                               str(CertificateSet.public_key(topology.node_key(i))), CONNECTION])
                   for i in range(len(topology.nodes))]
-    lines += [shlex.join(topology.supernode_command(i)) for i in range(len(topology.nodes))]
+    for i in range(len(topology.nodes)):
+        lines += ["", f"# device {i}", shlex.join(topology.supernode_command(i))]
+    lines += ["", "# the machine that runs flwr, from the app directory",
+              f"flwr run . {CONNECTION} --stream", f"flwr ls {CONNECTION} --run-id RUN_ID --format json"]
     return "\n".join(line.replace(os.path.dirname(flwr_cli()) + os.sep, "") for line in lines)

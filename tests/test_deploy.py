@@ -216,3 +216,27 @@ def test_simulation_joins_a_ray_cluster_by_address(tmp_path: Path, capsys: pytes
     assert sim.env["RAY_ADDRESS"] == "10.0.0.7:6379"  # Flower's Ray backend calls ray.init() with no address
     assert main(["run", "--ray-address", "10.0.0.7:6379"]) == 2  # the in-process engine has no Ray
     assert "--ray-address" in capsys.readouterr().err
+
+
+def test_workdir_of_a_running_deployment_is_refused_and_kept(tmp_path: Path) -> None:
+    import json
+    import os
+
+    import psutil
+
+    from fedshrink.deploy import LocalDeployment
+    from fedshrink.deploy.topology import STATE_FILE, Started
+
+    topo = Topology(tuple(plan_nodes(2)), insecure=True)
+    me = Started("superlink", os.getpid(), psutil.Process().create_time(), str(tmp_path / "x.log"), 1)
+    gone = Started("supernode-0", os.getpid(), 1.0, str(tmp_path / "y.log"), 2)  # PID reused by another process
+    state = tmp_path / STATE_FILE
+    state.write_text(json.dumps({"started": [vars(me)], "node-ids": {}, "topology": topo.to_dict()}))
+    with pytest.raises(ConfigError, match=f"PIDs \\[{os.getpid()}\\]"):
+        LocalDeployment(topo, tmp_path).prepare()
+    LocalDeployment(topo, tmp_path).stop()  # a deployment that started nothing leaves the state alone
+    assert state.is_file()
+    assert LocalDeployment.attach(tmp_path).topology == topo
+    state.write_text(json.dumps({"started": [vars(gone)], "node-ids": {}, "topology": topo.to_dict()}))
+    LocalDeployment.check_free(tmp_path)  # nothing of it runs any more: forgotten
+    assert not state.exists()

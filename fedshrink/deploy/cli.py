@@ -66,12 +66,21 @@ def add_parser(sub: Any) -> None:
 
 
 def _topology(args: argparse.Namespace, *, local: bool) -> Any:
-    from fedshrink.deploy import CertificateSet, Topology, make_certificates, parse_profiles, plan_nodes
+    from fedshrink.deploy import (
+        CertificateSet,
+        LocalDeployment,
+        Topology,
+        make_certificates,
+        parse_profiles,
+        plan_nodes,
+    )
     from fedshrink.runner.flower import free_port
 
     nodes = plan_nodes(args.nodes, parse_profiles(args.profiles), dataset=args.dataset, data_dir=args.data_dir)
     if args.insecure and args.certs:
         raise ConfigError("--insecure", True, "absent when --certs is given")
+    if local:
+        LocalDeployment.check_free(args.workdir)  # before new certificates replace those in use
     certs = None
     if args.certs:
         certs = CertificateSet.load(args.certs)

@@ -263,15 +263,20 @@ class LocalDeployment:
         self.wait_online(len(self.topology.nodes))
         self.save()
 
-    def prepare(self) -> None:
-        """Fresh state under ``workdir`` and the ``flwr`` connection; refuses a workdir still in use."""
-        state = self.workdir / STATE_FILE
+    @staticmethod
+    def check_free(workdir: Path) -> None:
+        """:class:`ConfigError` if a deployment started in ``workdir`` still runs; forget a dead one."""
+        state = Path(workdir) / STATE_FILE
         if state.is_file():
-            running = [s for s in LocalDeployment.attach(self.workdir).started if s.alive()]
+            running = [s for s in LocalDeployment.attach(workdir).started if s.alive()]
             if running:
-                raise ConfigError("workdir", str(self.workdir), "a directory without a running deployment "
+                raise ConfigError("workdir", str(workdir), "a directory without a running deployment "
                                   f"(PIDs {[s.pid for s in running]}; `fedshrink deploy down` stops them)")
             state.unlink()
+
+    def prepare(self) -> None:
+        """Fresh state under ``workdir`` and the ``flwr`` connection; refuses a workdir still in use."""
+        self.check_free(self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "state.db").unlink(missing_ok=True)  # registrations of an earlier deployment
         self.flwr_home.mkdir(parents=True, exist_ok=True)
@@ -369,8 +374,9 @@ class LocalDeployment:
             if proc is not None:
                 proc.wait(timeout=5)
         state = self.workdir / STATE_FILE
-        if state.exists():
+        if self.started and state.exists():  # only the deployment that wrote it removes it
             state.unlink()
+        self.started = []
 
     # -- state across commands (fedshrink deploy up / run / down) ----------------------
     def save(self) -> None:

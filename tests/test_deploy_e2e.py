@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import socket
+import threading
 from pathlib import Path
 
 import psutil
@@ -48,17 +49,21 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
         online = {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"}
         assert online == set(dep.node_ids.values()) and len(online) == 3
 
-        code, log = dep.try_node(certs.node_keys[3], timeout=90)
-        assert code not in (0, None), log[-2000:]
-        assert "Exit Code: 305" in log  # Flower's code for a SuperNode the SuperLink refused
-        assert {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"} == online
-
+        # a SuperNode with an unregistered key tries to join while the run goes on (in a thread, to save time)
+        refused: dict[str, object] = {}
+        probe = threading.Thread(target=lambda: refused.update(
+            zip(("code", "log"), dep.try_node(certs.node_keys[3], timeout=120), strict=True)))
+        probe.start()
         out = tmp_path / "runs"
         run = dep.run(APP_DIR, {"num-server-rounds": 2, "local-epochs": 1, "distill": False, "output-dir": str(out),
                                 "run-name": "deploy", "profile-mix": "laptop:1.0"}, timeout=900)
+        probe.join()
+        assert {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"} == online
         pids = sorted(set(pids) | set(dep.pids()))
     finally:
         dep.stop()
+    assert refused["code"] not in (0, None), str(refused["log"])[-2000:]
+    assert "Exit Code: 305" in str(refused["log"])  # Flower's code for a SuperNode the SuperLink refused
     assert run.status == "finished:completed", run.output[-3000:]  # from `flwr ls`, not the exit code
     assert run.details["network-traffic"]["total-bytes"] > 0
 

@@ -21,6 +21,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ SUPERNODE_PORT = 9094  # a SuperNode's ClientAppIo port (local to its machine)
 STATE_FILE = "deployment.json"
 # the three-node topology of `fedshrink deploy local`, the e2e test and docker/compose.yaml
 DEFAULT_PROFILES = ("iot", "phone", "laptop")
+SUPERNODE_READY = "SuperNode ID:"  # what flower-supernode logs once the SuperLink accepted it
 
 
 class DeploymentError(FedShrinkError):
@@ -256,8 +258,7 @@ class LocalDeployment:
         self.prepare()
         self.start_superlink()
         if self.topology.auth:
-            for i in range(len(self.topology.nodes)):
-                self.node_ids[i] = self.register(CertificateSet.public_key(self.topology.node_key(i)), name=f"node-{i}")
+            self.register_all()
         for i in range(len(self.topology.nodes)):
             self._spawn(f"supernode-{i}", self.topology.supernode_command(i, clientappio_port=free_port()))
         self.wait_online(len(self.topology.nodes))
@@ -318,6 +319,13 @@ class LocalDeployment:
         self._popen[proc.pid] = proc
         return proc
 
+    def register_all(self) -> None:
+        """Register every node's public key, concurrently (each ``flwr`` call is a fresh interpreter)."""
+        keys = [CertificateSet.public_key(self.topology.node_key(i)) for i in range(len(self.topology.nodes))]
+        with ThreadPoolExecutor(max_workers=len(keys)) as pool:
+            ids = list(pool.map(lambda ik: self.register(ik[1], name=f"node-{ik[0]}"), enumerate(keys)))
+        self.node_ids = dict(enumerate(ids))
+
     def register(self, public_key: Path, *, name: str = "") -> int:
         """``flwr supernode register KEY.pub CONNECTION``; the node id the SuperLink gave it."""
         args = ["supernode", "register", str(public_key), CONNECTION, *(["--name", name] if name else [])]
@@ -331,7 +339,16 @@ class LocalDeployment:
         return list(flwr_json(["supernode", "ls", CONNECTION], self.env).get("nodes", []))
 
     def wait_online(self, count: int) -> None:
+        """Until ``count`` SuperNodes are online (``flwr supernode ls``), or :class:`DeploymentError`."""
         deadline = time.monotonic() + self.startup_timeout
+        # cheap first: each SuperNode logs its id once the SuperLink has accepted it; then one `flwr` call confirms
+        logs = [Path(s.log) for s in self.started if s.name.startswith("supernode")]
+        while time.monotonic() < deadline - self.startup_timeout / 2:
+            if all(SUPERNODE_READY in log.read_text(errors="replace") for log in logs):
+                break
+            if any(not s.alive() for s in self.started if s.name.startswith("supernode")):
+                break
+            time.sleep(0.2)
         while True:
             online = [n for n in self.nodes() if n.get("status") == "online"]
             if len(online) >= count:

@@ -78,9 +78,8 @@ def main() -> int:
         dep.start_superlink()
         steps["SuperLink healthy"] = time.perf_counter() - t0
         t = time.perf_counter()
-        for i in range(3):
-            dep.node_ids[i] = dep.register(certs.public_key(certs.node_keys[i]))
-        steps["3 node keys registered (`flwr supernode register`)"] = time.perf_counter() - t
+        dep.register_all()
+        steps["3 node keys registered (`flwr supernode register`, concurrently)"] = time.perf_counter() - t
         t = time.perf_counter()
         for i in range(3):
             dep._spawn(f"supernode-{i}", topo.supernode_command(i, clientappio_port=free_port()))

@@ -15,7 +15,7 @@ PIP    := $(PY) -m pip install --quiet --disable-pip-version-check --no-compile
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 
-.PHONY: demo demo-flower test test-fast lint install proto clean
+.PHONY: demo demo-flower deploy-local test test-fast lint install proto clean
 
 # runtime install (what `make demo` needs) ...
 $(STAMP): pyproject.toml
@@ -39,6 +39,14 @@ demo: $(STAMP)
 # the same job on Flower's simulation engine (Ray) through `flwr run` (about 95 s here)
 demo-flower: $(STAMP)
 	$(VENV)/bin/fedshrink run --engine flower --num-clients 20
+
+# the same app on Flower's deployment engine: a SuperLink and 3 SuperNodes (profiles iot, phone,
+# laptop) as processes on 127.0.0.1, TLS and node authentication with fresh certificates under
+# deploy-local/; runs DEPLOY_CONFIG, then stops every process it started, by PID
+DEPLOY_CONFIG ?= num-server-rounds=3 local-epochs=1 distill=false profile-mix='laptop:1.0'
+deploy-local: $(STAMP)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/fedshrink deploy local --nodes 3 --workdir deploy-local \
+		--run-config "$(DEPLOY_CONFIG)"
 
 test: $(DEV)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest

@@ -36,11 +36,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--app-dir", type=Path, default=Path(__file__).resolve().parent.parent,
                      help="the Flower app directory for --engine flower (holds pyproject.toml)")
     run.add_argument("--cpus-per-client", type=int, default=1, help="Ray CPUs per client (--engine flower)")
+    run.add_argument("--ray-address", default="",
+                     help="host:port of a running Ray cluster to join instead of starting one (--engine flower)")
     rep = sub.add_parser("report", help="(re)build report.md and its plots from a run directory")
     rep.add_argument("run_dir", type=Path)
     cmp = sub.add_parser("compare", help="put several runs side by side (compare.md + plots)")
     cmp.add_argument("run_dirs", type=Path, nargs="+")
     cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output directory")
+    from fedshrink.deploy.cli import add_parser as add_deploy_parser
+
+    add_deploy_parser(sub)
     return p
 
 
@@ -68,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.num_clients < 1:
         raise ConfigError("--num-clients", args.num_clients, "an integer >= 1")
     if args.engine == "inprocess":
+        if args.ray_address:
+            raise ConfigError("--ray-address", args.ray_address, "empty with --engine inprocess (no Ray there)")
         from fedshrink.runner import run_inprocess
 
         result = run_inprocess(overrides, num_clients=args.num_clients)
@@ -80,7 +87,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         pool = len(make_splits(cfg.split_spec()).train)
         if args.num_clients > pool:
             raise ConfigError("--num-clients", args.num_clients, f"an integer in [1, {pool}] (training samples)")
-        with LocalSimulation() as sim:
+        with LocalSimulation(ray_address=args.ray_address) as sim:
             run = sim.run(args.app_dir.resolve(), overrides, num_supernodes=args.num_clients,
                           cpus_per_client=args.cpus_per_client)
         if run.status != "finished:completed":
@@ -124,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "deploy":
+            from fedshrink.deploy.cli import cmd_deploy
+
+            return cmd_deploy(args)
     except ConfigError as exc:
         print(f"fedshrink: {exc}", file=sys.stderr)
         return 2

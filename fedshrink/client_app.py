@@ -26,7 +26,7 @@ from torch import nn
 from fedshrink.compression import Chain, ResidualStore, decode_record, encode_state
 from fedshrink.compression.pruning import encode_masks, get_masks, prune_model, remove_pruning
 from fedshrink.config import RunConfig
-from fedshrink.data import client_data
+from fedshrink.data import client_data, node_split_spec
 from fedshrink.errors import ConfigError
 from fedshrink.fakequant import fake_quantize_, remove_fake_quant
 from fedshrink.fragments import FragmentSpec
@@ -143,7 +143,8 @@ def train(msg: Message, context: Context) -> Message:
     server_round = read_number(config, "server-round", int)
     spec = ModelSpec.from_json(str(config["model-spec"]))
 
-    data = client_data(cfg.split_spec(), cfg.partition_scheme(), node.partition_id, node.num_partitions)
+    split = node_split_spec(cfg.split_spec(), context.node_config)  # in deployment the node names its data
+    data = client_data(split, cfg.partition_scheme(), node.partition_id, node.num_partitions)
     uplink = Chain.parse(str(config.get("uplink-chain", "raw")))
     settings = TrainSettings.from_config(config)
     torch.set_num_threads(cfg.client_threads)

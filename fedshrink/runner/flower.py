@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from fedshrink.errors import FedShrinkError
 
 FLOWER_ENV = {
@@ -83,7 +85,8 @@ class LocalSimulation:
     Use as a context manager; :meth:`run` submits the app with ``flwr run``.
     """
 
-    def __init__(self, flwr_home: Path | None = None, *, startup_timeout: float = 30.0) -> None:
+    def __init__(self, flwr_home: Path | None = None, *, startup_timeout: float = 30.0,
+                 ray_address: str = "") -> None:
         self._own_home = flwr_home is None
         self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="fedshrink-flwr-"))
         self.http_port = free_port()
@@ -94,6 +97,8 @@ class LocalSimulation:
             FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(self.http_port),
             FLWR_LOCAL_CONTROL_API_PORT=str(self.control_port),
         )
+        if ray_address:  # Flower's Ray backend calls ray.init(), which joins the cluster RAY_ADDRESS names
+            self.env["RAY_ADDRESS"] = ray_address
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.flwr_home / "local-superlink" / "superlink.log"
 
@@ -108,7 +113,7 @@ class LocalSimulation:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
-            str(Path(sys.executable).parent / "flower-superlink"),
+            flwr_cli("flower-superlink"),
             "--insecure", "--simulation", "--isolation", "subprocess",
             "--disable-runtime-dependency-installation",
             "--control-api-address", f"127.0.0.1:{self.control_port}",
@@ -139,40 +144,15 @@ class LocalSimulation:
 
     def pids(self) -> list[int]:
         """The SuperLink and every process below it (superexec, ServerApp, Ray ...)."""
-        import psutil
-
         if self.process is None:
             return []
-        try:
-            root = psutil.Process(self.process.pid)
-            return [root.pid] + [p.pid for p in root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+        return [p.pid for p in process_tree(self.process.pid)]
 
     def stop(self, timeout: float = 15.0) -> None:
         """Stop the SuperLink's whole process tree: SIGTERM, then SIGKILL after ``timeout``."""
-        import psutil
-
         if self.process is None:
             return
-        procs = []
-        for pid in self.pids():
-            try:
-                procs.append(psutil.Process(pid))
-            except psutil.NoSuchProcess:
-                pass
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGTERM)
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=timeout)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        stop_processes(process_tree(self.process.pid), timeout=timeout)
         self.process.wait(timeout=5)
         self.process = None
         if self._own_home:
@@ -190,47 +170,110 @@ class LocalSimulation:
         echo: bool = True,
     ) -> FlowerRun:
         """``flwr run APP --stream`` on this SuperLink; the real status comes from ``flwr ls``."""
-        flwr = str(Path(sys.executable).parent / "flwr")
-        cmd = [flwr, "run", str(app_dir), "--stream"]
+        cmd = [flwr_cli(), "run", str(app_dir), "--stream"]
         if overrides:
             cmd += ["--run-config", run_config_arg(overrides)]
         cmd += ["--federation-config",
                 f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"]
-        lines: list[str] = []
-        proc = subprocess.Popen(cmd, env=self.env, cwd=app_dir, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        for line in proc.stdout:
-            lines.append(line)
-            if echo:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-            if time.monotonic() > deadline:
-                proc.kill()
-                break
-        proc.wait()
-        output = "".join(lines)
-        match = re.search(r"Successfully started run (\d+)", output)
-        if match is None:
-            raise FlowerRunError(f"flwr run did not start a run (exit {proc.returncode}):\n{output[-2000:]}")
-        run_id = int(match.group(1))
+        returncode, output = stream_command(cmd, self.env, app_dir, timeout=timeout, echo=echo)
+        run_id = parse_run_id(output, returncode)
         details = self.run_details(run_id)
         return FlowerRun(run_id=run_id, status=str(details.get("status", "unknown")), details=details,
                          output=output)
 
     def run_details(self, run_id: int, *, settle: float = 30.0) -> dict[str, Any]:
         """The run's entry in ``flwr ls --run-id ID --format json``, once it has finished."""
-        flwr = str(Path(sys.executable).parent / "flwr")
-        deadline = time.monotonic() + settle
-        while True:
-            out = subprocess.run([flwr, "ls", "--run-id", str(run_id), "--format", "json"], env=self.env,
-                                 capture_output=True, text=True, timeout=60)
-            try:
-                runs = json.loads(out.stdout).get("runs", [])
-            except json.JSONDecodeError as exc:
-                raise FlowerRunError(f"flwr ls gave no JSON: {out.stdout[-500:]} {out.stderr[-500:]}") from exc
-            entry: dict[str, Any] = next((r for r in runs if str(r.get("run-id")) == str(run_id)), {})
-            if str(entry.get("status", "")).startswith("finished") or time.monotonic() > deadline:
-                return dict(entry)
-            time.sleep(1.0)
+        return flwr_run_details(self.env, run_id, settle=settle)
+
+
+# -- helpers shared with fedshrink.deploy ----------------------------------------------
+
+
+def flwr_cli(name: str = "flwr") -> str:
+    """A Flower command from this interpreter's environment (``flwr``, ``flower-superlink`` ...)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def stream_command(cmd: list[str], env: Mapping[str, str], cwd: Path, *, timeout: float,
+                   echo: bool) -> tuple[int, str]:
+    """Run ``cmd``, echoing its output as it comes; kill it after ``timeout`` s. Returns (exit code, output)."""
+    lines: list[str] = []
+    proc = subprocess.Popen(cmd, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        lines.append(line)
+        if echo:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        if time.monotonic() > deadline:
+            proc.kill()
+            break
+    proc.wait()
+    return proc.returncode, "".join(lines)
+
+
+def parse_run_id(output: str, returncode: int) -> int:
+    """The run id ``flwr run`` printed, else :class:`FlowerRunError` with the end of its output."""
+    match = re.search(r"Successfully started run (\d+)", output)
+    if match is None:
+        raise FlowerRunError(f"flwr run did not start a run (exit {returncode}):\n{output[-2000:]}")
+    return int(match.group(1))
+
+
+def flwr_json(args: list[str], env: Mapping[str, str], *, timeout: float = 60.0) -> dict[str, Any]:
+    """``flwr ARGS --format json`` parsed; :class:`FlowerRunError` when it prints no JSON object."""
+    out = subprocess.run([flwr_cli(), *args, "--format", "json"], env=dict(env), capture_output=True, text=True,
+                         timeout=timeout)
+    start = out.stdout.find("{")
+    try:
+        parsed = json.loads(out.stdout[start:]) if start >= 0 else None
+    except json.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise FlowerRunError(f"flwr {' '.join(args)} gave no JSON (exit {out.returncode}): "
+                             f"{out.stdout[-500:]} {out.stderr[-500:]}")
+    return parsed
+
+
+def flwr_run_details(env: Mapping[str, str], run_id: int, *, connection: str | None = None,
+                     settle: float = 30.0) -> dict[str, Any]:
+    """The run's entry in ``flwr ls [CONNECTION] --run-id ID --format json``, once it has finished
+    (or after ``settle`` s)."""
+    args = ["ls", *([connection] if connection else []), "--run-id", str(run_id)]
+    deadline = time.monotonic() + settle
+    while True:
+        runs = flwr_json(args, env).get("runs", [])
+        entry: dict[str, Any] = next((r for r in runs if str(r.get("run-id")) == str(run_id)), {})
+        if str(entry.get("status", "")).startswith("finished") or time.monotonic() > deadline:
+            return dict(entry)
+        time.sleep(1.0)
+
+
+def process_tree(pid: int, create_time: float | None = None) -> list[psutil.Process]:
+    """Process ``pid`` and every process below it; empty when it is gone (or, given ``create_time``,
+    when the PID now belongs to another process)."""
+    try:
+        root = psutil.Process(pid)
+        if create_time is not None and abs(root.create_time() - create_time) > 0.01:
+            return []
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_processes(procs: list[psutil.Process], *, timeout: float = 15.0) -> None:
+    """SIGTERM each process, SIGKILL those still alive after ``timeout`` s, and reap them."""
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)

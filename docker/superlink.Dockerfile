@@ -1,0 +1,12 @@
+# fedshrink SuperLink: Flower's own SuperLink image, pinned to the Flower version fedshrink uses.
+# The ServerApp does not run in this container: the SuperLink runs with `--isolation process`
+# and the `serverapp` service of docker/compose.yaml (the fedshrink image) runs it.
+#   docker build -f docker/superlink.Dockerfile -t fedshrink-superlink:0.1.0 .
+FROM flwr/superlink:1.42.0
+
+ENV FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+    FLWR_TELEMETRY_ENABLED=0
+
+# the one HTTPS port of the SuperLink: Fleet API (SuperNodes), Control API (`flwr`), runtime API (SuperExec)
+EXPOSE 9092
+# the entry point stays the base image's `flower-superlink`; docker/compose.yaml gives the flags

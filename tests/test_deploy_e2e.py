@@ -1,0 +1,82 @@
+"""End to end on a real deployment: a SuperLink and 3 SuperNodes as processes on 127.0.0.1.
+
+TLS with fedshrink's own CA, SuperNode authentication with registered node
+keys, mixed device profiles from each node's node-config. The run's status is
+read with ``flwr ls``; every process started is stopped by PID and no port is
+left open. A SuperNode with an unregistered key is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import socket
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+
+from fedshrink.deploy import DEFAULT_PROFILES, LocalDeployment, Topology, make_certificates, plan_nodes
+from fedshrink.runner.flower import free_port
+
+pytestmark = pytest.mark.e2e
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_tls_authenticated_deployment(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "certs", ["127.0.0.1"], nodes=4)  # node-3: never registered
+    topo = Topology(tuple(plan_nodes(3, DEFAULT_PROFILES)), certs=certs, host="127.0.0.1", port=free_port())
+    dep = LocalDeployment(topo, tmp_path / "deploy")
+    pids: list[int] = []
+    try:
+        dep.start()
+        pids = dep.pids()
+        assert _port_open(topo.port)
+        online = {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"}
+        assert online == set(dep.node_ids.values()) and len(online) == 3
+
+        # a SuperNode with an unregistered key tries to join while the run goes on (in a thread, to save time)
+        refused: dict[str, object] = {}
+        probe = threading.Thread(target=lambda: refused.update(
+            zip(("code", "log"), dep.try_node(certs.node_keys[3], timeout=120), strict=True)))
+        probe.start()
+        out = tmp_path / "runs"
+        run = dep.run(APP_DIR, {"num-server-rounds": 2, "local-epochs": 1, "distill": False, "output-dir": str(out),
+                                "run-name": "deploy", "profile-mix": "laptop:1.0"}, timeout=900)
+        probe.join()
+        assert {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"} == online
+        pids = sorted(set(pids) | set(dep.pids()))
+    finally:
+        dep.stop()
+    assert refused["code"] not in (0, None), str(refused["log"])[-2000:]
+    assert "Exit Code: 305" in str(refused["log"])  # Flower's code for a SuperNode the SuperLink refused
+    assert run.status == "finished:completed", run.output[-3000:]  # from `flwr ls`, not the exit code
+    assert run.details["network-traffic"]["total-bytes"] > 0
+
+    summary = json.loads((out / "deploy" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds"] == 2 and summary["clients"] == 3
+    rounds = [json.loads(x) for x in (out / "deploy" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["clients-good"] for r in rounds] == [3, 3]
+    assert set(rounds[-1]["accuracy-width"]) == {"0.25", "0.5"}  # iot and phone fragments besides the full model
+    with open(out / "deploy" / "clients.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {(int(r["partition-id"]), r["profile"]) for r in rows} == set(enumerate(DEFAULT_PROFILES))
+    assert {int(r["node-id"]) for r in rows} == online  # only the registered nodes trained
+    assert (out / "deploy" / "report.md").is_file()
+
+    assert pids and not [p for p in pids if _alive(p)], "processes left running"
+    assert not [p for p in dep.ports() if _port_open(p)], "ports left open"

@@ -17,6 +17,8 @@ divided by the mixed run's. Writes ``simulations/results/fragments.md``.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import statistics
 import tempfile
 import time
@@ -40,13 +42,25 @@ ABLATIONS = {
 }
 
 
-def run(seed: int, rounds: int, clients: int, out: Path, **extra: Any) -> list[dict[str, Any]]:
+def run(seed: int, rounds: int, clients: int, out: Path, cache: Path | None = None,
+        **extra: Any) -> list[dict[str, Any]]:
+    """One run's per-round metrics; with ``cache``, reused from (and saved to) a JSON file keyed by its settings."""
     cfg = {"seed": seed, "num-server-rounds": rounds, "distill": False, "quiet": True, "output-dir": str(out), **extra}
+    key = hashlib.sha256(json.dumps({**cfg, "output-dir": "", "clients": clients}, sort_keys=True).encode()).hexdigest()
+    path = cache / f"{key[:16]}.json" if cache is not None else None
+    if path is not None and path.is_file():
+        REUSED.append(path.name)
+        return list(json.loads(path.read_text())["rounds"])
     result = run_inprocess(cfg, num_clients=clients)
-    return RunDirectory(result.run_dir).read_rounds()
+    rows = RunDirectory(result.run_dir).read_rounds()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"config": {**cfg, "output-dir": ""}, "clients": clients, "rounds": rows}))
+    return rows
 
 
 THRESHOLDS = (80, 85, 90, 95)
+REUSED: list[str] = []  # runs read back from --cache
 
 
 def profiles_text() -> str:
@@ -82,22 +96,24 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "fragments.md")
     ap.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="reuse finished runs from this folder (resume an interrupted benchmark)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {"fedavg": {}, **{p: {} for p in POLICIES}}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            runs["fedavg"][seed] = run(seed, args.rounds, args.clients, Path(tmp))
+            runs["fedavg"][seed] = run(seed, args.rounds, args.clients, Path(tmp), args.cache)
             print(f"seed {seed} fedavg {runs['fedavg'][seed][-1]['accuracy']:.4f}", flush=True)
             for policy in POLICIES:
-                runs[policy][seed] = run(seed, args.rounds, args.clients, Path(tmp), **{
+                runs[policy][seed] = run(seed, args.rounds, args.clients, Path(tmp), args.cache, **{
                     "profile-mix": MIX, "fragment-policy": policy})
                 print(f"seed {seed} {policy} {runs[policy][seed][-1]['accuracy']:.4f}", flush=True)
         ablations: dict[str, list[dict[str, Any]]] = {}
         for name, change in (ABLATIONS.items() if args.ablations else []):
             seed = args.seeds[0]
-            ablations[name] = run(seed, args.rounds, args.clients, Path(tmp), **{
+            ablations[name] = run(seed, args.rounds, args.clients, Path(tmp), args.cache, **{
                 "profile-mix": MIX, "fragment-policy": "static", **change})
             print(f"seed {seed} {name} {ablations[name][-1]['accuracy']:.4f}", flush=True)
 
@@ -105,7 +121,9 @@ def main() -> None:
         "# Heterogeneous fragments against full-width FedAvg (issue 4)", "",
         f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by `python simulations/benchmarks/bench_fragments.py "
         f"--seeds {' '.join(map(str, args.seeds))} --rounds {args.rounds}` in {time.time() - t0:.0f} s "
-        "(2-core CPU, torch 1 thread, in-process engine).", "",
+        "(2-core CPU, torch 1 thread, in-process engine"
+        + (f"; {len(REUSED)} runs read back from `--cache {args.cache}`, where earlier invocations with the same "
+           "settings left them" if REUSED else "") + ").", "",
         f"digits, {args.clients} clients, Dirichlet alpha 0.5, default CNN, {args.rounds} rounds, seeds "
         f"{args.seeds}. FedAvg: every client at width 1, fp32, raw chains. Mixed: profile mix `{MIX}` "
         f"({profiles_text()}), self-distillation across widths, pruned weights aggregated as zeros. "

@@ -139,7 +139,7 @@ def write_checkpoint(rundir: RunDirectory, rnd: int, arrays: ArrayRecord, strate
         arrays=record_to_numpy(arrays),
         strategy=strategy.checkpoint_state(),
         rng=capture_rng(),
-        ledger={"rows": [r.to_row() for r in ledger.records],
+        ledger={"rows": [{k: str(v) for k, v in r.to_row().items()} for r in ledger.records],  # as clients.csv
                 "server": {str(k): [c.aggregation_seconds, c.distillation_seconds, c.bytes_down]
                            for k, c in ledger.server.items()}},
         client_states=grid.export_client_states() if isinstance(grid, ClientStateGrid) else None,

@@ -218,7 +218,7 @@ class FedShrink(Strategy):
                 if self.max_reply_bytes and nbytes > self.max_reply_bytes:
                     raise ReplyError(f"reply of {nbytes} bytes is over the cap of {self.max_reply_bytes} "
                                      "(max-reply-bytes)")
-                good = parse_reply(msg, expected, limits=self.limits)
+                good = parse_reply(msg, expected, limits=self.limits, nbytes=nbytes)
                 self.accept_reply(msg, good)
                 outcome.good.append(good)
                 self.known_partitions[node] = good.partition_id

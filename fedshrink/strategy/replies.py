@@ -57,8 +57,12 @@ def expected_from(arrays: Mapping[str, np.ndarray]) -> Expected:
     )
 
 
-def parse_reply(msg: Message, expected: Expected, *, limits: DecodeLimits = DEFAULT_LIMITS) -> GoodReply:
-    """Return the reply's content, or raise :class:`ReplyError` naming the fault."""
+def parse_reply(msg: Message, expected: Expected, *, limits: DecodeLimits = DEFAULT_LIMITS,
+                nbytes: int | None = None) -> GoodReply:
+    """Return the reply's content, or raise :class:`ReplyError` naming the fault.
+
+    ``nbytes``: the message's serialized size when the caller measured it already.
+    """
     if msg.has_error():
         raise ReplyError(f"client error {msg.error.code}: {msg.error.reason}")
     content = msg.content
@@ -94,7 +98,7 @@ def parse_reply(msg: Message, expected: Expected, *, limits: DecodeLimits = DEFA
         num_examples=num_examples,
         arrays=arrays,
         metrics=scalar,
-        nbytes=message_nbytes(msg),
+        nbytes=message_nbytes(msg) if nbytes is None else nbytes,
     )
 
 

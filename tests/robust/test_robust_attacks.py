@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,7 @@ def test_dropouts_are_recorded_and_residuals_survive_missed_rounds(quick: dict[s
     for rnd, pid, dropped_, before in rec.log:
         by_pid.setdefault(pid, []).append((rnd, dropped_, before))
     for events in by_pid.values():
-        for (_, d0, b0), (_, _, b1) in zip(events, events[1:], strict=False):
+        for (_, d0, b0), (_, _, b1) in itertools.pairwise(events):
             if d0 and b0:
                 assert b0.keys() == b1.keys() and all(torch.equal(b0[k], b1[k]) for k in b0)
                 checked += 1

@@ -57,7 +57,8 @@ def test_median_wrapper_resists_one_scaled_reply() -> None:
     rng = np.random.default_rng(0)
     updates = [{k: rng.normal(0, 0.1, v.shape).astype(np.float32) for k, v in glob.items()} for _ in msgs]
     updates[4] = {k: v * -1000 for k, v in updates[4].items()}  # the attacker
-    out, _ = strategy.aggregate_train(1, [_reply(m, u, 10, i) for i, (m, u) in enumerate(zip(msgs, updates, strict=False))])
+    replies = [_reply(m, u, 10, i) for i, (m, u) in enumerate(zip(msgs, updates, strict=True))]
+    out, _ = strategy.aggregate_train(1, replies)
     assert out is not None
     for k in glob:
         want = glob[k] + np.median(np.stack([u[k] for u in updates]), axis=0)

@@ -66,9 +66,10 @@ def parse_reply(msg: Message, expected: Expected, *, limits: DecodeLimits = DEFA
     if msg.has_error():
         raise ReplyError(f"client error {msg.error.code}: {msg.error.reason}")
     content = msg.content
-    if METRICS_KEY not in content.metric_records:
+    records = content.metric_records  # a view Flower rebuilds on every access: read it once
+    if METRICS_KEY not in records:
         raise ReplyError(f"no MetricRecord {METRICS_KEY!r}")
-    metrics = content.metric_records[METRICS_KEY]
+    metrics = records[METRICS_KEY]
     num_examples = metrics.get("num-examples")
     if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples <= 0:
         raise ReplyError(f"num-examples must be a positive int, got {num_examples!r}")

@@ -71,6 +71,8 @@ class Pool:
         self.extra = _encode({**{k: np.zeros(s, np.float32) for k, s in SHAPES.items()},
                               "x": np.zeros(2, np.float32)})
         self.missing = _encode({"w": np.zeros((4, 3), np.float32)})
+        self.wrong_stype = _with(self.valid[0], "w", self.valid[0]["w"].data, "numpy")
+        self.padded = MetricRecord({"num-examples": 10, "partition-id": 0, "padding": [0.0] * 600})
         self.huge = _encode({k: np.full(s, 1e30, np.float32) for k, s in SHAPES.items()})
         marker = (np.arange(1, 13, dtype=np.float32) * 1e-3).reshape(4, 3)
         base = _encode({"w": marker, "b": np.zeros(4, np.float32)})
@@ -84,6 +86,8 @@ class Pool:
             rec = ArrayRecord({k: base[k] for k in base.keys()})
             rec["w"] = Array(dtype=arr.dtype, shape=tuple(arr.shape), stype=arr.stype, data=poisoned)
             self.non_finite.append(rec)
+        _POOLED.update(id(r) for r in [*self.valid, *self.non_finite, self.wrong_shape, self.wrong_dtype, self.extra,
+                                       self.missing, self.huge, self.wrong_stype])
 
 
 def _with(record: ArrayRecord, key: str, data: bytes, stype: str | None = None) -> ArrayRecord:
@@ -93,19 +97,33 @@ def _with(record: ArrayRecord, key: str, data: bytes, stype: str | None = None) 
     return out
 
 
+_METRICS: dict[tuple[object, int], MetricRecord] = {}
+_CONTENT: dict[tuple[int, int], RecordDict] = {}
+_POOLED: set[int] = set()  # ids of the pool's records (kept alive by the pool)
+
+
 def _metrics(n: object = 10, pid: int = 0) -> MetricRecord:
-    return MetricRecord({"num-examples": n, "partition-id": pid})  # type: ignore[dict-item]
+    """Records are shared between replies (the server only reads them): building Flower records is the slow part."""
+    key = (n, pid % 64)
+    if key not in _METRICS:
+        _METRICS[key] = MetricRecord({"num-examples": n, "partition-id": key[1]})  # type: ignore[dict-item]
+    return _METRICS[key]
 
 
 Build = Callable[[Message, np.random.Generator, Pool, int], list[Message]]
 
 
 def _reply(msg: Message, arrays: ArrayRecord | None, metrics: MetricRecord | None) -> Message:
-    content = RecordDict()
-    if arrays is not None:
-        content[ARRAYS_KEY] = arrays
-    if metrics is not None:
-        content[METRICS_KEY] = metrics
+    key = (id(arrays), id(metrics))
+    content = _CONTENT.get(key)
+    if content is None:
+        content = RecordDict()
+        if arrays is not None:
+            content[ARRAYS_KEY] = arrays
+        if metrics is not None:
+            content[METRICS_KEY] = metrics
+        if arrays is None or id(arrays) in _POOLED:  # one-off mutated records are not cached
+            _CONTENT[key] = content
     return Message(content, reply_to=msg)
 
 
@@ -142,17 +160,15 @@ MUST_DROP: dict[str, Build] = {
     "missing-tensor": _fixed(lambda m, r, p, i: _reply(m, p.missing, _metrics(10, i))),
     "nan-inf": _fixed(lambda m, r, p, i: _reply(m, p.non_finite[int(r.integers(3))], _metrics(10, i))),
     "huge": _fixed(lambda m, r, p, i: _reply(m, p.huge, _metrics(10, i))),
-    "wrong-stype": _fixed(lambda m, r, p, i: _reply(m, _with(_pick(r, p), "w", _pick(r, p)["w"].data, "numpy"),
-                                                    _metrics(10, i))),
+    "wrong-stype": _fixed(lambda m, r, p, i: _reply(m, p.wrong_stype, _metrics(10, i))),
     "bad-count": _fixed(lambda m, r, p, i: _reply(m, _pick(r, p), _metrics([0, -3, 2.5][int(r.integers(3))], i))),
     "no-metrics": _fixed(lambda m, r, p, i: _reply(m, _pick(r, p), None)),
     "no-arrays": _fixed(lambda m, r, p, i: _reply(m, None, _metrics(10, i))),
     "error": _fixed(lambda m, r, p, i: Message(Error(10, "client crashed"), reply_to=m)),
-    "oversize": _fixed(lambda m, r, p, i: _reply(m, _pick(r, p), MetricRecord(
-        {"num-examples": 10, "partition-id": i, "padding": [0.0] * 600}))),
+    "oversize": _fixed(lambda m, r, p, i: _reply(m, _pick(r, p), p.padded)),
 }
 MAY_PASS: dict[str, Build] = {
-    "valid": _fixed(lambda m, r, p, i: _reply(m, _pick(r, p), _metrics(int(r.integers(1, 100)), i))),
+    "valid": _fixed(lambda m, r, p, i: _reply(m, _pick(r, p), _metrics(int(r.integers(1, 4)) * 10, i))),
     "flip": _bytes_mutation("flip"),
     "truncate": _bytes_mutation("truncate"),
     "extend": _bytes_mutation("extend"),

@@ -96,7 +96,8 @@ def _defence_ok(text: str) -> bool:
 
 
 _DEFENCE_HELP = ("'none' or defences joined by '+' (applied left to right) from "
-                 + ", ".join(repr(n) for n in DEFENCES) + "; at most one of 'median', 'trimmed-mean', 'bulyan'")
+                 + ", ".join(repr(n) for n in DEFENCES) + "; at most one of "
+                 + ", ".join(repr(n) for n, cls in DEFENCES.items() if cls.combines))
 
 
 @dataclass(frozen=True)

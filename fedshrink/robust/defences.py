@@ -59,6 +59,7 @@ class DefenceEnv:
 @dataclass(frozen=True)
 class DefenceConfig(ABC):
     name: ClassVar[str]
+    combines: ClassVar[bool] = False  # builds a Combiner (a run may have at most one)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **dataclasses.asdict(self)}
@@ -90,6 +91,7 @@ class _MedianStage(Combiner):
 @dataclass(frozen=True)
 class MedianConfig(DefenceConfig):
     name: ClassVar[str] = "median"
+    combines: ClassVar[bool] = True
 
     def build(self, env: DefenceEnv) -> Stage:
         return _MedianStage()
@@ -109,6 +111,7 @@ class _TrimmedMeanStage(Combiner):
 @dataclass(frozen=True)
 class TrimmedMeanConfig(DefenceConfig):
     name: ClassVar[str] = "trimmed-mean"
+    combines: ClassVar[bool] = True
     trim: float = 0.2
 
     def __post_init__(self) -> None:
@@ -132,6 +135,7 @@ class _BulyanStage(Combiner):
 @dataclass(frozen=True)
 class BulyanConfig(DefenceConfig):
     name: ClassVar[str] = "bulyan"
+    combines: ClassVar[bool] = True
     byzantine_fraction: float = 0.2
 
     def __post_init__(self) -> None:
@@ -241,14 +245,14 @@ def defence_from_json(text: str | Mapping[str, Any]) -> DefenceConfig:
 
 def parse_defence(text: str) -> list[str]:
     """``"clip+median"`` -> ``["clip", "median"]``; ``"none"`` -> ``[]``; raises :class:`ConfigError`."""
+    combiners = [n for n, cls in DEFENCES.items() if cls.combines]
     allowed = "'none' or defences joined by '+' from " + ", ".join(map(repr, sorted(DEFENCES))) + \
-        " (at most one of 'median', 'trimmed-mean', 'bulyan')"
+        " (at most one of " + ", ".join(map(repr, combiners)) + ")"
     if text == "none":
         return []
     names = text.split("+")
     if any(n not in DEFENCES for n in names) or len(set(names)) != len(names):
         raise ConfigError("defence", text, allowed)
-    combiners = [n for n in names if n in ("median", "trimmed-mean", "bulyan")]
-    if len(combiners) > 1:
+    if sum(DEFENCES[n].combines for n in names) > 1:
         raise ConfigError("defence", text, allowed)
     return names

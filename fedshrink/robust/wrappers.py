@@ -47,7 +47,8 @@ class AggregationWrapper(Strategy):
         self.base = unwrap(strategy)
         self.stage = stage
         if isinstance(stage, Combiner) and any(isinstance(s, Combiner) for s in self.base.aggregation_stages):
-            raise ConfigError("defence", stage.name, "at most one combining rule (median, trimmed-mean, bulyan)")
+            names = ", ".join(n for n, cls in DEFENCES.items() if cls.combines)
+            raise ConfigError("defence", stage.name, f"at most one combining rule ({names})")
         self.base.aggregation_stages.insert(0, stage)  # outer wrappers run first
 
     def configure_train(

@@ -56,7 +56,7 @@ def one_run(seed: int, rounds: int, clients: int, attack: str, defence: str, dro
         result = run_inprocess(cfg, num_clients=clients)
         rounds_ = RunDirectory(result.run_dir).read_rounds()
     acc = [float(r["accuracy"]) for r in rounds_]
-    return {"final": acc[-1], "last5": statistics.mean(acc[-5:]), "best": max(acc), "curve": acc,
+    return {"rounds": rounds, "final": acc[-1], "last5": statistics.mean(acc[-5:]), "best": max(acc), "curve": acc,
             "dropped": sum(int(r["clients-dropped"]) for r in rounds_),
             "skipped": sum(bool(r["skipped"]) for r in rounds_), "seconds": time.time() - t0}
 
@@ -93,11 +93,13 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
     z = alie_z(args.clients, m)
     clean5 = get("none", "none", 0.0, "last5")
     verdicts: list[str] = []
+    commands = sorted({str(v.get("command", args.command)) for v in cache.values()})
     lines = [
         "# Robust aggregation under attack, and dropouts, on fragments (issue 8)", "",
-        f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by `{args.command}`; the runs in this table took "
-        f"{sum(v['seconds'] for v in cache.values()):.0f} s of wall time in all (2-core CPU shared with other "
-        "jobs, torch 1 thread, in-process engine).", "",
+        f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by `{args.command}` from the runs cached in "
+        f"`{args.cache.name}/`; the {len(cache)} runs took {sum(v['seconds'] for v in cache.values()):.0f} s of wall "
+        "time in all (several run in parallel on a 2-core CPU shared with other jobs, torch 1 thread, in-process "
+        "engine), made by:", "", *[f"    {c}" for c in commands], "",
         f"digits, {args.clients} clients, Dirichlet alpha 0.5, default CNN, profile mix `{DEFAULT_MIX}` (clients "
         f"train fragments with their profile's pruning, fake-quant and uplink chain), {args.rounds} rounds, "
         f"seeds {seeds}. Attacks: {int(100 * args.fraction)}% of the clients malicious (chosen from the seed, "
@@ -190,12 +192,13 @@ def main() -> None:
                       f"({res['seconds']:.0f} s)", flush=True)
                 args.cache.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.tmp")
-                tmp.write_text(json.dumps({"key": key, **res}, indent=1))
+                tmp.write_text(json.dumps({"key": key, "command": args.command, **res}, indent=1))
                 tmp.replace(path)
     cache = {}
     for path in sorted(args.cache.glob("*.json")) if args.cache.is_dir() else []:
         data = json.loads(path.read_text())
-        cache[data.pop("key")] = data
+        if data.get("rounds", args.rounds) == args.rounds:
+            cache[data.pop("key")] = data
     for v in write_report(cache, args, args.out):
         print(v)
     print(f"wrote {args.out}")

@@ -137,7 +137,9 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
             verdicts.append(
                 f"- {attack}: best defence `{best_name}` {pct(best)} vs clean {pct(clean)}: "
                 f"{'MET' if ok_best else 'NOT MET'} (target: within 2 points); FedAvg {pct(fed)}: "
-                f"{'fails (more than 10 points below clean)' if ok_fed else 'does NOT fail clearly'}.")
+                f"{'fails (more than 10 points below clean)' if ok_fed else 'does NOT fail clearly'}. "
+                f"On the last-5-round means instead: `{best_name}` {pct(get(attack, best_name, 0.0, 'last5'))} vs "
+                f"clean {pct(clean5)}.")
     drop = get("none", "none", 0.3)
     if drop is not None and clean is not None:
         lines += ["", "## Dropout", "", "| run | final accuracy % | last-5 mean % | replies dropped |",
@@ -147,8 +149,15 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
             lines.append(f"| {name} | {pct(get('none', 'none', dr))} | {pct(get('none', 'none', dr, 'last5'))} "
                          f"| {dropped:.0f} |")
         verdicts.append(f"- 30% dropout: {pct(drop)} vs {pct(clean)} without: "
-                        f"{'MET' if abs(drop - clean) <= 0.01 else 'NOT MET'} (target: within 1 point).")
+                        f"{'MET' if abs(drop - clean) <= 0.01 else 'NOT MET'} (target: within 1 point); last-5-round "
+                        f"means {pct(get('none', 'none', 0.3, 'last5'))} vs {pct(clean5)}.")
     lines += ["", "## Targets", "", *verdicts, ""]
+    others = sorted(k for k in cache if int(k.split()[0].removeprefix("seed=")) not in seeds)
+    if others:
+        lines += ["## Runs of other seeds (not in the tables above)", "",
+                  "| run | final accuracy % | last-5 mean % |", "|---|---:|---:|"]
+        lines += [f"| {k} | {pct(cache[k]['final'])} | {pct(cache[k]['last5'])} |" for k in others]
+        lines.append("")
     curves = sorted(k for k in cache if k.startswith(f"seed={seeds[0]} "))
     if curves:
         marks = [r for r in (1, 5, 10, 15, 20, 25, 30, 40, 50) if r <= args.rounds]

@@ -92,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                           cpus_per_client=args.cpus_per_client)
         if run.status != "finished:completed":
             raise FlowerRunError(f"run {run.run_id} ended with status {run.status!r}")
-        summary = RunDirectory(RunDirectory.resolve(cfg)).read_summary()
+        run_dir = Path(cfg.resume).expanduser() if cfg.resume else RunDirectory.resolve(cfg)
+        summary = RunDirectory(run_dir).read_summary()
     print(f"fedshrink: {summary['status']}, accuracy {summary['accuracy']:.4f}, run directory {summary['run-dir']}")
     return 0
 

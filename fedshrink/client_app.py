@@ -26,7 +26,7 @@ from torch import nn
 from fedshrink.compression import Chain, ResidualStore, decode_record, encode_state
 from fedshrink.compression.pruning import encode_masks, get_masks, prune_model, remove_pruning
 from fedshrink.config import RunConfig
-from fedshrink.data import client_data, node_split_spec
+from fedshrink.data import LabelledArrays, client_data, node_split_spec
 from fedshrink.errors import ConfigError
 from fedshrink.fakequant import fake_quantize_, remove_fake_quant
 from fedshrink.fragments import FragmentSpec
@@ -41,6 +41,8 @@ from fedshrink.resources import (
     message_size,
     reply_with_record,
 )
+from fedshrink.robust.attacks import AttackConfig, AttackContext, malicious_partitions
+from fedshrink.robust.faults import ClientDropout, drops_out
 from fedshrink.strategy.fragments import MASKS_KEY
 from fedshrink.strategy.replies import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedshrink.training import TrainSettings, read_number, seed_for, train_local
@@ -135,6 +137,34 @@ def finish_local_model(model: nn.Module, prof: DeviceProfile | None) -> dict[str
     return masks
 
 
+def attack_of(cfg: RunConfig, node: NodeIdentity) -> AttackConfig | None:
+    """The run's simulated attack if this partition is one of the malicious ones (chosen from the seed)."""
+    attack = cfg.attack_config()
+    if attack is None or node.partition_id not in malicious_partitions(node.num_partitions, cfg.attack_fraction,
+                                                                       cfg.seed):
+        return None
+    return attack
+
+
+def attack_context(cfg: RunConfig, node: NodeIdentity, server_round: int, spec: ModelSpec,
+                   received: Mapping[str, torch.Tensor], config: Mapping[str, object], data: LabelledArrays,
+                   settings: TrainSettings) -> AttackContext:
+    """What a malicious client can use: a seeded generator and honest retraining on resamples of its data."""
+
+    def retrain(k: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng(seed_for(cfg.seed, server_round, node.partition_id, 2, k))
+        sample = data.subset(rng.integers(0, len(data), size=len(data)))
+        model, prof = build_local_model(spec, received, config)
+        train_local(model, sample, settings, seed=seed_for(cfg.seed, server_round, node.partition_id, 3, k))
+        finish_local_model(model, prof)
+        trained = model.state_dict()
+        return {key: trained[key] - received[key] for key in received}
+
+    num_malicious = len(malicious_partitions(node.num_partitions, cfg.attack_fraction, cfg.seed))
+    gen = torch.Generator().manual_seed(seed_for(cfg.seed, server_round, node.partition_id, 4))
+    return AttackContext(gen, node.num_partitions, num_malicious, retrain)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_mapping(context.run_config)
@@ -143,8 +173,13 @@ def train(msg: Message, context: Context) -> Message:
     server_round = read_number(config, "server-round", int)
     spec = ModelSpec.from_json(str(config["model-spec"]))
 
+    if drops_out(cfg.seed, server_round, node.partition_id, cfg.dropout_rate):  # before touching context.state
+        raise ClientDropout(node.partition_id, server_round)
+    attack = attack_of(cfg, node)
     split = node_split_spec(cfg.split_spec(), context.node_config)  # in deployment the node names its data
     data = client_data(split, cfg.partition_scheme(), node.partition_id, node.num_partitions)
+    if attack is not None:
+        data = attack.poison_data(data, spec.num_classes)
     uplink = Chain.parse(str(config.get("uplink-chain", "raw")))
     settings = TrainSettings.from_config(config)
     torch.set_num_threads(cfg.client_threads)
@@ -158,6 +193,9 @@ def train(msg: Message, context: Context) -> Message:
         masks = finish_local_model(model, prof)
         trained = model.state_dict()
         update = {k: trained[k] - received[k] for k in received}
+        if attack is not None:
+            update = attack.poison_update(update, attack_context(cfg, node, server_round, spec, received, config,
+                                                                 data, settings))
         residuals = ResidualStore.load(context.state) if uplink.lossy else None
         rng = np.random.default_rng(seed_for(cfg.seed, server_round, node.partition_id, 1))
         record, _ = encode_state(update, uplink, residuals=residuals, round=server_round, direction="uplink",

@@ -25,6 +25,8 @@ from fedshrink.errors import ConfigError
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.models import MODELS as _MODELS
 from fedshrink.models import NORMS
+from fedshrink.robust.attacks import ATTACK_NAMES, ATTACKS, AttackConfig
+from fedshrink.robust.defences import DEFENCES, DefenceConfig
 from fedshrink.training import LOSSES, TrainSettings
 
 Check = Callable[[Any], bool]
@@ -82,6 +84,21 @@ def _mix_ok(text: str) -> bool:
     except ConfigError:
         return False
     return True
+
+
+def _defence_ok(text: str) -> bool:
+    from fedshrink.robust.defences import parse_defence
+
+    try:
+        parse_defence(text)
+    except ConfigError:
+        return False
+    return True
+
+
+_DEFENCE_HELP = ("'none' or defences joined by '+' (applied left to right) from "
+                 + ", ".join(repr(n) for n in DEFENCES) + "; at most one of "
+                 + ", ".join(repr(n) for n, cls in DEFENCES.items() if cls.combines))
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,24 @@ class RunConfig:
     watts_per_core: float = _setting(
         12.0, lambda v: 0 < v <= 1000, "a number of watts per busy core in (0, 1000] (energy estimate)"
     )
+    # --- robustness: defences, attack simulation, faults, checkpoints (fedshrink/robust) ---
+    defence: str = _setting("none", lambda v: _defence_ok(v), _DEFENCE_HELP)
+    trim_fraction: float = _setting(0.2, lambda v: 0 <= v < 0.5, "a number in [0, 0.5) (trimmed-mean, each side)")
+    byzantine_fraction: float = _setting(
+        0.2, lambda v: 0 <= v < 0.5, "a number in [0, 0.5) (share of clients multi-krum and bulyan assume bad)")
+    clip_norm: float = _setting(0.0, lambda v: v >= 0, "a number >= 0 (clip; 0 = adaptive, the round's median)")
+    fltrust_root_size: int = _setting(100, *_positive_int())
+    attack: str = _setting("none", *_choices(*ATTACK_NAMES))
+    attack_fraction: float = _setting(0.0, *_fraction(lo_open=False, hi_closed=False))
+    attack_scale: float = _setting(10.0, lambda v: v > 0, "a number > 0 (sign-flip: update x -scale)")
+    attack_noise_std: float = _setting(1.0, lambda v: v > 0, "a number > 0 (gaussian: std of the noise sent)")
+    attack_z: float = _setting(0.0, lambda v: v >= 0, "a number >= 0 (alie; 0 = the paper's z_max)")
+    attack_samples: int = _setting(3, lambda v: v >= 2, "an integer >= 2 (alie: updates to estimate mean/std)")
+    dropout_rate: float = _setting(0.0, *_fraction(lo_open=False, hi_closed=False))
+    max_reply_bytes: int = _setting(0, lambda v: v >= 0, "an integer >= 0 (0 = only the decoder's caps)")
+    norm_guard: float = _setting(0.0, lambda v: v >= 0, "a number >= 0 (robust z-score; 0 = off)")
+    checkpoint: bool = _setting(True, lambda v: True, "true or false")
+    resume: str = _setting("", lambda v: True, "'' or the run directory to continue from its checkpoint")
     # --- outputs --------------------------------------------------------------
     output_dir: str = _setting("runs", lambda v: v != "", "a non-empty directory path")
     run_name: str = _setting(
@@ -227,6 +262,34 @@ class RunConfig:
         if not self.nested_distill:
             return None
         return NestedConfig((), temperature=self.nested_temperature, weight=self.nested_weight)
+
+    def defence_params(self) -> dict[str, dict[str, Any]]:
+        """Options of every defence, keyed by its registry name (see :mod:`fedshrink.robust.defences`)."""
+        return {
+            "trimmed-mean": {"trim": self.trim_fraction},
+            "bulyan": {"byzantine_fraction": self.byzantine_fraction},
+            "multi-krum": {"byzantine_fraction": self.byzantine_fraction},
+            "clip": {"max_norm": self.clip_norm},
+            "fltrust": {"root_size": self.fltrust_root_size},
+        }
+
+    def defence_configs(self) -> list[DefenceConfig]:
+        from fedshrink.robust.defences import parse_defence
+
+        params = self.defence_params()
+        return [DEFENCES[n](**params.get(n, {})) for n in parse_defence(self.defence)]
+
+    def attack_config(self) -> AttackConfig | None:
+        """The simulated attack (None for ``attack = "none"``)."""
+        if self.attack == "none":
+            return None
+        options: dict[str, dict[str, Any]] = {
+            "sign-flip": {"scale": self.attack_scale},
+            "gaussian": {"std": self.attack_noise_std},
+            "label-flip": {},
+            "alie": {"z": self.attack_z, "samples": self.attack_samples},
+        }
+        return ATTACKS[self.attack](**options[self.attack])
 
     def train_settings(self) -> TrainSettings:
         return TrainSettings(

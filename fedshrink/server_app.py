@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +20,32 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 
 from fedshrink.config import RunConfig
 from fedshrink.data import Splits, make_splits
 from fedshrink.distill import DistillReport, distill_and_export
-from fedshrink.errors import ReplyError
+from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.fragments import extract, make_policy
 from fedshrink.fragments.scaler import build_sub_model
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.report import RunConsole, RunDirectory, build_report
 from fedshrink.resources import ResourceLedger
-from fedshrink.strategy import FedShrink
+from fedshrink.resources.ledger import ClientRound
+from fedshrink.robust.checkpoint import (
+    ClientStateGrid,
+    ServerCheckpoint,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    resumed_config,
+    save_checkpoint,
+)
+from fedshrink.robust.defences import DefenceEnv, RootUpdate
+from fedshrink.robust.wrappers import build_defence
+from fedshrink.strategy import FedShrink, numpy_to_record, record_to_numpy
 from fedshrink.strategy.fragments import FragmentStrategy
-from fedshrink.training import evaluate
+from fedshrink.training import evaluate, seed_for, train_local
 
 app = ServerApp()
 log = logging.getLogger("fedshrink.server")
@@ -98,6 +111,63 @@ def evaluate_widths(strategy: FragmentStrategy, model: torch.nn.Module, spec: Mo
     return out
 
 
+def root_trainer(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> RootUpdate:
+    """FLTrust's root update: the global model trained on the first ``fltrust-root-size`` labelled proxy samples.
+
+    The server holds these labels (FLTrust's threat model: a small clean root
+    set collected by the service); the rest of the proxy split stays unlabeled.
+    """
+    n = min(cfg.fltrust_root_size, len(splits.proxy))
+    if n < 1:
+        raise ConfigError("defence", cfg.defence, "no fltrust when the proxy split is empty (proxy-fraction = 0)")
+    root = splits.proxy.subset(np.arange(n))
+    settings = cfg.train_settings()
+
+    def update(global_state: Mapping[str, np.ndarray], server_round: int) -> dict[str, np.ndarray]:
+        model = build_model(spec)
+        model.load_state_dict({k: torch.from_numpy(np.array(v, copy=True)) for k, v in global_state.items()})
+        train_local(model, root, settings, seed=seed_for(cfg.seed, server_round, 0xF1))
+        return {k: v.numpy() - global_state[k] for k, v in model.state_dict().items()}
+
+    return update
+
+
+def write_checkpoint(rundir: RunDirectory, rnd: int, arrays: ArrayRecord, strategy: FedShrink,
+                     ledger: ResourceLedger, grid: Grid) -> None:
+    """The server's state after round ``rnd`` (see :mod:`fedshrink.robust.checkpoint`), written atomically."""
+    save_checkpoint(rundir.path, ServerCheckpoint(
+        round=rnd,
+        arrays=record_to_numpy(arrays),
+        strategy=strategy.checkpoint_state(),
+        rng=capture_rng(),
+        ledger={"rows": [{k: str(v) for k, v in r.to_row().items()} for r in ledger.records],  # as clients.csv
+                "server": {str(k): [c.aggregation_seconds, c.distillation_seconds, c.bytes_down]
+                           for k, c in ledger.server.items()}},
+        client_states=grid.export_client_states() if isinstance(grid, ClientStateGrid) else None,
+    ))
+
+
+def resume_from(rundir: RunDirectory, strategy: FedShrink, ledger: ResourceLedger, grid: Grid
+                ) -> tuple[ArrayRecord, list[dict[str, Any]]]:
+    """Restore the server (and in-process clients) from the run's checkpoint; return the model and rounds so far."""
+    ckpt = load_checkpoint(rundir.path)
+    strategy.restore_state(ckpt.strategy)
+    restore_rng(ckpt.rng)
+    ledger.records = [ClientRound.from_row(row) for row in ckpt.ledger.get("rows", [])]
+    for rnd, (agg, dist, down) in ckpt.ledger.get("server", {}).items():
+        ledger.add_server(int(rnd), aggregation_seconds=agg, distillation_seconds=dist, bytes_down=down)
+    if isinstance(grid, ClientStateGrid):
+        if ckpt.client_states is None:
+            raise ConfigError("resume", str(rundir.path), "a checkpoint holding the simulated clients' states")
+        grid.import_client_states(ckpt.client_states)
+    history = [r for r in rundir.read_rounds() if r["round"] <= ckpt.round] if (rundir.path / rundir.METRICS).exists() \
+        else []
+    if [r["round"] for r in history] != list(range(1, ckpt.round + 1)):
+        raise ConfigError("resume", str(rundir.path), f"a run whose metrics.jsonl holds rounds 1..{ckpt.round}")
+    rundir.rewrite_rounds(history)  # drop rounds recorded after the checkpoint
+    return numpy_to_record(ckpt.arrays), history
+
+
 def serve(
     grid: Grid,
     cfg: RunConfig,
@@ -106,6 +176,7 @@ def serve(
 ) -> dict[str, Any]:
     """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the summary written to disk."""
     t_start = time.perf_counter()
+    cfg = resumed_config(cfg)  # resume: the settings the run was started with
     splits = make_splits(cfg.split_spec())
     spec = ModelSpec(cfg.model, splits.input_shape, splits.num_classes, cfg.model_width, cfg.model_norm)
     torch.manual_seed(cfg.seed)
@@ -117,14 +188,20 @@ def serve(
         seed=cfg.seed,
         wait_timeout=cfg.round_timeout,
         downlink_chain=cfg.downlink_chain,
+        max_reply_bytes=cfg.max_reply_bytes,
+        norm_guard=cfg.norm_guard,
     )
-    strategy: FedShrink = (
+    base: FedShrink = (
         FragmentStrategy(model_spec=spec, policy=cfg.fragment_policy, pruned_as_zero=cfg.pruned_as_zero,
                          input_scaling=cfg.fragment_scaling, nested=cfg.nested_config(), **common)
         if cfg.profile_mix
         else FedShrink(**common)  # type: ignore[arg-type]
     )
-    rundir = RunDirectory.create(cfg, base=base_dir)
+    # robust aggregation wraps the strategy (fedshrink/robust); `base` stays the FedShrink it wraps
+    env = DefenceEnv(root_update=root_trainer(cfg, spec, splits)) if "fltrust" in cfg.defence.split("+") \
+        else DefenceEnv()
+    strategy: Strategy = build_defence(base, cfg.defence, cfg.defence_params(), env)
+    rundir = RunDirectory(Path(cfg.resume).expanduser()) if cfg.resume else RunDirectory.create(cfg, base=base_dir)
     ledger = ResourceLedger()
     console = RunConsole(quiet=cfg.quiet)
     say = console.say
@@ -137,9 +214,14 @@ def serve(
     arrays = ArrayRecord(model.state_dict())
     train_config = train_config_for(cfg, spec)
     history: list[dict[str, Any]] = []
+    first_round = 1
+    if cfg.resume:
+        arrays, history = resume_from(rundir, base, ledger, grid)
+        first_round = len(history) + 1
+        say(f"resuming {rundir.path} after round {first_round - 1}")
     console.start(cfg.num_server_rounds, title=f"{cfg.dataset} / {cfg.model}")
     try:
-        for rnd in range(1, cfg.num_server_rounds + 1):
+        for rnd in range(first_round, cfg.num_server_rounds + 1):
             t0 = time.perf_counter()
             messages = list(strategy.configure_train(rnd, arrays, train_config, grid))
             replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
@@ -148,15 +230,15 @@ def serve(
                 arrays = new_arrays
             model.load_state_dict(arrays.to_torch_state_dict())
             ev = evaluate(model, splits.test)
-            outcome = strategy.outcomes[-1]
-            width_acc = evaluate_widths(strategy, model, spec, splits) if isinstance(strategy, FragmentStrategy) else {}
+            outcome = base.outcomes[-1]
+            width_acc = evaluate_widths(base, model, spec, splits) if isinstance(base, FragmentStrategy) else {}
             if cfg.distill and cfg.distill_every and rnd % cfg.distill_every == 0 and rnd < cfg.num_server_rounds:
                 t_d = time.perf_counter()
-                distill_student(cfg, spec, model, strategy, splits, rundir.path / f"student-round-{rnd}", say)
+                distill_student(cfg, spec, model, base, splits, rundir.path / f"student-round-{rnd}", say)
                 ledger.add_server(rnd, distillation_seconds=time.perf_counter() - t_d)
             for reply in outcome.good:
                 try:
-                    ledger.add_reply(rnd, reply.metrics, profile=profile_of(strategy, reply.node_id),
+                    ledger.add_reply(rnd, reply.metrics, profile=profile_of(base, reply.node_id),
                                      node_id=reply.node_id)
                 except ReplyError as exc:  # telemetry only: the update itself was valid and is kept
                     log.warning("round %d: resource record of node %d ignored: %s", rnd, reply.node_id, exc)
@@ -178,9 +260,12 @@ def serve(
                     for d in outcome.dropped
                 ],
                 "train": dict(train_metrics or {}),
+                **({"robust": outcome.robust} if outcome.robust else {}),
             }
             rundir.append_round(record)
             history.append(record)
+            if cfg.checkpoint:
+                write_checkpoint(rundir, rnd, arrays, base, ledger, grid)
             console.round(record)
             say(
                 f"round {rnd:>3}/{cfg.num_server_rounds}  accuracy {ev.accuracy:.4f}  "
@@ -201,6 +286,9 @@ def serve(
         "best-accuracy": max(r["accuracy"] for r in history),
         "rounds": cfg.num_server_rounds,
         "rounds-skipped": sum(r["skipped"] for r in history),
+        "replies-dropped": sum(r["clients-dropped"] for r in history),
+        "defence": cfg.defence,
+        "attack": cfg.attack if cfg.attack_fraction > 0 else "none",
         "clients": len(list(grid.get_node_ids())),
         "model": cfg.model,
         "model-parameters": count_parameters(model),
@@ -215,7 +303,7 @@ def serve(
     }
     if cfg.distill:
         t_d = time.perf_counter()
-        student = distill_student(cfg, spec, model, strategy, splits, rundir.path, say)
+        student = distill_student(cfg, spec, model, base, splits, rundir.path, say)
         summary["distillation-seconds"] = time.perf_counter() - t_d
         ledger.add_server(cfg.num_server_rounds, distillation_seconds=summary["distillation-seconds"])
         summary["student"] = {

@@ -246,6 +246,19 @@ def _fmt_acc(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, int | float) else "n/a"
 
 
+def dropped_table(rounds: Sequence[Mapping[str, Any]], limit: int = 50) -> list[dict[str, Any]]:
+    """Every dropped reply (round, client, reason) from ``metrics.jsonl``, grouped by client and reason."""
+    groups: dict[tuple[int, int, str], list[int]] = {}
+    for r in rounds:
+        for d in r.get("dropped", []):
+            key = (int(d.get("partition-id", -1)), int(d.get("node-id", 0)), str(d.get("reason", "")))
+            groups.setdefault(key, []).append(int(r.get("round", 0)))
+    rows = [{"partition": pid if pid >= 0 else "?", "node": node, "replies": len(rnds),
+             "rounds": ", ".join(map(str, rnds[:12])) + (" ..." if len(rnds) > 12 else ""), "reason": reason}
+            for (pid, node, reason), rnds in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))]
+    return rows[:limit]
+
+
 def build_report(run_dir: Path | str) -> Report:
     """Write ``report.md`` and ``plots/*.png`` into ``run_dir`` from its files; return what was written."""
     run = load_run(run_dir)
@@ -307,6 +320,19 @@ def build_report(run_dir: Path | str) -> Report:
         lines += ["## Server costs", "",
                   f"Aggregation {agg:.3f} s, distillation {dist:.3f} s, bytes sent down "
                   f"{human_bytes(tot['bytes-down'])}.", ""]
+    dropped = dropped_table(run.rounds)
+    if dropped:
+        total = sum(len(r.get("dropped", [])) for r in run.rounds)
+        lines += ["## Dropped replies", "",
+                  f"{total} replies dropped in all (no reply before the timeout, or refused by the server's checks); "
+                  "by client and reason (partition `?`: the node never told its partition):", "",
+                  markdown_table(dropped), ""]
+    robust = [r for r in run.rounds if r.get("robust")]
+    if robust:
+        keys = sorted({k for r in robust for k in r["robust"]})
+        lines += ["## Robust aggregation", "",
+                  f"Defence `{cfg.get('defence', 'none')}`; stages with notes: {', '.join(keys)} "
+                  "(per round in metrics.jsonl under `robust`).", ""]
     lines += ["## Student Pareto front", "", img("pareto", "student Pareto front"), ""]
     if run.pareto:
         key = _pareto_size_key(run.pareto)

@@ -78,6 +78,13 @@ class RunDirectory:
         with open(self.path / self.METRICS, "a") as fh:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
 
+    def rewrite_rounds(self, records: list[dict[str, Any]]) -> None:
+        """Replace ``metrics.jsonl`` with ``records``, atomically (resume cuts it back to its checkpoint)."""
+        path = self.path / self.METRICS
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+        os.replace(tmp, path)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.path / self.SUMMARY, summary)
 

@@ -30,6 +30,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedshrink.config import RunConfig
 from fedshrink.errors import ConfigError
 from fedshrink.report.rundir import RunDirectory, unique_run_name
+from fedshrink.robust.checkpoint import resumed_config
+from fedshrink.robust.faults import ClientDropout
 
 CLIENT_EXCEPTION = 10  # mirrors the code Flower's runtime uses for a ClientApp exception
 
@@ -57,6 +59,7 @@ class InProcessGrid(Grid):
             )
         self._inbox: dict[str, Message] = {}
         self.calls = 0
+        self.dropouts = 0  # deliveries a ClientApp refused as a simulated dropout (no reply sent)
 
     # -- Grid ------------------------------------------------------------------------
     def set_run(self, run: Run) -> None:  # type: ignore[override]
@@ -81,7 +84,9 @@ class InProcessGrid(Grid):
             if nid not in self._contexts:
                 raise ValueError(f"message for unknown node {nid}")
             mid = uuid.uuid4().hex
-            self._inbox[mid] = self._deliver(msg, self._contexts[nid])
+            reply = self._deliver(msg, self._contexts[nid])
+            if reply is not None:
+                self._inbox[mid] = reply
             ids.append(mid)
         return ids
 
@@ -91,10 +96,25 @@ class InProcessGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
-    def _deliver(self, msg: Message, context: Context) -> Message:
+    # -- checkpoints (fedshrink.robust.checkpoint.ClientStateGrid) --------------------------
+    def export_client_states(self) -> dict[int, RecordDict]:
+        """Every simulated node's ``context.state`` (a live reference; the checkpoint serialises it)."""
+        return {nid: ctx.state for nid, ctx in self._contexts.items()}
+
+    def import_client_states(self, states: dict[int, RecordDict]) -> None:
+        if set(states) != set(self._contexts):
+            raise ConfigError("resume", sorted(states)[:5],
+                              f"a checkpoint of the same {len(self._contexts)} simulated nodes")
+        for nid, state in states.items():
+            self._contexts[nid].state = state
+
+    def _deliver(self, msg: Message, context: Context) -> Message | None:
         self.calls += 1
         try:
             return self._app(msg, context)
+        except ClientDropout:  # a simulated dropout: the node sends nothing, the server's round times out on it
+            self.dropouts += 1
+            return None
         except Exception as exc:  # becomes an error reply, as in Flower's runtime
             return Message(Error(CLIENT_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg)
 
@@ -144,7 +164,7 @@ def run_inprocess(
     from fedshrink.client_app import app as default_client_app
     from fedshrink.server_app import app as default_server_app
 
-    cfg = RunConfig.from_mapping(dict(overrides or {}))
+    cfg = resumed_config(RunConfig.from_mapping(dict(overrides or {})))  # resume: the stored settings
     cfg = cfg.replace(run_name=unique_run_name(cfg))  # fixed here so the run directory can be found afterwards
     configs = node_configs if node_configs is not None else simulation_node_configs(num_clients)
     train_pool = _train_pool_size(cfg)
@@ -157,7 +177,7 @@ def run_inprocess(
                       state=RecordDict(), run_config=run_config)
     with server_identity(run_id):
         (server_app or default_server_app)(grid, context)
-    path = RunDirectory.resolve(cfg)
+    path = Path(cfg.resume).expanduser() if cfg.resume else RunDirectory.resolve(cfg)
     return RunResult(run_dir=path, summary=RunDirectory(path).read_summary(), grid=grid)
 
 

@@ -22,6 +22,7 @@ Evaluation is server-side (see :mod:`fedshrink.server_app`), so
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -35,6 +36,8 @@ from flwr.serverapp.strategy import Strategy
 
 from fedshrink.compression import DEFAULT_LIMITS, Chain, DecodeLimits, encode_state, message_nbytes
 from fedshrink.errors import ConfigError, ReplyError
+from fedshrink.robust.fold import ClientContribution, Stage, robust_fold, to_batch
+from fedshrink.robust.rules import rms, robust_zscores
 from fedshrink.strategy.aggregate import weighted_mean, weighted_metric_mean
 from fedshrink.strategy.replies import (
     ARRAYS_KEY,
@@ -61,6 +64,7 @@ class RoundOutcome:
     aggregate_seconds: float = 0.0
     bytes_down: int = 0  # train messages sent, serialized
     bytes_up: int = 0  # replies received (good and bad), serialized
+    robust: dict[str, object] = field(default_factory=dict)  # notes of robust aggregation stages (issue 8)
 
 
 def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -91,6 +95,16 @@ class FedShrink(Strategy):
         Codec chain the global model is sent with (see :mod:`fedshrink.compression`).
     limits:
         Caps applied when decoding replies (element counts, bytes).
+    max_reply_bytes:
+        A reply whose serialized Message is larger is dropped before decoding (0: no cap beyond ``limits``).
+    norm_guard:
+        Drop a good reply whose update RMS (over the coordinates it held) is more
+        than this many robust z-scores (median / MAD of the round) above the
+        round's median; 0 turns the guard off. Needs at least 3 good replies.
+
+    Robust aggregation wrappers (:mod:`fedshrink.robust.wrappers`) install
+    their stages in :attr:`aggregation_stages`; with any installed, the round's
+    :meth:`contributions` are folded through them instead of :meth:`aggregate_arrays`.
     """
 
     def __init__(
@@ -103,6 +117,8 @@ class FedShrink(Strategy):
         wait_timeout: float = 600.0,
         downlink_chain: str = "raw",
         limits: DecodeLimits = DEFAULT_LIMITS,
+        max_reply_bytes: int = 0,
+        norm_guard: float = 0.0,
     ) -> None:
         if not 0.0 < fraction_train <= 1.0:
             raise ConfigError("fraction-train", fraction_train, "a number in (0, 1]")
@@ -116,7 +132,17 @@ class FedShrink(Strategy):
         self.seed = seed
         self.wait_timeout = wait_timeout
         self.downlink = Chain.parse(downlink_chain)
+        if max_reply_bytes < 0:
+            raise ConfigError("max-reply-bytes", max_reply_bytes, "an integer >= 0 (0 = no cap)")
+        if norm_guard < 0:
+            raise ConfigError("norm-guard", norm_guard, "a number >= 0 (0 = off)")
+        if max_reply_bytes:
+            limits = dataclasses.replace(limits, max_record_bytes=min(limits.max_record_bytes, max_reply_bytes))
         self.limits = limits
+        self.max_reply_bytes = max_reply_bytes
+        self.norm_guard = norm_guard
+        self.aggregation_stages: list[Stage] = []
+        self.known_partitions: dict[int, int] = {}  # node id -> partition id its replies reported
         self._expected: dict[int, Expected] = {}
         self._global: dict[str, np.ndarray] = {}
         self._downlink_cache: tuple[int, ArrayRecord] | None = None
@@ -181,20 +207,31 @@ class FedShrink(Strategy):
         for msg in replies:
             node = msg.metadata.src_node_id
             expected = self._expected.get(node)
-            outcome.bytes_up += message_nbytes(msg)
+            nbytes = message_nbytes(msg)
+            outcome.bytes_up += nbytes
             try:
                 if expected is None:
                     raise ReplyError("reply from a node that was not sent a train message")
                 if node in seen:
                     raise ReplyError("second reply from the same node")
                 seen.add(node)
-                good = parse_reply(msg, expected, limits=self.limits)
+                if self.max_reply_bytes and nbytes > self.max_reply_bytes:
+                    raise ReplyError(f"reply of {nbytes} bytes is over the cap of {self.max_reply_bytes} "
+                                     "(max-reply-bytes)")
+                good = parse_reply(msg, expected, limits=self.limits, nbytes=nbytes)
                 self.accept_reply(msg, good)
                 outcome.good.append(good)
+                self.known_partitions[node] = good.partition_id
             except ReplyError as exc:
                 outcome.dropped.append(Dropped(node, partition_of(msg), str(exc)))
         for node in sorted(set(self._expected) - seen):
-            outcome.dropped.append(Dropped(node, -1, "no reply before the round timeout"))
+            outcome.dropped.append(
+                Dropped(node, self.known_partitions.get(node, -1), "no reply before the round timeout"))
+        contributions: list[ClientContribution] | None = None
+        if self.norm_guard > 0 or self.aggregation_stages:
+            contributions = self.contributions(outcome.good)
+            if self.norm_guard > 0:
+                contributions = self.screen_norms(outcome, contributions)
         for d in outcome.dropped:
             log.warning("round %d: dropped reply of node %d (partition %d): %s",
                         server_round, d.node_id, d.partition_id, d.reason)
@@ -207,7 +244,12 @@ class FedShrink(Strategy):
                         server_round, len(outcome.good), self.min_train_clients)
             return None, metrics
 
-        new_arrays = self.aggregate_arrays(outcome.good)
+        if self.aggregation_stages:
+            assert contributions is not None
+            new_arrays, outcome.robust = robust_fold(self._global, contributions, self.aggregation_stages,
+                                                     server_round)
+        else:
+            new_arrays = self.aggregate_arrays(outcome.good)
         weights = [r.num_examples for r in outcome.good]
         metrics["num-examples"] = int(sum(weights))
         for key in ("train-loss",):
@@ -219,6 +261,43 @@ class FedShrink(Strategy):
 
     def accept_reply(self, msg: Message, reply: GoodReply) -> None:
         """Extra checks of a parsed reply (raise :class:`ReplyError` to drop it); none here."""
+
+    # -- robust aggregation seams (issue 8) -------------------------------------------
+    def contributions(self, good: list[GoodReply]) -> list[ClientContribution]:
+        """Each good reply's update in the global model's coordinates, with what it held (everything here)."""
+        return [ClientContribution(r.partition_id, r.node_id, r.arrays, None, float(r.num_examples)) for r in good]
+
+    def screen_norms(self, outcome: RoundOutcome, contributions: list[ClientContribution]
+                     ) -> list[ClientContribution]:
+        """The norm guard: move replies whose update RMS is far above the round's to ``outcome.dropped``."""
+        if len(contributions) < 3:
+            return contributions
+        values = rms(to_batch(self._global, contributions))
+        z = robust_zscores(values)
+        median = float(np.median(values))
+        keep_good, keep_contrib = [], []
+        for reply, contrib, v, zi in zip(outcome.good, contributions, values, z, strict=True):
+            if zi > self.norm_guard:
+                outcome.dropped.append(Dropped(
+                    reply.node_id, reply.partition_id,
+                    f"update norm {v:.3g} (RMS per held coordinate) is {zi:.1f} robust z-scores above "
+                    f"the round's median {median:.3g} (norm-guard {self.norm_guard:g})"))
+            else:
+                keep_good.append(reply)
+                keep_contrib.append(contrib)
+        outcome.good = keep_good
+        return keep_contrib
+
+    # -- checkpoint seams (issue 8) ------------------------------------------------------
+    def checkpoint_state(self) -> dict[str, object]:
+        """The strategy's state a resumed run needs (JSON-ready); sampling is a pure function of seed and round."""
+        return {"known-partitions": {str(n): p for n, p in self.known_partitions.items()}}
+
+    def restore_state(self, state: dict[str, object]) -> None:
+        """Inverse of :meth:`checkpoint_state`."""
+        known = state.get("known-partitions", {})
+        assert isinstance(known, dict)
+        self.known_partitions = {int(n): int(p) for n, p in known.items()}
 
     def client_states(self, outcome: RoundOutcome) -> list[dict[str, np.ndarray]]:
         """The models the round's good replies trained (global sent that round + each update)."""

@@ -33,9 +33,11 @@ from fedshrink.compression import encode_state
 from fedshrink.compression.pruning import decode_masks
 from fedshrink.errors import ConfigError, DecodeError, ReplyError
 from fedshrink.fragments import Contribution, FragmentSpec, aggregate_fragments, build_graph, extract, make_policy
+from fedshrink.fragments import scatter as scatter_fragment
 from fedshrink.fragments.nested import NestedConfig, nested_widths
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.profiles import DeviceProfile, get_profile
+from fedshrink.robust.fold import ClientContribution
 from fedshrink.strategy.fedshrink import FedShrink, RoundOutcome
 from fedshrink.strategy.replies import ARRAYS_KEY, CONFIG_KEY, Expected, GoodReply, expected_from
 from fedshrink.training import read_number
@@ -155,3 +157,41 @@ class FragmentStrategy(FedShrink):
     def client_states(self, outcome: RoundOutcome) -> list[dict[str, np.ndarray]]:
         # fragments are not whole models; RunConfig refuses distill-teacher=ensemble with a profile mix
         raise NotImplementedError("client states of fragments are not whole models")
+
+    # -- robust aggregation and checkpoint seams (issue 8) ------------------------------
+    def contributions(self, good: list[GoodReply]) -> list[ClientContribution]:
+        """Each client's update scattered into global coordinates; held = its fragment and prune mask.
+
+        With ``pruned_as_zero`` a pruned coordinate counts as held with the
+        trained value 0 (update ``-global``), as :func:`aggregate_fragments` does.
+        """
+        shapes = {k: tuple(v.shape) for k, v in self._global.items()}
+        out = []
+        for r in good:
+            spec = self._specs[r.node_id]
+            values, held = scatter_fragment(r.arrays, self.graph, spec, shapes)
+            masks = self._masks.get(r.node_id) or {}
+            if masks:
+                full_masks, _ = scatter_fragment({k: m.astype(bool) for k, m in masks.items()}, self.graph, spec,
+                                                 shapes)
+                for key, m in full_masks.items():
+                    if self.pruned_as_zero:
+                        values[key] = np.where(m | ~held[key], values[key], -self._global[key]).astype(
+                            values[key].dtype)
+                    else:
+                        held[key] = held[key] & m
+            out.append(ClientContribution(r.partition_id, r.node_id, values, held, float(r.num_examples)))
+        return out
+
+    def checkpoint_state(self) -> dict[str, object]:
+        return {**super().checkpoint_state(),
+                "node-profiles": {str(n): p.name for n, p in self.node_profiles.items()},
+                "node-partitions": {str(n): p for n, p in self.node_partitions.items()}}
+
+    def restore_state(self, state: dict[str, object]) -> None:
+        super().restore_state(state)
+        profiles = state.get("node-profiles", {})
+        partitions = state.get("node-partitions", {})
+        assert isinstance(profiles, dict) and isinstance(partitions, dict)
+        self.node_profiles = {int(n): get_profile(str(p)) for n, p in profiles.items()}
+        self.node_partitions = {int(n): int(p) for n, p in partitions.items()}

@@ -57,14 +57,19 @@ def expected_from(arrays: Mapping[str, np.ndarray]) -> Expected:
     )
 
 
-def parse_reply(msg: Message, expected: Expected, *, limits: DecodeLimits = DEFAULT_LIMITS) -> GoodReply:
-    """Return the reply's content, or raise :class:`ReplyError` naming the fault."""
+def parse_reply(msg: Message, expected: Expected, *, limits: DecodeLimits = DEFAULT_LIMITS,
+                nbytes: int | None = None) -> GoodReply:
+    """Return the reply's content, or raise :class:`ReplyError` naming the fault.
+
+    ``nbytes``: the message's serialized size when the caller measured it already.
+    """
     if msg.has_error():
         raise ReplyError(f"client error {msg.error.code}: {msg.error.reason}")
     content = msg.content
-    if METRICS_KEY not in content.metric_records:
+    records = content.metric_records  # a view Flower rebuilds on every access: read it once
+    if METRICS_KEY not in records:
         raise ReplyError(f"no MetricRecord {METRICS_KEY!r}")
-    metrics = content.metric_records[METRICS_KEY]
+    metrics = records[METRICS_KEY]
     num_examples = metrics.get("num-examples")
     if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples <= 0:
         raise ReplyError(f"num-examples must be a positive int, got {num_examples!r}")
@@ -94,7 +99,7 @@ def parse_reply(msg: Message, expected: Expected, *, limits: DecodeLimits = DEFA
         num_examples=num_examples,
         arrays=arrays,
         metrics=scalar,
-        nbytes=message_nbytes(msg),
+        nbytes=message_nbytes(msg) if nbytes is None else nbytes,
     )
 
 

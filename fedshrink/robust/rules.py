@@ -1,0 +1,262 @@
+"""Robust aggregation maths: pure functions over a stack of client updates with a "held" mask.
+
+Every function takes the round's updates as a :class:`UpdateBatch`: ``values``
+``(n, D)`` float64 (client ``i``'s update of coordinate ``j``, in the global
+model's flattened coordinates), ``held`` ``(n, D)`` bool (whether client ``i``
+held coordinate ``j``: its fragment kept it and its prune mask did not remove
+it) and ``weights`` ``(n,)`` (sample counts). A coordinate is only ever voted on
+by the clients that held it, so sliced and sparse updates are compared on what
+they share. Values where ``held`` is False are ignored (callers keep them 0).
+
+Two kinds of function:
+
+* combiners ``(batch) -> (delta (D,), voted (D,) bool)``: the aggregated update
+  and which coordinates had at least one holder (others keep the global value):
+  :func:`weighted_mean`, :func:`coordinate_median`, :func:`trimmed_mean`,
+  :func:`bulyan`;
+* transforms ``(batch, ...) -> batch``: :func:`clip_norms`,
+  :func:`multi_krum_select`, :func:`fltrust_reweight`.
+
+References: coordinate-wise median and trimmed mean (Yin et al., 2018), Krum /
+Multi-Krum (Blanchard et al., 2017), Bulyan (El Mhamdi et al., 2018), FLTrust
+(Cao et al., 2021).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class UpdateBatch:
+    """The round's client updates in global coordinates (see the module doc)."""
+
+    values: FloatArray  # (n, D)
+    held: BoolArray  # (n, D)
+    weights: FloatArray  # (n,)
+    clients: tuple[int, ...]  # partition ids (or node ids), for the records
+
+    def __post_init__(self) -> None:
+        n = len(self.clients)
+        if self.values.ndim != 2 or self.values.shape != self.held.shape or self.values.shape[0] != n:
+            raise ValueError(f"values {self.values.shape}, held {self.held.shape} and {n} clients do not match")
+        if self.weights.shape != (n,):
+            raise ValueError(f"weights {self.weights.shape} for {n} clients")
+
+    def __len__(self) -> int:
+        return len(self.clients)
+
+    def take(self, rows: npt.ArrayLike) -> UpdateBatch:
+        """The batch restricted to the given client rows (in the given order)."""
+        idx = np.asarray(rows, dtype=np.int64)
+        return UpdateBatch(self.values[idx], self.held[idx], self.weights[idx],
+                           tuple(self.clients[int(i)] for i in idx))
+
+
+def _masked(batch: UpdateBatch) -> FloatArray:
+    return np.where(batch.held, batch.values, 0.0)
+
+
+def norms(batch: UpdateBatch) -> FloatArray:
+    """L2 norm of every client's update over the coordinates it held, ``(n,)``."""
+    v = _masked(batch)
+    return np.sqrt(np.einsum("ij,ij->i", v, v))
+
+
+def rms(batch: UpdateBatch) -> FloatArray:
+    """Root mean square of every client's update over the coordinates it held (0 when it held none)."""
+    count = batch.held.sum(axis=1)
+    return np.divide(norms(batch), np.sqrt(np.maximum(count, 1)), out=np.zeros(len(batch)), where=count > 0)
+
+
+# -- combiners -----------------------------------------------------------------------------
+def weighted_mean(batch: UpdateBatch) -> tuple[FloatArray, BoolArray]:
+    """Per coordinate: ``sum_i w_i h_ij x_ij / sum_i w_i h_ij`` (FedAvg over the holders)."""
+    w = batch.weights[:, None] * batch.held
+    den = w.sum(axis=0)
+    num = np.einsum("ij,ij->j", w, _masked(batch))
+    voted = den > 0
+    return np.divide(num, den, out=np.zeros_like(num), where=voted), voted
+
+
+def _sorted_held(batch: UpdateBatch) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """Held values sorted per coordinate (NaN for not held, at the end) and the holder counts."""
+    v = np.where(batch.held, batch.values, np.nan)
+    return np.sort(v, axis=0), batch.held.sum(axis=0)
+
+
+def _take_rows(sorted_v: FloatArray, rows: npt.NDArray[np.int64]) -> FloatArray:
+    return np.take_along_axis(sorted_v, rows[None, :], axis=0)[0]
+
+
+def coordinate_median(batch: UpdateBatch) -> tuple[FloatArray, BoolArray]:
+    """Per coordinate: the (unweighted) median of the holders' values."""
+    s, count = _sorted_held(batch)
+    voted = count > 0
+    lo = np.maximum((count - 1) // 2, 0)
+    hi = np.maximum(count // 2, 0)
+    med = 0.5 * (_take_rows(s, lo) + _take_rows(s, hi))
+    return np.where(voted, med, 0.0), voted
+
+
+def _band_mean(s: FloatArray, start: npt.NDArray[np.int64], stop: npt.NDArray[np.int64]) -> FloatArray:
+    """Mean of ``s[start_j:stop_j, j]`` per column (sorted values; stop > start where it matters)."""
+    z = np.nan_to_num(s, nan=0.0)
+    csum = np.vstack([np.zeros((1, s.shape[1])), np.cumsum(z, axis=0)])  # (n+1, D)
+    total = _take_rows(csum, stop) - _take_rows(csum, start)
+    k = stop - start
+    return np.divide(total, k, out=np.zeros_like(total), where=k > 0)
+
+
+def trimmed_mean(batch: UpdateBatch, trim: float) -> tuple[FloatArray, BoolArray]:
+    """Per coordinate: drop the ``floor(trim * n_j)`` largest and smallest of the ``n_j`` holders, average the rest.
+
+    Where trimming would leave nothing (tiny ``n_j``) the median is used.
+    """
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+    s, count = _sorted_held(batch)
+    k = np.floor(trim * count).astype(np.int64)
+    out = _band_mean(s, k, count - k)
+    med, voted = coordinate_median(batch)
+    return np.where(count - 2 * k > 0, out, med), voted
+
+
+def bulyan(batch: UpdateBatch, f: int) -> tuple[FloatArray, BoolArray]:
+    """Bulyan: select ``n - 2f`` clients by repeated Krum, then per coordinate average the
+    ``n_j - 2f`` holders' values closest to their median (the median itself when fewer remain)."""
+    n = len(batch)
+    theta = max(n - 2 * f, 1)
+    chosen = krum_iterative(batch, f, theta)
+    sel = batch.take(chosen)
+    med, voted = coordinate_median(sel)
+    count = sel.held.sum(axis=0)
+    dist = np.where(sel.held, np.abs(sel.values - med[None, :]), np.inf)
+    order = np.argsort(dist, axis=0, kind="stable")
+    vals = np.take_along_axis(np.where(sel.held, sel.values, 0.0), order, axis=0)
+    beta = np.maximum(count - 2 * f, 0)
+    keep = np.arange(len(sel))[:, None] < beta[None, :]
+    total = (vals * keep).sum(axis=0)
+    mean = np.divide(total, beta, out=np.zeros_like(total), where=beta > 0)
+    return np.where(beta > 0, mean, med), voted
+
+
+# -- distances and Krum ----------------------------------------------------------------------
+def pairwise_distances(batch: UpdateBatch) -> FloatArray:
+    """``(n, n)`` mean squared difference of two clients' updates over the coordinates both held.
+
+    Normalised per shared coordinate so that pairs sharing few coordinates (small
+    fragments) are comparable with pairs sharing many; ``inf`` where two clients
+    share nothing, 0 on the diagonal.
+    """
+    h = batch.held.astype(np.float64)
+    v = _masked(batch)
+    sq = (v * v) @ h.T  # sq[i, j] = sum over shared of x_i^2
+    cross = v @ v.T
+    shared = h @ h.T
+    total = sq + sq.T - 2.0 * cross
+    d = np.divide(np.maximum(total, 0.0), shared, out=np.full_like(total, np.inf), where=shared > 0)
+    np.fill_diagonal(d, 0.0)
+    return d
+
+
+def krum_scores(distances: FloatArray, f: int) -> FloatArray:
+    """Krum score of each client: the sum of its ``n - f - 2`` smallest distances to others.
+
+    Pairs that share no coordinate are skipped; a client with fewer comparable
+    neighbours is scored on the mean of those it has, scaled to the same count,
+    and a client comparable to none scores ``inf``.
+    """
+    n = distances.shape[0]
+    k = max(n - f - 2, 1)
+    scores = np.empty(n)
+    for i in range(n):
+        others = np.delete(distances[i], i)
+        finite = np.sort(others[np.isfinite(others)])
+        if finite.size == 0:
+            scores[i] = np.inf
+        elif finite.size >= k:
+            scores[i] = finite[:k].sum()
+        else:
+            scores[i] = finite.mean() * k
+    return scores
+
+
+def krum_iterative(batch: UpdateBatch, f: int, m: int) -> list[int]:
+    """Rows chosen by Krum ``m`` times, each time removing the winner (Bulyan's selection)."""
+    d_all = pairwise_distances(batch)
+    left = list(range(len(batch)))
+    chosen: list[int] = []
+    while left and len(chosen) < m:
+        sub = d_all[np.ix_(left, left)]
+        scores = krum_scores(sub, f)
+        best = left[int(np.argmin(scores))]  # all inf: the first one left
+        chosen.append(best)
+        left.remove(best)
+    return chosen
+
+
+def multi_krum_select(batch: UpdateBatch, f: int, m: int | None = None) -> UpdateBatch:
+    """Multi-Krum: keep the ``m`` clients (default ``n - f``) with the lowest Krum scores."""
+    n = len(batch)
+    m = n - f if m is None else m
+    m = min(max(m, 1), n)
+    scores = krum_scores(pairwise_distances(batch), f)
+    order = np.argsort(scores, kind="stable")[:m]
+    return batch.take(np.sort(order))
+
+
+# -- transforms --------------------------------------------------------------------------------
+def clip_norms(batch: UpdateBatch, max_norm: float = 0.0) -> UpdateBatch:
+    """Scale every update down to at most ``max_norm`` (L2 over the coordinates it held).
+
+    ``max_norm == 0`` clips adaptively: every update's RMS per held coordinate
+    is capped at the round's median RMS, so fragments of different sizes are
+    held to the same per-coordinate magnitude.
+    """
+    if max_norm < 0:
+        raise ValueError(f"max_norm must be >= 0, got {max_norm}")
+    if max_norm > 0:
+        size, bound = norms(batch), max_norm
+    else:
+        size = rms(batch)
+        bound = float(np.median(size)) if len(batch) else 0.0
+    scale = np.divide(bound, size, out=np.ones_like(size), where=size > bound)
+    return replace(batch, values=batch.values * scale[:, None])
+
+
+def fltrust_reweight(batch: UpdateBatch, root: FloatArray) -> UpdateBatch:
+    """FLTrust: trust score ``relu(cos(x_i, g))`` against the server's root update ``g``, on what ``i`` held.
+
+    Each update is rescaled to the norm of the root update on the same
+    coordinates, and the trust score replaces the client's weight (a client
+    with score 0 is kept in the batch but weighs nothing). ``root`` is ``(D,)``.
+    """
+    if root.shape != (batch.values.shape[1],):
+        raise ValueError(f"root update of shape {root.shape} for {batch.values.shape[1]} coordinates")
+    v = _masked(batch)
+    g = np.where(batch.held, root[None, :], 0.0)
+    dot = np.einsum("ij,ij->i", v, g)
+    nv = np.sqrt(np.einsum("ij,ij->i", v, v))
+    ng = np.sqrt(np.einsum("ij,ij->i", g, g))
+    ok = (nv > 0) & (ng > 0)
+    cos = np.divide(dot, nv * ng, out=np.zeros_like(dot), where=ok)
+    trust = np.maximum(cos, 0.0)
+    scale = np.divide(ng, nv, out=np.zeros_like(nv), where=ok)
+    return replace(batch, values=batch.values * scale[:, None], weights=trust)
+
+
+def robust_zscores(x: FloatArray) -> FloatArray:
+    """``(x - median) / (1.4826 * MAD)``; MAD floored at 1e-12 relative to the median so equal values give 0."""
+    if x.size == 0:
+        return x
+    med = float(np.median(x))
+    mad = 1.4826 * float(np.median(np.abs(x - med)))
+    mad = max(mad, 1e-12 * max(abs(med), 1e-30))
+    return (x - med) / mad

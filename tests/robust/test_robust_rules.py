@@ -1,0 +1,157 @@
+"""Robust aggregation maths: per coordinate, over the clients that held it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedshrink.errors import ConfigError
+from fedshrink.robust import DEFENCES, ClientContribution, UpdateBatch, defence_from_json, parse_defence, robust_fold
+from fedshrink.robust.defences import BulyanConfig, DefenceEnv, MedianConfig, MultiKrumConfig
+from fedshrink.robust.rules import (
+    bulyan,
+    clip_norms,
+    coordinate_median,
+    fltrust_reweight,
+    multi_krum_select,
+    norms,
+    pairwise_distances,
+    rms,
+    robust_zscores,
+    trimmed_mean,
+    weighted_mean,
+)
+
+NAN = np.nan
+
+
+def batch(values: list[list[float]], weights: list[float] | None = None) -> UpdateBatch:
+    """Rows are clients; NaN marks a coordinate the client did not hold."""
+    v = np.asarray(values, dtype=np.float64)
+    held = ~np.isnan(v)
+    w = np.ones(len(v)) if weights is None else np.asarray(weights, dtype=np.float64)
+    return UpdateBatch(np.where(held, v, 0.0), held, w, tuple(range(len(v))))
+
+
+def test_weighted_mean_over_holders_only() -> None:
+    b = batch([[1.0, 2.0, NAN], [3.0, NAN, NAN], [5.0, 4.0, NAN]], weights=[1, 1, 2])
+    delta, voted = weighted_mean(b)
+    np.testing.assert_allclose(delta[:2], [(1 + 3 + 10) / 4, (2 + 8) / 3])
+    assert voted.tolist() == [True, True, False] and delta[2] == 0.0
+
+
+def test_median_per_coordinate_ignores_non_holders() -> None:
+    b = batch([[1.0, 100.0, 7.0], [2.0, NAN, NAN], [1000.0, 0.0, NAN], [3.0, NAN, NAN]])
+    delta, voted = coordinate_median(b)
+    np.testing.assert_allclose(delta, [2.5, 50.0, 7.0])  # even counts: mean of the middle two
+    assert voted.all()
+
+
+def test_trimmed_mean_trims_by_each_coordinates_holder_count() -> None:
+    # coordinate 0: 5 holders, trim 0.2 -> drop 1 each side; coordinate 1: 2 holders -> floor(0.4)=0, plain mean
+    b = batch([[1.0, 1.0], [2.0, 3.0], [3.0, NAN], [4.0, NAN], [1e6, NAN]])
+    delta, _ = trimmed_mean(b, 0.2)
+    np.testing.assert_allclose(delta, [3.0, 2.0])
+    with pytest.raises(ValueError):
+        trimmed_mean(b, 0.5)
+
+
+def test_distances_compare_only_shared_coordinates() -> None:
+    b = batch([[1.0, 5.0, NAN], [1.0, NAN, 9.0], [NAN, NAN, 9.0], [NAN, 2.0, NAN]])
+    d = pairwise_distances(b)
+    assert d[0, 1] == 0.0  # they share coordinate 0 only, where they agree
+    assert d[0, 3] == 9.0  # shared coordinate 1: (5 - 2)^2 / 1
+    assert np.isinf(d[0, 2]) and np.isinf(d[2, 3])  # nothing shared
+    assert np.allclose(d, d.T) and np.all(np.diag(d) == 0)
+
+
+def test_multi_krum_rejects_the_outliers() -> None:
+    rng = np.random.default_rng(0)
+    honest = rng.normal(0.0, 0.1, size=(8, 50))
+    bad = rng.normal(5.0, 0.1, size=(2, 50))
+    b = UpdateBatch(np.vstack([honest, bad]), np.ones((10, 50), bool), np.ones(10), tuple(range(10)))
+    kept = multi_krum_select(b, f=2)
+    assert kept.clients == tuple(range(8))
+
+
+def test_bulyan_stays_near_honest_values() -> None:
+    rng = np.random.default_rng(1)
+    honest = rng.normal(1.0, 0.05, size=(9, 30))
+    bad = np.full((2, 30), -50.0)
+    b = UpdateBatch(np.vstack([honest, bad]), np.ones((11, 30), bool), np.ones(11), tuple(range(11)))
+    delta, voted = bulyan(b, f=2)
+    assert voted.all() and np.all(np.abs(delta - 1.0) < 0.2)
+    mean, _ = weighted_mean(b)
+    assert np.all(mean < -5)  # the plain mean is dragged away
+
+
+def test_clip_fixed_and_adaptive() -> None:
+    b = batch([[3.0, 4.0], [0.3, 0.4], [30.0, 40.0]])
+    fixed = clip_norms(b, 1.0)
+    np.testing.assert_allclose(norms(fixed), [1.0, 0.5, 1.0])
+    adaptive = clip_norms(b)  # RMS capped at the median RMS (client 0's)
+    np.testing.assert_allclose(rms(adaptive), [rms(b)[0], rms(b)[1], rms(b)[0]])
+    with pytest.raises(ValueError):
+        clip_norms(b, -1.0)
+
+
+def test_fltrust_zero_trust_for_opposed_updates_and_root_norm() -> None:
+    root = np.array([1.0, 1.0, 0.0])
+    b = batch([[2.0, 2.0, NAN], [-5.0, -5.0, 1.0], [NAN, 3.0, 0.0]])
+    out = fltrust_reweight(b, root)
+    assert out.weights[0] == pytest.approx(1.0) and out.weights[1] == 0.0 and out.weights[2] == pytest.approx(1.0)
+    # rescaled to the root's norm on the coordinates each held
+    np.testing.assert_allclose(norms(out), [np.sqrt(2), np.sqrt(2), 1.0])
+    with pytest.raises(ValueError):
+        fltrust_reweight(b, np.ones(2))
+
+
+def test_robust_zscores() -> None:
+    z = robust_zscores(np.array([1.0, 1.1, 0.9, 1.0, 10.0]))
+    assert z[-1] > 50 and np.all(np.abs(z[:-1]) < 2)
+    assert np.all(robust_zscores(np.ones(4)) == 0)
+
+
+def _contrib(i: int, update: dict[str, np.ndarray], held: dict[str, np.ndarray] | None, w: float
+             ) -> ClientContribution:
+    return ClientContribution(i, 100 + i, update, held, w)
+
+
+def test_robust_fold_keeps_unheld_coordinates_and_rounds_integers() -> None:
+    glob = {"w": np.array([1.0, 2.0, 3.0], np.float32), "n": np.array(4, np.int64)}
+    c0 = _contrib(0, {"w": np.array([1.0, 1.0, 0.0], np.float32), "n": np.array(1)},
+                  {"w": np.array([True, True, False])}, 1.0)
+    c1 = _contrib(1, {"w": np.array([3.0, 0.0, 0.0], np.float32), "n": np.array(2)},
+                  {"w": np.array([True, False, False])}, 1.0)
+    out, notes = robust_fold(glob, [c0, c1], [], 1)
+    np.testing.assert_allclose(out["w"], [3.0, 3.0, 3.0])  # 1 + mean(1, 3); 2 + 1; untouched
+    assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64 and int(out["n"]) == 6  # rint(5.5)
+    assert notes == {}
+    med, _ = robust_fold(glob, [c0, c1], [MedianConfig().build(DefenceEnv())], 1)
+    np.testing.assert_allclose(med["w"], [3.0, 3.0, 3.0])
+
+
+def test_defence_configs_round_trip_through_json() -> None:
+    for name, cls in DEFENCES.items():
+        cfg = cls()
+        again = defence_from_json(cfg.to_json())
+        assert again == cfg and json.loads(cfg.to_json())["name"] == name
+    assert defence_from_json({"name": "bulyan", "byzantine_fraction": 0.1}) == BulyanConfig(0.1)
+    with pytest.raises(ConfigError, match="defence"):
+        defence_from_json({"name": "krum"})
+    with pytest.raises(ConfigError, match="trim"):
+        defence_from_json({"name": "median", "trim": 0.1})
+    with pytest.raises(ConfigError, match="byzantine-fraction"):
+        MultiKrumConfig(0.6)
+
+
+def test_parse_defence() -> None:
+    assert parse_defence("none") == []
+    assert parse_defence("clip+median") == ["clip", "median"]
+    for bad in ("", "median+median", "median+bulyan", "krum", "clip+"):
+        with pytest.raises(ConfigError, match="defence"):
+            parse_defence(bad)
+    with pytest.raises(ConfigError, match="root set"):
+        DEFENCES["fltrust"]().build(DefenceEnv())

@@ -59,7 +59,8 @@ class Kind(enum.Enum):
 def quant_params(x: F32, bits: int) -> tuple[F32, F32]:
     """Per-row ``(lo, scale)`` of asymmetric min/max quantization of ``x`` (G, N).
 
-    ``scale = (max - min) / (2**bits - 1)``; rows of one value get scale 0.
+    ``scale = (max - min) / (2**bits - 1)``, at least the smallest normal float32
+    when ``max > min``; rows of one value get scale 0.
     Raises :class:`ValueError` when the range does not fit float32.
     """
     levels = (1 << bits) - 1
@@ -71,6 +72,10 @@ def quant_params(x: F32, bits: int) -> tuple[F32, F32]:
     scale64 = (hi.astype(np.float64) - lo.astype(np.float64)) / levels
     if not np.all(np.abs(lo.astype(np.float64)) + scale64 * levels <= F32_MAX):
         raise ValueError("value range exceeds float32")
+    # a range of subnormals would give a scale that is 0 or whose inverse overflows in float32:
+    # use the smallest normal float32 instead (codes still fit, the error stays below scale / 2)
+    tiny = float(np.finfo(np.float32).tiny)
+    scale64 = np.where(scale64 > 0, np.maximum(scale64, tiny), 0.0)
     return lo.astype(np.float32), scale64.astype(np.float32)
 
 

@@ -167,3 +167,13 @@ def test_bitmap_masks_lossless(mask: list[bool], inner: int, structured: bool, s
         assert torch.equal(y, t)
         if structured:
             assert enc.nbytes < 64  # one bit per channel
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_subnormal_range_quantizes_within_half_scale(bits: int) -> None:
+    x = np.array([1e-45, 0.0, 3e-45], dtype=np.float32)  # found by hypothesis: the scale underflowed
+    enc = Chain.parse(f"quant:{bits}").encode("w", as_tensor(x))
+    y = decode_tensor(enc.data).numpy()
+    scale = float(parse_tensor(enc.data).proto.stages[0].scales[0])
+    assert np.all(np.isfinite(y)) and scale > 0
+    assert np.all(np.abs(x.astype(np.float64) - y) <= scale / 2)

@@ -128,7 +128,7 @@ def nested_distiller(spec: ModelSpec, config: Mapping[str, object], width: float
 
 
 def finish_local_model(model: nn.Module, prof: DeviceProfile | None) -> dict[str, torch.Tensor]:
-    """Bake fake-quant, make pruning permanent; return the masks (empty without pruning)."""
+    """Drop fake-quant (keeping the full-precision shadow weights), make pruning permanent; return the masks."""
     if prof is None:
         return {}
     remove_fake_quant(model, bake=False)  # the update is of the full-precision shadow weights

@@ -127,9 +127,10 @@ def is_fake_quantized(model: nn.Module) -> bool:
 def remove_fake_quant(model: nn.Module, *, bake: bool = True) -> list[str]:
     """Remove every fake-quant parametrization; return the ``<module>.weight`` keys touched.
 
-    ``bake=True`` leaves the quantized values as the plain parameter (what the
-    client sends after quantization-aware training); ``bake=False`` restores the
-    full-precision shadow weights. On a pruned module the result is again
+    ``bake=True`` leaves the quantized values as the plain parameter (for a
+    model deployed at that precision); ``bake=False`` restores the
+    full-precision shadow weights (what a client's update is taken from, so the
+    quantization error is not sent as if it were learning). On a pruned module the result is again
     ``weight_orig`` (+ mask), ready for ``remove_pruning``.
     """
     done: list[str] = []

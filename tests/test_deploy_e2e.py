@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 import threading
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import port_open
 
 from fedshrink.deploy import DEFAULT_PROFILES, LocalDeployment, Topology, make_certificates, plan_nodes
 from fedshrink.runner.flower import free_port
 
 pytestmark = pytest.mark.e2e
 APP_DIR = Path(__file__).resolve().parents[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _alive(pid: int) -> bool:
@@ -45,7 +39,7 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
     try:
         dep.start()
         pids = dep.pids()
-        assert _port_open(topo.port)
+        assert port_open(topo.port)
         online = {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"}
         assert online == set(dep.node_ids.values()) and len(online) == 3
 
@@ -79,4 +73,4 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
     assert (out / "deploy" / "report.md").is_file()
 
     assert pids and not [p for p in pids if _alive(p)], "processes left running"
-    assert not [p for p in dep.ports() if _port_open(p)], "ports left open"
+    assert not [p for p in dep.ports() if port_open(p)], "ports left open"

@@ -8,23 +8,17 @@ is stopped by PID and no port is left open.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from helpers import port_open
 
 from fedshrink.runner.flower import LocalSimulation
 
 pytestmark = pytest.mark.e2e
 APP_DIR = Path(__file__).resolve().parents[1]
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +27,12 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSimulation]:
     s = LocalSimulation(home)
     s.start()
     pids = s.pids()
-    assert pids and _port_open(s.http_port)
+    assert pids and port_open(s.http_port)
     yield s
     s.stop()
     alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert alive == [], f"processes left running: {alive}"
-    assert not _port_open(s.http_port) and not _port_open(s.control_port)
+    assert not port_open(s.http_port) and not port_open(s.control_port)
 
 
 def test_flwr_run_completes_and_writes_run_dir(sim: LocalSimulation, tmp_path: Path) -> None:

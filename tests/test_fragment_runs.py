@@ -11,6 +11,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
+from helpers import FakeGrid
 
 from fedshrink.client_app import nested_distiller
 from fedshrink.compression import encode_state
@@ -32,13 +33,6 @@ def _identity() -> Iterator[None]:
     with server_identity(run_id=3):
         yield
 
-
-class FakeGrid:
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
 
 
 def test_full_width_fragments_equal_flower_fedavg() -> None:

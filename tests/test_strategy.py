@@ -9,6 +9,7 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
+from helpers import FakeGrid
 
 from fedshrink.compression import STYPE, encode_state
 from fedshrink.runner.inprocess import server_identity
@@ -20,13 +21,6 @@ def _identity() -> Iterator[None]:
     with server_identity(run_id=7):
         yield
 
-
-class FakeGrid:
-    def __init__(self, node_ids: list[int]) -> None:
-        self.node_ids = node_ids
-
-    def get_node_ids(self) -> list[int]:
-        return self.node_ids
 
 
 def _global(rng: np.random.Generator) -> dict[str, np.ndarray]:

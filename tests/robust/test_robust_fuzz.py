@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from helpers import FakeGrid
 
 from fedshrink.compression import encode_state
 from fedshrink.robust.defences import MedianConfig
@@ -46,13 +47,6 @@ def _identity() -> Iterator[None]:
     finally:
         logger.setLevel(level)
 
-
-class FakeGrid:
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
 
 
 def _encode(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from helpers import FakeGrid
 
 from fedshrink.compression import encode_state
 from fedshrink.compression.pruning import encode_masks
@@ -27,13 +28,6 @@ def _identity() -> Iterator[None]:
     with server_identity(run_id=11):
         yield
 
-
-class FakeGrid:
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
 
 
 def _reply(msg: Message, update: dict[str, np.ndarray], n: int, pid: int,

@@ -37,6 +37,7 @@ import torch
 
 from fedshrink.data import LabelledArrays
 from fedshrink.errors import ConfigError
+from fedshrink.robust.registry import config_from_json
 
 Update = dict[str, torch.Tensor]
 
@@ -159,16 +160,7 @@ ATTACK_NAMES = ("none", *ATTACKS)
 
 
 def attack_from_json(text: str | Mapping[str, Any]) -> AttackConfig:
-    data = dict(json.loads(text) if isinstance(text, str) else text)
-    name = data.pop("name", None)
-    cls = ATTACKS.get(str(name))
-    if cls is None:
-        raise ConfigError("attack", name, "one of " + ", ".join(map(repr, sorted(ATTACKS))))
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"attack {name}", unknown[0], "one of " + (", ".join(sorted(allowed)) or "no options"))
-    return cls(**data)
+    return config_from_json("attack", ATTACKS, text)
 
 
 def malicious_partitions(num_partitions: int, fraction: float, seed: int) -> frozenset[int]:

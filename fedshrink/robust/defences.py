@@ -32,6 +32,7 @@ import numpy as np
 
 from fedshrink.errors import ConfigError
 from fedshrink.robust.fold import Combiner, RoundContext, Stage, Transform
+from fedshrink.robust.registry import config_from_json
 from fedshrink.robust.rules import (
     BoolArray,
     FloatArray,
@@ -231,16 +232,7 @@ DEFENCES: dict[str, type[DefenceConfig]] = {
 
 
 def defence_from_json(text: str | Mapping[str, Any]) -> DefenceConfig:
-    data = dict(json.loads(text) if isinstance(text, str) else text)
-    name = data.pop("name", None)
-    cls = DEFENCES.get(str(name))
-    if cls is None:
-        raise ConfigError("defence", name, "one of " + ", ".join(map(repr, sorted(DEFENCES))))
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ConfigError(f"defence {name}", unknown[0], "one of " + (", ".join(sorted(allowed)) or "no options"))
-    return cls(**data)
+    return config_from_json("defence", DEFENCES, text)
 
 
 def parse_defence(text: str) -> list[str]:

@@ -29,6 +29,7 @@ Public API::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from fedshrink.errors import ConfigError
-from fedshrink.fragments.graph import build_graph
+from fedshrink.fragments.graph import LayerGraph, build_graph
 from fedshrink.fragments.scaler import build_sub_model
 from fedshrink.fragments.slicing import extract
 from fedshrink.fragments.spec import FragmentSpec, spec_from_counts
@@ -73,22 +74,34 @@ def _effective(model: nn.Module, key: str) -> torch.Tensor:
     return value
 
 
+@functools.lru_cache(maxsize=32)
+def _prefix_plan(model_spec: ModelSpec, local_width: float, widths: tuple[float, ...], scaled: bool
+                 ) -> tuple[LayerGraph, tuple[str, ...], tuple[tuple[float, nn.Module, FragmentSpec], ...]]:
+    """The local model's layer graph and state keys, and per narrower width its skeleton and prefix spec.
+
+    Cached: tracing the graphs costs about 30 ms, once per client round otherwise. The
+    skeletons are only ever called through ``functional_call``, which leaves their own
+    parameters untouched, so distillers of the same shapes share them.
+    """
+    local = build_model(model_spec.at_width(local_width))
+    graph = build_graph(local)
+    subs = []
+    for w in widths:
+        if w >= local_width:
+            continue
+        skeleton = build_sub_model(model_spec, w, scaled=scaled)
+        counts = build_graph(build_model(model_spec.at_width(w))).group_sizes()
+        subs.append((w, skeleton, spec_from_counts(graph, counts, w)))
+    return graph, tuple(local.state_dict().keys()), tuple(subs)
+
+
 class NestedDistiller:
     """Extra loss of one client's model: its nested prefixes at narrower widths (see the module doc)."""
 
     def __init__(self, model_spec: ModelSpec, local_width: float, config: NestedConfig, *,
                  scaled: bool = True) -> None:
         self.config = config
-        local = build_model(model_spec.at_width(local_width))
-        self.graph = build_graph(local)
-        self.keys = list(local.state_dict().keys())
-        self.subs: list[tuple[float, nn.Module, FragmentSpec]] = []
-        for w in config.widths:
-            if w >= local_width:
-                continue
-            skeleton = build_sub_model(model_spec, w, scaled=scaled)
-            counts = build_graph(build_model(model_spec.at_width(w))).group_sizes()
-            self.subs.append((w, skeleton, spec_from_counts(self.graph, counts, w)))
+        self.graph, self.keys, self.subs = _prefix_plan(model_spec, float(local_width), config.widths, scaled)
 
     @property
     def widths(self) -> list[float]:

@@ -24,14 +24,14 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedshrink.compression import Chain, ResidualStore, decode_record, encode_state
-from fedshrink.compression.pruning import encode_masks, get_masks, prune_model, remove_pruning
+from fedshrink.compression.pruning import encode_masks, get_masks, mask_digest, remove_pruning
 from fedshrink.config import RunConfig
 from fedshrink.data import LabelledArrays, client_data, node_split_spec
 from fedshrink.errors import ConfigError
 from fedshrink.fakequant import fake_quantize_, remove_fake_quant
 from fedshrink.fragments import FragmentSpec
+from fedshrink.fragments.local import derivable, pruned_sub_model
 from fedshrink.fragments.nested import NestedConfig, NestedDistiller
-from fedshrink.fragments.scaler import build_sub_model
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.profiles import DeviceProfile, assign_profiles, get_profile
 from fedshrink.resources import (
@@ -43,7 +43,7 @@ from fedshrink.resources import (
 )
 from fedshrink.robust.attacks import AttackConfig, AttackContext, malicious_partitions
 from fedshrink.robust.faults import ClientDropout, drops_out
-from fedshrink.strategy.fragments import MASKS_KEY
+from fedshrink.strategy.fragments import MASK_DIGEST, MASKS_KEY
 from fedshrink.strategy.replies import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 from fedshrink.training import TrainSettings, read_number, seed_for, train_local
 
@@ -98,10 +98,8 @@ def build_local_model(spec: ModelSpec, received: Mapping[str, torch.Tensor], con
         model.load_state_dict(received)
         return model, None
     prof = get_profile(str(config["profile"]))
-    model = build_sub_model(spec, model_width(config), scaled=bool(config.get("input-scaling", False)))
-    model.load_state_dict(received)
-    if prof.pruning_method is not None and prof.sparsity > 0:
-        prune_model(model, prof.pruning_method, prof.sparsity)
+    model = pruned_sub_model(spec, model_width(config), received, prof,
+                             scaled=bool(config.get("input-scaling", False)))
     fake_quantize_(model, prof.weight_bits)
     return model, prof
 
@@ -212,7 +210,9 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     content = RecordDict({ARRAYS_KEY: record, METRICS_KEY: metrics})
-    if masks:
+    if masks and prof is not None and config.get("derive-masks") is True and derivable(prof):
+        metrics[MASK_DIGEST] = mask_digest(masks)  # the server rebuilds the masks from what it sent
+    elif masks:
         content[MASKS_KEY], _ = encode_masks(masks)
     reply = Message(content, reply_to=msg)
     resources = meter.record(

@@ -22,6 +22,7 @@ from fedshrink.data import PARTITIONERS as _PARTITIONERS
 from fedshrink.data import SOURCES, PartitionScheme, SplitSpec
 from fedshrink.distill import DistillConfig
 from fedshrink.errors import ConfigError
+from fedshrink.fragments.fusion import INITS, FusionConfig
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.models import MODELS as _MODELS
 from fedshrink.models import NORMS
@@ -122,18 +123,23 @@ class RunConfig:
     # --- model ----------------------------------------------------------------
     model: str = _setting("cnn", *_choices(*MODELS))
     model_width: float = _setting(1.0, lambda v: 0 < v <= 4, "a number in (0, 4]")
-    model_norm: str = _setting("layer", *_choices(*NORMS))
+    model_norm: str = _setting("batch", *_choices(*NORMS))
     # --- heterogeneous clients (fedshrink/fragments, fedshrink/profiles) ---------
     profile_mix: str = _setting(
         "", lambda v: _mix_ok(v),
         "'' (every client trains the full model) or a mix of device profiles such as 'iot:0.4,phone:0.4,laptop:0.2'",
     )
-    fragment_policy: str = _setting("rolling", *_choices("static", "rolling", "random"))
+    fragment_policy: str = _setting("static", *_choices("static", "rolling", "random"))
     pruned_as_zero: bool = _setting(True, lambda v: True, "true or false")
     fragment_scaling: bool = _setting(False, lambda v: True, "true or false")
     nested_distill: bool = _setting(True, lambda v: True, "true or false")
     nested_temperature: float = _setting(1.0, lambda v: 0 < v <= 100, "a number in (0, 100]")
     nested_weight: float = _setting(1.0, lambda v: 0 <= v <= 100, "a number in [0, 100]")
+    fragment_init: str = _setting("nested", *_choices(*INITS))
+    fusion_steps: int = _setting(20, lambda v: v >= 0, "an integer >= 0 (0 = no fusion)")
+    fusion_temperature: float = _setting(2.0, lambda v: 0 < v <= 100, "a number in (0, 100]")
+    fusion_lr: float = _setting(0.001, lambda v: 0 < v <= 1, "a number in (0, 1]")
+    derive_masks: bool = _setting(True, lambda v: True, "true or false")
     # --- communication --------------------------------------------------------
     uplink_chain: str = _setting("raw", lambda v: _chain_ok(v), _CHAIN_HELP)
     downlink_chain: str = _setting("raw", lambda v: _chain_ok(v), _CHAIN_HELP)
@@ -203,6 +209,13 @@ class RunConfig:
                 raise ConfigError(key, value, f"{_TYPE_WORDS[expected]}: {f.metadata['allowed']}")
             if not f.metadata["check"](value):
                 raise ConfigError(key, value, f.metadata["allowed"])
+        if self.model_norm == "batch" and self.proxy_fraction == 0:
+            raise ConfigError("model-norm", self.model_norm,
+                              "'layer' or 'none' when proxy-fraction is 0 (evaluation freezes static batch "
+                              "statistics on the server's proxy inputs)")
+        if self.profile_mix and self.fusion_steps and self.proxy_fraction == 0:
+            raise ConfigError("fusion-steps", self.fusion_steps,
+                              "0 when proxy-fraction is 0 (fusion distils on the server's proxy inputs)")
         if self.profile_mix and self.distill and self.distill_teacher == "ensemble":
             raise ConfigError("distill-teacher", self.distill_teacher,
                               "'global' when a profile-mix makes clients train fragments")
@@ -255,7 +268,15 @@ class RunConfig:
             max_latency_ms=self.student_max_latency_ms,
             threads=self.distill_threads,
             seed=self.seed,
+            # static BatchNorm needs batch statistics, which a batch-of-1 edge runtime lacks
+            student_norm="layer" if self.model_norm == "batch" else "",
         )
+
+    def fusion_config(self) -> FusionConfig | None:
+        """Server-side fusion into the outer coordinates (None when ``fusion-steps`` is 0)."""
+        if self.fusion_steps == 0:
+            return None
+        return FusionConfig(self.fusion_steps, temperature=self.fusion_temperature, lr=self.fusion_lr)
 
     def nested_config(self) -> NestedConfig | None:
         """Self-distillation across widths on the clients (None when ``nested-distill`` is off)."""

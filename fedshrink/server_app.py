@@ -28,7 +28,7 @@ from fedshrink.distill import DistillReport, distill_and_export
 from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.fragments import extract, make_policy
 from fedshrink.fragments.scaler import build_sub_model
-from fedshrink.models import ModelSpec, build_model, count_parameters
+from fedshrink.models import ModelSpec, build_model, count_parameters, freeze_batch_stats
 from fedshrink.report import RunConsole, RunDirectory, build_report
 from fedshrink.resources import ResourceLedger
 from fedshrink.resources.ledger import ClientRound
@@ -75,13 +75,13 @@ def distill_student(
 ) -> DistillReport:
     """Distil the global model (or the latest round's client models) into a student on the proxy split."""
     dcfg = cfg.distill_config()
-    teacher: torch.nn.Module | list[torch.nn.Module] = model
+    teacher: torch.nn.Module | list[torch.nn.Module] = for_evaluation(model, splits)
     if dcfg.teacher == "ensemble" and strategy.outcomes and strategy.outcomes[-1].good:
         teacher = []
         for state in strategy.client_states(strategy.outcomes[-1]):
             client_model = build_model(spec)
             client_model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
-            teacher.append(client_model)
+            teacher.append(for_evaluation(client_model, splits))
     out_dir.mkdir(parents=True, exist_ok=True)
     # the proxy's labels are read only when the user gives them weight (distill-alpha > 0)
     proxy_y = splits.proxy.y if dcfg.alpha > 0 else None
@@ -93,6 +93,11 @@ def profile_of(strategy: FedShrink, node_id: int) -> str:
     if isinstance(strategy, FragmentStrategy) and node_id in strategy.node_profiles:
         return strategy.node_profiles[node_id].name
     return "default"
+
+
+def for_evaluation(model: torch.nn.Module, splits: Splits) -> torch.nn.Module:
+    """``model`` with static batch statistics frozen on the proxy inputs, so no test batch normalises itself."""
+    return freeze_batch_stats(model, torch.from_numpy(splits.proxy.x[:512]))
 
 
 def evaluate_widths(strategy: FragmentStrategy, model: torch.nn.Module, spec: ModelSpec, splits: Splits
@@ -107,7 +112,7 @@ def evaluate_widths(strategy: FragmentStrategy, model: torch.nn.Module, spec: Mo
         sub = extract(state, strategy.graph, static.spec_for(strategy.graph, width, 0, 0))
         sub_model = build_sub_model(spec, width, scaled=strategy.input_scaling)
         sub_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()})
-        out[f"{width:g}"] = evaluate(sub_model, splits.test).accuracy
+        out[f"{width:g}"] = evaluate(for_evaluation(sub_model, splits), splits.test).accuracy
     return out
 
 
@@ -193,7 +198,9 @@ def serve(
     )
     base: FedShrink = (
         FragmentStrategy(model_spec=spec, policy=cfg.fragment_policy, pruned_as_zero=cfg.pruned_as_zero,
-                         input_scaling=cfg.fragment_scaling, nested=cfg.nested_config(), **common)
+                         input_scaling=cfg.fragment_scaling, nested=cfg.nested_config(),
+                         derive_masks=cfg.derive_masks, init=cfg.fragment_init, fusion=cfg.fusion_config(),
+                         proxy_x=torch.from_numpy(splits.proxy.x) if cfg.fusion_steps else None, **common)
         if cfg.profile_mix
         else FedShrink(**common)  # type: ignore[arg-type]
     )
@@ -229,7 +236,7 @@ def serve(
             if new_arrays is not None:
                 arrays = new_arrays
             model.load_state_dict(arrays.to_torch_state_dict())
-            ev = evaluate(model, splits.test)
+            ev = evaluate(for_evaluation(model, splits), splits.test)
             outcome = base.outcomes[-1]
             width_acc = evaluate_widths(base, model, spec, splits) if isinstance(base, FragmentStrategy) else {}
             if cfg.distill and cfg.distill_every and rnd % cfg.distill_every == 0 and rnd < cfg.num_server_rounds:
@@ -253,6 +260,8 @@ def serve(
                 "clients-dropped": len(outcome.dropped),
                 "skipped": outcome.skipped,
                 **({"accuracy-width": width_acc} if width_acc else {}),
+                **({"fusion-seconds": outcome.refine_seconds} if isinstance(base, FragmentStrategy) and base.fusion
+                   else {}),
                 **ledger.round_record(rnd),  # bytes up/down (exact), fp32 equivalent, energy, FLOPs ...
                 "bytes-up-received": outcome.bytes_up,  # every reply, dropped ones included
                 "dropped": [

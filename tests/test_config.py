@@ -95,3 +95,18 @@ def test_train_settings_round_trip_through_the_train_message() -> None:
         TrainSettings.from_config({**settings.to_config(), "local-epochs": 2.5})
     with pytest.raises(ConfigError, match="momentum"):
         TrainSettings.from_config({k: v for k, v in settings.to_config().items() if k != "momentum"})
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"proxy-fraction": 0.0}, "model-norm"),  # static BN is evaluated with the proxy's statistics
+    ({"proxy-fraction": 0.0, "model-norm": "layer", "profile-mix": "phone:0.4,laptop:0.6"}, "fusion-steps"),
+    ({"fragment-init": "zeros"}, "fragment-init"),
+    ({"fusion-steps": -1}, "fusion-steps"),
+])
+def test_settings_that_need_the_proxy_split_or_a_known_value_fail_at_start(settings: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping(settings)
+    assert err.value.key == key and "\n" not in str(err.value)
+    assert RunConfig.from_mapping({"proxy-fraction": 0.0, "model-norm": "layer", "profile-mix": "phone:1.0",
+                                   "fusion-steps": 0}).fusion_config() is None
+    assert RunConfig().fusion_config() is not None

@@ -127,3 +127,68 @@ def test_mixed_run_with_and_without_nested_distillation(quick: dict[str, Any], n
     rounds = RunDirectory(result.run_dir).read_rounds()
     assert all(r["clients-good"] == 4 for r in rounds)
     assert set(rounds[-1]["accuracy-width"]) == {"0.25"}
+
+
+def _phone_round(derive: bool) -> tuple[FragmentStrategy, dict[int, Message], dict[str, np.ndarray]]:
+    spec = ModelSpec("cnn", (1, 8, 8), 10, norm="batch")
+    torch.manual_seed(0)
+    glob = {k: v.numpy() for k, v in build_model(spec).state_dict().items()}
+    strategy = FragmentStrategy(model_spec=spec, policy="static", min_train_clients=1, min_available_nodes=1,
+                                derive_masks=derive)
+    strategy.node_profiles = {1: get_profile("iot"), 2: get_profile("phone"), 3: get_profile("edge"),
+                              4: get_profile("laptop")}
+    record = ArrayRecord({k: torch.from_numpy(v) for k, v in glob.items()})
+    msgs = {m.metadata.dst_node_id: m for m in
+            strategy.configure_train(1, record, ConfigRecord({}), FakeGrid([1, 2, 3, 4]))}  # type: ignore[arg-type]
+    return strategy, msgs, glob
+
+
+def test_server_derives_exactly_the_masks_the_client_applies() -> None:
+    from fedshrink.client_app import build_local_model
+    from fedshrink.compression import decode_record
+    from fedshrink.compression.pruning import get_masks, mask_digest
+
+    strategy, msgs, _ = _phone_round(derive=True)
+    spec = strategy.model_spec
+    for node, msg in msgs.items():
+        config = dict(msg.content.config_records["config"])
+        received = decode_record(msg.content.array_records[ARRAYS_KEY])
+        model, _ = build_local_model(spec, received, config)
+        client_masks = get_masks(model)
+        if node in (1, 2):  # unstructured pruning: derived on the server, told to the client
+            assert config["derive-masks"] is True
+            derived, digest = strategy._derived[node]
+            assert digest == mask_digest(client_masks)
+            assert set(derived) == set(client_masks)
+            assert all(np.array_equal(derived[k], client_masks[k].numpy()) for k in derived)
+        else:  # structured (edge) masks are sent; laptops do not prune
+            assert "derive-masks" not in config and node not in strategy._derived
+
+
+@pytest.mark.parametrize("digest_ok", [True, False])
+def test_a_reply_whose_mask_digest_differs_is_dropped(digest_ok: bool) -> None:
+    from fedshrink.fragments import extract
+
+    strategy, msgs, glob = _phone_round(derive=True)
+    sub = extract(glob, strategy.graph, strategy._specs[2])
+    enc, _ = encode_state({k: torch.zeros(v.shape) for k, v in sub.items()}, "raw")
+    digest = strategy._derived[2][1] if digest_ok else strategy._derived[2][1] ^ 1
+    reply = Message(RecordDict({ARRAYS_KEY: enc, "metrics": MetricRecord({"num-examples": 5, "mask-digest": digest})}),
+                    reply_to=msgs[2])
+    strategy._expected = {2: strategy._expected[2]}
+    strategy.aggregate_train(1, [reply])
+    outcome = strategy.outcomes[-1]
+    if digest_ok:
+        assert len(outcome.good) == 1 and not outcome.dropped
+        assert strategy._masks[2].keys() == strategy._derived[2][0].keys()
+    else:
+        assert not outcome.good and "mask-digest" in outcome.dropped[0].reason
+
+
+def test_derived_masks_save_the_mask_bytes(quick: dict[str, Any]) -> None:
+    runs = {derive: run_inprocess({**quick, "num-server-rounds": 1, "profile-mix": "phone:1.0", "derive-masks": derive},
+                                  num_clients=3) for derive in (True, False)}
+    up = {d: sum(r["bytes-up"] for r in RunDirectory(res.run_dir).read_rounds()) for d, res in runs.items()}
+    good = {d: RunDirectory(res.run_dir).read_rounds()[0]["clients-good"] for d, res in runs.items()}
+    assert good == {True: 3, False: 3}
+    assert up[True] < 0.8 * up[False]  # a phone's mask bitmap is about a third of its reply

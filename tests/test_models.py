@@ -87,3 +87,23 @@ def test_channels_rounding() -> None:
     assert channels(32, 0.5) == 16
     assert channels(10, 0.25) == 3  # ceil
     assert channels(4, 0.01) == 1
+
+
+def test_freeze_batch_stats_classifies_one_sample_as_in_its_calibration_batch() -> None:
+    from fedshrink.models import freeze_batch_stats
+
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("cnn", (1, 8, 8), 10, norm="batch"))
+    x = torch.randn(32, 1, 8, 8)  # (N, C, H, W)
+    with torch.no_grad():
+        batch_stats = model.train()(x)  # static BN: statistics of x itself
+        frozen = freeze_batch_stats(model, x)
+        assert not frozen.training
+        torch.testing.assert_close(frozen(x), batch_stats, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(frozen(x[3:4]), frozen(x)[3:4])  # a sample alone: same logits
+        assert not all(m.track_running_stats for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    layer = build_model(ModelSpec("cnn", (1, 8, 8), 10, norm="layer"))
+    with torch.no_grad():
+        torch.testing.assert_close(freeze_batch_stats(layer, x)(x), layer.eval()(x))
+    with pytest.raises(ValueError, match="at least 2"):
+        freeze_batch_stats(model, x[:1])

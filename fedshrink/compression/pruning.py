@@ -10,9 +10,13 @@ Public API::
     remove_pruning(model) -> None                                      # prune.remove: make it permanent
     mask_to_bitmap(mask) -> bytes ; bitmap_to_mask(data, shape, *, name, limits) -> Tensor (bool)
     encode_masks(masks) -> tuple[ArrayRecord, int] ; decode_masks(record, *, limits) -> dict[str, Tensor]
+    mask_digest(masks) -> int                                          # 48-bit digest, exact in a float metric
 
-``magnitude`` is unstructured L1 (``prune.l1_unstructured``): the ``amount``
-fraction of weights with the smallest ``|w|`` is masked. ``l1_channel`` is
+``magnitude`` is unstructured L1 (:class:`StableL1Unstructured`, a
+``prune.BasePruningMethod``): the ``amount`` fraction of weights with the
+smallest ``|w|`` is masked, ties broken by flat index, so the mask is a pure
+function of the weights and the server can rebuild a client's mask from the
+fragment it sent (:func:`mask_digest` checks that both agree). ``l1_channel`` is
 structured (``prune.ln_structured(n=1, dim=0)``): whole output channels with the
 smallest L1 norm. The module keeps ``weight_orig`` (a Parameter) and
 ``weight_mask`` (a buffer) and computes ``weight = weight_orig * weight_mask``
@@ -25,6 +29,7 @@ Masks travel through the ``bitmap`` codec: ``ceil(n / 8)`` bytes, or
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import torch
@@ -47,11 +52,39 @@ def _check_amount(amount: float) -> None:
         raise ConfigError("pruning.amount", amount, "a number in [0, 1]")
 
 
+class StableL1Unstructured(prune.BasePruningMethod):
+    """``prune.L1Unstructured`` with ties in ``|w|`` broken by flat index (a stable sort).
+
+    ``torch.topk`` leaves the order of equal values to the implementation, and
+    quantized weights tie often; a stable argsort makes the mask the same on
+    every platform for the same weights. Prunes ``round(amount * n)`` entries
+    (a float amount, as ``prune.l1_unstructured`` does).
+    """
+
+    PRUNING_TYPE = "unstructured"
+
+    def __init__(self, amount: float) -> None:
+        _check_amount(amount)
+        self.amount = float(amount)
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        mask = default_mask.clone(memory_format=torch.contiguous_format)
+        k = round(self.amount * t.nelement())
+        if k:
+            order = torch.argsort(t.detach().abs().reshape(-1), stable=True)  # smallest |w| first, then index
+            mask.view(-1)[order[:k]] = 0
+        return mask
+
+    @classmethod
+    def apply(cls, module: nn.Module, name: str, amount: float) -> StableL1Unstructured:  # type: ignore[override]
+        return super().apply(module, name, amount=amount)  # type: ignore[no-any-return]
+
+
 def prune_module(module: nn.Module, method: str, amount: float, *, name: str = "weight") -> None:
     """Mask ``module.<name>`` in place (re-pruning combines with an existing mask)."""
     _check_amount(amount)
     if method == "magnitude":
-        prune.l1_unstructured(module, name, amount=float(amount))
+        StableL1Unstructured.apply(module, name, amount=float(amount))
     elif method == "l1_channel":
         prune.ln_structured(module, name, amount=float(amount), n=1, dim=0)
     else:
@@ -138,6 +171,16 @@ def encode_masks(masks: Mapping[str, torch.Tensor]) -> tuple[ArrayRecord, int]:
     from fedshrink.compression.flower import encode_state
 
     return encode_state({k: m.to(torch.bool) for k, m in masks.items()}, _MASK_CHAIN, direction="downlink")
+
+
+def mask_digest(masks: Mapping[str, torch.Tensor]) -> int:
+    """A 48-bit digest of masks (keys and bitmaps, in key order); exact when carried as a float metric."""
+    h = hashlib.sha256()
+    for key in sorted(masks):
+        mask = masks[key]
+        h.update(f"{key}:{tuple(mask.shape)}:".encode())
+        h.update(mask_to_bitmap(mask))
+    return int.from_bytes(h.digest()[:6], "big")
 
 
 def decode_masks(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:

@@ -9,12 +9,14 @@ layer expects.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from fedshrink.errors import ConfigError
@@ -86,11 +88,16 @@ def build_model(spec: ModelSpec) -> nn.Module:
 def norm_layer(kind: str, num_channels: int) -> nn.Module:
     """Normalisation that works at every width.
 
-    * ``layer``: GroupNorm with one group — normalises each sample over all its
-      channels; has no running statistics and means the same at any width, so
-      slicing channels never invalidates it (the default).
-    * ``batch``: static BatchNorm (``track_running_stats=False``, as HeteroFL
-      does): batch statistics in training and at evaluation, nothing to average.
+    * ``batch`` (the run default, ``model-norm``): static BatchNorm (``track_running_stats=False``,
+      HeteroFL's sBN): batch statistics in training, nothing to average. Each
+      channel is normalised on its own, so a sub-model's channels see exactly
+      the statistics they see inside the full model. Evaluation freezes the
+      statistics of the server's proxy inputs first (:func:`freeze_batch_stats`).
+    * ``layer`` (the spec default): GroupNorm with one group: normalises each sample over all its
+      channels; no running statistics, but a sub-model's channels are
+      normalised over fewer channels than inside the full model, so slices do
+      not compute what they compute in place (measured slower to converge with
+      fragments: simulations/results/fragments.md).
     * ``none``: identity.
     """
     if kind == "layer":
@@ -99,3 +106,44 @@ def norm_layer(kind: str, num_channels: int) -> nn.Module:
         return nn.BatchNorm2d(num_channels, track_running_stats=False)
     assert kind == "none", kind
     return nn.Identity()
+
+
+def freeze_batch_stats(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` in eval mode whose static BatchNorm layers use the statistics of the batch ``x``.
+
+    Static BatchNorm (``track_running_stats=False``) normalises with the
+    statistics of whatever batch it is given, so a test batch would be
+    normalised with its own statistics and a single sample could not be
+    classified at all. The copy's BatchNorm layers get running statistics from
+    one pass over ``x`` (``(N, C, H, W)``, e.g. the server's unlabelled proxy
+    inputs) and use them from then on. Models without static BatchNorm are
+    returned as an eval-mode copy.
+    """
+    frozen = copy.deepcopy(model)
+    static = [m for m in frozen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+              and not m.track_running_stats]
+    if static:
+        if len(x) < 2:
+            raise ValueError(f"freezing batch statistics needs at least 2 inputs, got {len(x)}")
+        for m in static:
+            m.track_running_stats = True
+            m.momentum = None  # cumulative average: after one pass, exactly the statistics of x
+            m.register_buffer("running_mean", torch.zeros(m.num_features))
+            m.register_buffer("running_var", torch.ones(m.num_features))
+            m.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        counts: dict[int, int] = {}  # values per channel each layer saw
+
+        def count(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            counts[id(module)] = args[0].numel() // args[0].shape[1]
+
+        hooks = [m.register_forward_pre_hook(count) for m in static]
+        frozen.train()
+        with torch.no_grad():
+            frozen(x)
+        for h in hooks:
+            h.remove()
+        for m in static:  # BatchNorm keeps the unbiased variance; normalising used the biased one
+            n = counts[id(m)]
+            assert m.running_var is not None
+            m.running_var.mul_((n - 1) / n)
+    return frozen.eval()

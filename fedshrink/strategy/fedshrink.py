@@ -61,7 +61,8 @@ class RoundOutcome:
     good: list[GoodReply] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     skipped: bool = False
-    aggregate_seconds: float = 0.0
+    aggregate_seconds: float = 0.0  # validation, aggregation and refine
+    refine_seconds: float = 0.0  # of which server-side refinement (fragments: fusion)
     bytes_down: int = 0  # train messages sent, serialized
     bytes_up: int = 0  # replies received (good and bad), serialized
     robust: dict[str, object] = field(default_factory=dict)  # notes of robust aggregation stages (issue 8)
@@ -250,6 +251,9 @@ class FedShrink(Strategy):
                                                      server_round)
         else:
             new_arrays = self.aggregate_arrays(outcome.good)
+        t_refine = time.perf_counter()
+        new_arrays = self.refine(server_round, new_arrays)
+        outcome.refine_seconds = time.perf_counter() - t_refine
         weights = [r.num_examples for r in outcome.good]
         metrics["num-examples"] = int(sum(weights))
         for key in ("train-loss",):
@@ -258,6 +262,10 @@ class FedShrink(Strategy):
                 metrics[key] = weighted_metric_mean(vals, weights)
         outcome.aggregate_seconds = time.perf_counter() - t0
         return numpy_to_record(new_arrays), metrics
+
+    def refine(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Server-side work on the aggregated model before it becomes the global one; none here."""
+        return arrays
 
     def accept_reply(self, msg: Message, reply: GoodReply) -> None:
         """Extra checks of a parsed reply (raise :class:`ReplyError` to drop it); none here."""

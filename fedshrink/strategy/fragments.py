@@ -13,7 +13,15 @@
   :func:`~fedshrink.fragments.aggregate_fragments`: every coordinate becomes
   the sample-weighted mean over the clients that held it (pruned-away
   coordinates count as not held unless ``pruned_as_zero``); coordinates that
-  nobody held keep their value.
+  nobody held keep their value;
+* :meth:`refine` fuses the nested sub-models into the outer coordinates
+  (``fusion``), and round 1 starts from a nested initialisation (``init``),
+  see :mod:`fedshrink.fragments.fusion`.
+
+With ``derive_masks`` the server rebuilds each unstructured-pruning client's
+masks from the fragment it sent (:mod:`fedshrink.fragments.local`); the client
+sends their digest (``mask-digest``) instead of the bitmaps, and a reply whose
+digest differs is dropped with that reason.
 
 A node's profile is learnt by asking it once (a ``query.profile`` message:
 from its node config ``profile=...`` in deployment, from the run's profile mix
@@ -29,11 +37,13 @@ import torch
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedshrink.compression import encode_state
-from fedshrink.compression.pruning import decode_masks
+from fedshrink.compression import decode_record, encode_state
+from fedshrink.compression.pruning import decode_masks, mask_digest
 from fedshrink.errors import ConfigError, DecodeError, ReplyError
 from fedshrink.fragments import Contribution, FragmentSpec, aggregate_fragments, build_graph, extract, make_policy
 from fedshrink.fragments import scatter as scatter_fragment
+from fedshrink.fragments.fusion import INITS, FusionConfig, fuse, inner_spec, nested_init
+from fedshrink.fragments.local import derivable, derive_masks
 from fedshrink.fragments.nested import NestedConfig, nested_widths
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.profiles import DeviceProfile, get_profile
@@ -45,6 +55,7 @@ from fedshrink.training import read_number
 log = logging.getLogger("fedshrink.strategy")
 
 MASKS_KEY = "masks"
+MASK_DIGEST = "mask-digest"  # metric: digest of the masks the client applied, when the server derives them
 PROFILE_QUERY = f"{MessageType.QUERY}.profile"
 
 
@@ -56,11 +67,15 @@ class FragmentStrategy(FedShrink):
     ``input_scaling`` (sub-models scale each layer's input by full / kept
     fan-in, see :mod:`fedshrink.fragments.scaler`) and ``nested`` (clients
     also train their nested prefixes at the narrower widths in use, see
-    :mod:`fedshrink.fragments.nested`; None: off).
+    :mod:`fedshrink.fragments.nested`; None: off), ``derive_masks``, ``init``
+    (``random`` or ``nested``), ``fusion`` (None: off) and ``proxy_x``, the
+    unlabelled inputs fusion distils on.
     """
 
     def __init__(self, *, model_spec: ModelSpec, policy: str = "rolling", pruned_as_zero: bool = False,
-                 input_scaling: bool = False, nested: NestedConfig | None = None, **kwargs: object) -> None:
+                 input_scaling: bool = False, nested: NestedConfig | None = None, derive_masks: bool = False,
+                 init: str = "random", fusion: FusionConfig | None = None, proxy_x: torch.Tensor | None = None,
+                 **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.model_spec = model_spec
         self.graph = build_graph(build_model(model_spec))
@@ -68,10 +83,19 @@ class FragmentStrategy(FedShrink):
         self.pruned_as_zero = pruned_as_zero
         self.input_scaling = input_scaling
         self.nested = nested
+        self.derive_masks = derive_masks
+        if init not in INITS:
+            raise ConfigError("fragment-init", init, "one of " + ", ".join(map(repr, INITS)))
+        if fusion is not None and (proxy_x is None or len(proxy_x) == 0):
+            raise ConfigError("fusion-steps", fusion.steps, "0 when the server has no proxy inputs (proxy-fraction 0)")
+        self.init = init
+        self.fusion = fusion
+        self.proxy_x = proxy_x
         self.node_profiles: dict[int, DeviceProfile] = {}
         self.node_partitions: dict[int, int] = {}
         self._specs: dict[int, FragmentSpec] = {}
         self._masks: dict[int, dict[str, np.ndarray]] = {}
+        self._derived: dict[int, tuple[dict[str, np.ndarray], int]] = {}  # node -> (masks, digest) this round
 
     # -- profiles ---------------------------------------------------------------------
     def learn_profiles(self, node_ids: list[int], grid: Grid, timeout: float) -> None:
@@ -95,6 +119,10 @@ class FragmentStrategy(FedShrink):
     def sample_nodes(self, server_round: int, grid: Grid) -> list[int]:
         nodes = super().sample_nodes(server_round, grid)
         self.learn_profiles(nodes, grid, self.wait_timeout)
+        if server_round == 1 and self.init == "nested":  # the first round's profiles name the inner sub-model
+            inner = inner_spec(self.graph, self.widths_in_use())
+            if inner is not None:
+                self._global = nested_init(self._global, self.graph, inner)
         return [n for n in nodes if n in self.node_profiles]
 
     def widths_in_use(self) -> list[float]:
@@ -119,6 +147,13 @@ class FragmentStrategy(FedShrink):
             "local-epochs": profile.local_epochs,
             "batch-size": profile.batch_size,
         })
+        self._derived.pop(node_id, None)
+        if self.derive_masks and derivable(profile):
+            received = decode_record(record)  # exactly what the client decodes
+            width = spec.width if spec.width is not None else profile.width
+            masks = derive_masks(self.model_spec, width, received, profile, scaled=self.input_scaling)
+            self._derived[node_id] = ({k: m.numpy() for k, m in masks.items()}, mask_digest(masks))
+            cfg["derive-masks"] = True
         return RecordDict({ARRAYS_KEY: record, CONFIG_KEY: cfg}), expected_from(sub)
 
     def _nested_config(self, width: float) -> dict[str, list[float] | float]:
@@ -132,8 +167,15 @@ class FragmentStrategy(FedShrink):
                 "nested-weight": self.nested.weight}
 
     def accept_reply(self, msg: Message, reply: GoodReply) -> None:
-        """Read the client's prune masks (bitmaps of its fragment's weights) when it sent them."""
+        """The client's prune masks: the bitmaps it sent, or the ones derived from its fragment, digest checked."""
         masks: dict[str, np.ndarray] = {}
+        if MASKS_KEY not in msg.content.array_records and reply.node_id in self._derived:
+            derived, digest = self._derived[reply.node_id]
+            got = reply.metrics.get(MASK_DIGEST)
+            if got is None or got != digest:
+                raise ReplyError(f"{MASK_DIGEST} {got!r} is not {digest}, the digest of the prune masks derived "
+                                 "from the fragment sent")
+            masks = derived
         if MASKS_KEY in msg.content.array_records:
             try:
                 decoded = decode_masks(msg.content.array_records[MASKS_KEY], limits=self.limits)
@@ -153,6 +195,13 @@ class FragmentStrategy(FedShrink):
             trained = {k: (v + r.arrays[k]).astype(v.dtype) for k, v in sent.items()}
             contributions.append(Contribution(trained, spec, float(r.num_examples), self._masks.get(r.node_id) or None))
         return aggregate_fragments(self._global, self.graph, contributions, pruned_as_zero=self.pruned_as_zero)
+
+    def refine(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Fusion: distil the nested sub-models into the outer coordinates (when configured)."""
+        if self.fusion is None or self.proxy_x is None:
+            return arrays
+        return fuse(arrays, self.graph, self.model_spec, self.widths_in_use(), self.proxy_x, self.fusion,
+                    scaled=self.input_scaling)
 
     def client_states(self, outcome: RoundOutcome) -> list[dict[str, np.ndarray]]:
         # fragments are not whole models; RunConfig refuses distill-teacher=ensemble with a profile mix

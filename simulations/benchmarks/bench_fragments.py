@@ -1,17 +1,23 @@
 """Heterogeneous fragments against full-width FedAvg on digits (issue 4).
 
-Same data (20 clients, Dirichlet 0.5), same seeds, same local training; the
-mixed runs use the shipped profile mix (``fedshrink.profiles.DEFAULT_MIX``:
-80% of clients at width <= 0.5, pruned, fake-quantized, with compressed
-uplinks) and the shipped fragment settings (self-distillation across widths,
-pruned weights aggregated as zeros). With ``--ablations`` (default on) the
-static policy is also run, on the first seed, with each of those settings
-switched back, to measure what each one contributes.
+Same data (20 clients, Dirichlet 0.5), same seeds, same model (CNN with
+static BatchNorm, the run default), same local training; the mixed runs use
+the shipped profile mix (``fedshrink.profiles.DEFAULT_MIX``: 40% of clients at
+width 0.5, pruned, fake-quantized, every uplink compressed) and the shipped
+fragment settings (nested initialisation, fusion on the server, self-distillation
+across widths, pruned weights aggregated as zeros, masks derived on the
+server). With ``--ablations`` (default on) the static policy is also run, on
+the first seed, with each of those settings switched back, to measure what
+each one contributes.
 For every seed, the target is FedAvg's final accuracy minus 1.5 points; the
 figure of merit is FedAvg's cumulative uplink bytes to first reach the target
 divided by the mixed run's. Writes ``simulations/results/fragments.md``.
 
-    python simulations/benchmarks/bench_fragments.py [--seeds 1 2 3] [--rounds 40] [--no-ablations]
+    python simulations/benchmarks/bench_fragments.py [--seeds 1 2 3] [--rounds 50] [--no-ablations]
+        [--cache DIR] [--part all|main|ablations]
+
+``--part`` runs only the main runs or only the ablations (two processes can
+share the work through ``--cache``); the report is written by ``all``.
 """
 
 from __future__ import annotations
@@ -36,9 +42,12 @@ MIX = DEFAULT_MIX
 POLICIES = ("static", "rolling", "random")
 # static policy with one shipped setting switched back (first seed only)
 ABLATIONS = {
+    "static, no fusion": {"fusion-steps": 0},
+    "static, random init": {"fragment-init": "random"},
+    "static, no fusion, random init": {"fusion-steps": 0, "fragment-init": "random"},
     "static, no self-distillation": {"nested-distill": False},
-    "static, pruned weights not held": {"pruned-as-zero": False},
-    "static, input scaling on": {"fragment-scaling": True},
+    "static, masks sent": {"derive-masks": False},
+    "static, layer norm": {"model-norm": "layer"},
 }
 
 
@@ -92,18 +101,20 @@ def mean_sd(values: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--rounds", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "fragments.md")
     ap.add_argument("--ablations", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--cache", type=Path, default=None,
                     help="reuse finished runs from this folder (resume an interrupted benchmark)")
+    ap.add_argument("--part", choices=("all", "main", "ablations"), default="all",
+                    help="main runs only, ablations only (no report), or everything and the report")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {"fedavg": {}, **{p: {} for p in POLICIES}}
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
+        for seed in (args.seeds if args.part != "ablations" else []):
             runs["fedavg"][seed] = run(seed, args.rounds, args.clients, Path(tmp), args.cache)
             print(f"seed {seed} fedavg {runs['fedavg'][seed][-1]['accuracy']:.4f}", flush=True)
             for policy in POLICIES:
@@ -111,11 +122,13 @@ def main() -> None:
                     "profile-mix": MIX, "fragment-policy": policy})
                 print(f"seed {seed} {policy} {runs[policy][seed][-1]['accuracy']:.4f}", flush=True)
         ablations: dict[str, list[dict[str, Any]]] = {}
-        for name, change in (ABLATIONS.items() if args.ablations else []):
+        for name, change in (ABLATIONS.items() if args.ablations and args.part != "main" else []):
             seed = args.seeds[0]
             ablations[name] = run(seed, args.rounds, args.clients, Path(tmp), args.cache, **{
                 "profile-mix": MIX, "fragment-policy": "static", **change})
             print(f"seed {seed} {name} {ablations[name][-1]['accuracy']:.4f}", flush=True)
+    if args.part != "all":
+        return
 
     lines = [
         "# Heterogeneous fragments against full-width FedAvg (issue 4)", "",
@@ -125,10 +138,14 @@ def main() -> None:
         + (f"; {len(REUSED)} runs read back from `--cache {args.cache}`, where earlier invocations with the same "
            "settings left them" if REUSED else "") + ").", "",
         f"digits, {args.clients} clients, Dirichlet alpha 0.5, default CNN, {args.rounds} rounds, seeds "
-        f"{args.seeds}. FedAvg: every client at width 1, fp32, raw chains. Mixed: profile mix `{MIX}` "
-        f"({profiles_text()}), self-distillation across widths, pruned weights aggregated as zeros. "
-        "Both do the same local training (2 epochs, batch 16, SGD lr 0.01, momentum 0.9). "
-        "Bytes are exact serialized Flower Messages.", "",
+        f"{args.seeds}. Both use the same CNN with static BatchNorm (`model-norm = batch`; evaluation freezes "
+        "its statistics on the server's unlabelled proxy inputs) and do the same local training (2 epochs, "
+        "batch 16, SGD lr 0.01, momentum 0.9). FedAvg: every client at width 1, fp32, raw chains. Mixed: "
+        f"profile mix `{MIX}` ({profiles_text()}); nested initialisation (weights reading channels outside the "
+        "width-0.5 prefix start at zero), fusion (20 Adam steps per round distilling the width-0.5 sub-model "
+        "into the outer coordinates on the proxy inputs, T = 2), self-distillation across widths on the "
+        "clients, pruned weights aggregated as zeros, prune masks derived on the server (a 48-bit digest "
+        "travels instead). Bytes are exact serialized Flower Messages.", "",
         "Target per seed: FedAvg's final accuracy minus 1.5 points. *Bytes to target*: cumulative uplink bytes "
         "at the first round at or above it. *Saving*: FedAvg's bytes to target / the run's.", "",
         "## Summary (mean ± sd over seeds)", "",

@@ -133,3 +133,31 @@ def test_bad_pruning_settings() -> None:
         pruning.prune_module(model.fc, "magnitude", 1.5)
     with pytest.raises(ConfigError):
         pruning.apply_masks(model, {"nope.weight": torch.ones(1)})
+
+
+def test_magnitude_breaks_ties_by_index_and_counts_like_torch() -> None:
+    layer = nn.Linear(4, 4, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, -0.5, 0.5, 1.0]] * 4))  # 12 ties at |w| = 0.5
+    pruning.prune_module(layer, "magnitude", 0.5)
+    flat = layer.weight_mask.reshape(-1)
+    order = [i for i in range(16) if i % 4 != 3]  # the tied entries, in index order
+    assert flat[order[:8]].sum() == 0 and flat[order[8:]].all() and flat[3::4].all()
+    for seed in range(3):  # same count as torch's own L1 pruning
+        a, b = nn.Conv2d(3, 5, 3), nn.Conv2d(3, 5, 3)
+        b.load_state_dict(a.state_dict())
+        pruning.prune_module(a, "magnitude", 0.3 + 0.1 * seed)
+        torch.nn.utils.prune.l1_unstructured(b, "weight", amount=0.3 + 0.1 * seed)
+        assert int(a.weight_mask.sum()) == int(b.weight_mask.sum())
+
+
+def test_mask_digest_changes_with_any_bit_and_fits_a_float_metric() -> None:
+    masks = {"a.weight": torch.rand(6, 5, generator=torch.Generator().manual_seed(0)) > 0.3,
+             "b.weight": torch.ones(3, dtype=torch.bool)}
+    d = pruning.mask_digest(masks)
+    assert 0 <= d < 2**48 and float(d) == d
+    assert pruning.mask_digest(dict(reversed(list(masks.items())))) == d  # key order does not matter
+    flipped = {**masks, "a.weight": masks["a.weight"].clone()}
+    flipped["a.weight"][2, 3] = ~flipped["a.weight"][2, 3]
+    assert pruning.mask_digest(flipped) != d
+    assert pruning.mask_digest({"c.weight": masks["a.weight"], "b.weight": masks["b.weight"]}) != d  # keys count

@@ -91,11 +91,12 @@ def test_parse_mix_errors_are_one_line(text: str) -> None:
 
 
 def test_assign_profiles_largest_remainder_and_seeded() -> None:
-    assert parse_mix(DEFAULT_MIX) == {"iot": 0.4, "phone": 0.4, "laptop": 0.2}
-    plan = assign_profiles(DEFAULT_MIX, 7, seed=1)
+    assert parse_mix(DEFAULT_MIX) == {"phone": 0.4, "laptop": 0.6}
+    mix = "iot:0.4,phone:0.4,laptop:0.2"
+    plan = assign_profiles(mix, 7, seed=1)
     assert Counter(plan) == {"iot": 3, "phone": 3, "laptop": 1}  # quotas 2.8, 2.8, 1.4
-    assert plan == assign_profiles(DEFAULT_MIX, 7, seed=1)
-    assert any(assign_profiles(DEFAULT_MIX, 50, seed=s) != assign_profiles(DEFAULT_MIX, 50, seed=1) for s in (2, 3))
+    assert plan == assign_profiles(mix, 7, seed=1)
+    assert any(assign_profiles(mix, 50, seed=s) != assign_profiles(mix, 50, seed=1) for s in (2, 3))
     assert Counter(assign_profiles({"edge": 0.5, "laptop": 0.5}, 3, 0)) == {"edge": 2, "laptop": 1}
     assert assign_profiles(DEFAULT_MIX, 0, 0) == []
     for n in (5, 10, 100):

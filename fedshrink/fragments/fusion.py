@@ -1,0 +1,154 @@
+"""The server's work on the global model across widths: nested initialisation and fusion.
+
+With a profile mix, the global model's *inner* channels (those inside the
+widest sub-model narrower than 1, its static prefix) are trained by every
+client, while its *outer* channels are trained only by the full-width clients,
+on their own non-IID data. Measured on digits, the global model then scores
+below its own inner sub-model (``simulations/results/fragments.md``). Two
+server-side steps close that gap; both leave the inner coordinates alone, so
+what the narrow clients receive is unchanged:
+
+* :func:`nested_init` (``fragment-init = nested``): before round 1, every
+  weight that reads a channel outside the inner sub-model is set to zero. The
+  width-1 model then computes exactly the inner sub-model's function (with
+  per-channel normalisation; ``model-norm = batch``), and the full-width
+  clients grow the outer channels from there instead of from noise.
+* :func:`fuse` (``fusion-steps`` > 0): after each aggregation, the outer
+  coordinates are distilled toward the ensemble of the global model's nested
+  sub-models (mean of their tempered softmax) on the server's unlabelled
+  proxy inputs, as FedDF distils a client ensemble (Lin et al., 2020), here
+  restricted to the coordinates few clients train. Cost: ``steps`` forward
+  and backward passes of the full model on the proxy set, plus one forward
+  pass of each sub-model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedshrink.errors import ConfigError
+from fedshrink.fragments.graph import LayerGraph
+from fedshrink.fragments.policies import make_policy
+from fedshrink.fragments.scaler import build_sub_model
+from fedshrink.fragments.slicing import extract, tensor_indices
+from fedshrink.fragments.spec import FragmentSpec
+from fedshrink.models.registry import ModelSpec, build_model
+
+INITS = ("nested", "random")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Distillation of the nested sub-models into the outer coordinates (see the module doc)."""
+
+    steps: int = 20  # Adam steps per round, each on the whole proxy batch
+    temperature: float = 2.0  # softmax temperature of teacher and student
+    lr: float = 1e-3  # Adam learning rate
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ConfigError("fusion-steps", self.steps, "an integer >= 1 (0 in the run config turns fusion off)")
+        for name, value, hi in (("fusion-temperature", self.temperature, 100.0), ("fusion-lr", self.lr, 1.0)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                    math.isfinite(value) and 0 < value <= hi):
+                raise ConfigError(name, value, f"a number in (0, {hi:g}]")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FusionConfig:
+        return cls(**json.loads(text))
+
+
+def inner_spec(graph: LayerGraph, widths: Sequence[float]) -> FragmentSpec | None:
+    """The static prefix of the widest width below 1 in ``widths`` (None when there is none)."""
+    narrow = [w for w in widths if w < 1.0]
+    if not narrow:
+        return None
+    return make_policy("static").spec_for(graph, max(narrow), 0, 0)
+
+
+def outer_masks(graph: LayerGraph, spec: FragmentSpec) -> dict[str, np.ndarray]:
+    """Per state-dict key, True where the coordinate lies outside the fragment ``spec``."""
+    out: dict[str, np.ndarray] = {}
+    for key, rule in graph.tensors.items():
+        outer = np.ones(rule.shape, dtype=bool)
+        outer[np.ix_(*tensor_indices(rule, spec))] = False
+        out[key] = outer
+    return out
+
+
+def nested_init(state: Mapping[str, np.ndarray], graph: LayerGraph, spec: FragmentSpec) -> dict[str, np.ndarray]:
+    """``state`` with every weight that reads a channel outside ``spec`` set to zero (copies; input untouched).
+
+    Those are the entries of dim 1 (a layer's input channels) outside the kept
+    indices, for every tensor whose dim 1 follows a channel group.
+    """
+    out = {k: np.array(v, copy=True) for k, v in state.items()}
+    for key, rule in graph.tensors.items():
+        for d in rule.dims:
+            if d.dim != 1:
+                continue
+            keep = np.zeros(rule.shape[1], dtype=bool)
+            keep[tensor_indices(rule, spec)[1]] = True
+            out[key][:, ~keep] = 0
+    return out
+
+
+def _load(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    return model
+
+
+def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSpec, widths: Sequence[float],
+         x: torch.Tensor, config: FusionConfig, *, scaled: bool = False) -> dict[str, np.ndarray]:
+    """Distil the sub-models at ``widths`` (< 1) of ``state`` into its coordinates outside the widest of them.
+
+    ``x`` is a batch of unlabelled inputs ``(N, C, H, W)``. The teacher is the
+    mean of the sub-models' ``softmax(logits / T)``; the loss is
+    ``T**2 * KL(teacher || softmax(student / T))`` (Hinton et al., 2015).
+    Gradients are masked to the outer coordinates, so the inner ones come back
+    bit-identical. Deterministic: full-batch steps, no sampling.
+    """
+    inner = inner_spec(graph, widths)
+    if inner is None or len(x) == 0:
+        return dict(state)
+    static = make_policy("static")
+    probs = []
+    for w in sorted({w for w in widths if w < 1.0}):
+        sub = _load(build_sub_model(model_spec, w, scaled=scaled),
+                    extract(state, graph, static.spec_for(graph, w, 0, 0)))
+        sub.train()  # as the clients run it: batch statistics with model-norm = batch
+        with torch.no_grad():
+            probs.append(torch.softmax(sub(x) / config.temperature, dim=1))  # (N, K)
+    teacher = torch.stack(probs).mean(dim=0)  # (N, K)
+    student = _load(build_model(model_spec), state)
+    student.train()
+    masks = {k: torch.from_numpy(m.astype(np.float32)) for k, m in outer_masks(graph, inner).items()}
+    params = dict(student.named_parameters())
+    opt = torch.optim.Adam(params.values(), lr=config.lr)
+    t = config.temperature
+    for _ in range(config.steps):
+        opt.zero_grad()
+        log_p = torch.log_softmax(student(x) / t, dim=1)  # (N, K)
+        loss = nn.functional.kl_div(log_p, teacher, reduction="batchmean") * t * t
+        loss.backward()
+        for key, p in params.items():
+            if p.grad is not None:
+                p.grad.mul_(masks[key])
+        opt.step()
+    trained = student.state_dict()
+    out = {k: trained[k].detach().numpy().astype(np.asarray(v).dtype) for k, v in state.items()}
+    for key, m in masks.items():  # Adam moves nothing where the gradient was always 0; make it exact anyway
+        inner_mask = m.numpy() == 0
+        out[key][inner_mask] = np.asarray(state[key])[inner_mask]
+    return out

@@ -1,0 +1,116 @@
+"""Nested initialisation and server-side fusion: what they touch, what they leave alone, what they compute."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from fragment_helpers import MODEL_NAMES, SHAPE, model_spec, numpy_state, seeded_model
+
+from fedshrink.errors import ConfigError
+from fedshrink.fragments import build_graph, extract, make_policy
+from fedshrink.fragments.fusion import FusionConfig, fuse, inner_spec, nested_init, outer_masks
+from fedshrink.fragments.scaler import build_sub_model
+
+
+def _x(n: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(seed))  # (N, C, H, W)
+
+
+def _sub(name: str, state: dict, graph, width: float) -> torch.nn.Module:  # type: ignore[no-untyped-def]
+    sub = build_sub_model(model_spec(name, "batch"), width, scaled=False)
+    spec = make_policy("static").spec_for(graph, width, 0, 0)
+    sub.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in extract(state, graph, spec).items()})
+    return sub.train()
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_nested_init_makes_the_full_model_compute_its_inner_sub_model(name: str) -> None:
+    full = seeded_model(name, "batch")
+    graph = build_graph(full)
+    state = numpy_state(full)
+    inner = inner_spec(graph, [0.5, 1.0])
+    assert inner is not None
+    grown = nested_init(state, graph, inner)
+    full.load_state_dict({k: torch.from_numpy(v) for k, v in grown.items()})
+    x = _x()
+    with torch.no_grad():
+        np.testing.assert_allclose(full.train()(x).numpy(), _sub(name, state, graph, 0.5)(x).numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    for key, v in extract(grown, graph, inner).items():  # the inner sub-model itself is untouched
+        np.testing.assert_array_equal(v, extract(state, graph, inner)[key])
+    assert any(not np.array_equal(grown[k], state[k]) for k in state)  # and something outside it was zeroed
+    assert all(np.array_equal(v, numpy_state(seeded_model(name, "batch"))[k]) for k, v in state.items())  # copy
+
+
+def test_no_inner_sub_model_without_a_narrow_width() -> None:
+    graph = build_graph(seeded_model("cnn"))
+    assert inner_spec(graph, [1.0]) is None and inner_spec(graph, []) is None
+    assert inner_spec(graph, [0.25, 0.5, 1.0]) == make_policy("static").spec_for(graph, 0.5, 0, 0)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_outer_masks_are_the_complement_of_the_fragment(name: str) -> None:
+    graph = build_graph(seeded_model(name))
+    inner = make_policy("static").spec_for(graph, 0.5, 0, 0)
+    masks = outer_masks(graph, inner)
+    state = numpy_state(seeded_model(name))
+    for key, sub in extract(state, graph, inner).items():
+        assert masks[key].shape == state[key].shape
+        assert int((~masks[key]).sum()) == sub.size
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fusion_moves_only_outer_coordinates_toward_the_sub_model_ensemble(name: str) -> None:
+    spec = model_spec(name, "batch")
+    full = seeded_model(name, "batch", seed=1)
+    graph = build_graph(full)
+    state = numpy_state(full)
+    x = _x(16)
+    cfg = FusionConfig(steps=15, temperature=2.0, lr=0.01)
+    fused = fuse(state, graph, spec, [0.25, 0.5, 1.0], x, cfg)
+    inner = inner_spec(graph, [0.25, 0.5])
+    assert inner is not None
+    masks = outer_masks(graph, inner)
+    moved = False
+    for key, v in fused.items():
+        np.testing.assert_array_equal(v[~masks[key]], state[key][~masks[key]])  # inner: bit-identical
+        moved |= not np.array_equal(v[masks[key]], state[key][masks[key]])
+    assert moved
+
+    def kl(s: dict) -> float:  # type: ignore[type-arg]
+        with torch.no_grad():
+            teacher = torch.stack([F.softmax(_sub(name, s, graph, w)(x) / 2.0, dim=1) for w in (0.25, 0.5)]).mean(0)
+            full.load_state_dict({k: torch.from_numpy(v) for k, v in s.items()})
+            return float(F.kl_div(F.log_softmax(full.train()(x) / 2.0, dim=1), teacher, reduction="batchmean"))
+
+    assert kl(fused) < kl(state)  # same teacher (inner unchanged), closer student
+    again = fuse(state, graph, spec, [0.25, 0.5, 1.0], x, cfg)
+    assert all(np.array_equal(again[k], fused[k]) for k in fused)  # deterministic
+
+
+def test_fusion_without_a_narrow_width_or_inputs_is_a_no_op() -> None:
+    full = seeded_model("cnn", "batch")
+    graph, state = build_graph(full), numpy_state(full)
+    for widths, x in (([1.0], _x()), ([0.5, 1.0], _x()[:0])):
+        out = fuse(state, graph, model_spec("cnn", "batch"), widths, x, FusionConfig(steps=3))
+        assert all(np.array_equal(out[k], state[k]) for k in state)
+
+
+@pytest.mark.parametrize("cfg", [FusionConfig(), FusionConfig(steps=5, temperature=1.5, lr=0.1)])
+def test_fusion_config_json_round_trip(cfg: FusionConfig) -> None:
+    assert FusionConfig.from_json(cfg.to_json()) == cfg
+    assert json.loads(cfg.to_json())["steps"] == cfg.steps
+
+
+@pytest.mark.parametrize("kwargs, key", [
+    ({"steps": 0}, "fusion-steps"), ({"steps": True}, "fusion-steps"), ({"temperature": 0.0}, "fusion-temperature"),
+    ({"temperature": float("nan")}, "fusion-temperature"), ({"lr": 2.0}, "fusion-lr"),
+])
+def test_fusion_config_names_the_bad_setting(kwargs: dict, key: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ConfigError) as err:
+        FusionConfig(**kwargs)
+    assert err.value.key == key

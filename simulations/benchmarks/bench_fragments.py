@@ -173,6 +173,20 @@ def main() -> None:
             f"{human_bytes(statistics.mean(to_target)) if to_target else 'never'} | "
             f"{mean_sd(savings) + 'x' if savings else 'n/a'} | {human_bytes(statistics.mean(ups))} | "
             f"{human_bytes(statistics.mean(downs))} |")
+    lines += ["", "## Per seed", "", "| run | seed | FedAvg final % | target % | FedAvg bytes to target | "
+              "run's round / bytes to target | saving |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, per_seed in runs.items():
+        if name == "fedavg":
+            continue
+        for seed, rounds in per_seed.items():
+            target = runs["fedavg"][seed][-1]["accuracy"] - 0.015
+            fb = bytes_to_reach(runs["fedavg"][seed], target)
+            b = bytes_to_reach(rounds, target)
+            hit = next((r["round"] for r in rounds if r["accuracy"] >= target), None)
+            lines.append(f"| {name} | {seed} | {100 * runs['fedavg'][seed][-1]['accuracy']:.2f} | {100 * target:.2f} | "
+                         f"{human_bytes(fb) if fb is not None else 'never'} | "
+                         + (f"r{hit} / {human_bytes(b)}" if b is not None else "never") + " | "
+                         + (f"{fb / b:.1f}x" if b is not None and fb is not None else "n/a") + " |")
     lines += ["", "## Accuracy per round (mean over seeds, %)", ""]
     marks = sorted({1, *range(5, args.rounds + 1, 5), args.rounds})
     lines += ["| run | " + " | ".join(f"r{m}" for m in marks) + " |", "|---|" + "---:|" * len(marks)]

@@ -259,6 +259,7 @@ def serve(
                 "clients-good": len(outcome.good),
                 "clients-dropped": len(outcome.dropped),
                 "skipped": outcome.skipped,
+                **({"skip-reason": outcome.skip_reason} if outcome.skip_reason else {}),
                 **({"accuracy-width": width_acc} if width_acc else {}),
                 **({"fusion-seconds": outcome.refine_seconds} if isinstance(base, FragmentStrategy) and base.fusion
                    else {}),

@@ -208,3 +208,16 @@ def test_constructor_validates() -> None:
         FedShrink(fraction_train=0.0)
     with pytest.raises(ConfigError, match="min-train-clients"):
         FedShrink(min_train_clients=0)
+
+
+def test_a_non_finite_aggregate_skips_the_round_and_keeps_the_model() -> None:
+    class Overflowing(FedShrink):  # as a scaling attack does: finite replies whose aggregate is not
+        def refine(self, server_round: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return {k: np.full_like(v, np.inf) if k == "w" else v for k, v in arrays.items()}
+
+    rng = np.random.default_rng(4)
+    s = Overflowing(min_train_clients=2, min_available_nodes=2)
+    msgs, glob = _round(s, [1, 2], rng)
+    arrays, metrics = s.aggregate_train(1, [_reply(m, glob, {"num-examples": 4}, base=glob) for m in msgs])
+    assert arrays is None and metrics is not None and metrics["replies-good"] == 2
+    assert s.outcomes[-1].skipped and "'w' is not finite" in s.outcomes[-1].skip_reason

@@ -61,6 +61,7 @@ class RoundOutcome:
     good: list[GoodReply] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     skipped: bool = False
+    skip_reason: str = ""  # why the round left the model as it was
     aggregate_seconds: float = 0.0  # validation, aggregation and refine
     refine_seconds: float = 0.0  # of which server-side refinement (fragments: fusion)
     bytes_down: int = 0  # train messages sent, serialized
@@ -241,8 +242,8 @@ class FedShrink(Strategy):
         metrics = MetricRecord({"replies-good": len(outcome.good), "replies-dropped": len(outcome.dropped)})
         if len(outcome.good) < self.min_train_clients:
             outcome.skipped = True
-            log.warning("round %d skipped: %d good replies, %d needed",
-                        server_round, len(outcome.good), self.min_train_clients)
+            outcome.skip_reason = f"{len(outcome.good)} good replies, {self.min_train_clients} needed"
+            log.warning("round %d skipped: %s", server_round, outcome.skip_reason)
             return None, metrics
 
         if self.aggregation_stages:
@@ -254,6 +255,14 @@ class FedShrink(Strategy):
         t_refine = time.perf_counter()
         new_arrays = self.refine(server_round, new_arrays)
         outcome.refine_seconds = time.perf_counter() - t_refine
+        overflow = [k for k, v in new_arrays.items()
+                    if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.all(np.isfinite(v))]
+        if overflow:  # finite replies can still sum past float32's range (e.g. under a scaling attack)
+            outcome.skipped = True
+            outcome.skip_reason = f"the aggregate of {overflow[0]!r} is not finite; the model stays as it was"
+            log.warning("round %d skipped: %s", server_round, outcome.skip_reason)
+            outcome.aggregate_seconds = time.perf_counter() - t0
+            return None, metrics
         weights = [r.num_examples for r in outcome.good]
         metrics["num-examples"] = int(sum(weights))
         for key in ("train-loss",):

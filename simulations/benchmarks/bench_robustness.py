@@ -13,7 +13,7 @@ Every run's result is cached as a JSON file under ``--cache`` (so parts can run 
 parallel and an interrupted benchmark continues); ``--report-only`` writes the
 results file from the cache.
 
-    python simulations/benchmarks/bench_robustness.py [--seeds 1] [--rounds 30] [--attacks sign-flip gaussian]
+    python simulations/benchmarks/bench_robustness.py [--seeds 1] [--rounds 40] [--attacks sign-flip gaussian]
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from fedshrink.runner import run_inprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 ATTACKS = ("sign-flip", "gaussian", "label-flip", "alie")
-DEFENCES = ("median", "trimmed-mean", "clip", "multi-krum", "bulyan", "fltrust", "clip+median")
+DEFENCES = ("median", "trimmed-mean", "clip", "multi-krum", "bulyan", "fltrust", "clip+median", "guard",
+            "guard+clip")
 TARGET_ATTACKS = ("sign-flip", "gaussian")
 
 
@@ -49,16 +50,32 @@ def one_run(seed: int, rounds: int, clients: int, attack: str, defence: str, dro
             fraction: float) -> dict[str, Any]:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
+        rule, guard = defence_settings(defence)
         cfg = {"seed": seed, "num-server-rounds": rounds, "distill": False, "quiet": True, "output-dir": tmp,
                "profile-mix": DEFAULT_MIX, "partitioner": "dirichlet", "dirichlet-alpha": 0.5,
-               "defence": defence, "attack": attack, "attack-fraction": fraction if attack != "none" else 0.0,
-               "dropout-rate": dropout, "checkpoint": False}
+               "defence": rule, "norm-guard": guard, "attack": attack,
+               "attack-fraction": fraction if attack != "none" else 0.0, "dropout-rate": dropout, "checkpoint": False}
         result = run_inprocess(cfg, num_clients=clients)
         rounds_ = RunDirectory(result.run_dir).read_rounds()
     acc = [float(r["accuracy"]) for r in rounds_]
     return {"rounds": rounds, "final": acc[-1], "last5": statistics.mean(acc[-5:]), "best": max(acc), "curve": acc,
             "dropped": sum(int(r["clients-dropped"]) for r in rounds_),
             "skipped": sum(bool(r["skipped"]) for r in rounds_), "seconds": time.time() - t0}
+
+
+GUARD_Z = 5.0  # norm-guard of the "guard" defences: robust z-score of a reply's update RMS
+
+
+def defence_settings(defence: str) -> tuple[str, float]:
+    """The ``defence`` and ``norm-guard`` settings of a benchmark defence name.
+
+    ``guard`` stands for the server's norm guard (``norm-guard = GUARD_Z``, no
+    robust rule); ``guard+RULE`` for the guard in front of ``RULE``.
+    """
+    parts = defence.split("+")
+    if parts[0] != "guard":
+        return defence, 0.0
+    return "+".join(parts[1:]) or "none", GUARD_Z
 
 
 def plan(attacks: list[str], defences: list[str], with_baselines: bool) -> list[tuple[str, str, float]]:
@@ -87,6 +104,15 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
                 if f"seed={s} " + label(attack, defence, dropout) in cache]
         return mean(vals) if len(vals) == len(seeds) else None
 
+    def partial(attack: str, defence: str, dropout: float) -> str:
+        """A cell run on only some seeds: their mean, marked with how many."""
+        vals = {s: cache[f"seed={s} " + label(attack, defence, dropout)] for s in seeds
+                if f"seed={s} " + label(attack, defence, dropout) in cache}
+        if not vals:
+            return "n/a"
+        return (f"{pct(mean([v['final'] for v in vals.values()]))} "
+                f"({pct(mean([v['last5'] for v in vals.values()]))}) [seed {', '.join(map(str, vals))} only]")
+
     clean = get("none", "none", 0.0)
     dflt = RunConfig()  # the attack parameters every run used (the shipped defaults)
     m = len(malicious_partitions(args.clients, args.fraction, seeds[0]))
@@ -111,7 +137,9 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
         "`median`, `trimmed-mean` (20% each side), `clip` (adaptive: RMS per held coordinate capped at the "
         "round's median), `multi-krum` and `bulyan` (f = 20% of the round's replies, distances over shared "
         "coordinates), `fltrust` (root set: 100 labelled proxy samples on the server), `clip+median`. "
-        "No norm guard (`norm-guard = 0`) in any run, so FedAvg is plain FedAvg.", "",
+        f"`guard` is the server's norm guard (`norm-guard = {GUARD_Z:g}`: a reply whose update RMS is more than "
+        f"{GUARD_Z:g} robust z-scores above the round's median is dropped), alone or in front of a rule "
+        "(`guard+clip`). FedAvg runs have no guard (`norm-guard = 0`): plain FedAvg.", "",
         "Figures: final test accuracy of the global model in % (mean over seeds); in brackets the mean of the "
         "last 5 rounds.", "",
         f"Clean run (no attack, no defence): **{pct(clean)}** ({pct(clean5)}).", "",
@@ -125,7 +153,8 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
         best_name, best = "n/a", None
         for d in args.defences:
             v = get(attack, d, 0.0)
-            cells.append(f"{pct(v)} ({pct(get(attack, d, 0.0, 'last5'))})")
+            cells.append(f"{pct(v)} ({pct(get(attack, d, 0.0, 'last5'))})" if v is not None
+                         else partial(attack, d, 0.0))
             if v is not None and (best is None or v > best):
                 best_name, best = d, v
         gap = f"{100 * (best - clean):+.2f}" if best is not None and clean is not None else "n/a"
@@ -176,7 +205,7 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[1])
-    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=40)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--fraction", type=float, default=0.2)
     ap.add_argument("--attacks", nargs="+", default=list(ATTACKS))

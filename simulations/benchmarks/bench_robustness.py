@@ -158,7 +158,9 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
             if v is not None and (best is None or v > best):
                 best_name, best = d, v
         gap = f"{100 * (best - clean):+.2f}" if best is not None and clean is not None else "n/a"
-        lines.append(f"| {attack} | {pct(fed)} ({pct(get(attack, 'none', 0.0, 'last5'))}) | " + " | ".join(cells)
+        fed_cell = (f"{pct(fed)} ({pct(get(attack, 'none', 0.0, 'last5'))})" if fed is not None
+                    else partial(attack, "none", 0.0))
+        lines.append(f"| {attack} | {fed_cell} | " + " | ".join(cells)
                      + f" | {best_name} | {gap} |")
         if attack in TARGET_ATTACKS and best is not None and clean is not None and fed is not None:
             ok_best = best >= clean - 0.02

@@ -26,8 +26,7 @@ from fedshrink.config import RunConfig
 from fedshrink.data import Splits, make_splits
 from fedshrink.distill import DistillReport, distill_and_export
 from fedshrink.errors import ConfigError, ReplyError
-from fedshrink.fragments import extract, make_policy
-from fedshrink.fragments.scaler import build_sub_model
+from fedshrink.fragments.fusion import prefix_sub_model
 from fedshrink.models import ModelSpec, build_model, count_parameters, freeze_batch_stats
 from fedshrink.report import RunConsole, RunDirectory, build_report
 from fedshrink.resources import ResourceLedger
@@ -105,13 +104,10 @@ def evaluate_widths(strategy: FragmentStrategy, model: torch.nn.Module, spec: Mo
     """Test accuracy of the sub-model of every width in use (its static, prefix fragment)."""
     out: dict[str, float] = {}
     state = {k: v.numpy() for k, v in model.state_dict().items()}
-    static = make_policy("static")
     for width in strategy.widths_in_use():
         if width >= 1.0:
             continue
-        sub = extract(state, strategy.graph, static.spec_for(strategy.graph, width, 0, 0))
-        sub_model = build_sub_model(spec, width, scaled=strategy.input_scaling)
-        sub_model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()})
+        sub_model = prefix_sub_model(state, strategy.graph, spec, width, scaled=strategy.input_scaling)
         out[f"{width:g}"] = evaluate(for_evaluation(sub_model, splits), splits.test).accuracy
     return out
 

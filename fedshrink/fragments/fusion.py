@@ -109,6 +109,13 @@ def _load(model: nn.Module, state: Mapping[str, np.ndarray]) -> nn.Module:
     return model
 
 
+def prefix_sub_model(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSpec, width: float, *,
+                     scaled: bool = False) -> nn.Module:
+    """The sub-model at ``width`` holding the static prefix of the full ``state`` (the nested sub-model)."""
+    prefix = make_policy("static").spec_for(graph, width, 0, 0)
+    return _load(build_sub_model(model_spec, width, scaled=scaled), extract(state, graph, prefix))
+
+
 def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSpec, widths: Sequence[float],
          x: torch.Tensor, config: FusionConfig, *, scaled: bool = False) -> dict[str, np.ndarray]:
     """Distil the sub-models at ``widths`` (< 1) of ``state`` into its coordinates outside the widest of them.
@@ -122,11 +129,9 @@ def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSp
     inner = inner_spec(graph, widths)
     if inner is None or len(x) == 0:
         return dict(state)
-    static = make_policy("static")
     probs = []
     for w in sorted({w for w in widths if w < 1.0}):
-        sub = _load(build_sub_model(model_spec, w, scaled=scaled),
-                    extract(state, graph, static.spec_for(graph, w, 0, 0)))
+        sub = prefix_sub_model(state, graph, model_spec, w, scaled=scaled)
         sub.train()  # as the clients run it: batch statistics with model-norm = batch
         with torch.no_grad():
             probs.append(torch.softmax(sub(x) / config.temperature, dim=1))  # (N, K)

@@ -75,9 +75,9 @@ def node_profile(cfg: RunConfig, node: NodeIdentity, node_config: Mapping[str, o
     """The node's device profile: ``profile=...`` in its node config, else its share of the run's mix."""
     if "profile" in node_config:
         return get_profile(str(node_config["profile"]))
-    if not cfg.profile_mix:
+    if not cfg.fragments.profile_mix:
         return get_profile("laptop")
-    return get_profile(assign_profiles(cfg.profile_mix, node.num_partitions, cfg.seed)[node.partition_id])
+    return get_profile(assign_profiles(cfg.fragments.profile_mix, node.num_partitions, cfg.seed)[node.partition_id])
 
 
 @app.query("profile")
@@ -137,8 +137,8 @@ def finish_local_model(model: nn.Module, prof: DeviceProfile | None) -> dict[str
 
 def attack_of(cfg: RunConfig, node: NodeIdentity) -> AttackConfig | None:
     """The run's simulated attack if this partition is one of the malicious ones (chosen from the seed)."""
-    attack = cfg.attack_config()
-    if attack is None or node.partition_id not in malicious_partitions(node.num_partitions, cfg.attack_fraction,
+    attack = cfg.robust.attack_config()
+    if attack is None or node.partition_id not in malicious_partitions(node.num_partitions, cfg.robust.attack_fraction,
                                                                        cfg.seed):
         return None
     return attack
@@ -158,7 +158,7 @@ def attack_context(cfg: RunConfig, node: NodeIdentity, server_round: int, spec: 
         trained = model.state_dict()
         return {key: trained[key] - received[key] for key in received}
 
-    num_malicious = len(malicious_partitions(node.num_partitions, cfg.attack_fraction, cfg.seed))
+    num_malicious = len(malicious_partitions(node.num_partitions, cfg.robust.attack_fraction, cfg.seed))
     gen = torch.Generator().manual_seed(seed_for(cfg.seed, server_round, node.partition_id, 4))
     return AttackContext(gen, node.num_partitions, num_malicious, retrain)
 
@@ -171,7 +171,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = read_number(config, "server-round", int)
     spec = ModelSpec.from_json(str(config["model-spec"]))
 
-    if drops_out(cfg.seed, server_round, node.partition_id, cfg.dropout_rate):  # before touching context.state
+    if drops_out(cfg.seed, server_round, node.partition_id, cfg.robust.dropout_rate):  # before touching context.state
         raise ClientDropout(node.partition_id, server_round)
     attack = attack_of(cfg, node)
     split = node_split_spec(cfg.split_spec(), context.node_config)  # in deployment the node names its data
@@ -179,10 +179,10 @@ def train(msg: Message, context: Context) -> Message:
     if attack is not None:
         data = attack.poison_data(data, spec.num_classes)
     uplink = Chain.parse(str(config.get("uplink-chain", "raw")))
-    settings = TrainSettings.from_config(config)
-    torch.set_num_threads(cfg.client_threads)
+    settings = TrainSettings.from_values({s.key: config.get(s.key) for s in TrainSettings.settings()})
+    torch.set_num_threads(cfg.resources.client_threads)
     bytes_in = message_size(msg)
-    with ResourceMeter(watts_per_core=cfg.watts_per_core) as meter:  # decode, train, encode
+    with ResourceMeter(watts_per_core=cfg.resources.watts_per_core) as meter:  # decode, train, encode
         received = decode_record(msg.content.array_records[ARRAYS_KEY])
         model, prof = build_local_model(spec, received, config)
         nested = nested_distiller(spec, config, model_width(config))

@@ -184,25 +184,32 @@ def parse_mix(text: str) -> dict[str, float]:
     """``"iot:0.4,phone:0.4,laptop:0.2"`` -> ``{"iot": 0.4, ...}``.
 
     Names must be registered profiles, each once; fractions > 0 summing to 1
-    within 1e-6. Any fault is a one-line :class:`ConfigError`.
+    within 1e-6. Each fault is a one-line :class:`ConfigError` saying which.
     """
-    allowed = "comma-separated name:fraction pairs of known profiles (" + ", ".join(sorted(PROFILES))
-    allowed += "), fractions > 0 summing to 1"
+    known = ", ".join(sorted(PROFILES))
+    form = f"name:share pairs joined by ',' such as 'phone:0.4,laptop:0.6' (known profiles: {known})"
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError("profile-mix", text, allowed)
+        raise ConfigError("profile-mix", text, form)
     mix: dict[str, float] = {}
     for part in text.split(","):
         name, sep, frac = part.partition(":")
         name = name.strip()
+        if not sep:
+            raise ConfigError("profile-mix", text, f"{form}; {part.strip()!r} has no ':share'")
+        if name not in PROFILES:
+            raise ConfigError("profile-mix", text, f"known profiles only ({known}); {name!r} is not one")
+        if name in mix:
+            raise ConfigError("profile-mix", text, f"each profile once; {name!r} appears twice")
         try:
             value = float(frac)
         except ValueError:
             value = float("nan")
-        if not sep or name not in PROFILES or name in mix or not (math.isfinite(value) and value > 0):
-            raise ConfigError("profile-mix", text, allowed)
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError("profile-mix", text, f"shares that are numbers > 0; {name!r} has {frac.strip()!r}")
         mix[name] = value
-    if abs(math.fsum(mix.values()) - 1.0) > 1e-6:
-        raise ConfigError("profile-mix", text, allowed + f" (they sum to {math.fsum(mix.values()):g})")
+    total = math.fsum(mix.values())
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError("profile-mix", text, f"shares summing to 1 (they sum to {total:g})")
     return mix
 
 

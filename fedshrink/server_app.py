@@ -59,7 +59,7 @@ def main(grid: Grid, context: Context) -> None:
 def train_config_for(cfg: RunConfig, spec: ModelSpec) -> ConfigRecord:
     """The per-round settings every client trains with (taken from the run config)."""
     return ConfigRecord(
-        {"model-spec": spec.to_json(), "uplink-chain": cfg.uplink_chain, **cfg.train_settings().to_config()}
+        {"model-spec": spec.to_json(), "uplink-chain": cfg.chains.uplink_chain, **cfg.training.to_values()}
     )
 
 
@@ -118,11 +118,11 @@ def root_trainer(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> RootUpdate:
     The server holds these labels (FLTrust's threat model: a small clean root
     set collected by the service); the rest of the proxy split stays unlabeled.
     """
-    n = min(cfg.fltrust_root_size, len(splits.proxy))
+    n = min(cfg.robust.extras["fltrust-root-size"], len(splits.proxy))
     if n < 1:
-        raise ConfigError("defence", cfg.defence, "no fltrust when the proxy split is empty (proxy-fraction = 0)")
+        raise ConfigError("defence", cfg.robust.defence, "no fltrust when the proxy split is empty (proxy-fraction = 0)")
     root = splits.proxy.subset(np.arange(n))
-    settings = cfg.train_settings()
+    settings = cfg.training
 
     def update(global_state: Mapping[str, np.ndarray], server_round: int) -> dict[str, np.ndarray]:
         model = build_model(spec)
@@ -175,59 +175,59 @@ def serve(
     *,
     base_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Run ``cfg.num_server_rounds`` rounds on ``grid``; return the summary written to disk."""
+    """Run ``cfg.federation.num_server_rounds`` rounds on ``grid``; return the summary written to disk."""
     t_start = time.perf_counter()
     cfg = resumed_config(cfg)  # resume: the settings the run was started with
     splits = make_splits(cfg.split_spec())
-    spec = ModelSpec(cfg.model, splits.input_shape, splits.num_classes, cfg.model_width, cfg.model_norm)
+    spec = ModelSpec(cfg.model.model, splits.input_shape, splits.num_classes, cfg.model.model_width, cfg.model.model_norm)
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     common = dict(
-        fraction_train=cfg.fraction_train,
-        min_train_clients=cfg.min_train_clients,
-        min_available_nodes=cfg.min_train_clients,
+        fraction_train=cfg.federation.fraction_train,
+        min_train_clients=cfg.federation.min_train_clients,
+        min_available_nodes=cfg.federation.min_train_clients,
         seed=cfg.seed,
-        wait_timeout=cfg.round_timeout,
-        downlink_chain=cfg.downlink_chain,
-        max_reply_bytes=cfg.max_reply_bytes,
-        norm_guard=cfg.norm_guard,
+        wait_timeout=cfg.federation.round_timeout,
+        downlink_chain=cfg.chains.downlink_chain,
+        max_reply_bytes=cfg.federation.max_reply_bytes,
+        norm_guard=cfg.robust.norm_guard,
     )
     base: FedShrink = (
-        FragmentStrategy(model_spec=spec, policy=cfg.fragment_policy, pruned_as_zero=cfg.pruned_as_zero,
-                         input_scaling=cfg.fragment_scaling, nested=cfg.nested_config(),
-                         derive_masks=cfg.derive_masks, init=cfg.fragment_init, fusion=cfg.fusion_config(),
-                         proxy_x=torch.from_numpy(splits.proxy.x) if cfg.fusion_steps else None, **common)
-        if cfg.profile_mix
+        FragmentStrategy(model_spec=spec, policy=cfg.fragments.policy(cfg.seed), pruned_as_zero=cfg.fragments.pruned_as_zero,
+                         input_scaling=cfg.fragments.fragment_scaling, nested=cfg.fragments.nested(),
+                         derive_masks=cfg.fragments.derive_masks, init=cfg.fragments.fragment_init, fusion=cfg.fragments.fusion(),
+                         proxy_x=torch.from_numpy(splits.proxy.x) if cfg.fragments.fusion_steps else None, **common)
+        if cfg.fragments.profile_mix
         else FedShrink(**common)  # type: ignore[arg-type]
     )
     # robust aggregation wraps the strategy (fedshrink/robust); `base` stays the FedShrink it wraps
-    env = DefenceEnv(root_update=root_trainer(cfg, spec, splits)) if "fltrust" in cfg.defence.split("+") \
+    env = DefenceEnv(root_update=root_trainer(cfg, spec, splits)) if "fltrust" in cfg.robust.defence.split("+") \
         else DefenceEnv()
-    strategy: Strategy = build_defence(base, cfg.defence, cfg.defence_params(), env)
-    rundir = RunDirectory(Path(cfg.resume).expanduser()) if cfg.resume else RunDirectory.create(cfg, base=base_dir)
+    strategy: Strategy = build_defence(base, cfg.robust.defences(), env)
+    rundir = RunDirectory(Path(cfg.robust.resume).expanduser()) if cfg.robust.resume else RunDirectory.create(cfg, base=base_dir)
     ledger = ResourceLedger()
-    console = RunConsole(quiet=cfg.quiet)
+    console = RunConsole(quiet=cfg.output.quiet)
     say = console.say
     say(
-        f"fedshrink: {cfg.dataset} ({len(splits.train)} client samples, {len(splits.test)} test, "
-        f"{len(splits.proxy)} proxy), {cfg.model} x{cfg.model_width} ({count_parameters(model):,} "
-        f"parameters), {cfg.num_server_rounds} rounds -> {rundir.path}"
+        f"fedshrink: {cfg.data.dataset} ({len(splits.train)} client samples, {len(splits.test)} test, "
+        f"{len(splits.proxy)} proxy), {cfg.model.model} x{cfg.model.model_width} ({count_parameters(model):,} "
+        f"parameters), {cfg.federation.num_server_rounds} rounds -> {rundir.path}"
     )
 
     arrays = ArrayRecord(model.state_dict())
     train_config = train_config_for(cfg, spec)
     history: list[dict[str, Any]] = []
     first_round = 1
-    if cfg.resume:
+    if cfg.robust.resume:
         arrays, history = resume_from(rundir, base, ledger, grid)
         first_round = len(history) + 1
         say(f"resuming {rundir.path} after round {first_round - 1}")
-    console.start(cfg.num_server_rounds, title=f"{cfg.dataset} / {cfg.model}")
+    console.start(cfg.federation.num_server_rounds, title=f"{cfg.data.dataset} / {cfg.model.model}")
     try:
-        for rnd in range(first_round, cfg.num_server_rounds + 1):
+        for rnd in range(first_round, cfg.federation.num_server_rounds + 1):
             t0 = time.perf_counter()
             messages = list(strategy.configure_train(rnd, arrays, train_config, grid))
-            replies = grid.send_and_receive(messages, timeout=cfg.round_timeout)
+            replies = grid.send_and_receive(messages, timeout=cfg.federation.round_timeout)
             new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             if new_arrays is not None:
                 arrays = new_arrays
@@ -235,7 +235,7 @@ def serve(
             ev = evaluate(for_evaluation(model, splits), splits.test)
             outcome = base.outcomes[-1]
             width_acc = evaluate_widths(base, model, spec, splits) if isinstance(base, FragmentStrategy) else {}
-            if cfg.distill and cfg.distill_every and rnd % cfg.distill_every == 0 and rnd < cfg.num_server_rounds:
+            if cfg.distill.distill and cfg.distill.distill_every and rnd % cfg.distill.distill_every == 0 and rnd < cfg.federation.num_server_rounds:
                 t_d = time.perf_counter()
                 distill_student(cfg, spec, model, base, splits, rundir.path / f"student-round-{rnd}", say)
                 ledger.add_server(rnd, distillation_seconds=time.perf_counter() - t_d)
@@ -270,11 +270,11 @@ def serve(
             }
             rundir.append_round(record)
             history.append(record)
-            if cfg.checkpoint:
+            if cfg.robust.checkpoint:
                 write_checkpoint(rundir, rnd, arrays, base, ledger, grid)
             console.round(record)
             say(
-                f"round {rnd:>3}/{cfg.num_server_rounds}  accuracy {ev.accuracy:.4f}  "
+                f"round {rnd:>3}/{cfg.federation.num_server_rounds}  accuracy {ev.accuracy:.4f}  "
                 f"loss {ev.loss:.4f}  {record['seconds']:6.2f}s  "
                 f"clients {len(outcome.good)}/{len(messages)}" + ("  (skipped)" if outcome.skipped else "")
             )
@@ -290,13 +290,13 @@ def serve(
         "accuracy": final["accuracy"],
         "loss": final["loss"],
         "best-accuracy": max(r["accuracy"] for r in history),
-        "rounds": cfg.num_server_rounds,
+        "rounds": cfg.federation.num_server_rounds,
         "rounds-skipped": sum(r["skipped"] for r in history),
         "replies-dropped": sum(r["clients-dropped"] for r in history),
-        "defence": cfg.defence,
-        "attack": cfg.attack if cfg.attack_fraction > 0 else "none",
+        "defence": cfg.robust.defence,
+        "attack": cfg.robust.attack if cfg.robust.attack_fraction > 0 else "none",
         "clients": len(list(grid.get_node_ids())),
-        "model": cfg.model,
+        "model": cfg.model.model,
         "model-parameters": count_parameters(model),
         "seconds": time.perf_counter() - t_start,
         "bytes-up": sum(r["bytes-up"] for r in history),
@@ -307,11 +307,11 @@ def serve(
         "resources": ledger.summary(),
         "run-dir": str(rundir.path),
     }
-    if cfg.distill:
+    if cfg.distill.distill:
         t_d = time.perf_counter()
         student = distill_student(cfg, spec, model, base, splits, rundir.path, say)
         summary["distillation-seconds"] = time.perf_counter() - t_d
-        ledger.add_server(cfg.num_server_rounds, distillation_seconds=summary["distillation-seconds"])
+        ledger.add_server(cfg.federation.num_server_rounds, distillation_seconds=summary["distillation-seconds"])
         summary["student"] = {
             "model": f"{student.student_spec.name} x{student.student_spec.width:g}",
             "params": student.student["params"],

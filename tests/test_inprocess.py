@@ -23,7 +23,7 @@ def test_run_writes_run_directory(quick: dict[str, Any]) -> None:
     files = {p.name for p in result.run_dir.iterdir()}
     assert {"config.json", "metrics.jsonl", "summary.json", "global_model.pt"} <= files
     rundir = RunDirectory(result.run_dir)
-    assert rundir.read_config().num_server_rounds == 3
+    assert rundir.read_config().federation.num_server_rounds == 3
     rounds = rundir.read_rounds()
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(r["clients-good"] == 5 and r["clients-dropped"] == 0 for r in rounds)

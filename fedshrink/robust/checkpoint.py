@@ -151,12 +151,12 @@ def resumed_config(cfg: Any) -> Any:
 
     Typed loosely to keep this module free of :mod:`fedshrink.config` (which imports :mod:`fedshrink.robust`).
     """
-    if not cfg.resume:
+    if not cfg.robust.resume:
         return cfg
     from fedshrink.config import RunConfig
     from fedshrink.errors import ConfigError
 
-    path = Path(cfg.resume).expanduser() / "config.json"
+    path = Path(cfg.robust.resume).expanduser() / "config.json"
     if not path.is_file():
-        raise ConfigError("resume", cfg.resume, "a run directory holding config.json and checkpoint.pt")
-    return RunConfig.from_json(path.read_text()).replace(resume=cfg.resume, quiet=cfg.quiet)
+        raise ConfigError("resume", cfg.robust.resume, "a run directory holding config.json and checkpoint.pt")
+    return RunConfig.from_json(path.read_text()).with_values({"resume": cfg.robust.resume, "quiet": cfg.output.quiet})

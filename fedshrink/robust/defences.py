@@ -45,6 +45,7 @@ from fedshrink.robust.rules import (
     norms,
     trimmed_mean,
 )
+from fedshrink.settings import at_least, between, option, validate_options
 
 # (global state, round) -> the server's update on its root set, in the global model's shapes
 RootUpdate = Callable[[Mapping[str, np.ndarray], int], Mapping[str, np.ndarray]]
@@ -76,9 +77,10 @@ def _byz(fraction: float, n: int) -> int:
     return int(math.floor(fraction * n))
 
 
-def _check_fraction(key: str, v: float, hi: float) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < hi:
-        raise ConfigError(key, v, f"a number in [0, {hi})")
+def _byzantine_fraction() -> Any:
+    """The setting multi-krum and bulyan share."""
+    return option(0.2, "multi-krum and bulyan: share of the round's replies assumed malicious (f)",
+                  rule=between(0, 0.5, hi_open=True), key="byzantine-fraction")
 
 
 # -- median ------------------------------------------------------------------------------
@@ -113,10 +115,11 @@ class _TrimmedMeanStage(Combiner):
 class TrimmedMeanConfig(DefenceConfig):
     name: ClassVar[str] = "trimmed-mean"
     combines: ClassVar[bool] = True
-    trim: float = 0.2
+    trim: float = option(0.2, "trimmed-mean: share dropped at each end, per coordinate",
+                         rule=between(0, 0.5, hi_open=True), key="trim-fraction")
 
     def __post_init__(self) -> None:
-        _check_fraction("trim-fraction", self.trim, 0.5)
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         return _TrimmedMeanStage(self.trim)
@@ -137,10 +140,10 @@ class _BulyanStage(Combiner):
 class BulyanConfig(DefenceConfig):
     name: ClassVar[str] = "bulyan"
     combines: ClassVar[bool] = True
-    byzantine_fraction: float = 0.2
+    byzantine_fraction: float = _byzantine_fraction()
 
     def __post_init__(self) -> None:
-        _check_fraction("byzantine-fraction", self.byzantine_fraction, 0.5)
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         return _BulyanStage(self.byzantine_fraction)
@@ -163,11 +166,12 @@ class _ClipStage(Transform):
 @dataclass(frozen=True)
 class ClipConfig(DefenceConfig):
     name: ClassVar[str] = "clip"
-    max_norm: float = 0.0  # 0: adaptive (RMS per held coordinate capped at the round's median)
+    max_norm: float = option(0.0, "clip: L2 bound of each decoded update",
+                             rule=at_least(0).noting("0 = adaptive: RMS per held coordinate capped at the round's "
+                                                     "median"), key="clip-norm")
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_norm, bool) or not isinstance(self.max_norm, int | float) or self.max_norm < 0:
-            raise ConfigError("clip-norm", self.max_norm, "a number >= 0 (0 = adaptive, the round's median)")
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         return _ClipStage(float(self.max_norm))
@@ -188,10 +192,10 @@ class _MultiKrumStage(Transform):
 @dataclass(frozen=True)
 class MultiKrumConfig(DefenceConfig):
     name: ClassVar[str] = "multi-krum"
-    byzantine_fraction: float = 0.2
+    byzantine_fraction: float = _byzantine_fraction()
 
     def __post_init__(self) -> None:
-        _check_fraction("byzantine-fraction", self.byzantine_fraction, 0.5)
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         return _MultiKrumStage(self.byzantine_fraction)
@@ -213,11 +217,11 @@ class _FLTrustStage(Transform):
 @dataclass(frozen=True)
 class FLTrustConfig(DefenceConfig):
     name: ClassVar[str] = "fltrust"
-    root_size: int = 100  # labelled samples the server holds (taken from its proxy split)
+    root_size: int = option(100, "fltrust: labelled samples of the server's proxy split used as the root set",
+                            rule=at_least(1), key="fltrust-root-size")
 
     def __post_init__(self) -> None:
-        if isinstance(self.root_size, bool) or not isinstance(self.root_size, int) or self.root_size < 1:
-            raise ConfigError("fltrust-root-size", self.root_size, "an integer >= 1")
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         if env.root_update is None:

@@ -15,15 +15,14 @@ replies first::
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedshrink.errors import ConfigError
-from fedshrink.robust.defences import DEFENCES, ClipConfig, DefenceConfig, DefenceEnv, FLTrustConfig, parse_defence
+from fedshrink.robust.defences import DEFENCES, ClipConfig, DefenceConfig, DefenceEnv, FLTrustConfig
 from fedshrink.robust.fold import Combiner, Stage
 from fedshrink.strategy.fedshrink import FedShrink
 
@@ -96,14 +95,8 @@ class FLTrust(RobustAggregation):
         super().__init__(strategy, FLTrustConfig(root_size), env)
 
 
-def build_defence(strategy: Strategy, spec: str, params: Mapping[str, Mapping[str, Any]] | None = None,
-                  env: DefenceEnv | None = None) -> Strategy:
-    """Wrap ``strategy`` in the defences named by ``spec`` (``"none"``, ``"median"``, ``"clip+median"`` ...).
-
-    ``params`` maps a defence name to its config options. The first named is
-    the outermost wrapper, so it runs first.
-    """
-    params = params or {}
-    for name in reversed(parse_defence(spec)):
-        strategy = RobustAggregation(strategy, DEFENCES[name](**dict(params.get(name, {}))), env)
+def build_defence(strategy: Strategy, defences: Sequence[DefenceConfig], env: DefenceEnv | None = None) -> Strategy:
+    """Wrap ``strategy`` in ``defences`` (the first is the outermost wrapper, so it runs first)."""
+    for rule in reversed(list(defences)):
+        strategy = RobustAggregation(strategy, rule, env)
     return strategy

@@ -40,7 +40,15 @@ from flwr.serverapp import Grid
 from fedshrink.compression import decode_record, encode_state
 from fedshrink.compression.pruning import decode_masks, mask_digest
 from fedshrink.errors import ConfigError, DecodeError, ReplyError
-from fedshrink.fragments import Contribution, FragmentSpec, aggregate_fragments, build_graph, extract, make_policy
+from fedshrink.fragments import (
+    Contribution,
+    FragmentPolicy,
+    FragmentSpec,
+    aggregate_fragments,
+    build_graph,
+    extract,
+    make_policy,
+)
 from fedshrink.fragments import scatter as scatter_fragment
 from fedshrink.fragments.fusion import INITS, FusionConfig, fuse, inner_spec, nested_init
 from fedshrink.fragments.local import derivable, derive_masks
@@ -72,14 +80,14 @@ class FragmentStrategy(FedShrink):
     unlabelled inputs fusion distils on.
     """
 
-    def __init__(self, *, model_spec: ModelSpec, policy: str = "rolling", pruned_as_zero: bool = False,
+    def __init__(self, *, model_spec: ModelSpec, policy: str | FragmentPolicy = "rolling", pruned_as_zero: bool = False,
                  input_scaling: bool = False, nested: NestedConfig | None = None, derive_masks: bool = False,
                  init: str = "random", fusion: FusionConfig | None = None, proxy_x: torch.Tensor | None = None,
                  **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.model_spec = model_spec
         self.graph = build_graph(build_model(model_spec))
-        self.policy = make_policy(policy)
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.pruned_as_zero = pruned_as_zero
         self.input_scaling = input_scaling
         self.nested = nested

@@ -45,7 +45,8 @@ def test_shipped_profiles() -> None:
     assert [p.width for p in shipped] == sorted(p.width for p in shipped)
     # the same local training as a full-width run with the default settings
     defaults = RunConfig()
-    assert all(p.local_epochs == defaults.local_epochs and p.batch_size == defaults.batch_size for p in shipped)
+    train = defaults.training
+    assert all(p.local_epochs == train.epochs and p.batch_size == train.batch_size for p in shipped)
 
 
 @pytest.mark.parametrize(

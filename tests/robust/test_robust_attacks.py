@@ -37,8 +37,9 @@ def test_attack_configs_round_trip_and_refuse_bad_values() -> None:
         AlieConfig(samples=1)
     with pytest.raises(ConfigError, match="attack"):
         attack_from_json({"name": "backdoor"})
-    assert RunConfig(attack="gaussian", attack_noise_std=0.5).attack_config() == GaussianConfig(0.5)
-    assert RunConfig().attack_config() is None
+    cfg = RunConfig.from_mapping({"attack": "gaussian", "attack-noise-std": 0.5})
+    assert cfg.robust.attack_config() == GaussianConfig(0.5)
+    assert RunConfig().robust.attack_config() is None
 
 
 def test_update_attacks() -> None:

@@ -15,7 +15,7 @@ from fedshrink.compression.pruning import encode_masks
 from fedshrink.errors import ConfigError
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.profiles import get_profile
-from fedshrink.robust.defences import MedianConfig, TrimmedMeanConfig
+from fedshrink.robust.defences import ClipConfig, MedianConfig, TrimmedMeanConfig
 from fedshrink.robust.wrappers import NormClipping, RobustAggregation, build_defence, unwrap
 from fedshrink.runner.inprocess import server_identity
 from fedshrink.strategy import FedShrink
@@ -61,7 +61,7 @@ def test_median_wrapper_resists_one_scaled_reply() -> None:
 
 def test_wrappers_compose_outer_first_and_refuse_two_combiners() -> None:
     base = FedShrink()
-    s = build_defence(base, "clip+trimmed-mean", {"trimmed-mean": {"trim": 0.1}})
+    s = build_defence(base, [ClipConfig(), TrimmedMeanConfig(0.1)])
     assert unwrap(s) is base and [st.name for st in base.aggregation_stages] == ["clip", "trimmed-mean"]
     assert isinstance(s, RobustAggregation) and s.rule.name == "clip"
     with pytest.raises(ConfigError, match="combining"):
@@ -69,7 +69,7 @@ def test_wrappers_compose_outer_first_and_refuse_two_combiners() -> None:
     other = FedShrink()
     NormClipping(RobustAggregation(other, TrimmedMeanConfig(0.2)), 1.0)
     assert [st.name for st in other.aggregation_stages] == ["clip", "trimmed-mean"]
-    assert build_defence(FedShrink(), "none").__class__ is FedShrink
+    assert build_defence(FedShrink(), []).__class__ is FedShrink
 
 
 @pytest.mark.parametrize("pruned_as_zero", [False, True])

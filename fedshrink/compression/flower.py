@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.common.serde import message_to_proto, recorddict_to_proto
+from flwr.common.serde import message_to_proto, metadata_to_proto, recorddict_to_proto
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from fedshrink.compression.chain import Chain
@@ -45,6 +45,7 @@ from fedshrink.compression.wire import (
     EncodedTensor,
     ParsedTensor,
     decode_parsed,
+    decode_parsed_with_support,
     parse_tensor,
 )
 from fedshrink.errors import ConfigError, DecodeError, ReplyError
@@ -167,6 +168,23 @@ def _parse_record(
     return header, parsed
 
 
+def parse_record(record: ArrayRecord, limits: DecodeLimits = DEFAULT_LIMITS
+                 ) -> tuple[pb.TensorUpdate | None, list[ParsedTensor]]:
+    """First phase of decoding a record: every header parsed and checked against the caps, nothing decoded.
+
+    A caller can then check names, shapes, dtypes and codecs against what it
+    expects before :func:`decode_with_support` allocates anything.
+    """
+    return _parse_record(record, limits)
+
+
+def decode_with_support(record: ArrayRecord, limits: DecodeLimits = DEFAULT_LIMITS
+                        ) -> dict[str, tuple[torch.Tensor, np.ndarray | None]]:
+    """Every tensor of a record with the mask of the elements actually sent (None for dense tensors)."""
+    _, parsed = _parse_record(record, limits)
+    return {p.name: decode_parsed_with_support(p) for p in parsed}
+
+
 def decode_record(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
     """Decode every tensor of a record (validating all headers first); raise DecodeError."""
     _, parsed = _parse_record(record, limits)
@@ -202,17 +220,31 @@ def recorddict_nbytes(content: RecordDict) -> int:
     return int(recorddict_to_proto(content).ByteSize())
 
 
-def message_nbytes(message: Message, *, mode: str = "proto") -> int:
+def _field_nbytes(payload: int) -> int:
+    """Bytes of a length-delimited protobuf field with a one-byte tag and a ``payload``-byte body."""
+    return 1 + _varint_nbytes(payload) + payload
+
+
+def _varint_nbytes(n: int) -> int:
+    """The size of protobuf's varint encoding of ``n`` >= 0."""
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def message_nbytes(message: Message, *, mode: str = "proto", content_nbytes: int | None = None) -> int:
     """Bytes of a whole Flower Message.
 
     ``mode="proto"``: the size of Flower's protobuf ``Message`` (metadata +
-    content + error) from ``flwr.common.serde.message_to_proto``.
+    content + error) from ``flwr.common.serde.message_to_proto``. With
+    ``content_nbytes`` (the content's serialized size, measured once for
+    messages that share it) only the metadata is serialized here.
     ``mode="objects"``: the sum of the deflated objects Flower 1.42's transport
     pushes for it (message, records, arrays and array chunks, each unique object
     once); a few hundred bytes more than ``"proto"`` per message.
     """
     if mode == "proto":
-        return int(message_to_proto(message).ByteSize())
+        if content_nbytes is None or message.has_error():
+            return int(message_to_proto(message).ByteSize())
+        return _field_nbytes(int(metadata_to_proto(message.metadata).ByteSize())) + _field_nbytes(content_nbytes)
     if mode == "objects":
         from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 

@@ -118,6 +118,11 @@ class ParsedTensor:
     index_nbytes: int
     value_nbytes: int
 
+    @property
+    def codec_ids(self) -> tuple[str, ...]:
+        """The codecs of the tensor's chain, in encode order."""
+        return tuple(stage.codec for stage in self.proto.stages)
+
 
 def _fault(name: str, fault: str) -> DecodeError:
     return DecodeError(name, fault)
@@ -253,13 +258,24 @@ def _validate(ct: pb.CompressedTensor, label: str, limits: DecodeLimits) -> Pars
 
 def decode_parsed(p: ParsedTensor) -> torch.Tensor:
     """Second phase of decoding: payload to tensor (see :func:`parse_tensor`)."""
+    return decode_parsed_with_support(p)[0]
+
+
+def decode_parsed_with_support(p: ParsedTensor) -> tuple[torch.Tensor, npt.NDArray[np.bool_] | None]:
+    """Like :func:`decode_parsed`, and which elements were sent: a bool mask of the tensor's shape for a
+    sparsified tensor (its index set, whatever the values decode to), None for a dense one."""
     try:
-        return _decode(p)
+        tensor, idx = _decode(p)
     except ValueError as exc:
         raise _fault(p.name, str(exc)) from None
+    if idx is None:
+        return tensor, None
+    support = np.zeros(p.numel, dtype=bool)
+    support[idx] = True
+    return tensor, support.reshape(p.shape)
 
 
-def _decode(p: ParsedTensor) -> torch.Tensor:
+def _decode(p: ParsedTensor) -> tuple[torch.Tensor, npt.NDArray[np.int64] | None]:
     ct = p.proto
     payload: bytes = ct.payload
     if p.entropy is not None:
@@ -295,14 +311,16 @@ def _decode(p: ParsedTensor) -> torch.Tensor:
         dense = np.zeros(p.numel, dtype=values.dtype)
         dense[idx] = values
         values = dense
+    if p.dtype in FLOAT_DTYPES and values.dtype != np.uint16 and not np.isfinite(values).all():
+        raise ValueError("non-finite values")
     t = torch.from_numpy(np.ascontiguousarray(values))
     if p.dtype == "bfloat16" and p.value is None:
         t = t.view(torch.bfloat16)
     elif t.dtype != torch_dtype:
         t = t.to(torch_dtype)
-    if p.dtype in FLOAT_DTYPES and not bool(torch.isfinite(t).all()):
+    if p.dtype == "bfloat16" and p.value is None and not bool(torch.isfinite(t).all()):
         raise ValueError("non-finite values")
-    return t.reshape(p.shape)
+    return t.reshape(p.shape), idx
 
 
 def decode_tensor(

@@ -33,7 +33,7 @@ def unique_run_name(cfg: RunConfig) -> str:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -78,7 +78,7 @@ class RunDirectory:
 
     def append_round(self, record: dict[str, Any]) -> None:
         with open(self.path / self.METRICS, "a") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+            fh.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
 
     def rewrite_rounds(self, records: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` with ``records``, atomically (resume cuts it back to its checkpoint)."""

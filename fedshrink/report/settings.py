@@ -21,3 +21,4 @@ class OutputSettings(Section):
     run_name: str = option("", "the run directory's name; empty = timestamped",
                            rule=satisfies(_run_name_ok, "'' (a timestamped name) or letters, digits, '-', '_', '.'"))
     quiet: bool = option(False, "no per-round console lines")
+    report: bool = option(True, "build report.md and its plots from the run directory when the run ends")

@@ -1,7 +1,7 @@
 """Defences as small config dataclasses in a registry, each building one aggregation stage.
 
 =================  ===========  ===========================================================
-name               kind         what it does (per coordinate, over the clients that held it)
+name               kind         what it does (per coordinate, over the values clients sent)
 =================  ===========  ===========================================================
 ``median``         combiner     coordinate-wise median
 ``trimmed-mean``   combiner     drop the ``trim`` share of largest and smallest, average the rest
@@ -31,12 +31,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedshrink.errors import ConfigError
-from fedshrink.robust.fold import Combiner, RoundContext, Stage, Transform
 from fedshrink.robust.registry import config_from_json
 from fedshrink.robust.rules import (
-    BoolArray,
-    FloatArray,
-    UpdateBatch,
     bulyan,
     clip_norms,
     coordinate_median,
@@ -46,6 +42,8 @@ from fedshrink.robust.rules import (
     trimmed_mean,
 )
 from fedshrink.settings import at_least, between, option, validate_options
+from fedshrink.strategy.batch import BoolArray, FloatArray, UpdateBatch
+from fedshrink.strategy.stages import Combiner, RoundContext, Stage, Transform
 
 # (global state, round) -> the server's update on its root set, in the global model's shapes
 RootUpdate = Callable[[Mapping[str, np.ndarray], int], Mapping[str, np.ndarray]]
@@ -87,7 +85,7 @@ def _byzantine_fraction() -> Any:
 class _MedianStage(Combiner):
     name = "median"
 
-    def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
+    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return coordinate_median(batch)
 
 
@@ -107,7 +105,7 @@ class _TrimmedMeanStage(Combiner):
     def __init__(self, trim: float) -> None:
         self.trim = trim
 
-    def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
+    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return trimmed_mean(batch, self.trim)
 
 
@@ -132,7 +130,7 @@ class _BulyanStage(Combiner):
     def __init__(self, byzantine_fraction: float) -> None:
         self.byzantine_fraction = byzantine_fraction
 
-    def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
+    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return bulyan(batch, _byz(self.byzantine_fraction, len(batch)))
 
 

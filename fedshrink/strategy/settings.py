@@ -21,6 +21,16 @@ class FederationSettings(Section):
     round_timeout: float = option(600.0, "seconds to wait for replies (and for clients to connect)",
                                   rule=greater_than(0))
     seed: int = option(42, "seeds splits, partitions, model init, sampling and local shuffling", rule=at_least(0))
+    reply_size_factor: float = option(
+        2.0, "a reply may be at most this many times the fp32 size of the fragment it updates, plus 64 kB for "
+        "metrics and headers; larger ones are dropped before decoding, and decoding allocates no more",
+        rule=greater_than(0))
     max_reply_bytes: int = option(
-        0, "a reply larger than this (serialized) is dropped before decoding; 0 = only the decoder's caps",
-        rule=at_least(0).noting("0 = only the decoder's caps"))
+        0, "an absolute cap on a reply's serialized size, on top of reply-size-factor",
+        rule=at_least(0).noting("0 = only reply-size-factor"))
+    examples_fence: float = option(
+        3.0, "a claimed sample count more than this many times the round's median claim is capped at the largest "
+        "claim within it (so no client outweighs the largest plausible one)", rule=at_least(0).noting("0 = off"))
+    update_limit: float = option(
+        100.0, "drop an update whose L2 norm is more than this many times the norm of the model (or fragment) "
+        "it updates", rule=at_least(0).noting("0 = off"))

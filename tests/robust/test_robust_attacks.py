@@ -93,7 +93,9 @@ class RecordingClient:
         store = ResidualStore.load(context.state)
         before = {k: store.get(k).clone() for k in store}  # type: ignore[union-attr]
         pid = int(context.node_config["partition-id"])  # type: ignore[call-overload]
-        rnd = int(msg.content.config_records["config"]["server-round"]) if msg.metadata.message_type == "train" else 0
+        if msg.metadata.message_type != "train":
+            return client_app(msg, context)
+        rnd = int(msg.content.config_records["config"]["server-round"])
         try:
             reply = client_app(msg, context)
         except ClientDropout:

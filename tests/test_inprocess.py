@@ -46,7 +46,7 @@ def test_same_seed_same_model(quick: dict[str, Any]) -> None:
     a = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
     b = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
     c = run_inprocess({**quick, "num-server-rounds": 2, "seed": 9}, num_clients=4)
-    sa, sb, sc = (torch.load(r.run_dir / "global_model.pt") for r in (a, b, c))
+    sa, sb, sc = (torch.load(r.run_dir / "global_model.pt", weights_only=True) for r in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 

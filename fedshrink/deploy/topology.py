@@ -532,6 +532,6 @@ def shell_commands(topology: Topology, *, listen: str = "0.0.0.0") -> str:
                   for i in range(len(topology.nodes))]
     for i in range(len(topology.nodes)):
         lines += ["", f"# device {i}", shlex.join(topology.supernode_command(i))]
-    lines += ["", "# the machine that runs flwr, from the app directory",
+    lines += ["", "# the machine that runs flwr (the server, or through an SSH tunnel), from the app directory",
               f"flwr run . {CONNECTION} --stream", f"flwr ls {CONNECTION} --run-id RUN_ID --format json"]
     return "\n".join(line.replace(os.path.dirname(flwr_cli()) + os.sep, "") for line in lines)

@@ -24,6 +24,7 @@ it started, by PID.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
@@ -63,7 +64,6 @@ from fedshrink.runner.flower import (
 CONNECTION = "fedshrink-deploy"
 SUPERLINK_PORT = 9092  # the Fleet API port the SuperNodes dial: the Fleet gateway's (Flower's Fleet API default)
 CONTROL_PORT = 9093  # the SuperLink's own port (Control, runtime and Fleet APIs), on loopback; Flower's Control default
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 ANY_INTERFACE = ("0.0.0.0", "::")
 SUPERNODE_PORT = 9094  # a SuperNode's ClientAppIo port (local to its machine)
 STATE_FILE = "deployment.json"
@@ -187,7 +187,12 @@ class Topology:
     @property
     def control_exposed(self) -> bool:
         """The Control API listens beyond loopback."""
-        return self.control_host not in LOOPBACK
+        if self.control_host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.control_host).is_loopback
+        except ValueError:  # a DNS name: resolved by the SuperLink, maybe to a public address
+            return True
 
     @property
     def control_dial_host(self) -> str:

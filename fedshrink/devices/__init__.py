@@ -43,7 +43,7 @@ from fedshrink.devices.clock import (
 )
 from fedshrink.devices.cost import RoundCost, compute_seconds, radio_joules, round_cost, transfer_seconds
 from fedshrink.devices.draws import DeviceTrace, TraceRow, draw_device, is_available, load_trace, parse_trace
-from fedshrink.devices.memory import StepMemory, TrainingMemory, step_memory, training_memory
+from fedshrink.devices.memory import StepMemory, TrainingMemory, module_step_memory, step_memory, training_memory
 from fedshrink.devices.model import DEVICE_MODELS, DeviceModel, get_device, register_device
 from fedshrink.devices.nodeconfig import BUDGET_KEYS, DEVICE_KEYS, budget_from_node_config, device_from_node_config
 from fedshrink.devices.profiles import (
@@ -96,6 +96,7 @@ __all__ = [
     "get_profile",
     "is_available",
     "load_trace",
+    "module_step_memory",
     "parse_budget",
     "parse_budget_mix",
     "parse_mix",

@@ -44,7 +44,7 @@ from __future__ import annotations
 import functools
 import math
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -280,15 +280,21 @@ def _backward(ops: list[_Op], logits: fx.Node, ledger: _Ledger, keepers: dict[ob
 
 @functools.lru_cache(maxsize=128)
 def step_memory(model_spec: ModelSpec, batch_size: int) -> StepMemory:
-    """Bytes of one SGD step of ``build_model(model_spec)`` on batches of ``batch_size`` (module doc)."""
+    """Bytes of one SGD step of ``build_model(model_spec)`` on batches of ``batch_size`` (cached)."""
+    return module_step_memory(build_model(model_spec), model_spec.input_shape, batch_size)
+
+
+def module_step_memory(model: nn.Module, input_shape: Sequence[int], batch_size: int) -> StepMemory:
+    """Bytes of one SGD step of ``model`` on batches of ``batch_size`` inputs of ``input_shape`` (module doc)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("batch-size", batch_size, "an integer >= 1")
-    model = build_model(model_spec)
-    model.train()
+    was_training = model.training
     gm = fx.symbolic_trace(model)
-    x = torch.zeros(batch_size, *model_spec.input_shape)  # (B, C, H, W)
+    gm.train()
+    x = torch.zeros(batch_size, *input_shape)  # (B, C, H, W)
     with torch.no_grad():
         ShapeProp(gm).propagate(x)
+    model.train(was_training)
     ops, logits = _ops(gm)
     ledger = _Ledger()
     keepers = _forward(ops, logits, ledger)
@@ -299,9 +305,8 @@ def step_memory(model_spec: ModelSpec, batch_size: int) -> StepMemory:
     placeholders = {n for n in gm.graph.nodes if n.op == "placeholder"}
     _backward(ops, logits, ledger, keepers, lambda n: n not in placeholders)
     layers = [m for m in model.modules() if isinstance(m, _LAYERS)]
-    params = sum(p.numel() for p in model.parameters())
     return StepMemory(
-        params=params,
+        params=sum(p.numel() for p in model.parameters()),
         param_bytes=sum(p.numel() * p.element_size() for p in model.parameters()),
         prunable=sum(m.weight.numel() for m in layers),
         weight_channels=sum(m.weight.shape[0] for m in layers),

@@ -4,6 +4,7 @@ Flower-free and pure. Every figure here is *modelled* for a simulated device
 (never measured on the host running the simulation)::
 
     DeviceModel, DEVICE_MODELS, get_device(name)               # .model: figures with sources
+    client_device(median, client, seed, spread, trace=None)      # a trace row, else the seeded draw
     draw_device(median, client, seed, spread), is_available(device, client, seed, round)
     parse_trace(text) / load_trace(path) -> DeviceTrace          # .draws: per-client figures
     step_memory(spec, batch) -> StepMemory                       # .memory: graph-walk of one SGD step
@@ -11,6 +12,7 @@ Flower-free and pure. Every figure here is *modelled* for a simulated device
     round_cost(device, train_flops=, download_bytes=, upload_bytes=, memory_bytes=) -> RoundCost   # .cost
     sample_size(wanted, over_select), run_round(candidates, wanted=, server_round=, seed=, deadline_s=)
                                                                  # .clock: who is accepted, round time, energy
+    RoundOutcome.metrics(), client_metrics(cost, status)         # device-* metric keys (numbers only)
     Budget, parse_budget, parse_budget_mix, assign_budgets, plan_budget(...) -> Plan   # .budget
     device_from_node_config(node_config, default), budget_from_node_config(node_config)  # .nodeconfig
     DeviceProfile, PROFILES, get_profile, estimate(spec, profile) -> Estimate          # .profiles
@@ -34,15 +36,25 @@ from fedshrink.devices.budget import (
 from fedshrink.devices.clock import (
     ACCEPTED,
     REASONS,
+    STATUS_CODES,
     Candidate,
     ClientOutcome,
     RoundOutcome,
+    client_metrics,
     parse_over_select,
     run_round,
     sample_size,
 )
 from fedshrink.devices.cost import RoundCost, compute_seconds, radio_joules, round_cost, transfer_seconds
-from fedshrink.devices.draws import DeviceTrace, TraceRow, draw_device, is_available, load_trace, parse_trace
+from fedshrink.devices.draws import (
+    DeviceTrace,
+    TraceRow,
+    client_device,
+    draw_device,
+    is_available,
+    load_trace,
+    parse_trace,
+)
 from fedshrink.devices.memory import StepMemory, TrainingMemory, module_step_memory, step_memory, training_memory
 from fedshrink.devices.model import DEVICE_MODELS, DeviceModel, get_device, register_device
 from fedshrink.devices.nodeconfig import BUDGET_KEYS, DEVICE_KEYS, budget_from_node_config, device_from_node_config
@@ -68,6 +80,7 @@ __all__ = [
     "DEVICE_MODELS",
     "PROFILES",
     "REASONS",
+    "STATUS_CODES",
     "WIDTH_LADDER",
     "Budget",
     "Candidate",
@@ -88,6 +101,8 @@ __all__ = [
     "assign_profiles",
     "budget_from_node_config",
     "chain_bytes",
+    "client_device",
+    "client_metrics",
     "compute_seconds",
     "device_from_node_config",
     "draw_device",

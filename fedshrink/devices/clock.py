@@ -43,6 +43,8 @@ from fedshrink.errors import ConfigError
 
 ACCEPTED = "accepted"
 REASONS = ("unavailable", "memory", "deadline", "surplus")
+# integer codes of a client's status (metric records hold numbers only); stable
+STATUS_CODES: dict[str, int] = {ACCEPTED: 0, "unavailable": 1, "memory": 2, "deadline": 3, "surplus": 4}
 
 
 def parse_over_select(value: float) -> float:
@@ -111,6 +113,27 @@ class RoundOutcome:
     @property
     def accepted_energy_j(self) -> float:
         return math.fsum(c.energy_j for c in self.clients if c.status == ACCEPTED)
+
+    def metrics(self) -> dict[str, float]:
+        """The round's modelled figures under ``device-`` keys (numbers only, for a metric record)."""
+        out: dict[str, float] = {"device-round-s": self.duration_s, "device-fleet-energy-j": self.energy_j,
+                                 "device-accepted-energy-j": self.accepted_energy_j,
+                                 "device-accepted": float(len(self.accepted))}
+        for reason in REASONS:
+            out[f"device-dropped-{reason}"] = float(len(self.dropped(reason)))
+        return out
+
+
+def client_metrics(cost: RoundCost, status: str) -> dict[str, float]:
+    """One client-round's modelled figures under ``device-`` keys (0 s and 0 J when it did not train)."""
+    if status not in STATUS_CODES:
+        raise ConfigError("client-status", status, "one of " + ", ".join(map(repr, STATUS_CODES)))
+    spent = 1.0 if status in (ACCEPTED, "deadline", "surplus") else 0.0
+    return {"device-status": float(STATUS_CODES[status]), "device-time-s": spent * cost.time_s,
+            "device-download-s": spent * cost.download_s, "device-compute-s": spent * cost.compute_s,
+            "device-upload-s": spent * cost.upload_s, "device-energy-j": spent * cost.energy_j,
+            "device-compute-j": spent * cost.compute_j, "device-radio-j": spent * cost.radio_j,
+            "device-memory-mb": cost.memory_bytes / 1e6}
 
 
 def _check(candidates: Sequence[Candidate], wanted: int, deadline_s: float) -> None:

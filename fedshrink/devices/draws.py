@@ -66,6 +66,14 @@ def draw_device(median: DeviceModel, client: int, seed: int, spread: float) -> D
                           downlink_mbps=median.downlink_mbps * float(f[2]), latency_s=median.latency_s * float(f[3]))
 
 
+def client_device(median: DeviceModel, client: int, seed: int, spread: float, trace: DeviceTrace | None = None
+                  ) -> DeviceModel:
+    """Client ``client``'s device in simulation: its trace row when a trace is given, else its seeded draw."""
+    if trace is not None:
+        return trace.device_for(client, median)
+    return draw_device(median, client, seed, spread)
+
+
 def is_available(device: DeviceModel, client: int, seed: int, server_round: int) -> bool:
     """Whether the client is online in ``server_round`` (a seeded Bernoulli draw with its availability)."""
     _check_seed_parts(seed, server_round, client)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fedshrink.devices.budget import parse_budget_mix
+from fedshrink.devices.budget import Budget, parse_budget_mix
 from fedshrink.devices.clock import parse_over_select
 from fedshrink.settings import Section, accepted_by, at_least, between, option
 
@@ -35,6 +35,6 @@ class DeviceSettings(Section):
         "clients state a budget and the planner picks their profile",
         rule=accepted_by(_budget_mix, "'' or <budget>:<share> entries joined by ';' (docs/devices.md)"))
 
-    def budgets(self) -> tuple[tuple[object, float], ...]:
+    def budgets(self) -> tuple[tuple[Budget, float], ...]:
         """The parsed budget mix (empty when none)."""
         return parse_budget_mix(self.budget_mix) if self.budget_mix else ()

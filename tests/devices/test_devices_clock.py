@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 
 from fedshrink.devices import (
+    STATUS_CODES,
     Candidate,
     RoundCost,
+    client_metrics,
     get_device,
     parse_over_select,
     run_round,
@@ -90,3 +92,18 @@ def test_round_argument_errors() -> None:
         run_round([cand(0, 1.0), cand(0, 2.0)], wanted=1, server_round=1, seed=0)
     with pytest.raises(ConfigError, match="drop-reason"):
         run_round([cand(0, 1.0)], wanted=1, server_round=1, seed=0).dropped("tired")
+
+
+def test_metrics_are_numbers_under_device_keys() -> None:
+    cands = [cand(0, 3.0, energy=2.0), cand(1, 1.0), cand(2, 1.0, availability=0.0)]
+    out = run_round(cands, wanted=1, server_round=1, seed=0)
+    m = out.metrics()
+    assert m["device-round-s"] == 1.0 and m["device-fleet-energy-j"] == 3.0 and m["device-accepted-energy-j"] == 1.0
+    assert (m["device-accepted"], m["device-dropped-surplus"], m["device-dropped-unavailable"]) == (1, 1, 1)
+    assert all(k.startswith("device-") and isinstance(v, float) for k, v in m.items())
+    surplus = client_metrics(cands[0].cost, "surplus")
+    assert surplus["device-status"] == STATUS_CODES["surplus"] and surplus["device-energy-j"] == 2.0
+    off = client_metrics(cands[2].cost, "unavailable")
+    assert off["device-time-s"] == off["device-energy-j"] == 0.0 and off["device-memory-mb"] == 1000 / 1e6
+    with pytest.raises(ConfigError):
+        client_metrics(cands[0].cost, "asleep")

@@ -11,6 +11,7 @@ import pytest
 from fedshrink.devices import (
     DEVICE_MODELS,
     DeviceModel,
+    client_device,
     draw_device,
     get_device,
     get_profile,
@@ -97,6 +98,9 @@ def test_trace_parses_and_applies() -> None:
     assert dev.memory_mb == get_device("phone").memory_mb  # not in the trace: the profile's
     with pytest.raises(ConfigError, match="client 1 has none"):
         trace.device_for(1, get_device("phone"))
+    phone = get_device("phone")
+    assert client_device(phone, 3, seed=1, spread=0.5, trace=trace) == dev  # the trace wins over draws
+    assert client_device(phone, 3, seed=1, spread=0.5) == draw_device(phone, 3, seed=1, spread=0.5)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from typing import Any
 from fedshrink.compression.settings import ChainSettings
 from fedshrink.data import PartitionScheme, SplitSpec
 from fedshrink.data.settings import DataSettings
+from fedshrink.devices.settings import DeviceSettings
 from fedshrink.distill import DistillConfig
 from fedshrink.distill.settings import DistillSettings
 from fedshrink.errors import ConfigError
@@ -48,6 +49,7 @@ class RunConfig:
     training: TrainSettings = field(default_factory=TrainSettings)
     chains: ChainSettings = field(default_factory=ChainSettings)
     fragments: FragmentSettings = field(default_factory=FragmentSettings)
+    devices: DeviceSettings = field(default_factory=DeviceSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
     robust: RobustSettings = field(default_factory=RobustSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)

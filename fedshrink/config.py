@@ -60,12 +60,15 @@ class RunConfig:
             raise ConfigError("model-norm", self.model.model_norm,
                               "'layer' or 'none' when proxy-fraction is 0 (evaluation freezes static batch "
                               "statistics on the server's proxy inputs)")
-        if self.fragments.enabled and self.fragments.fusion_steps and self.data.proxy_fraction == 0:
+        if self.fragments.profile_mix and self.devices.budget_mix:
+            raise ConfigError("budget-mix", self.devices.budget_mix,
+                              "'' when a profile-mix is set (a client states a profile or a budget, not both)")
+        if self.fragments_enabled and self.fragments.fusion_steps and self.data.proxy_fraction == 0:
             raise ConfigError("fusion-steps", self.fragments.fusion_steps,
                               "0 when proxy-fraction is 0 (fusion distils on the server's proxy inputs)")
-        if self.fragments.enabled and self.distill.distill and self.distill.distill_teacher == "ensemble":
+        if self.fragments_enabled and self.distill.distill and self.distill.distill_teacher == "ensemble":
             raise ConfigError("distill-teacher", self.distill.distill_teacher,
-                              "'global' when a profile-mix makes clients train fragments")
+                              "'global' when a profile-mix or budget-mix makes clients train fragments")
 
     # -- conversions -----------------------------------------------------------
     @classmethod
@@ -103,6 +106,11 @@ class RunConfig:
     @property
     def seed(self) -> int:
         return self.federation.seed
+
+    @property
+    def fragments_enabled(self) -> bool:
+        """Whether clients train fragments: a profile mix, or budgets the planner turns into profiles."""
+        return bool(self.fragments.profile_mix or self.devices.budget_mix)
 
     def split_spec(self) -> SplitSpec:
         return self.data.split_spec(self.federation.seed)

@@ -28,8 +28,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -45,10 +46,13 @@ from fedshrink.errors import ConfigError, DecodeError, ReplyError
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.fragments.spec import FragmentSpec
 from fedshrink.models.registry import ModelSpec
-from fedshrink.profiles import DeviceProfile
+from fedshrink.devices.budget import Budget
+from fedshrink.devices.model import DeviceModel
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.resources.meter import ResourceRecord
 from fedshrink.training import TrainSettings
 
+T = TypeVar("T")
 ARRAYS = "arrays"  # the encoded model (train) or update (reply)
 CONFIG = "config"
 METRICS = "metrics"
@@ -100,15 +104,28 @@ def _bool(config: Mapping[str, object], key: str, where: str = "train instructio
 # -- hello -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Hello:
-    """A node's answer to ``query.hello``: who it is and what it trains with."""
+    """A node's answer to ``query.hello``: who it is, what it trains with, and on what device.
+
+    ``profile``: the device profile it trains with, whole (so the server needs
+    no registry entry for it); None with a ``budget`` (the server plans a
+    profile that fits) or when it trains the run's plain settings. ``device``:
+    its simulated device's figures (None: no device model, host figures only).
+    ``num_examples``: its training samples (the planner sizes time and energy
+    with them).
+    """
 
     partition_id: int
     num_partitions: int
-    profile: DeviceProfile | None  # None: the run's plain settings (no fragment)
+    profile: DeviceProfile | None
+    device: DeviceModel | None = None
+    budget: Budget | None = None
+    num_examples: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.partition_id < self.num_partitions:
             raise ReplyError(f"partition-id {self.partition_id} is not in [0, {self.num_partitions})")
+        if self.num_examples < 0:
+            raise ReplyError(f"num-examples {self.num_examples} is negative")
 
     @staticmethod
     def query(node_id: int) -> Message:
@@ -116,7 +133,10 @@ class Hello:
 
     def reply_to(self, msg: Message) -> Message:
         cfg = ConfigRecord({"partition-id": self.partition_id, "num-partitions": self.num_partitions,
-                            "profile": self.profile.to_json() if self.profile is not None else ""})
+                            "profile": self.profile.to_json() if self.profile is not None else "",
+                            "device": self.device.to_json() if self.device is not None else "",
+                            "budget": self.budget.to_json() if self.budget is not None else "",
+                            "num-examples": self.num_examples})
         return Message(RecordDict({CONFIG: cfg}), reply_to=msg)
 
     @classmethod
@@ -130,11 +150,18 @@ class Hello:
         try:
             pid = _int(cfg, "partition-id", where="hello")
             n = _int(cfg, "num-partitions", lo=1, where="hello")
-            text = _str(cfg, "profile", "a profile as JSON, or ''", where="hello")
-            profile = DeviceProfile.from_json(text) if text else None
+            profile = _optional(cfg, "profile", DeviceProfile.from_json)
+            device = _optional(cfg, "device", DeviceModel.from_json)
+            budget = _optional(cfg, "budget", Budget.from_json)
+            examples = _int(cfg, "num-examples", where="hello")
         except ConfigError as exc:
             raise ReplyError(str(exc)) from None
-        return cls(pid, n, profile)
+        return cls(pid, n, profile, device, budget, examples)
+
+
+def _optional(cfg: Mapping[str, object], key: str, parse: Callable[[str], T]) -> T | None:
+    text = _str(cfg, key, "JSON, or ''", where="hello")
+    return parse(text) if text else None
 
 
 # -- train instruction ------------------------------------------------------------------------

@@ -190,37 +190,42 @@ register_profile(DeviceProfile("laptop", 1.0, 0.0, "none", OFF, "topk:0.05|int8|
 # ---- profile mixes -----------------------------------------------------------------------------
 
 
-def parse_mix(text: str) -> dict[str, float]:
-    """``"iot:0.4,phone:0.4,laptop:0.2"`` -> ``{"iot": 0.4, ...}``.
+def parse_shares(text: str, known: Mapping[str, object], *, key: str, what: str) -> dict[str, float]:
+    """``"a:0.4,b:0.6"`` -> ``{"a": 0.4, "b": 0.6}`` over the names in ``known``.
 
-    Names must be registered profiles, each once; fractions > 0 summing to 1
-    within 1e-6. Each fault is a one-line :class:`ConfigError` saying which.
+    Each name once; shares > 0 summing to 1 within 1e-6. Each fault is a
+    one-line :class:`ConfigError` under ``key`` saying which (``what`` names the kind: "profiles").
     """
-    known = ", ".join(sorted(PROFILES))
-    form = f"name:share pairs joined by ',' such as 'phone:0.4,laptop:0.6' (known profiles: {known})"
+    names = ", ".join(sorted(known))
+    form = f"name:share pairs joined by ',' such as 'phone:0.4,laptop:0.6' (known {what}: {names})"
     if not isinstance(text, str) or not text.strip():
-        raise ConfigError("profile-mix", text, form)
+        raise ConfigError(key, text, form)
     mix: dict[str, float] = {}
     for part in text.split(","):
         name, sep, frac = part.partition(":")
         name = name.strip()
         if not sep:
-            raise ConfigError("profile-mix", text, f"{form}; {part.strip()!r} has no ':share'")
-        if name not in PROFILES:
-            raise ConfigError("profile-mix", text, f"known profiles only ({known}); {name!r} is not one")
+            raise ConfigError(key, text, f"{form}; {part.strip()!r} has no ':share'")
+        if name not in known:
+            raise ConfigError(key, text, f"known {what} only ({names}); {name!r} is not one")
         if name in mix:
-            raise ConfigError("profile-mix", text, f"each profile once; {name!r} appears twice")
+            raise ConfigError(key, text, f"each of the {what} once; {name!r} appears twice")
         try:
             value = float(frac)
         except ValueError:
             value = float("nan")
         if not (math.isfinite(value) and value > 0):
-            raise ConfigError("profile-mix", text, f"shares that are numbers > 0; {name!r} has {frac.strip()!r}")
+            raise ConfigError(key, text, f"shares that are numbers > 0; {name!r} has {frac.strip()!r}")
         mix[name] = value
     total = math.fsum(mix.values())
     if abs(total - 1.0) > 1e-6:
-        raise ConfigError("profile-mix", text, f"shares summing to 1 (they sum to {total:g})")
+        raise ConfigError(key, text, f"shares summing to 1 (they sum to {total:g})")
     return mix
+
+
+def parse_mix(text: str) -> dict[str, float]:
+    """``"iot:0.4,phone:0.4,laptop:0.2"`` -> ``{"iot": 0.4, ...}`` over the registered profiles."""
+    return parse_shares(text, PROFILES, key="profile-mix", what="profiles")
 
 
 def assign_profiles(mix: str | Mapping[str, float], num_clients: int, seed: int) -> list[str]:

@@ -64,11 +64,6 @@ class FragmentSettings(Section):
     def extra_settings(cls) -> tuple[Setting, ...]:
         return merge_settings((settings_of(p.config_cls) for p in POLICIES.values()), "fragment policies")
 
-    @property
-    def enabled(self) -> bool:
-        """Whether clients train fragments (a profile mix is set)."""
-        return bool(self.profile_mix)
-
     def policy(self, run_seed: int) -> FragmentPolicy:
         """The fragment policy with its options (the random policy's seed is derived from the run's)."""
         cls = POLICIES[self.fragment_policy]

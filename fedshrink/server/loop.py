@@ -25,7 +25,7 @@ from fedshrink.report.recorder import RunRecorder
 from fedshrink.robust.checkpoint import resumed_config
 from fedshrink.server.distill import distill_student, student_summary
 from fedshrink.server.evaluation import evaluate_widths, for_evaluation
-from fedshrink.server.factory import build_strategy
+from fedshrink.server.factory import build_strategy, explain_budgets
 from fedshrink.strategy.rounds import RoundOutcome, ShrinkStrategy
 from fedshrink.training import evaluate
 
@@ -55,9 +55,13 @@ def round_record(rnd: int, outcome: RoundOutcome, accuracy: float, loss: float, 
         "bytes-up-received": outcome.bytes_up,  # every reply, dropped ones included
         "dropped": [{"node-id": d.node_id, "partition-id": d.partition_id, "reason": d.reason}
                     for d in outcome.dropped],
+        **({"clients-unreached": len(outcome.unreached),
+            "unreached": [{"node-id": d.node_id, "partition-id": d.partition_id, "reason": d.reason}
+                          for d in outcome.unreached]} if outcome.unreached else {}),
         **({"examples-capped": outcome.capped} if outcome.capped else {}),
         "train": train,
         **({"stages": outcome.notes} if outcome.notes else {}),
+        **outcome.device_round,  # modelled device figures: device-time-s, device-energy-j, ...
     }
 
 
@@ -116,7 +120,11 @@ def start(grid: Grid, cfg: RunConfig, base_dir: Path | None) -> tuple[Run, Array
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     strategy = build_strategy(cfg, spec, splits)
+    budgets = explain_budgets(cfg, spec, len(splits.train) // max(1, len(list(grid.get_node_ids())))) \
+        if cfg.devices.budget_mix else []  # a budget nothing fits fails here, before anything is written
     recorder = RunRecorder.open(cfg, grid, base_dir)
+    for line in budgets:
+        recorder.say(f"planner: {line}")
     run = Run(cfg, spec, splits, model, strategy, recorder, grid)
     recorder.say(f"fedshrink: {cfg.data.dataset} ({len(splits.train)} client samples, {len(splits.test)} test, "
                  f"{len(splits.proxy)} proxy), {cfg.model.model} x{cfg.model.model_width} "

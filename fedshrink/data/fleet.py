@@ -124,7 +124,8 @@ def skewed_labels(rng: np.random.Generator, n: int, skew: int = LABEL_SKEW) -> n
     for _ in range(skew - 1):
         w = w * u
     cum = np.cumsum(w)  # sequential: the same sums on every machine
-    return np.searchsorted(cum, rng.random(n) * cum[-1], side="right").clip(0, NUM_CLASSES - 1).astype(np.int64)
+    labels = np.searchsorted(cum, rng.random(n) * cum[-1], side="right")
+    return np.asarray(labels.clip(0, NUM_CLASSES - 1), dtype=np.int64)
 
 
 class GlyphWriters(Fleet):

@@ -65,17 +65,17 @@ class Style:
     jitter: float = 0.06  # per-stroke offset, template units
     wave_amp: Range = (0.0, 0.08)  # template units
     wave_freq: Range = (1.5, 4.0)  # radians per template unit
-    gap_prob: float = 0.25
-    gap_length: Range = (0.04, 0.14)  # fraction of the glyph's length
+    gap_prob: float = 0.4
+    gap_length: Range = (0.05, 0.2)  # fraction of the glyph's length
     blur_radius: Range = (1.3, 2.6)
     ink_gain: Range = (1.2, 2.5)
-    distractors: Range = (0.0, 2.0)  # strokes per image: floor of a uniform draw in [lo, hi + 1)
-    distractor_length: Range = (5.0, 14.0)
+    distractors: Range = (0.0, 3.0)  # strokes per image: floor of a uniform draw in [lo, hi + 1)
+    distractor_length: Range = (5.0, 16.0)
     blobs: Range = (0.0, 1.0)
-    background: Range = (0.0, 0.3)
-    foreground: Range = (0.55, 1.0)
-    gradient: float = 0.15  # background change across the image
-    noise: Range = (0.02, 0.12)  # pixel noise amplitude
+    background: Range = (0.0, 0.15)
+    foreground: Range = (0.7, 1.0)
+    gradient: float = 0.08  # background change across the image
+    noise: Range = (0.03, 0.15)  # pixel noise amplitude
     allograph_bias: float = 0.5
 
 

@@ -33,6 +33,7 @@ from fedshrink.data.sources import LabelledArrays, SourceData, SourceLoader, Sou
 from fedshrink.errors import DataError
 
 IMAGE_NAMES = ("image", "img", "pixels", "picture")
+_KINDS = {"U": "strings", "S": "bytes", "O": "objects", "f": "floats", "b": "booleans", "c": "complex numbers"}
 LABEL_NAMES = ("label", "labels", "class")
 
 
@@ -69,7 +70,7 @@ def find_columns(ds: Any, req: SourceRequest, where: str) -> tuple[str, str]:
         typed = [c for c in cols if _feature_kind(ds, c) == kind]
         named = [c for c in cols if c in names]
         if typed or named:
-            return (typed or named)[0]
+            return str((typed or named)[0])
         found = {c: _feature_kind(ds, c) for c in cols}
         raise DataError(f"{where}: no {what} column found among {found}; name it with {setting}")
 
@@ -112,8 +113,9 @@ def _images(ds: Any, column: str, where: str) -> np.ndarray:
 def _labels(ds: Any, column: str, where: str) -> np.ndarray:
     y = np.asarray(ds.with_format("numpy")[column][:])
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-        sample = ", ".join(repr(v) for v in y.reshape(len(y), -1)[:3, 0]) if y.size else ""
-        raise DataError(f"{where}: labels in column {column!r} are {y.dtype} (e.g. {sample}), not integer "
+        kind = "arrays" if y.ndim != 1 else _KINDS.get(y.dtype.kind, str(y.dtype))
+        sample = ", ".join(repr(v) for v in y.reshape(len(y), -1)[:2, 0].tolist())
+        raise DataError(f"{where}: labels in column {column!r} are {kind} (e.g. {sample}), not integer "
                         "class ids; use a ClassLabel column or integers 0..K-1")
     if len(y) and y.min() < 0:
         raise DataError(f"{where}: labels in column {column!r} include {int(y.min())}; they must be >= 0")

@@ -156,10 +156,12 @@ def partition_indices(
 
     n = len(labels)
     natural = scheme.name == "natural"
-    if natural and groups is None:
-        raise DataError("partitioner 'natural' needs the data set's client ids: set client-column "
-                        "(e.g. 'writer_id'), or use a generated fleet such as 'writers'")
-    limit, what = (len(np.unique(groups)), "client ids in the data set") if natural else (n, "training samples")
+    limit, what = n, "training samples"
+    if natural:
+        if groups is None:
+            raise DataError("partitioner 'natural' needs the data set's client ids: set client-column "
+                            "(e.g. 'writer_id'), or use a generated fleet such as 'writers'")
+        limit, what = len(np.unique(groups)), "client ids in the data set"
     if num_partitions < 1 or num_partitions > limit:
         raise ConfigError("num-clients", num_partitions, f"an integer in [1, {limit}] ({what})")
     num_classes = int(labels.max()) + 1 if n else 0

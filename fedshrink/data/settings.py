@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -12,8 +13,9 @@ from fedshrink.data.sources import known_dataset, unknown_words
 from fedshrink.errors import ConfigError
 from fedshrink.settings import Section, accepted_by, at_least, between, greater_than, one_of, option, satisfies
 
+_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # safe in a run directory's name, but for '/'
 _NAME_WORDS = ("a registered data set or fleet, a Hugging Face id 'owner/name', or any name of your own "
-               "with data-dir set")
+               "(letters, digits, '.', '_', '-') with data-dir set")
 
 _COLUMN = satisfies(lambda v: True, "a column name, or ''")
 
@@ -25,7 +27,7 @@ class DataSettings(Section):
     dataset: str = option(
         "digits", "data set: registered (`digits`, `glyphs`, `mnist`, ...), a generated fleet (`writers`), "
         "a Hugging Face id `owner/name`, or any name for the copy in data-dir (see docs/data.md)",
-        rule=satisfies(lambda v: bool(v.strip()) and "\n" not in v, _NAME_WORDS))
+        rule=satisfies(lambda v: bool(_NAME.match(v)), _NAME_WORDS))
     data_dir: str = option("", "a data set saved with `datasets`' `save_to_disk` (for hub data sets without network)",
                            rule=satisfies(lambda v: True, "a path, or '' (none)"))
     image_column: str = option("", "image column of a `datasets` data set ('' = the Image feature, else "

@@ -155,7 +155,8 @@ def _load_digits(req: SourceRequest) -> SourceData:
 
 @register_source("glyphs")
 def _load_glyphs(req: SourceRequest) -> SourceData:
-    from fedshrink.data.glyphs import NUM_CLASSES, glyph_split
+    from fedshrink.data.glyphs import glyph_split
+    from fedshrink.data.strokes import NUM_CLASSES
 
     if req.data_dir:
         raise DataError("data set 'glyphs' is generated; leave data-dir empty")

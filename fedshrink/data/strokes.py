@@ -255,4 +255,4 @@ def coverage(grid: np.ndarray, p: DrawParams) -> np.ndarray:
     density = 1.0 / (SPACING * np.sqrt(p.scale_x * p.scale_y))
     centre = kernels[:, KERNEL_TAPS]
     norm = p.ink_gain / (density * centre)  # (N,)
-    return np.minimum(1.0, blur(grid, kernels) * norm[:, None, None])
+    return np.asarray(np.minimum(1.0, blur(grid, kernels) * norm[:, None, None]))

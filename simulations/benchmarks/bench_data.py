@@ -30,10 +30,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -114,7 +116,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fleet(writers: int, clients: int) -> list[str]:
-    raise NotImplementedError
+    import tracemalloc
+
+    from fedshrink.data import FleetSpec, PartitionScheme, SplitSpec, client_data
+    from fedshrink.data.fleet import load_fleet
+
+    scheme = PartitionScheme("natural")
+    lines = []
+    for population in sorted({1_000, writers}):
+        spec = SplitSpec(dataset="writers", fleet=FleetSpec(population, (50, 50)))
+        load_fleet.cache_clear()
+        tracemalloc.start()
+        ids = np.linspace(0, population - 1, clients).astype(int)
+        held = sum(client_data(spec, scheme, int(i), population).x.nbytes for i in ids)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        times = []
+        for i in ids:
+            t0 = time.perf_counter()
+            client_data(spec, scheme, int(i), population)
+            times.append(time.perf_counter() - t0)
+        lines.append(f"- {population:,} writers, {clients} clients of 50 images (28x28) loaded one after another: "
+                     f"peak traced memory {peak / 2**20:.1f} MiB (host; each client's arrays "
+                     f"{held / clients / 1024:.0f} KiB); one client's data in "
+                     f"{1000 * statistics.median(times):.1f} ms median, "
+                     f"{1000 * max(times):.1f} ms max (host)")
+        print(lines[-1], flush=True)
+    return lines
 
 
 if __name__ == "__main__":

@@ -80,13 +80,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_inprocess(overrides, num_clients=args.num_clients)
         summary = result.summary
     else:
-        from fedshrink.data import make_splits
+        from fedshrink.data.federated import max_clients
         from fedshrink.report import RunDirectory
         from fedshrink.runner.flower import FlowerRunError, LocalSimulation
 
-        pool = len(make_splits(cfg.split_spec()).train)
+        pool = max_clients(cfg.split_spec(), cfg.partition_scheme())
         if args.num_clients > pool:
-            raise ConfigError("--num-clients", args.num_clients, f"an integer in [1, {pool}] (training samples)")
+            raise ConfigError("--num-clients", args.num_clients, f"an integer in [1, {pool}] (the clients the data "
+                              "allows)")
         with LocalSimulation(ray_address=args.ray_address) as sim:
             run = sim.run(args.app_dir.resolve(), overrides, num_supernodes=args.num_clients,
                           cpus_per_client=args.cpus_per_client)

@@ -42,13 +42,13 @@ from fedshrink.compression.codecs import Kind as CodecKind
 from fedshrink.compression.flower import UPDATE_KEY, parse_record
 from fedshrink.compression.pruning import decode_masks
 from fedshrink.compression.wire import FLOAT_DTYPES, ParsedTensor, decode_parsed_with_support
+from fedshrink.devices.budget import Budget
+from fedshrink.devices.model import DeviceModel
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.errors import ConfigError, DecodeError, ReplyError
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.fragments.spec import FragmentSpec
 from fedshrink.models.registry import ModelSpec
-from fedshrink.devices.budget import Budget
-from fedshrink.devices.model import DeviceModel
-from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.resources.meter import ResourceRecord
 from fedshrink.training import TrainSettings
 

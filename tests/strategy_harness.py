@@ -10,8 +10,8 @@ from flwr.app import ConfigRecord, Message
 from helpers import FakeGrid
 
 from fedshrink.compression import encode_state
-from fedshrink.devices import Budget, DeviceModel
 from fedshrink.compression.pruning import encode_masks
+from fedshrink.devices import Budget, DeviceModel
 from fedshrink.fragments import build_graph, make_policy
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.profiles import DeviceProfile

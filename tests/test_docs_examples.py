@@ -55,5 +55,5 @@ def test_example_runs(heading: str, registries: None, tmp_path: Path, monkeypatc
     module = types.ModuleType("docs_example")  # dataclasses look their module up in sys.modules
     monkeypatch.setitem(sys.modules, module.__name__, module)
     code = compile(examples()[heading], f"docs/extending.md ({heading})", "exec", dont_inherit=True)
-    exec(code, module.__dict__)  # noqa: S102
+    exec(code, module.__dict__)
     assert module.__dict__.get("checked") is True, "each example ends with checked = True after its own asserts"

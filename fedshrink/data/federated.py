@@ -64,6 +64,12 @@ class Splits:
     input_shape: tuple[int, int, int]  # (C, H, W)
     fleet: Fleet | None = None
 
+    def typical_client_samples(self, clients: int) -> int:
+        """A typical client's sample count: the pool over ``clients``, or a fleet writer's mean."""
+        if self.fleet is not None:
+            return sum(self.fleet.spec.samples) // 2
+        return len(self.train) // max(1, clients)
+
     def describe(self) -> str:
         """The client data in words, for the console: '1,437 client samples' or '100,000 writers (16-64 ...)'."""
         if self.fleet is None:

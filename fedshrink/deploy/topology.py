@@ -41,7 +41,7 @@ from typing import Any
 
 import psutil
 
-from fedshrink.data import SOURCES
+from fedshrink.data.sources import known_dataset, unknown_words
 from fedshrink.deploy.certs import CertificateSet, check_host
 from fedshrink.errors import ConfigError, FedShrinkError
 from fedshrink.profiles import PROFILES
@@ -97,8 +97,8 @@ class NodeSpec:
             raise ConfigError("partition-id", self.partition_id, f"an integer in [0, {self.num_partitions})")
         if self.profile and self.profile not in PROFILES:
             raise ConfigError("profile", self.profile, "one of " + ", ".join(map(repr, sorted(PROFILES))))
-        if self.dataset and self.dataset not in SOURCES:
-            raise ConfigError("dataset", self.dataset, "one of " + ", ".join(map(repr, sorted(SOURCES))))
+        if self.dataset and not known_dataset(self.dataset, self.data_dir):
+            raise ConfigError("dataset", self.dataset, unknown_words())
 
     def items(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {"partition-id": self.partition_id, "num-partitions": self.num_partitions}

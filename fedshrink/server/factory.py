@@ -23,8 +23,8 @@ from fedshrink.models import ModelSpec, build_model
 from fedshrink.protocol import Hello
 from fedshrink.robust.defences import DefenceEnv, RootUpdate
 from fedshrink.robust.guard import NormGuard
-from fedshrink.strategy.plan import Planner, ReplyLimits
 from fedshrink.strategy.fleet import Fleet
+from fedshrink.strategy.plan import Planner, ReplyLimits
 from fedshrink.strategy.rounds import BudgetPlanner, Refiner, ShrinkStrategy
 from fedshrink.strategy.stages import Stage
 from fedshrink.training import seed_for, train_local

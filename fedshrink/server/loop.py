@@ -120,13 +120,13 @@ def start(grid: Grid, cfg: RunConfig, base_dir: Path | None) -> tuple[Run, Array
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     strategy = build_strategy(cfg, spec, splits)
-    budgets = explain_budgets(cfg, spec, len(splits.train) // max(1, len(list(grid.get_node_ids())))) \
-        if cfg.devices.budget_mix else []  # a budget nothing fits fails here, before anything is written
+    typical = splits.typical_client_samples(len(list(grid.get_node_ids())))
+    budgets = explain_budgets(cfg, spec, typical) if cfg.devices.budget_mix else []  # nothing fits: fails here
     recorder = RunRecorder.open(cfg, grid, base_dir)
     for line in budgets:
         recorder.say(f"planner: {line}")
     run = Run(cfg, spec, splits, model, strategy, recorder, grid)
-    recorder.say(f"fedshrink: {cfg.data.dataset} ({len(splits.train)} client samples, {len(splits.test)} test, "
+    recorder.say(f"fedshrink: {cfg.data.dataset} ({splits.describe()}, {len(splits.test)} test, "
                  f"{len(splits.proxy)} proxy), {cfg.model.model} x{cfg.model.model_width} "
                  f"({count_parameters(model):,} parameters), {cfg.federation.num_server_rounds} rounds "
                  f"-> {recorder.path}")

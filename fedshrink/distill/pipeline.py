@@ -303,7 +303,7 @@ def _run(
             t_model, teacher_spec, px, candidates=cfg.candidates, budget=cfg.budget(),
             search=cfg.search_settings(), kd=cfg.kd_settings(cfg.search_rungs[0]), aug=cfg.augment,
             transfer_size=cfg.transfer_size, prune_amount=cfg.prune_amount, norm=cfg.student_norm, seed=cfg.seed,
-            latency_repeats=cfg.latency_repeats,
+            latency_repeats=cfg.latency_repeats, report_accuracy=lambda m: _accuracy(m, test),
         )
         spec, reason = result.picked.spec, result.reason
         records = [r.row() for r in result.records]

@@ -13,6 +13,11 @@ is written as a config string, e.g. ``"topk:0.05|int8|zlib"``::
     record, nbytes = encode_state(update, chain, residuals=store, fragment="f0", round=3)
     store.save(context.state)
     tensors = decode_record(record, limits=DecodeLimits(max_numel=2**24))   # server side
+
+    header, parsed = parse_record(record, limits)       # two phases: check every header first ...
+    for p in parsed:
+        check_chain(p, "topk:0.05|int8|zlib")           # ... name, shape, dtype, numel, chain ...
+    tensors, supports = decode_all_with_support(parsed)  # ... then decode; support = sent elements
     message_nbytes(reply)                                # bytes of a whole Flower Message
 
 Codecs (ids; see :mod:`.codecs` for error bounds and wire sizes): ``fp16``,
@@ -45,10 +50,14 @@ from fedshrink.compression.flower import (
     STYPE,
     UPDATE_KEY,
     DecodedUpdate,
+    check_chain,
+    decode_all_with_support,
     decode_record,
+    decode_record_with_support,
     decode_reply,
     encode_state,
     message_nbytes,
+    parse_record,
     read_update,
     recorddict_nbytes,
 )
@@ -56,6 +65,9 @@ from fedshrink.compression.wire import (
     DEFAULT_LIMITS,
     DecodeLimits,
     EncodedTensor,
+    ParsedTensor,
+    decode_parsed,
+    decode_parsed_with_support,
     decode_tensor,
     parse_tensor,
 )
@@ -76,17 +88,24 @@ __all__ = [
     "EncodeError",
     "EncodedTensor",
     "Float16Config",
+    "ParsedTensor",
     "QuantConfig",
     "RandKConfig",
     "ResidualStore",
     "SignConfig",
     "TopKConfig",
     "ZlibConfig",
+    "check_chain",
+    "decode_all_with_support",
+    "decode_parsed",
+    "decode_parsed_with_support",
     "decode_record",
+    "decode_record_with_support",
     "decode_reply",
     "decode_tensor",
     "encode_state",
     "message_nbytes",
+    "parse_record",
     "parse_tensor",
     "read_update",
     "recorddict_nbytes",

@@ -8,6 +8,7 @@ Public API::
     chain.encode(name, tensor, *, rng=None) -> EncodedTensor      # .nbytes: bytes on the wire
     chain.roundtrip(name, tensor, *, rng=None) -> (EncodedTensor, torch.Tensor)
     chain.lossy -> bool
+    chain.config.for_tensor(dtype, ndim) -> ChainConfig   # the stages as the wire records them
 
 Grammar: stages separated by ``|``; each stage is ``id`` or ``id:arg,key=value,...``
 (the first bare ``arg`` is the codec's positional setting: topk/randk ratio,
@@ -27,6 +28,7 @@ chain: ``residual = input - decode(encode(input))``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -44,8 +46,11 @@ from fedshrink.compression.codecs import (
     CodecConfig,
     EntropyCodec,
     Kind,
+    QuantConfig,
     Sparsifier,
+    TopKConfig,
     ValueCodec,
+    wire_ratio,
 )
 from fedshrink.compression.wire import (
     DEFAULT_LIMITS,
@@ -126,6 +131,36 @@ class ChainConfig:
 
     def to_string(self) -> str:
         return "|".join(cfg.to_string() for cfg in self.stages) or RAW
+
+    def for_tensor(self, dtype: str, ndim: int) -> ChainConfig:
+        """The stages this chain applies to a tensor of ``dtype`` with ``ndim`` dims, as the wire records them.
+
+        Lossy stages apply to floating-point tensors only (``bitmap`` also to bool);
+        a sparsifier's ratio travels as float32; a quantizer's axis is normalised to
+        ``0..ndim-1`` and dropped for tensors of < 2 dims and after a sparsifier.
+        ``parsed.chain == chain.for_tensor(parsed.dtype, len(parsed.shape)).to_string()``
+        checks that a received tensor was encoded with this chain.
+        """
+        if dtype not in DTYPES:
+            raise ConfigError("dtype", dtype, "one of " + ", ".join(DTYPES))
+        is_float = dtype in FLOAT_DTYPES
+        sparse = is_float and any(REGISTRY[c.codec_id].kind is Kind.SPARSIFY for c in self.stages)
+        out: list[CodecConfig] = []
+        for cfg in self.stages:
+            codec = REGISTRY[cfg.codec_id](cfg)
+            if isinstance(codec, Sparsifier):
+                if is_float:
+                    assert isinstance(cfg, TopKConfig)  # randk's config is a TopKConfig too
+                    out.append(dataclasses.replace(cfg, ratio=wire_ratio(cfg.ratio)))
+            elif isinstance(codec, ValueCodec):
+                if is_float or (dtype == "bool" and codec.accepts_bool):
+                    if isinstance(cfg, QuantConfig):
+                        axis = None if sparse else codec.group_axis(ndim)
+                        cfg = dataclasses.replace(cfg, axis=axis)
+                    out.append(cfg)
+            else:
+                out.append(cfg)
+        return ChainConfig(tuple(out))
 
     def __str__(self) -> str:
         return self.to_string()

@@ -128,6 +128,11 @@ def topk_indices(x: F32, k: int) -> I64:
     return idx
 
 
+def wire_ratio(ratio: float) -> float:
+    """A keep fraction as the wire's float32 field carries it, in its shortest decimal form."""
+    return float(str(np.float32(ratio)))
+
+
 def randk_indices(n: int, k: int, rng: np.random.Generator) -> I64:
     """``k`` sorted positions drawn uniformly without replacement."""
     idx = rng.choice(n, size=k, replace=False).astype(np.int64)
@@ -340,6 +345,11 @@ class Codec(ABC):
         return pb.CodecStage(codec=self.codec_id, version=self.version)
 
     @classmethod
+    def config_from_stage(cls, stage: pb.CodecStage) -> CodecConfig:
+        """The config a wire stage was encoded with (ConfigError if its parameters are invalid)."""
+        return cls.config_cls()
+
+    @classmethod
     def check_fields(cls, stage: pb.CodecStage) -> None:
         for field, _ in stage.ListFields():
             if field.name not in cls.stage_fields and field.name not in ("codec", "version"):
@@ -358,6 +368,10 @@ class Sparsifier(Codec):
         st = self.new_stage()
         st.ratio = self.config.ratio  # type: ignore[attr-defined]
         return st
+
+    @classmethod
+    def config_from_stage(cls, stage: pb.CodecStage) -> CodecConfig:
+        return cls.config_cls(ratio=wire_ratio(stage.ratio))  # type: ignore[call-arg]
 
 
 class ValueCodec(Codec):
@@ -531,6 +545,11 @@ class Quant(ValueCodec):
         assert isinstance(self.config, QuantConfig)
         return self.config
 
+    @classmethod
+    def config_from_stage(cls, stage: pb.CodecStage) -> CodecConfig:
+        axis = stage.axis if stage.HasField("axis") else None
+        return QuantConfig(bits=stage.bits, axis=axis, stochastic=stage.stochastic)
+
     def group_axis(self, ndim: int) -> int | None:
         axis = self.cfg.axis
         if axis is None or ndim < 2 or not -ndim <= axis < ndim:  # biases and scalars: per tensor
@@ -667,6 +686,10 @@ class Zlib(EntropyCodec):
     codec_id = "zlib"
     config_cls = ZlibConfig
     stage_fields = frozenset({"level"})
+
+    @classmethod
+    def config_from_stage(cls, stage: pb.CodecStage) -> CodecConfig:
+        return ZlibConfig(level=stage.level)
 
     def compress(self, data: bytes) -> tuple[bytes, pb.CodecStage]:
         assert isinstance(self.config, ZlibConfig)

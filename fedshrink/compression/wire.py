@@ -102,13 +102,21 @@ class EncodedTensor:
 
 @dataclass
 class ParsedTensor:
-    """A header that passed validation; :func:`decode_parsed` finishes the job."""
+    """A header that passed validation; :func:`decode_parsed` finishes the job.
+
+    ``codecs`` are the wire codec ids in encode order and ``chain`` the canonical
+    chain string of the stages as they were applied to this tensor (for example
+    ``"topk:0.1|quant:4|zlib"``; ``"raw"`` for none); compare it with
+    :meth:`~fedshrink.compression.chain.ChainConfig.for_tensor` of the chain asked for.
+    """
 
     proto: pb.CompressedTensor
     name: str
     shape: tuple[int, ...]
     dtype: str
     numel: int
+    codecs: tuple[str, ...]
+    chain: str
     sparsifier: pb.CodecStage | None
     value: tuple[ValueCodec, pb.CodecStage] | None
     entropy: tuple[EntropyCodec, pb.CodecStage] | None
@@ -170,12 +178,17 @@ def _validate(ct: pb.CompressedTensor, label: str, limits: DecodeLimits) -> Pars
     entropy: tuple[EntropyCodec, pb.CodecStage] | None = None
     order = {Kind.SPARSIFY: 0, Kind.VALUE: 1, Kind.ENTROPY: 2}
     last = -1
+    applied: list[str] = []
     for stage in ct.stages:
         cls = lookup(stage.codec, stage.version)
         rank = order[cls.kind]
         if rank <= last:
             raise ValueError(f"codec {stage.codec} out of order in the chain")
         last = rank
+        try:
+            applied.append(cls.config_from_stage(stage).to_string())
+        except ConfigError as exc:
+            raise ValueError(f"{stage.codec} stage parameters: {exc}") from None
         codec = cls()
         if isinstance(codec, Sparsifier):
             codec.check_fields(stage)
@@ -240,6 +253,8 @@ def _validate(ct: pb.CompressedTensor, label: str, limits: DecodeLimits) -> Pars
         shape,
         ct.dtype,
         numel,
+        tuple(stage.codec for stage in ct.stages),
+        "|".join(applied) or "raw",
         sparsifier,
         value,
         entropy,
@@ -254,12 +269,25 @@ def _validate(ct: pb.CompressedTensor, label: str, limits: DecodeLimits) -> Pars
 def decode_parsed(p: ParsedTensor) -> torch.Tensor:
     """Second phase of decoding: payload to tensor (see :func:`parse_tensor`)."""
     try:
-        return _decode(p)
+        return _decode(p, support=False)[0]
     except ValueError as exc:
         raise _fault(p.name, str(exc)) from None
 
 
-def _decode(p: ParsedTensor) -> torch.Tensor:
+def decode_parsed_with_support(p: ParsedTensor) -> tuple[torch.Tensor, npt.NDArray[np.bool_] | None]:
+    """Like :func:`decode_parsed`, and also which elements the sender actually sent.
+
+    The support is a bool array of the tensor's shape, True exactly at the positions
+    in the wire's index set (a sent value that decodes to 0 is still True), for a
+    tensor encoded with a sparsifier; ``None`` for a dense tensor (every element sent).
+    """
+    try:
+        return _decode(p, support=True)
+    except ValueError as exc:
+        raise _fault(p.name, str(exc)) from None
+
+
+def _decode(p: ParsedTensor, *, support: bool) -> tuple[torch.Tensor, npt.NDArray[np.bool_] | None]:
     ct = p.proto
     payload: bytes = ct.payload
     if p.entropy is not None:
@@ -267,12 +295,17 @@ def _decode(p: ParsedTensor) -> torch.Tensor:
         payload = codec.decompress(payload, stage, ct.raw_nbytes)
     view = memoryview(payload)
     idx: npt.NDArray[np.int64] | None = None
+    sent: npt.NDArray[np.bool_] | None = None
     if p.sparsifier is not None:
         section = view[: p.index_nbytes]
         if ct.sparse.encoding == pb.INDEX_ENCODING_BITMAP:
             idx = bitops.indices_from_bitmap(section, p.numel, ct.sparse.count)
         else:
             idx = bitops.varint_decode(section, ct.sparse.count, p.numel)
+        if support:
+            sent = np.zeros(p.numel, dtype=bool)
+            sent[idx] = True
+            sent = sent.reshape(p.shape)
     vsection = view[p.index_nbytes :]
     np_dtype, torch_dtype = DTYPES[p.dtype]
     values: np.ndarray
@@ -302,7 +335,7 @@ def _decode(p: ParsedTensor) -> torch.Tensor:
         t = t.to(torch_dtype)
     if p.dtype in FLOAT_DTYPES and not bool(torch.isfinite(t).all()):
         raise ValueError("non-finite values")
-    return t.reshape(p.shape)
+    return t.reshape(p.shape), sent
 
 
 def decode_tensor(

@@ -23,7 +23,8 @@ is written as a config string, e.g. ``"topk:0.05|int8|zlib"``::
 Codecs (ids; see :mod:`.codecs` for error bounds and wire sizes): ``fp16``,
 ``bf16``, ``quant`` (aliases ``int8``, ``int4``, ``q1``..``q8``; options
 ``axis=<int>`` per channel, ``stochastic=true``), ``sign``, ``bitmap`` (masks),
-``topk:<ratio>``, ``randk:<ratio>``, ``zlib[:<level>]``.
+``topk:<ratio>``, ``randk:<ratio>``, ``zlib[:<level>]``, ``zstd[:<level>]`` (needs the
+``zstandard`` package).
 
 Modules: :mod:`.bitops` (bit packing, bitmaps, delta varints), :mod:`.codecs`
 (configs, codecs, registry), :mod:`.chain` (parsing and applying chains),
@@ -44,6 +45,7 @@ from fedshrink.compression.codecs import (
     SignConfig,
     TopKConfig,
     ZlibConfig,
+    ZstdConfig,
 )
 from fedshrink.compression.errorfeedback import ResidualStore
 from fedshrink.compression.flower import (
@@ -95,6 +97,7 @@ __all__ = [
     "SignConfig",
     "TopKConfig",
     "ZlibConfig",
+    "ZstdConfig",
     "check_chain",
     "decode_all_with_support",
     "decode_parsed",

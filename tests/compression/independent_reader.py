@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import zstandard
 
 from fedshrink.v1 import compression_pb2 as pb
 
@@ -46,8 +47,9 @@ FIELDS = {
     "sign": {"scales"},
     "bitmap": {"axis"},
     "zlib": {"level"},
+    "zstd": {"level"},
 }
-KIND = {"topk": 0, "randk": 0, "fp16": 1, "bf16": 1, "quant": 1, "sign": 1, "bitmap": 1, "zlib": 2}
+KIND = {"topk": 0, "randk": 0, "fp16": 1, "bf16": 1, "quant": 1, "sign": 1, "bitmap": 1, "zlib": 2, "zstd": 2}
 F32_MAX = 3.4028234663852886e38
 
 
@@ -207,7 +209,18 @@ def zlib_inflate(payload: bytes, raw: int) -> bytes:
     return out
 
 
-INFLATE: dict[str, Callable[[bytes, int], bytes]] = {"zlib": zlib_inflate}
+def zstd_inflate(payload: bytes, raw: int) -> bytes:
+    if raw == 0:  # an empty payload is sent as zero bytes
+        need(payload == b"", "zstd frame for an empty payload")
+        return b""
+    try:
+        need(zstandard.frame_content_size(payload) == raw, "zstd content size != raw_nbytes")
+        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise ReaderError(f"zstd: {exc}") from None
+
+
+INFLATE: dict[str, Callable[[bytes, int], bytes]] = {"zlib": zlib_inflate, "zstd": zstd_inflate}
 
 
 # ---------------------------------------------------------------- sections 2-3: the tensor

@@ -27,7 +27,20 @@ def _bench_chains() -> list[str]:
 SHIPPED = ["topk:0.1|q4|zlib", "topk:0.05|int8|zlib", "int8|zlib", "raw"]
 PROFILE_CHAINS = {c for p in PROFILES.values() for c in (p.uplink, p.downlink)}
 LADDER_CHAINS = {c for lv in COMPRESSION_LADDER for c in (lv.uplink, lv.downlink)}
-EXTRA = ["topk:0.5|q4", "randk:0.3|fp16|zlib", "q3:axis=1", "int8:axis=-1|zlib:9", "topk:0.2|sign", "q7", "q5"]
+EXTRA = [
+    "topk:0.5|q4",
+    "randk:0.3|fp16|zlib",
+    "q3:axis=1",
+    "int8:axis=-1|zlib:9",
+    "topk:0.2|sign",
+    "q7",
+    "q5",
+    "topk:0.1|q4|zstd",
+    "topk:0.05|int8|zstd:19",
+    "int8|zstd",
+    "zstd",
+    "q6:axis=0|zstd:3",
+]
 CHAINS = sorted({*_bench_chains(), *SHIPPED, *PROFILE_CHAINS, *LADDER_CHAINS, *EXTRA})
 SHAPES = [(), (1,), (7,), (3, 5), (4, 3, 3, 3), (2, 0), (129,), (33, 17)]
 
@@ -84,7 +97,7 @@ def test_reader_matches_other_float_dtypes(text: str, dtype: torch.dtype) -> Non
             _check(text, "w", (x * 300).to(dtype), seed=i)
 
 
-@pytest.mark.parametrize("text", ["bitmap", "bitmap|zlib", "int8|zlib", "raw"])
+@pytest.mark.parametrize("text", ["bitmap", "bitmap|zlib", "bitmap|zstd", "int8|zlib", "raw"])
 def test_reader_matches_masks(text: str) -> None:
     g = torch.Generator().manual_seed(0)
     channel = (torch.rand(6, 1, 1, 1, generator=g) > 0.5).expand(6, 3, 2, 2).contiguous()
@@ -102,7 +115,7 @@ def test_reader_matches_masks(text: str) -> None:
 
 def test_reader_matches_non_float_tensors() -> None:
     for x in (torch.tensor(7), torch.arange(-5, 6, dtype=torch.int32), torch.arange(9, dtype=torch.uint8)):
-        for text in ("topk:0.1|q4|zlib", "raw", "int8"):
+        for text in ("topk:0.1|q4|zlib", "raw", "int8", "zstd"):
             _check(text, "n", x, seed=0)
 
 

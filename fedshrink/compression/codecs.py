@@ -818,6 +818,8 @@ class Zstd(EntropyCodec):
         size = sum(len(part) for part in parts)
         if size == 0:
             return b"", st
+        if len(parts) == 1:
+            return _zstd_compressor(self.config.level).compress(parts[0]), st
         stream = _zstd_compressor(self.config.level).compressobj(size=size)
         out = []
         for i, part in enumerate(parts):

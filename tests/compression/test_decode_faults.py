@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 import zlib
 from collections.abc import Callable
@@ -165,25 +164,24 @@ def _peak_bytes(fn: Callable[[], object]) -> int:
 
 
 def test_cap_checked_before_allocating() -> None:
-    """A tiny message declaring 2**40 elements is refused without allocating them."""
+    """A tiny message declaring 2**40 elements is refused, by the cap, without allocating them."""
     ct = pb.CompressedTensor(name="w", shape=[2**20, 2**20], dtype="float32")
-    t0 = time.perf_counter()
-    with pytest.raises(DecodeError, match="cap"):
+    with pytest.raises(DecodeError, match="cap of 67108864"):
         decode_tensor(ct.SerializeToString())
+    assert _peak_bytes(lambda: decode_tensor(ct.SerializeToString())) < 1 << 20
     small = DecodeLimits(max_numel=50)
-    with pytest.raises(DecodeError, match="cap"):
+    with pytest.raises(DecodeError, match="96 elements, over the cap of 50"):
         decode_tensor(Chain.parse("int8").encode("w", X).data, limits=small)
-    assert time.perf_counter() - t0 < 1.0
 
 
 def test_zip_bomb_is_bounded() -> None:
-    """A 64 MiB zlib bomb behind a small header is cut off at the declared size."""
+    """A 64 MiB zlib bomb behind a 96-byte header is cut off at the declared size."""
     ct = _proto("int8|zlib")
     ct.payload = zlib.compress(b"\0" * (64 << 20), 9)
-    t0 = time.perf_counter()
-    with pytest.raises(DecodeError, match="beyond"):
-        decode_tensor(ct.SerializeToString())
-    assert time.perf_counter() - t0 < 1.0
+    data = ct.SerializeToString()
+    with pytest.raises(DecodeError, match="beyond the 96 bytes"):
+        decode_tensor(data)
+    assert _peak_bytes(lambda: decode_tensor(data)) < 1 << 20
 
 
 def test_zstd_bomb_is_refused_by_its_declared_size() -> None:

@@ -128,9 +128,10 @@ def _gaps(indices: I64) -> I64:
     return gaps
 
 
-def _varint_lengths(gaps: I64) -> U8:
+def _varint_lengths(gaps: I64, top: int) -> U8:
+    """Bytes of each gap's varint; ``top`` is the largest gap."""
     nb = np.ones(gaps.shape, dtype=np.uint8)
-    for j in range(1, MAX_VARINT_BYTES):
+    for j in range(1, max(1, (top.bit_length() + 6) // 7)):
         nb += gaps >= (1 << (7 * j))
     return nb
 
@@ -139,7 +140,8 @@ def varint_nbytes(indices: I64) -> int:
     """Size of :func:`varint_encode` without building it."""
     if indices.size == 0:
         return 0
-    return int(_varint_lengths(_gaps(indices)).sum(dtype=np.int64))
+    gaps = _gaps(indices)
+    return int(_varint_lengths(gaps, int(gaps.max())).sum(dtype=np.int64))
 
 
 def varint_encode(indices: I64) -> bytes:
@@ -147,20 +149,24 @@ def varint_encode(indices: I64) -> bytes:
     if indices.size == 0:
         return b""
     gaps = _gaps(np.asarray(indices, dtype=np.int64))
-    if int(gaps.max()) < 0x80:  # every gap fits one byte
+    top = int(gaps.max())
+    if top < 0x80:  # every gap fits one byte
         return gaps.astype(np.uint8).tobytes()
-    nb = _varint_lengths(gaps)
+    nb = _varint_lengths(gaps, top)
     starts = np.cumsum(nb, dtype=np.int64)
     total = int(starts[-1])
     starts -= nb
     out = np.empty(total, dtype=np.uint8)
-    out[starts] = (gaps & 0x7F).astype(np.uint8) | ((nb > 1).astype(np.uint8) << 7)
+    first = gaps.astype(np.uint8)  # low 8 bits
+    first &= 0x7F
+    first |= (nb > 1).view(np.uint8) << 7
+    out[starts] = first
     rest = np.flatnonzero(nb > 1)  # the few long gaps
     for j in range(1, MAX_VARINT_BYTES):
         if rest.size == 0:
             break
         byte = ((gaps[rest] >> (7 * j)) & 0x7F).astype(np.uint8)
-        byte |= (nb[rest] > j + 1).astype(np.uint8) << 7
+        byte |= (nb[rest] > j + 1).view(np.uint8) << 7
         out[starts[rest] + j] = byte
         rest = rest[nb[rest] > j + 1]
     return out.tobytes()

@@ -59,7 +59,7 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 def _prepare(overrides: dict[str, Any]) -> tuple[RunConfig, dict[str, Any]]:
     """Validate, then pin run-name and an absolute output-dir so the run can be found."""
     cfg = RunConfig.from_mapping(overrides)
-    out = Path(cfg.output_dir).expanduser()
+    out = Path(cfg.output.output_dir).expanduser()
     if not out.is_absolute():
         out = Path.cwd() / out
     from fedshrink.report.rundir import unique_run_name
@@ -92,7 +92,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                           cpus_per_client=args.cpus_per_client)
         if run.status != "finished:completed":
             raise FlowerRunError(f"run {run.run_id} ended with status {run.status!r}")
-        run_dir = Path(cfg.resume).expanduser() if cfg.resume else RunDirectory.resolve(cfg)
+        run_dir = Path(cfg.robust.resume).expanduser() if cfg.robust.resume else RunDirectory.resolve(cfg)
         summary = RunDirectory(run_dir).read_summary()
     print(f"fedshrink: {summary['status']}, accuracy {summary['accuracy']:.4f}, run directory {summary['run-dir']}")
     return 0

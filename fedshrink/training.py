@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,6 +17,7 @@ from torch import nn
 
 from fedshrink.data import LabelledArrays
 from fedshrink.errors import ConfigError
+from fedshrink.settings import Section, at_least, between, greater_than, one_of, option
 
 
 def read_number(config: Mapping[str, object], key: str, kind: type[int] | type[float]) -> Any:
@@ -31,8 +32,8 @@ LOSSES = ("ce", "masked-ce")
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """Local training settings, sent to clients in the train message under their run-config names.
+class TrainSettings(Section):
+    """Local training settings; the server sends them to clients in the train instruction.
 
     ``loss``: ``"ce"`` is cross-entropy over all classes; ``"masked-ce"`` is
     cross-entropy over the classes present in the client's own data (the
@@ -42,43 +43,15 @@ class TrainSettings:
     clients are raising.
     """
 
-    epochs: int = 2
-    batch_size: int = 32
-    learning_rate: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    loss: str = "ce"
+    title: ClassVar[str] = "local training"
 
-    def __post_init__(self) -> None:
-        if self.loss not in LOSSES:
-            raise ConfigError("local-loss", self.loss, "one of " + ", ".join(map(repr, LOSSES)))
-
-    # field -> key in the server's train message (the run-config names)
-    CONFIG_KEYS: ClassVar[dict[str, str]] = {
-        "epochs": "local-epochs",
-        "batch_size": "batch-size",
-        "learning_rate": "learning-rate",
-        "momentum": "momentum",
-        "weight_decay": "weight-decay",
-        "loss": "local-loss",
-    }
-
-    def to_config(self) -> dict[str, int | float]:
-        return {key: getattr(self, name) for name, key in self.CONFIG_KEYS.items()}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, object]) -> TrainSettings:
-        kinds = {f.name: f.type for f in fields(cls)}
-        values: dict[str, Any] = {}
-        for name, key in cls.CONFIG_KEYS.items():
-            if kinds[name] == "str":
-                value = config.get(key)
-                if not isinstance(value, str):
-                    raise ConfigError(f"train message {key}", value, "a string")
-                values[name] = value
-            else:
-                values[name] = read_number(config, key, int if kinds[name] == "int" else float)
-        return cls(**values)
+    epochs: int = option(2, "client epochs per round", rule=at_least(1), key="local-epochs")
+    batch_size: int = option(16, "client batch size", rule=at_least(1))
+    learning_rate: float = option(0.01, "client SGD learning rate", rule=greater_than(0))
+    momentum: float = option(0.9, "client SGD momentum", rule=between(0, 1, hi_open=True))
+    weight_decay: float = option(0.0, "client SGD weight decay", rule=at_least(0))
+    loss: str = option("ce", "`ce`, or `masked-ce`: softmax over the classes in the client's own data only",
+                       rule=one_of(LOSSES), key="local-loss")
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,48 @@ def test_bad_setting_names_key_and_allowed(key: str, value: Any, allowed_fragmen
 
 def test_int_is_accepted_for_float_settings() -> None:
     cfg = RunConfig.from_mapping({"dirichlet-alpha": 1})
-    assert cfg.dirichlet_alpha == 1.0 and isinstance(cfg.dirichlet_alpha, float)
+    assert cfg.data.dirichlet_alpha == 1.0 and isinstance(cfg.data.dirichlet_alpha, float)
+
+
+def test_unknown_setting_suggests_the_closest() -> None:
+    with pytest.raises(ConfigError, match="did you mean 'dirichlet-alpha'"):
+        RunConfig.from_mapping({"dirichlet-alfa": 0.3})
+
+
+def test_every_key_has_one_owner_and_a_help_text() -> None:
+    from fedshrink.config import all_settings, setting_owners
+
+    owners = setting_owners()
+    pairs = all_settings()
+    assert len(owners) == len(pairs) == len(RunConfig().to_mapping())
+    assert all(s.help and s.allowed() for _, s in pairs)
+
+
+def test_registered_options_are_settings() -> None:
+    cfg = RunConfig.from_mapping({"defence": "clip+trimmed-mean", "trim-fraction": 0.3, "clip-norm": 2.0,
+                                  "fragment-policy": "rolling", "rolling-step": 3})
+    clip, trimmed = cfg.robust.defences()
+    assert (clip.name, clip.max_norm) == ("clip", 2.0)  # type: ignore[attr-defined]
+    assert (trimmed.name, trimmed.trim) == ("trimmed-mean", 0.3)  # type: ignore[attr-defined]
+    assert cfg.fragments.policy(cfg.seed).config.step == 3  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="trim-fraction"):
+        RunConfig.from_mapping({"trim-fraction": 0.5})
+
+
+def test_random_policy_seed_follows_the_run_seed() -> None:
+    a = RunConfig.from_mapping({"fragment-policy": "random", "seed": 1}).fragments.policy(1)
+    b = RunConfig.from_mapping({"fragment-policy": "random", "seed": 2}).fragments.policy(2)
+    assert a.config.seed == 1 and b.config.seed == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("mix", "fragment"), [
+    ("phone:0.5,laptop:0.6", "sum to 1.1"),
+    ("tablet:1.0", "'tablet'"),
+])
+def test_profile_mix_errors_say_what_is_wrong(mix: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping({"profile-mix": mix})
+    assert err.value.key == "profile-mix" and fragment in str(err.value) and "\n" not in str(err.value)
 
 
 def test_json_round_trip() -> None:
@@ -82,19 +123,17 @@ def test_parse_override_reads_toml_values_and_bare_words() -> None:
 def test_views_carry_settings() -> None:
     cfg = RunConfig.from_mapping({"partitioner": "pathological", "classes-per-client": 3, "local-epochs": 5})
     assert cfg.partition_scheme().classes_per_client == 3
-    assert cfg.train_settings().epochs == 5
+    assert cfg.training.epochs == 5
     assert cfg.split_spec().dataset == "digits"
 
 
-def test_train_settings_round_trip_through_the_train_message() -> None:
+def test_train_settings_round_trip_through_their_values() -> None:
     from fedshrink.training import TrainSettings
 
-    settings = RunConfig.from_mapping({"local-epochs": 3, "learning-rate": 0.2}).train_settings()
-    assert TrainSettings.from_config(settings.to_config()) == settings
+    settings = RunConfig.from_mapping({"local-epochs": 3, "learning-rate": 0.2}).training
+    assert TrainSettings.from_values(settings.to_values()) == settings
     with pytest.raises(ConfigError, match="local-epochs"):
-        TrainSettings.from_config({**settings.to_config(), "local-epochs": 2.5})
-    with pytest.raises(ConfigError, match="momentum"):
-        TrainSettings.from_config({k: v for k, v in settings.to_config().items() if k != "momentum"})
+        TrainSettings.from_values({**settings.to_values(), "local-epochs": 2.5})
 
 
 @pytest.mark.parametrize("settings, key", [
@@ -108,5 +147,5 @@ def test_settings_that_need_the_proxy_split_or_a_known_value_fail_at_start(setti
         RunConfig.from_mapping(settings)
     assert err.value.key == key and "\n" not in str(err.value)
     assert RunConfig.from_mapping({"proxy-fraction": 0.0, "model-norm": "layer", "profile-mix": "phone:1.0",
-                                   "fusion-steps": 0}).fusion_config() is None
-    assert RunConfig().fusion_config() is not None
+                                   "fusion-steps": 0}).fragments.fusion() is None
+    assert RunConfig().fragments.fusion() is not None

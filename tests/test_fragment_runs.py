@@ -9,21 +9,21 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
-from helpers import FakeGrid
+from strategy_harness import HelloGrid, first_round, fragment_shapes, make_strategy, model_state, reply_to
 
-from fedshrink.client_app import nested_distiller
-from fedshrink.compression import encode_state
-from fedshrink.errors import ConfigError
+from fedshrink.fragments import build_graph, make_policy
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.models import ModelSpec, build_model
-from fedshrink.profiles import get_profile
+from fedshrink.profiles import DeviceProfile, get_profile
+from fedshrink.protocol import TrainInstruction
 from fedshrink.report import RunDirectory
 from fedshrink.runner import run_inprocess
 from fedshrink.runner.inprocess import server_identity
-from fedshrink.strategy.fragments import FragmentStrategy
-from fedshrink.strategy.replies import ARRAYS_KEY
+from fedshrink.strategy.plan import Planner
+from fedshrink.strategy.rounds import ShrinkStrategy
+from fedshrink.training import TrainSettings
 
 MIX = "iot:0.4,phone:0.4,laptop:0.2"
 
@@ -37,23 +37,18 @@ def _identity() -> Iterator[None]:
 
 def test_full_width_fragments_equal_flower_fedavg() -> None:
     spec = ModelSpec("cnn", (1, 8, 8), 10)
-    torch.manual_seed(0)
-    glob = {k: v.numpy() for k, v in build_model(spec).state_dict().items()}
-    strategy = FragmentStrategy(model_spec=spec, policy="random", min_train_clients=3, min_available_nodes=3)
-    strategy.node_profiles = {n: get_profile("laptop") for n in (1, 2, 3)}  # width 1, no pruning, raw chains
-    record = ArrayRecord({k: torch.from_numpy(v) for k, v in glob.items()})
-    msgs = list(strategy.configure_train(1, record, ConfigRecord({}), FakeGrid([1, 2, 3])))  # type: ignore[arg-type]
+    glob = model_state(spec)
+    laptop = DeviceProfile("whole", 1.0, 0.0, "none", 32, "raw", "raw", 2, 16)  # width 1, no pruning, raw chains
+    s = make_strategy(spec, fragments=True, policy="random", min_train_clients=3)
+    msgs = first_round(s, HelloGrid([1, 2, 3], {n: laptop for n in (1, 2, 3)}), glob)
     rng = np.random.default_rng(0)
     ours, plain = [], []
     for i, msg in enumerate(msgs):
         trained = {k: (v + rng.normal(size=v.shape)).astype(v.dtype) for k, v in glob.items()}
-        metrics = MetricRecord({"num-examples": 5 * (i + 1)})
-        update = {k: torch.from_numpy(trained[k] - glob[k]) for k in glob}
-        enc, _ = encode_state(update, "raw")
-        ours.append(Message(RecordDict({ARRAYS_KEY: enc, "metrics": metrics}), reply_to=msg))
-        plain.append(Message(RecordDict({ARRAYS_KEY: ArrayRecord({k: torch.from_numpy(v) for k, v in trained.items()}),
-                                         "metrics": metrics}), reply_to=msg))
-    mine, _ = strategy.aggregate_train(1, ours)
+        ours.append(reply_to(msg, {k: trained[k] - glob[k] for k in glob}, pid=i, n=5 * (i + 1)))
+        plain.append(Message(RecordDict({"arrays": ArrayRecord({k: torch.from_numpy(v) for k, v in trained.items()}),
+                                         "metrics": MetricRecord({"num-examples": 5 * (i + 1)})}), reply_to=msg))
+    mine, _ = s.aggregate_train(1, ours)
     theirs, _ = FedAvg(fraction_evaluate=0.0).aggregate_train(1, plain)
     assert mine is not None and theirs is not None
     for k in glob:
@@ -92,32 +87,34 @@ def test_node_config_profile_overrides_the_mix(quick: dict[str, Any]) -> None:
     assert all(int(r["params"]) < int(result.summary["model-parameters"]) / 8 for r in rows)
 
 
+def _three_widths(nested: NestedConfig | None, derive: bool = False) -> tuple[ShrinkStrategy, dict[int, Message]]:
+    spec = ModelSpec("cnn", (1, 8, 8), 10)
+    planner = Planner(spec, build_graph(build_model(spec)), TrainSettings(), uplink="raw", downlink="raw",
+                      fragments=True, policy=make_policy("static"), nested=nested, derive=derive)
+    s = ShrinkStrategy(planner, min_train_clients=4)
+    grid = HelloGrid([1, 2, 3, 4], {1: get_profile("iot"), 2: get_profile("phone"), 3: get_profile("edge"),
+                                    4: get_profile("laptop")})
+    return s, {m.metadata.dst_node_id: m for m in first_round(s, grid, model_state(spec))}
+
+
 def test_wide_clients_are_told_the_narrower_widths_to_distil_into() -> None:
-    spec = ModelSpec("cnn", (1, 8, 8), 10)
-    torch.manual_seed(0)
-    glob = ArrayRecord({k: v for k, v in build_model(spec).state_dict().items()})
-    strategy = FragmentStrategy(model_spec=spec, policy="static", min_train_clients=3, min_available_nodes=3,
-                                nested=NestedConfig((), temperature=2.0, weight=0.5))
-    strategy.node_profiles = {1: get_profile("iot"), 2: get_profile("phone"), 3: get_profile("laptop")}
-    msgs = {m.metadata.dst_node_id: m for m in
-            strategy.configure_train(1, glob, ConfigRecord({}), FakeGrid([1, 2, 3]))}  # type: ignore[arg-type]
-    told = {n: m.content.config_records["config"].get("nested-widths") for n, m in msgs.items()}
-    assert told == {1: None, 2: [0.25], 3: [0.25, 0.5]}
-    assert msgs[3].content.config_records["config"]["nested-temperature"] == 2.0
-    off = FragmentStrategy(model_spec=spec, policy="static", min_train_clients=3, min_available_nodes=3)
-    off.node_profiles = strategy.node_profiles
-    assert all("nested-widths" not in m.content.config_records["config"]
-               for m in off.configure_train(1, glob, ConfigRecord({}), FakeGrid([1, 2, 3])))  # type: ignore[arg-type]
+    _, msgs = _three_widths(NestedConfig((), temperature=2.0, weight=0.5))
+    told = {n: TrainInstruction.from_records(m.content).nested for n, m in msgs.items()}
+    assert told[1] is None and told[2] is not None and told[4] is not None and told[3] is not None
+    assert told[2].widths == (0.25,) and told[4].widths == (0.25, 0.5, 0.75)
+    assert told[4].temperature == 2.0 and told[4].weight == 0.5
+    _, off = _three_widths(None)
+    assert all(TrainInstruction.from_records(m.content).nested is None for m in off.values())
 
 
-def test_client_builds_the_distiller_the_server_asked_for() -> None:
-    spec = ModelSpec("cnn", (1, 8, 8), 10)
-    config: dict[str, object] = {"nested-widths": [0.25, 0.5], "nested-temperature": 1.0, "nested-weight": 1.0}
-    distiller = nested_distiller(spec, config, 0.5)
-    assert distiller is not None and distiller.widths == [0.25]
-    assert nested_distiller(spec, {}, 1.0) is None
-    with pytest.raises(ConfigError, match="nested-widths"):
-        nested_distiller(spec, {**config, "nested-widths": ["x"]}, 1.0)
+def test_the_instruction_carries_the_profile_itself() -> None:
+    custom = DeviceProfile("watch", 0.25, 0.5, "unstructured", 4, "topk:0.2|q4", "int8", 1, 8)  # no registry entry
+    s = make_strategy(ModelSpec("cnn", (1, 8, 8), 10), fragments=True, min_train_clients=1)
+    (msg,) = first_round(s, HelloGrid([9], {9: custom}), model_state(ModelSpec("cnn", (1, 8, 8), 10)))
+    instruction = TrainInstruction.from_records(msg.content)
+    assert instruction.profile == custom and instruction.width == 0.25
+    assert (instruction.training.epochs, instruction.training.batch_size) == (1, 8)
+    assert instruction.uplink == custom.uplink
 
 
 @pytest.mark.parametrize("nested", [True, False])
@@ -129,60 +126,41 @@ def test_mixed_run_with_and_without_nested_distillation(quick: dict[str, Any], n
     assert set(rounds[-1]["accuracy-width"]) == {"0.25"}
 
 
-def _phone_round(derive: bool) -> tuple[FragmentStrategy, dict[int, Message], dict[str, np.ndarray]]:
-    spec = ModelSpec("cnn", (1, 8, 8), 10, norm="batch")
-    torch.manual_seed(0)
-    glob = {k: v.numpy() for k, v in build_model(spec).state_dict().items()}
-    strategy = FragmentStrategy(model_spec=spec, policy="static", min_train_clients=1, min_available_nodes=1,
-                                derive_masks=derive)
-    strategy.node_profiles = {1: get_profile("iot"), 2: get_profile("phone"), 3: get_profile("edge"),
-                              4: get_profile("laptop")}
-    record = ArrayRecord({k: torch.from_numpy(v) for k, v in glob.items()})
-    msgs = {m.metadata.dst_node_id: m for m in
-            strategy.configure_train(1, record, ConfigRecord({}), FakeGrid([1, 2, 3, 4]))}  # type: ignore[arg-type]
-    return strategy, msgs, glob
-
-
 def test_server_derives_exactly_the_masks_the_client_applies() -> None:
-    from fedshrink.client_app import build_local_model
+    from fedshrink.client.local import build_local_model
     from fedshrink.compression import decode_record
     from fedshrink.compression.pruning import get_masks, mask_digest
 
-    strategy, msgs, _ = _phone_round(derive=True)
-    spec = strategy.model_spec
+    s, msgs = _three_widths(None, derive=True)
     for node, msg in msgs.items():
-        config = dict(msg.content.config_records["config"])
-        received = decode_record(msg.content.array_records[ARRAYS_KEY])
-        model, _ = build_local_model(spec, received, config)
-        client_masks = get_masks(model)
+        instruction = TrainInstruction.from_records(msg.content)
+        client_masks = get_masks(build_local_model(instruction, decode_record(instruction.model)))
+        assignment = s._assigned[node]
         if node in (1, 2):  # unstructured pruning: derived on the server, told to the client
-            assert config["derive-masks"] is True
-            derived, digest = strategy._derived[node]
-            assert digest == mask_digest(client_masks)
-            assert set(derived) == set(client_masks)
-            assert all(np.array_equal(derived[k], client_masks[k].numpy()) for k in derived)
+            assert instruction.derive_masks and assignment.masks is not None
+            assert assignment.expected.mask_digest == mask_digest(client_masks)
+            assert set(assignment.masks) == set(client_masks)
+            assert all(np.array_equal(assignment.masks[k], client_masks[k].numpy()) for k in assignment.masks)
         else:  # structured (edge) masks are sent; laptops do not prune
-            assert "derive-masks" not in config and node not in strategy._derived
+            assert not instruction.derive_masks and assignment.masks is None
 
 
 @pytest.mark.parametrize("digest_ok", [True, False])
 def test_a_reply_whose_mask_digest_differs_is_dropped(digest_ok: bool) -> None:
-    from fedshrink.fragments import extract
-
-    strategy, msgs, glob = _phone_round(derive=True)
-    sub = extract(glob, strategy.graph, strategy._specs[2])
-    enc, _ = encode_state({k: torch.zeros(v.shape) for k, v in sub.items()}, "raw")
-    digest = strategy._derived[2][1] if digest_ok else strategy._derived[2][1] ^ 1
-    reply = Message(RecordDict({ARRAYS_KEY: enc, "metrics": MetricRecord({"num-examples": 5, "mask-digest": digest})}),
-                    reply_to=msgs[2])
-    strategy._expected = {2: strategy._expected[2]}
-    strategy.aggregate_train(1, [reply])
-    outcome = strategy.outcomes[-1]
+    s, msgs = _three_widths(None, derive=True)
+    expected = s._assigned[2].expected
+    assert expected.mask_digest is not None
+    digest = expected.mask_digest if digest_ok else expected.mask_digest ^ 1
+    s._assigned = {2: s._assigned[2]}
+    s.min_train_clients = 1
+    reply = reply_to(msgs[2], {k: np.zeros(sh, np.float32) for k, sh in fragment_shapes(msgs[2]).items()}, pid=1,
+                     metrics={"mask-digest": digest})
+    s.aggregate_train(1, [reply])
+    outcome = s.outcomes[-1]
     if digest_ok:
-        assert len(outcome.good) == 1 and not outcome.dropped
-        assert strategy._masks[2].keys() == strategy._derived[2][0].keys()
+        assert len(outcome.accepted) == 1 and not outcome.dropped
     else:
-        assert not outcome.good and "mask-digest" in outcome.dropped[0].reason
+        assert not outcome.accepted and "mask-digest" in outcome.dropped[0].reason
 
 
 def test_derived_masks_save_the_mask_bytes(quick: dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedshrink.client_app import app as real_client_app
+from fedshrink.client_app import hello
 from fedshrink.errors import ConfigError
 from fedshrink.report import RunDirectory
 from fedshrink.runner import run_inprocess
@@ -23,7 +24,7 @@ def test_run_writes_run_directory(quick: dict[str, Any]) -> None:
     files = {p.name for p in result.run_dir.iterdir()}
     assert {"config.json", "metrics.jsonl", "summary.json", "global_model.pt"} <= files
     rundir = RunDirectory(result.run_dir)
-    assert rundir.read_config().num_server_rounds == 3
+    assert rundir.read_config().federation.num_server_rounds == 3
     rounds = rundir.read_rounds()
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert all(r["clients-good"] == 5 and r["clients-dropped"] == 0 for r in rounds)
@@ -31,7 +32,7 @@ def test_run_writes_run_directory(quick: dict[str, Any]) -> None:
     assert summary["status"] == "completed"
     assert summary["accuracy"] == rounds[-1]["accuracy"]
     assert summary["clients"] == 5
-    assert result.grid.calls == 15  # 5 clients x 3 rounds
+    assert result.grid.calls == 20  # 5 hellos, then 5 clients x 3 rounds
 
 
 def test_training_learns(quick: dict[str, Any]) -> None:
@@ -45,7 +46,7 @@ def test_same_seed_same_model(quick: dict[str, Any]) -> None:
     a = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
     b = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
     c = run_inprocess({**quick, "num-server-rounds": 2, "seed": 9}, num_clients=4)
-    sa, sb, sc = (torch.load(r.run_dir / "global_model.pt") for r in (a, b, c))
+    sa, sb, sc = (torch.load(r.run_dir / "global_model.pt", weights_only=True) for r in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
@@ -53,6 +54,7 @@ def test_same_seed_same_model(quick: dict[str, Any]) -> None:
 def test_client_identity_is_partition_id(quick: dict[str, Any]) -> None:
     seen: list[int] = []
     spy = ClientApp()
+    spy.query("hello")(hello)
 
     @spy.train()
     def train(msg: Message, context: Context) -> Message:
@@ -66,6 +68,7 @@ def test_client_identity_is_partition_id(quick: dict[str, Any]) -> None:
 
 def test_crashing_client_does_not_stop_the_run(quick: dict[str, Any]) -> None:
     flaky = ClientApp()
+    flaky.query("hello")(hello)
 
     @flaky.train()
     def train(msg: Message, context: Context) -> Message:
@@ -82,6 +85,7 @@ def test_crashing_client_does_not_stop_the_run(quick: dict[str, Any]) -> None:
 
 def test_round_without_enough_replies_is_skipped(quick: dict[str, Any]) -> None:
     dead = ClientApp()
+    dead.query("hello")(hello)
 
     @dead.train()
     def train(msg: Message, context: Context) -> Message:

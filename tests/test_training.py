@@ -55,12 +55,12 @@ def test_extra_loss_is_added_to_every_step() -> None:
 
 
 def test_loss_setting_travels_and_is_checked() -> None:
-    settings = RunConfig.from_mapping({"local-loss": "masked-ce"}).train_settings()
+    settings = RunConfig.from_mapping({"local-loss": "masked-ce"}).training
     assert settings.loss == "masked-ce"
-    assert TrainSettings.from_config(settings.to_config()) == settings
+    assert TrainSettings.from_values(settings.to_values()) == settings
     with pytest.raises(ConfigError, match="local-loss"):
         TrainSettings(loss="focal")
     with pytest.raises(ConfigError, match="local-loss"):
-        TrainSettings.from_config({**settings.to_config(), "local-loss": 3})
+        TrainSettings.from_values({**settings.to_values(), "local-loss": 3})
     with pytest.raises(ConfigError, match="local-loss"):
         RunConfig.from_mapping({"local-loss": "hinge"})

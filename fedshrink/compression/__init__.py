@@ -17,7 +17,7 @@ is written as a config string, e.g. ``"topk:0.05|int8|zlib"``::
     header, parsed = parse_record(record, limits)       # two phases: check every header first ...
     for p in parsed:
         check_chain(p, "topk:0.05|int8|zlib")           # ... name, shape, dtype, numel, chain ...
-    tensors, supports = decode_all_with_support(parsed)  # ... then decode; support = sent elements
+    decoded = decode_all_with_support(parsed)            # ... then decode: name -> (tensor, sent-elements mask)
     message_nbytes(reply)                                # bytes of a whole Flower Message
 
 Codecs (ids; see :mod:`.codecs` for error bounds and wire sizes): ``fp16``,
@@ -55,8 +55,8 @@ from fedshrink.compression.flower import (
     check_chain,
     decode_all_with_support,
     decode_record,
-    decode_record_with_support,
     decode_reply,
+    decode_with_support,
     encode_state,
     message_nbytes,
     parse_record,
@@ -103,9 +103,9 @@ __all__ = [
     "decode_parsed",
     "decode_parsed_with_support",
     "decode_record",
-    "decode_record_with_support",
     "decode_reply",
     "decode_tensor",
+    "decode_with_support",
     "encode_state",
     "message_nbytes",
     "parse_record",

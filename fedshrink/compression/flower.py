@@ -10,8 +10,8 @@ Public API::
     parse_record(record, limits=DEFAULT_LIMITS) -> (TensorUpdate | None, list[ParsedTensor])  # headers only
     check_chain(parsed: ParsedTensor, chain: Chain | ChainConfig | str) -> None   # DecodeError if not
     decode_parsed(parsed) -> Tensor; decode_parsed_with_support(parsed) -> (Tensor, bool ndarray | None)
-    decode_all_with_support(parsed: Sequence[ParsedTensor]) -> (dict[str, Tensor], dict[str, ndarray | None])
-    decode_record_with_support(record, *, limits=DEFAULT_LIMITS) -> (dict[str, Tensor], dict[str, ndarray | None])
+    decode_all_with_support(parsed: Sequence[ParsedTensor]) -> dict[str, (Tensor, bool ndarray | None)]
+    decode_with_support(record, limits=DEFAULT_LIMITS) -> dict[str, (Tensor, bool ndarray | None)]
     read_update(record, *, limits=DEFAULT_LIMITS) -> DecodedUpdate   # header + tensors
     decode_reply(message: Message, *, key: str = "arrays", limits=DEFAULT_LIMITS) -> dict[str, Tensor]
     message_nbytes(message: Message, *, mode: str = "proto") -> int
@@ -40,7 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.common.serde import message_to_proto, recorddict_to_proto
+from flwr.common.serde import message_to_proto, metadata_to_proto, recorddict_to_proto
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from fedshrink.compression.chain import Chain, ChainConfig
@@ -182,29 +182,25 @@ def parse_record(
     return header, parsed
 
 
+def decode_with_support(
+    record: ArrayRecord, limits: DecodeLimits = DEFAULT_LIMITS
+) -> dict[str, tuple[torch.Tensor, npt.NDArray[np.bool_] | None]]:
+    """Every tensor of a record with the mask of the elements actually sent (None for dense tensors)."""
+    _, parsed = parse_record(record, limits)
+    return decode_all_with_support(parsed)
+
+
 def decode_record(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
     """Decode every tensor of a record (validating all headers first); raise DecodeError."""
     _, parsed = parse_record(record, limits)
     return {p.name: decode_parsed(p) for p in parsed}
 
 
-def decode_record_with_support(
-    record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS
-) -> tuple[dict[str, torch.Tensor], dict[str, npt.NDArray[np.bool_] | None]]:
-    """Like :func:`decode_record`, and also each tensor's support (see :func:`decode_parsed_with_support`)."""
-    _, parsed = parse_record(record, limits)
-    return decode_all_with_support(parsed)
-
-
 def decode_all_with_support(
     parsed: Sequence[ParsedTensor],
-) -> tuple[dict[str, torch.Tensor], dict[str, npt.NDArray[np.bool_] | None]]:
-    """Second phase for tensors from :func:`parse_record`: values and supports keyed by name."""
-    tensors: dict[str, torch.Tensor] = {}
-    supports: dict[str, npt.NDArray[np.bool_] | None] = {}
-    for p in parsed:
-        tensors[p.name], supports[p.name] = decode_parsed_with_support(p)
-    return tensors, supports
+) -> dict[str, tuple[torch.Tensor, npt.NDArray[np.bool_] | None]]:
+    """Second phase for tensors from :func:`parse_record`: (values, support) keyed by name."""
+    return {p.name: decode_parsed_with_support(p) for p in parsed}
 
 
 def check_chain(parsed: ParsedTensor, chain: Chain | ChainConfig | str) -> None:
@@ -245,17 +241,31 @@ def recorddict_nbytes(content: RecordDict) -> int:
     return int(recorddict_to_proto(content).ByteSize())
 
 
-def message_nbytes(message: Message, *, mode: str = "proto") -> int:
+def _field_nbytes(payload: int) -> int:
+    """Bytes of a length-delimited protobuf field with a one-byte tag and a ``payload``-byte body."""
+    return 1 + _varint_nbytes(payload) + payload
+
+
+def _varint_nbytes(n: int) -> int:
+    """The size of protobuf's varint encoding of ``n`` >= 0."""
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def message_nbytes(message: Message, *, mode: str = "proto", content_nbytes: int | None = None) -> int:
     """Bytes of a whole Flower Message.
 
     ``mode="proto"``: the size of Flower's protobuf ``Message`` (metadata +
-    content + error) from ``flwr.common.serde.message_to_proto``.
+    content + error) from ``flwr.common.serde.message_to_proto``. With
+    ``content_nbytes`` (the content's serialized size, measured once for
+    messages that share it) only the metadata is serialized here.
     ``mode="objects"``: the sum of the deflated objects Flower 1.42's transport
     pushes for it (message, records, arrays and array chunks, each unique object
     once); a few hundred bytes more than ``"proto"`` per message.
     """
     if mode == "proto":
-        return int(message_to_proto(message).ByteSize())
+        if content_nbytes is None or message.has_error():
+            return int(message_to_proto(message).ByteSize())
+        return _field_nbytes(int(metadata_to_proto(message.metadata).ByteSize())) + _field_nbytes(content_nbytes)
     if mode == "objects":
         from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 

@@ -134,6 +134,11 @@ class ParsedTensor:
     index_nbytes: int
     value_nbytes: int
 
+    @property
+    def codec_ids(self) -> tuple[str, ...]:
+        """The codecs of the tensor's chain, in encode order (the same as ``codecs``)."""
+        return self.codecs
+
 
 def _fault(name: str, fault: str) -> DecodeError:
     return DecodeError(name, fault)

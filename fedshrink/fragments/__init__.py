@@ -1,4 +1,4 @@
-"""Model fragments: channel-group graph, FragmentSpec, slicing, scatter, aggregation, policies.
+"""Model fragments: channel-group graph, FragmentSpec, slicing and scatter, policies, nested training, fusion.
 
 Pure functions over tensors / state dicts; no Flower, no codecs::
 
@@ -7,11 +7,9 @@ Pure functions over tensors / state dicts; no Flower, no codecs::
     wire = spec.to_json()          ->   FragmentSpec.from_json(wire)   # str for a ConfigRecord
     sub = extract(global_state, graph, spec)                     # loads into build_model(ms.at_width(0.5))
     values, held = scatter(sub, graph, spec)                     # full shapes + bool masks
-    new_global = aggregate_fragments(global_state, graph, [(sub, spec, n_examples, prune_masks), ...])
 
 Modules: :mod:`.graph` (tracing and channel groups), :mod:`.spec`
-(FragmentSpec and its wire form), :mod:`.slicing` (extract / scatter /
-aggregate), :mod:`.policies` (static, rolling, random).
+(FragmentSpec and its wire form), :mod:`.slicing` (extract / scatter), :mod:`.policies` (static, rolling, random).
 """
 
 from fedshrink.fragments.graph import ChannelGroup, DimRule, LayerGraph, TensorRule, build_graph, canonical_key
@@ -29,10 +27,7 @@ from fedshrink.fragments.policies import (
     make_policy,
 )
 from fedshrink.fragments.slicing import (
-    Contribution,
-    aggregate_fragments,
     extract,
-    fold_reparametrised,
     scatter,
     sub_shapes,
     tensor_indices,
@@ -43,7 +38,6 @@ __all__ = [
     "FORMAT",
     "POLICIES",
     "ChannelGroup",
-    "Contribution",
     "DimRule",
     "FragmentPolicy",
     "FragmentSpec",
@@ -56,12 +50,10 @@ __all__ = [
     "StaticConfig",
     "StaticPolicy",
     "TensorRule",
-    "aggregate_fragments",
     "build_graph",
     "canonical_key",
     "client_seed",
     "extract",
-    "fold_reparametrised",
     "full_spec",
     "kept_fraction",
     "make_policy",

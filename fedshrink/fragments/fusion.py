@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -157,3 +157,30 @@ def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSp
         inner_mask = m.numpy() == 0
         out[key][inner_mask] = np.asarray(state[key])[inner_mask]
     return out
+
+
+class Fusion:
+    """:func:`fuse` as a server-side refiner of the aggregated model (run after every aggregation)."""
+
+    name = "fusion"
+
+    def __init__(self, graph: LayerGraph, model_spec: ModelSpec, x: torch.Tensor, config: FusionConfig, *,
+                 scaled: bool = False) -> None:
+        if len(x) == 0:
+            raise ConfigError("fusion-steps", config.steps, "0 when the server has no proxy inputs (proxy-fraction 0)")
+        self.graph, self.model_spec, self.x, self.config, self.scaled = graph, model_spec, x, config, scaled
+
+    def refine(self, server_round: int, state: Mapping[str, np.ndarray], widths: Sequence[float]
+               ) -> dict[str, np.ndarray]:
+        return fuse(state, self.graph, self.model_spec, widths, self.x, self.config, scaled=self.scaled)
+
+
+def nested_initialiser(graph: LayerGraph) -> Callable[[Mapping[str, np.ndarray], Sequence[float]],
+                                                      dict[str, np.ndarray]]:
+    """The run's one-off start for ``fragment-init = nested``: :func:`nested_init` at the widest narrow width."""
+
+    def initialise(state: Mapping[str, np.ndarray], widths: Sequence[float]) -> dict[str, np.ndarray]:
+        inner = inner_spec(graph, widths)
+        return nested_init(state, graph, inner) if inner is not None else dict(state)
+
+    return initialise

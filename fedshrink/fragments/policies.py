@@ -29,6 +29,7 @@ from fedshrink.errors import ConfigError
 from fedshrink.fragments.graph import LayerGraph
 from fedshrink.fragments.spec import FragmentSpec, Indices
 from fedshrink.models.registry import channels
+from fedshrink.settings import at_least, option, validate_options
 
 ClientKey = int | str
 
@@ -56,16 +57,16 @@ class StaticConfig(PolicyConfig):
 
 @dataclass(frozen=True)
 class RollingConfig(PolicyConfig):
-    step: int = 1  # channels the window advances per round
+    step: int = option(1, "rolling policy: channels the window advances per round", rule=at_least(1),
+                       key="rolling-step")
 
     def __post_init__(self) -> None:
-        if isinstance(self.step, bool) or not isinstance(self.step, int) or self.step < 1:
-            raise ConfigError("fragments.rolling.step", self.step, "an integer >= 1")
+        validate_options(self)
 
 
 @dataclass(frozen=True)
 class RandomConfig(PolicyConfig):
-    seed: int = 0
+    seed: int = 0  # the strategy derives it from the run's seed
 
     def __post_init__(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:

@@ -2,8 +2,8 @@
 
 Interface for the ServerApp::
 
-    console = RunConsole(quiet=cfg.quiet)
-    console.start(cfg.num_server_rounds, title="digits / cnn")
+    console = RunConsole(quiet=cfg.output.quiet)
+    console.start(cfg.federation.num_server_rounds, title="digits / cnn")
     for each round: console.round(record)        # the metrics.jsonl record of the round
     console.finish(summary)                       # the summary.json dict
 

@@ -327,12 +327,12 @@ def build_report(run_dir: Path | str) -> Report:
                   f"{total} replies dropped in all (no reply before the timeout, or refused by the server's checks); "
                   "by client and reason (partition `?`: the node never told its partition):", "",
                   markdown_table(dropped), ""]
-    robust = [r for r in run.rounds if r.get("robust")]
-    if robust:
-        keys = sorted({k for r in robust for k in r["robust"]})
-        lines += ["## Robust aggregation", "",
+    staged = [r for r in run.rounds if r.get("stages")]
+    if staged:
+        keys = sorted({k for r in staged for k in r["stages"]})
+        lines += ["## Aggregation stages", "",
                   f"Defence `{cfg.get('defence', 'none')}`; stages with notes: {', '.join(keys)} "
-                  "(per round in metrics.jsonl under `robust`).", ""]
+                  "(per round in metrics.jsonl under `stages`).", ""]
     lines += ["## Student Pareto front", "", img("pareto", "student Pareto front"), ""]
     if run.pareto:
         key = _pareto_size_key(run.pareto)

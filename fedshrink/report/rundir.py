@@ -14,24 +14,26 @@ import os
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from fedshrink.config import RunConfig
 from fedshrink.errors import ConfigError
+
+if TYPE_CHECKING:  # fedshrink.config composes this package's settings, so it is imported lazily here
+    from fedshrink.config import RunConfig
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.dataset}-{cfg.model}"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.data.dataset}-{cfg.model.model}"
 
 
 def unique_run_name(cfg: RunConfig) -> str:
-    """``cfg.run_name``, or a timestamped name with a random suffix when it is empty."""
-    return cfg.run_name or f"{default_run_name(cfg)}-{uuid.uuid4().hex[:6]}"
+    """``cfg.output.run_name``, or a timestamped name with a random suffix when it is empty."""
+    return cfg.output.run_name or f"{default_run_name(cfg)}-{uuid.uuid4().hex[:6]}"
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -48,23 +50,23 @@ class RunDirectory:
     @staticmethod
     def output_root(cfg: RunConfig, base: Path | None = None) -> Path:
         """``output-dir``, relative paths taken under ``base`` (default: the cwd)."""
-        out = Path(cfg.output_dir).expanduser()
+        out = Path(cfg.output.output_dir).expanduser()
         return out if out.is_absolute() else (base or Path.cwd()) / out
 
     @classmethod
     def resolve(cls, cfg: RunConfig, base: Path | None = None) -> Path:
         """Where a run with a fixed ``run-name`` lives."""
-        assert cfg.run_name, "resolve needs a run-name"
-        return cls.output_root(cfg, base) / cfg.run_name
+        assert cfg.output.run_name, "resolve needs a run-name"
+        return cls.output_root(cfg, base) / cfg.output.run_name
 
     @classmethod
     def create(cls, cfg: RunConfig, *, base: Path | None = None) -> RunDirectory:
         """Make ``<output-dir>/<run-name>`` (a timestamped name when run-name is empty)."""
         out = cls.output_root(cfg, base)
-        name = cfg.run_name or default_run_name(cfg)
+        name = cfg.output.run_name or default_run_name(cfg)
         path = out / name
-        if cfg.run_name and path.exists():
-            raise ConfigError("run-name", cfg.run_name, f"a name not used yet in {out}")
+        if cfg.output.run_name and path.exists():
+            raise ConfigError("run-name", cfg.output.run_name, f"a name not used yet in {out}")
         suffix = 2
         while path.exists():  # two timestamped runs in the same second
             path = out / f"{name}-{suffix}"
@@ -76,7 +78,7 @@ class RunDirectory:
 
     def append_round(self, record: dict[str, Any]) -> None:
         with open(self.path / self.METRICS, "a") as fh:
-            fh.write(json.dumps(record, sort_keys=True) + "\n")
+            fh.write(json.dumps(record, sort_keys=True, allow_nan=False) + "\n")
 
     def rewrite_rounds(self, records: list[dict[str, Any]]) -> None:
         """Replace ``metrics.jsonl`` with ``records``, atomically (resume cuts it back to its checkpoint)."""
@@ -90,6 +92,8 @@ class RunDirectory:
 
     # -- reading back ---------------------------------------------------------------
     def read_config(self) -> RunConfig:
+        from fedshrink.config import RunConfig
+
         return RunConfig.from_json((self.path / self.CONFIG).read_text())
 
     def read_rounds(self) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ import torch
 from fedshrink.data import LabelledArrays
 from fedshrink.errors import ConfigError
 from fedshrink.robust.registry import config_from_json
+from fedshrink.settings import at_least, greater_than, option, validate_options
 
 Update = dict[str, torch.Tensor]
 
@@ -69,11 +70,6 @@ class AttackConfig(ABC):
     def poison_update(self, update: Update, ctx: AttackContext) -> Update: ...
 
 
-def _positive(key: str, v: float) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v > 0):
-        raise ConfigError(key, v, "a finite number > 0")
-
-
 def _float_keys(update: Mapping[str, torch.Tensor]) -> list[str]:
     return [k for k, v in update.items() if v.is_floating_point()]
 
@@ -81,10 +77,11 @@ def _float_keys(update: Mapping[str, torch.Tensor]) -> list[str]:
 @dataclass(frozen=True)
 class SignFlipConfig(AttackConfig):
     name: ClassVar[str] = "sign-flip"
-    scale: float = 10.0
+    scale: float = option(10.0, "sign-flip: the attacker sends -scale x its update", rule=greater_than(0),
+                          key="attack-scale")
 
     def __post_init__(self) -> None:
-        _positive("attack-scale", self.scale)
+        validate_options(self)
 
     def poison_update(self, update: Update, ctx: AttackContext) -> Update:
         return {k: (-self.scale * v).to(v.dtype) if v.is_floating_point() else v for k, v in update.items()}
@@ -93,10 +90,11 @@ class SignFlipConfig(AttackConfig):
 @dataclass(frozen=True)
 class GaussianConfig(AttackConfig):
     name: ClassVar[str] = "gaussian"
-    std: float = 1.0
+    std: float = option(1.0, "gaussian: the attacker sends N(0, std^2)", rule=greater_than(0),
+                        key="attack-noise-std")
 
     def __post_init__(self) -> None:
-        _positive("attack-noise-std", self.std)
+        validate_options(self)
 
     def poison_update(self, update: Update, ctx: AttackContext) -> Update:
         out = dict(update)
@@ -130,15 +128,13 @@ def alie_z(num_clients: int, num_malicious: int) -> float:
 @dataclass(frozen=True)
 class AlieConfig(AttackConfig):
     name: ClassVar[str] = "alie"
-    z: float = 0.0  # 0: the paper's z_max for the run's n and m
-    samples: int = 3  # honest update + (samples - 1) bootstrap updates to estimate mean and std
+    z: float = option(0.0, "alie: how many standard deviations the attackers shift the mean",
+                      rule=at_least(0).noting("0 = the paper's z_max for n and m"), key="attack-z")
+    samples: int = option(3, "alie: updates each attacker trains to estimate mean and std (its own + bootstrap "
+                          "resamples)", rule=at_least(2), key="attack-samples")
 
     def __post_init__(self) -> None:
-        z = self.z
-        if isinstance(z, bool) or not isinstance(z, int | float) or not (math.isfinite(z) and z >= 0):
-            raise ConfigError("attack-z", self.z, "a number >= 0 (0 = the paper's z_max)")
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 2:
-            raise ConfigError("attack-samples", self.samples, "an integer >= 2")
+        validate_options(self)
 
     def poison_update(self, update: Update, ctx: AttackContext) -> Update:
         if ctx.retrain is None:

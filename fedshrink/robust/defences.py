@@ -1,7 +1,7 @@
 """Defences as small config dataclasses in a registry, each building one aggregation stage.
 
 =================  ===========  ===========================================================
-name               kind         what it does (per coordinate, over the clients that held it)
+name               kind         what it does (per coordinate, over the values clients sent)
 =================  ===========  ===========================================================
 ``median``         combiner     coordinate-wise median
 ``trimmed-mean``   combiner     drop the ``trim`` share of largest and smallest, average the rest
@@ -31,12 +31,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedshrink.errors import ConfigError
-from fedshrink.robust.fold import Combiner, RoundContext, Stage, Transform
 from fedshrink.robust.registry import config_from_json
 from fedshrink.robust.rules import (
-    BoolArray,
-    FloatArray,
-    UpdateBatch,
     bulyan,
     clip_norms,
     coordinate_median,
@@ -45,6 +41,9 @@ from fedshrink.robust.rules import (
     norms,
     trimmed_mean,
 )
+from fedshrink.settings import at_least, between, option, validate_options
+from fedshrink.strategy.batch import BoolArray, FloatArray, UpdateBatch
+from fedshrink.strategy.stages import Combiner, RoundContext, Stage, Transform
 
 # (global state, round) -> the server's update on its root set, in the global model's shapes
 RootUpdate = Callable[[Mapping[str, np.ndarray], int], Mapping[str, np.ndarray]]
@@ -76,16 +75,17 @@ def _byz(fraction: float, n: int) -> int:
     return int(math.floor(fraction * n))
 
 
-def _check_fraction(key: str, v: float, hi: float) -> None:
-    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < hi:
-        raise ConfigError(key, v, f"a number in [0, {hi})")
+def _byzantine_fraction() -> Any:
+    """The setting multi-krum and bulyan share."""
+    return option(0.2, "multi-krum and bulyan: share of the round's replies assumed malicious (f)",
+                  rule=between(0, 0.5, hi_open=True), key="byzantine-fraction")
 
 
 # -- median ------------------------------------------------------------------------------
 class _MedianStage(Combiner):
     name = "median"
 
-    def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
+    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return coordinate_median(batch)
 
 
@@ -105,7 +105,7 @@ class _TrimmedMeanStage(Combiner):
     def __init__(self, trim: float) -> None:
         self.trim = trim
 
-    def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
+    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return trimmed_mean(batch, self.trim)
 
 
@@ -113,10 +113,11 @@ class _TrimmedMeanStage(Combiner):
 class TrimmedMeanConfig(DefenceConfig):
     name: ClassVar[str] = "trimmed-mean"
     combines: ClassVar[bool] = True
-    trim: float = 0.2
+    trim: float = option(0.2, "trimmed-mean: share dropped at each end, per coordinate",
+                         rule=between(0, 0.5, hi_open=True), key="trim-fraction")
 
     def __post_init__(self) -> None:
-        _check_fraction("trim-fraction", self.trim, 0.5)
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         return _TrimmedMeanStage(self.trim)
@@ -129,7 +130,7 @@ class _BulyanStage(Combiner):
     def __init__(self, byzantine_fraction: float) -> None:
         self.byzantine_fraction = byzantine_fraction
 
-    def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
+    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return bulyan(batch, _byz(self.byzantine_fraction, len(batch)))
 
 
@@ -137,10 +138,10 @@ class _BulyanStage(Combiner):
 class BulyanConfig(DefenceConfig):
     name: ClassVar[str] = "bulyan"
     combines: ClassVar[bool] = True
-    byzantine_fraction: float = 0.2
+    byzantine_fraction: float = _byzantine_fraction()
 
     def __post_init__(self) -> None:
-        _check_fraction("byzantine-fraction", self.byzantine_fraction, 0.5)
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         return _BulyanStage(self.byzantine_fraction)
@@ -163,11 +164,12 @@ class _ClipStage(Transform):
 @dataclass(frozen=True)
 class ClipConfig(DefenceConfig):
     name: ClassVar[str] = "clip"
-    max_norm: float = 0.0  # 0: adaptive (RMS per held coordinate capped at the round's median)
+    max_norm: float = option(0.0, "clip: L2 bound of each decoded update",
+                             rule=at_least(0).noting("0 = adaptive: RMS per held coordinate capped at the round's "
+                                                     "median"), key="clip-norm")
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_norm, bool) or not isinstance(self.max_norm, int | float) or self.max_norm < 0:
-            raise ConfigError("clip-norm", self.max_norm, "a number >= 0 (0 = adaptive, the round's median)")
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         return _ClipStage(float(self.max_norm))
@@ -188,10 +190,10 @@ class _MultiKrumStage(Transform):
 @dataclass(frozen=True)
 class MultiKrumConfig(DefenceConfig):
     name: ClassVar[str] = "multi-krum"
-    byzantine_fraction: float = 0.2
+    byzantine_fraction: float = _byzantine_fraction()
 
     def __post_init__(self) -> None:
-        _check_fraction("byzantine-fraction", self.byzantine_fraction, 0.5)
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         return _MultiKrumStage(self.byzantine_fraction)
@@ -213,11 +215,11 @@ class _FLTrustStage(Transform):
 @dataclass(frozen=True)
 class FLTrustConfig(DefenceConfig):
     name: ClassVar[str] = "fltrust"
-    root_size: int = 100  # labelled samples the server holds (taken from its proxy split)
+    root_size: int = option(100, "fltrust: labelled samples of the server's proxy split used as the root set",
+                            rule=at_least(1), key="fltrust-root-size")
 
     def __post_init__(self) -> None:
-        if isinstance(self.root_size, bool) or not isinstance(self.root_size, int) or self.root_size < 1:
-            raise ConfigError("fltrust-root-size", self.root_size, "an integer >= 1")
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
         if env.root_update is None:

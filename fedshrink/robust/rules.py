@@ -1,19 +1,21 @@
 """Robust aggregation maths: pure functions over a stack of client updates with a "held" mask.
 
-Every function takes the round's updates as a :class:`UpdateBatch`: ``values``
-``(n, D)`` float64 (client ``i``'s update of coordinate ``j``, in the global
-model's flattened coordinates), ``held`` ``(n, D)`` bool (whether client ``i``
-held coordinate ``j``: its fragment kept it and its prune mask did not remove
-it) and ``weights`` ``(n,)`` (sample counts). A coordinate is only ever voted on
+Every function takes the round's updates as a
+:class:`~fedshrink.strategy.batch.UpdateBatch`: ``values`` ``(n, D)`` (client
+``i``'s update of coordinate ``j``, in the global model's flattened
+coordinates), ``held`` ``(n, D)`` bool (whether client ``i`` held coordinate
+``j``: its fragment kept it and its prune mask did not remove it) and
+``weights`` ``(n,)`` (sample counts). A coordinate is only ever voted on
 by the clients that held it, so sliced and sparse updates are compared on what
 they share. Values where ``held`` is False are ignored (callers keep them 0).
 
 Two kinds of function:
 
-* combiners ``(batch) -> (delta (D,), voted (D,) bool)``: the aggregated update
-  and which coordinates had at least one holder (others keep the global value):
-  :func:`weighted_mean`, :func:`coordinate_median`, :func:`trimmed_mean`,
-  :func:`bulyan`;
+* location estimates ``(batch) -> (location (D,), voted (D,) bool)``: per
+  coordinate over the clients that hold it, and which coordinates had at
+  least one: :func:`coordinate_median`, :func:`trimmed_mean`, :func:`bulyan`
+  (the weighted mean is :func:`fedshrink.strategy.stages.holder_mean`; the
+  stages of :mod:`.defences` apply these to what clients *sent*);
 * transforms ``(batch, ...) -> batch``: :func:`clip_norms`,
   :func:`multi_krum_select`, :func:`fltrust_reweight`.
 
@@ -24,49 +26,20 @@ Multi-Krum (Blanchard et al., 2017), Bulyan (El Mhamdi et al., 2018), FLTrust
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-
 import numpy as np
 import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.float64]
-BoolArray = npt.NDArray[np.bool_]
+from fedshrink.strategy.batch import BoolArray, FloatArray, UpdateBatch
 
 
-@dataclass(frozen=True)
-class UpdateBatch:
-    """The round's client updates in global coordinates (see the module doc)."""
-
-    values: FloatArray  # (n, D)
-    held: BoolArray  # (n, D)
-    weights: FloatArray  # (n,)
-    clients: tuple[int, ...]  # partition ids (or node ids), for the records
-
-    def __post_init__(self) -> None:
-        n = len(self.clients)
-        if self.values.ndim != 2 or self.values.shape != self.held.shape or self.values.shape[0] != n:
-            raise ValueError(f"values {self.values.shape}, held {self.held.shape} and {n} clients do not match")
-        if self.weights.shape != (n,):
-            raise ValueError(f"weights {self.weights.shape} for {n} clients")
-
-    def __len__(self) -> int:
-        return len(self.clients)
-
-    def take(self, rows: npt.ArrayLike) -> UpdateBatch:
-        """The batch restricted to the given client rows (in the given order)."""
-        idx = np.asarray(rows, dtype=np.int64)
-        return UpdateBatch(self.values[idx], self.held[idx], self.weights[idx],
-                           tuple(self.clients[int(i)] for i in idx))
-
-
-def _masked(batch: UpdateBatch) -> FloatArray:
-    return np.where(batch.held, batch.values, 0.0)
+def _masked(batch: UpdateBatch) -> npt.NDArray[np.floating]:
+    """The values (0 wherever not held: an invariant of the batch)."""
+    return batch.values
 
 
 def norms(batch: UpdateBatch) -> FloatArray:
-    """L2 norm of every client's update over the coordinates it held, ``(n,)``."""
-    v = _masked(batch)
-    return np.sqrt(np.einsum("ij,ij->i", v, v))
+    """L2 norm of every client's update over the coordinates it held, ``(n,)`` (values are 0 where not held)."""
+    return np.sqrt(np.asarray([float(np.dot(row, row)) for row in batch.values], dtype=np.float64))
 
 
 def rms(batch: UpdateBatch) -> FloatArray:
@@ -75,20 +48,12 @@ def rms(batch: UpdateBatch) -> FloatArray:
     return np.divide(norms(batch), np.sqrt(np.maximum(count, 1)), out=np.zeros(len(batch)), where=count > 0)
 
 
-# -- combiners -----------------------------------------------------------------------------
-def weighted_mean(batch: UpdateBatch) -> tuple[FloatArray, BoolArray]:
-    """Per coordinate: ``sum_i w_i h_ij x_ij / sum_i w_i h_ij`` (FedAvg over the holders)."""
-    w = batch.weights[:, None] * batch.held
-    den = w.sum(axis=0)
-    num = np.einsum("ij,ij->j", w, _masked(batch))
-    voted = den > 0
-    return np.divide(num, den, out=np.zeros_like(num), where=voted), voted
-
-
-def _sorted_held(batch: UpdateBatch) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+# -- combiners (over a batch whose "held" marks the values to vote on) -----------------------
+def _sorted_held(batch: UpdateBatch) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
     """Held values sorted per coordinate (NaN for not held, at the end) and the holder counts."""
-    v = np.where(batch.held, batch.values, np.nan)
-    return np.sort(v, axis=0), batch.held.sum(axis=0)
+    v = np.where(batch.held, batch.values, np.nan)  # one copy, sorted in place
+    v.sort(axis=0)
+    return v, batch.held.sum(axis=0)
 
 
 def _take_rows(sorted_v: FloatArray, rows: npt.NDArray[np.int64]) -> FloatArray:
@@ -228,7 +193,7 @@ def clip_norms(batch: UpdateBatch, max_norm: float = 0.0) -> UpdateBatch:
         size = rms(batch)
         bound = float(np.median(size)) if len(batch) else 0.0
     scale = np.divide(bound, size, out=np.ones_like(size), where=size > bound)
-    return replace(batch, values=batch.values * scale[:, None])
+    return batch.with_values(batch.values * scale[:, None])
 
 
 def fltrust_reweight(batch: UpdateBatch, root: FloatArray) -> UpdateBatch:
@@ -249,7 +214,7 @@ def fltrust_reweight(batch: UpdateBatch, root: FloatArray) -> UpdateBatch:
     cos = np.divide(dot, nv * ng, out=np.zeros_like(dot), where=ok)
     trust = np.maximum(cos, 0.0)
     scale = np.divide(ng, nv, out=np.zeros_like(nv), where=ok)
-    return replace(batch, values=batch.values * scale[:, None], weights=trust)
+    return batch.with_values(batch.values * scale[:, None]).with_weights(trust)
 
 
 def robust_zscores(x: FloatArray) -> FloatArray:

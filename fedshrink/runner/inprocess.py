@@ -165,7 +165,7 @@ def run_inprocess(
     from fedshrink.server_app import app as default_server_app
 
     cfg = resumed_config(RunConfig.from_mapping(dict(overrides or {})))  # resume: the stored settings
-    cfg = cfg.replace(run_name=unique_run_name(cfg))  # fixed here so the run directory can be found afterwards
+    cfg = cfg.with_values({"run-name": unique_run_name(cfg)})  # fixed here so the run directory can be found afterwards
     configs = node_configs if node_configs is not None else simulation_node_configs(num_clients)
     train_pool = _train_pool_size(cfg)
     if len(configs) > train_pool:
@@ -177,7 +177,7 @@ def run_inprocess(
                       state=RecordDict(), run_config=run_config)
     with server_identity(run_id):
         (server_app or default_server_app)(grid, context)
-    path = Path(cfg.resume).expanduser() if cfg.resume else RunDirectory.resolve(cfg)
+    path = Path(cfg.robust.resume).expanduser() if cfg.robust.resume else RunDirectory.resolve(cfg)
     return RunResult(run_dir=path, summary=RunDirectory(path).read_summary(), grid=grid)
 
 

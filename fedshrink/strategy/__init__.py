@@ -1,18 +1,11 @@
-"""The Flower Strategy (thin) and the aggregation maths (pure functions)."""
+"""fedshrink's Flower Strategy and the aggregation it runs, as pure functions and small objects.
 
-from fedshrink.strategy.aggregate import weighted_mean, weighted_metric_mean
-from fedshrink.strategy.fedshrink import FedShrink, RoundOutcome, numpy_to_record, record_to_numpy
-from fedshrink.strategy.replies import Dropped, Expected, GoodReply, parse_reply
+* :mod:`.batch` -- the round's accepted updates in global coordinates (held and sent masks);
+* :mod:`.contributions` -- an accepted reply into global coordinates; bounding claimed sample counts;
+* :mod:`.stages` -- aggregation as ordered stages; the one holder-weighted mean (FedAvg);
+* :mod:`.plan` -- what each node trains in a round (whole model or fragment), and what its reply must be;
+* :mod:`.rounds` -- :class:`~.rounds.ShrinkStrategy`, the thin Flower Strategy over the above;
+* :mod:`.settings` -- the federation's settings.
 
-__all__ = [
-    "Dropped",
-    "Expected",
-    "FedShrink",
-    "GoodReply",
-    "RoundOutcome",
-    "numpy_to_record",
-    "parse_reply",
-    "record_to_numpy",
-    "weighted_mean",
-    "weighted_metric_mean",
-]
+The Strategy imports Flower; import it from :mod:`fedshrink.strategy.rounds`.
+"""

@@ -114,7 +114,8 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
                 f"({pct(mean([v['last5'] for v in vals.values()]))}) [seed {', '.join(map(str, vals))} only]")
 
     clean = get("none", "none", 0.0)
-    dflt = RunConfig()  # the attack parameters every run used (the shipped defaults)
+    dflt = RunConfig().robust.extras  # the attack parameters every run used (the shipped defaults)
+    scale, noise_std, samples = dflt["attack-scale"], dflt["attack-noise-std"], int(dflt["attack-samples"])
     m = len(malicious_partitions(args.clients, args.fraction, seeds[0]))
     z = alie_z(args.clients, m)
     clean5 = get("none", "none", 0.0, "last5")
@@ -130,10 +131,10 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
         f"train fragments with their profile's pruning, fake-quant and uplink chain), {args.rounds} rounds, "
         f"seeds {seeds}. Attacks: {int(100 * args.fraction)}% of the clients malicious (chosen from the seed, "
         f"whatever their profile), applied to the update before the uplink chain: `sign-flip` sends "
-        f"-{dflt.attack_scale:g} x update, `gaussian` sends N(0, {dflt.attack_noise_std:g}^2) noise, `label-flip` "
+        f"-{scale:g} x update, `gaussian` sends N(0, {noise_std:g}^2) noise, `label-flip` "
         f"trains on labels 9 - y, `alie` sends mean - z std (z = the paper's z_max = {z:.3f} for n = {args.clients}, "
         f"m = {m}; mean and std estimated by each attacker from its own honest update and "
-        f"{dflt.attack_samples - 1} bootstrap retrainings). Defences (per coordinate over the clients that held it): "
+        f"{samples - 1} bootstrap retrainings). Defences (per coordinate over the clients that held it): "
         "`median`, `trimmed-mean` (20% each side), `clip` (adaptive: RMS per held coordinate capped at the "
         "round's median), `multi-krum` and `bulyan` (f = 20% of the round's replies, distances over shared "
         "coordinates), `fltrust` (root set: 100 labelled proxy samples on the server), `clip+median`. "

@@ -16,7 +16,7 @@ from fedshrink.compression import (
     decode_parsed,
     decode_parsed_with_support,
     decode_record,
-    decode_record_with_support,
+    decode_with_support,
     encode_state,
     parse_record,
     parse_tensor,
@@ -116,13 +116,13 @@ def test_support_is_the_wire_index_set(ratio: float) -> None:
 
 def test_dense_tensors_have_no_support() -> None:
     record, _ = encode_state(_state(), "topk:0.1|q4|zlib", rng=RNG(0))
-    tensors, supports = decode_record_with_support(record)
+    decoded = decode_with_support(record)
     plain = decode_record(record)
-    assert list(tensors) == list(plain)
-    assert all(torch.equal(tensors[k], plain[k]) for k in plain)
-    assert supports["bn.num_batches_tracked"] is None and supports["mask"] is None
+    assert list(decoded) == list(plain)
+    assert all(torch.equal(decoded[k][0], plain[k]) for k in plain)
+    assert decoded["bn.num_batches_tracked"][1] is None and decoded["mask"][1] is None
     for name in ("conv.weight", "conv.bias"):
-        s = supports[name]
-        assert s is not None and s.shape == tuple(tensors[name].shape)
-    dense, dense_supports = decode_all_with_support(parse_record(encode_state(_state(), "int8|zlib")[0])[1])
-    assert set(dense) == set(_state()) and all(s is None for s in dense_supports.values())
+        s = decoded[name][1]
+        assert s is not None and s.shape == tuple(plain[name].shape)
+    dense = decode_all_with_support(parse_record(encode_state(_state(), "int8|zlib")[0])[1])
+    assert set(dense) == set(_state()) and all(s is None for _, s in dense.values())

@@ -76,3 +76,26 @@ class Concat(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.cat([self.a(x), self.b(x)], dim=1).mean(dim=(2, 3)))
+
+
+def fold(glob: dict, graph: object, contributions: list, *, pruned_as_zero: bool = False) -> dict:
+    """The strategy's aggregation of trained fragments ``(sub_state, spec, weight, prune_masks)``: each becomes
+    a contribution (update = trained - sent) and the round's batch goes through the default stages."""
+    import numpy as np
+
+    from fedshrink.fragments import extract
+    from fedshrink.strategy.batch import Layout, UpdateBatch
+    from fedshrink.strategy.contributions import contribution
+    from fedshrink.strategy.stages import RoundContext, aggregate
+
+    layout = Layout.of(glob)
+    flat = layout.flatten(glob)
+    rows = []
+    for i, (sub, spec, weight, masks) in enumerate(contributions):
+        sent = extract(glob, graph, spec)  # type: ignore[arg-type]
+        update = {k: np.asarray(v, dtype=np.float64) - sent[k] for k, v in sub.items()}
+        rows.append(contribution(node_id=i, partition_id=i, weight=weight, update=update, support={},
+                                 prune_masks=masks, fragment=spec, layout=layout, graph=graph,  # type: ignore[arg-type]
+                                 global_flat=flat, pruned_as_zero=pruned_as_zero))
+    new, _ = aggregate(flat, UpdateBatch.of(rows, layout.size), [], RoundContext(1, glob, layout))
+    return layout.unflatten(new)

@@ -129,7 +129,7 @@ def test_random_is_seeded_by_seed_round_and_client() -> None:
     [
         (lambda: make_policy("magic"), "fragments.policy"),
         (lambda: make_policy("static", step=2), "fragments.static"),
-        (lambda: make_policy("rolling", step=0), "fragments.rolling.step"),
+        (lambda: make_policy("rolling", step=0), "rolling-step"),
         (lambda: make_policy("random", seed=-1), "fragments.random.seed"),
         (lambda: make_policy("static").spec_for(_GRAPHS["mlp"], 0.0, 1, 0), "fragments.width"),
         (lambda: make_policy("static").spec_for(_GRAPHS["mlp"], 1.5, 1, 0), "fragments.width"),

@@ -17,7 +17,7 @@ from fedshrink.resources.energy import METHOD_ESTIMATED
 def write_synthetic_run(path: Path, *, rounds: int = 6, clients: int = 5) -> Path:
     """A run directory as a fully wired ServerApp would write it (numbers made up, consistent)."""
     path.mkdir(parents=True)
-    cfg = RunConfig().replace(num_server_rounds=rounds, run_name=path.name)
+    cfg = RunConfig.from_mapping({"num-server-rounds": rounds, "run-name": path.name})
     (path / "config.json").write_text(json.dumps(cfg.to_mapping()))
     rundir, ledger = RunDirectory(path), ResourceLedger()
     profiles = ["phone", "laptop"]

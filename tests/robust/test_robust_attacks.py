@@ -37,8 +37,9 @@ def test_attack_configs_round_trip_and_refuse_bad_values() -> None:
         AlieConfig(samples=1)
     with pytest.raises(ConfigError, match="attack"):
         attack_from_json({"name": "backdoor"})
-    assert RunConfig(attack="gaussian", attack_noise_std=0.5).attack_config() == GaussianConfig(0.5)
-    assert RunConfig().attack_config() is None
+    cfg = RunConfig.from_mapping({"attack": "gaussian", "attack-noise-std": 0.5})
+    assert cfg.robust.attack_config() == GaussianConfig(0.5)
+    assert RunConfig().robust.attack_config() is None
 
 
 def test_update_attacks() -> None:
@@ -92,7 +93,9 @@ class RecordingClient:
         store = ResidualStore.load(context.state)
         before = {k: store.get(k).clone() for k in store}  # type: ignore[union-attr]
         pid = int(context.node_config["partition-id"])  # type: ignore[call-overload]
-        rnd = int(msg.content.config_records["config"]["server-round"]) if msg.metadata.message_type == "train" else 0
+        if msg.metadata.message_type != "train":
+            return client_app(msg, context)
+        rnd = int(msg.content.config_records["config"]["server-round"])
         try:
             reply = client_app(msg, context)
         except ClientDropout:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fedshrink.errors import ConfigError
-from fedshrink.robust import DEFENCES, ClientContribution, UpdateBatch, defence_from_json, parse_defence, robust_fold
-from fedshrink.robust.defences import BulyanConfig, DefenceEnv, MedianConfig, MultiKrumConfig
+from fedshrink.robust import DEFENCES, defence_from_json, parse_defence
+from fedshrink.robust.defences import BulyanConfig, DefenceEnv, MedianConfig, MultiKrumConfig, TrimmedMeanConfig
 from fedshrink.robust.rules import (
     bulyan,
     clip_norms,
@@ -21,8 +21,9 @@ from fedshrink.robust.rules import (
     rms,
     robust_zscores,
     trimmed_mean,
-    weighted_mean,
 )
+from fedshrink.strategy.batch import Contribution, Layout, UpdateBatch
+from fedshrink.strategy.stages import RoundContext, aggregate, holder_mean
 
 NAN = np.nan
 
@@ -32,12 +33,12 @@ def batch(values: list[list[float]], weights: list[float] | None = None) -> Upda
     v = np.asarray(values, dtype=np.float64)
     held = ~np.isnan(v)
     w = np.ones(len(v)) if weights is None else np.asarray(weights, dtype=np.float64)
-    return UpdateBatch(np.where(held, v, 0.0), held, w, tuple(range(len(v))))
+    return UpdateBatch.simple(np.where(held, v, 0.0), held, w)
 
 
 def test_weighted_mean_over_holders_only() -> None:
     b = batch([[1.0, 2.0, NAN], [3.0, NAN, NAN], [5.0, 4.0, NAN]], weights=[1, 1, 2])
-    delta, voted = weighted_mean(b)
+    delta, voted = holder_mean(b)
     np.testing.assert_allclose(delta[:2], [(1 + 3 + 10) / 4, (2 + 8) / 3])
     assert voted.tolist() == [True, True, False] and delta[2] == 0.0
 
@@ -71,7 +72,7 @@ def test_multi_krum_rejects_the_outliers() -> None:
     rng = np.random.default_rng(0)
     honest = rng.normal(0.0, 0.1, size=(8, 50))
     bad = rng.normal(5.0, 0.1, size=(2, 50))
-    b = UpdateBatch(np.vstack([honest, bad]), np.ones((10, 50), bool), np.ones(10), tuple(range(10)))
+    b = UpdateBatch.simple(np.vstack([honest, bad]))
     kept = multi_krum_select(b, f=2)
     assert kept.clients == tuple(range(8))
 
@@ -80,10 +81,10 @@ def test_bulyan_stays_near_honest_values() -> None:
     rng = np.random.default_rng(1)
     honest = rng.normal(1.0, 0.05, size=(9, 30))
     bad = np.full((2, 30), -50.0)
-    b = UpdateBatch(np.vstack([honest, bad]), np.ones((11, 30), bool), np.ones(11), tuple(range(11)))
+    b = UpdateBatch.simple(np.vstack([honest, bad]))
     delta, voted = bulyan(b, f=2)
     assert voted.all() and np.all(np.abs(delta - 1.0) < 0.2)
-    mean, _ = weighted_mean(b)
+    mean, _ = holder_mean(b)
     assert np.all(mean < -5)  # the plain mean is dragged away
 
 
@@ -114,23 +115,40 @@ def test_robust_zscores() -> None:
     assert np.all(robust_zscores(np.ones(4)) == 0)
 
 
-def _contrib(i: int, update: dict[str, np.ndarray], held: dict[str, np.ndarray] | None, w: float
-             ) -> ClientContribution:
-    return ClientContribution(i, 100 + i, update, held, w)
+def _fold(glob: dict[str, np.ndarray], contributions: list[Contribution], stages: list) -> dict[str, np.ndarray]:
+    layout = Layout.of(glob)
+    flat, _ = aggregate(layout.flatten(glob), UpdateBatch.of(contributions, layout.size), stages,
+                        RoundContext(1, glob, layout))
+    return layout.unflatten(flat)
 
 
-def test_robust_fold_keeps_unheld_coordinates_and_rounds_integers() -> None:
+def test_aggregate_keeps_unheld_coordinates_and_rounds_integers() -> None:
     glob = {"w": np.array([1.0, 2.0, 3.0], np.float32), "n": np.array(4, np.int64)}
-    c0 = _contrib(0, {"w": np.array([1.0, 1.0, 0.0], np.float32), "n": np.array(1)},
-                  {"w": np.array([True, True, False])}, 1.0)
-    c1 = _contrib(1, {"w": np.array([3.0, 0.0, 0.0], np.float32), "n": np.array(2)},
-                  {"w": np.array([True, False, False])}, 1.0)
-    out, notes = robust_fold(glob, [c0, c1], [], 1)
+    c0 = Contribution(100, 0, 1.0, np.array([1, 1, 0, 1], np.float32), np.array([True, True, False, True]))
+    c1 = Contribution(101, 1, 1.0, np.array([3, 0, 0, 2], np.float32), np.array([True, False, False, True]))
+    out = _fold(glob, [c0, c1], [])
     np.testing.assert_allclose(out["w"], [3.0, 3.0, 3.0])  # 1 + mean(1, 3); 2 + 1; untouched
     assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64 and int(out["n"]) == 6  # rint(5.5)
-    assert notes == {}
-    med, _ = robust_fold(glob, [c0, c1], [MedianConfig().build(DefenceEnv())], 1)
+    med = _fold(glob, [c0, c1], [MedianConfig().build(DefenceEnv())])
     np.testing.assert_allclose(med["w"], [3.0, 3.0, 3.0])
+
+
+def test_sparse_uplinks_vote_only_on_what_was_sent() -> None:
+    """Top-k clients hold every coordinate but send a few: the mean counts unsent values as 0 (FedAvg of sparse
+    updates), a coordinate-wise rule votes only on sent values and scales by the share that sent them."""
+    glob = {"w": np.zeros(3, np.float32)}
+    held = np.ones(3, dtype=bool)
+    # five clients; coordinate 0 sent by all (one outlier), coordinate 1 by two, coordinate 2 by none
+    values = [[1.0, 2.0, 0.0], [1.1, 4.0, 0.0], [0.9, 0.0, 0.0], [1.0, 0.0, 0.0], [-50.0, 0.0, 0.0]]
+    sent = [[1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]]
+    contributions = [Contribution(i, i, 1.0, np.asarray(v, np.float32), held, np.asarray(s, bool))
+                     for i, (v, s) in enumerate(zip(values, sent, strict=True))]
+    mean = _fold(glob, contributions, [])["w"]
+    np.testing.assert_allclose(mean, [np.mean([1.0, 1.1, 0.9, 1.0, -50.0]), 6.0 / 5, 0.0], rtol=1e-6)
+    median = _fold(glob, contributions, [MedianConfig().build(DefenceEnv())])["w"]
+    np.testing.assert_allclose(median, [1.0, 3.0 * 2 / 5, 0.0], rtol=1e-6)  # median over senders x sent share
+    trimmed = _fold(glob, contributions, [TrimmedMeanConfig(0.2).build(DefenceEnv())])["w"]
+    np.testing.assert_allclose(trimmed, [(0.9 + 1.0 + 1.0) / 3, 3.0 * 2 / 5, 0.0], rtol=1e-6)
 
 
 def test_defence_configs_round_trip_through_json() -> None:

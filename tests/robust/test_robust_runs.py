@@ -19,10 +19,10 @@ def test_norm_guard_drops_the_gaussian_attacker_and_the_report_says_why(quick: d
     for r in rounds:
         assert {d["partition-id"] for d in r["dropped"]} == set(bad)
         assert all("robust z-scores above" in d["reason"] for d in r["dropped"])
-        assert r["clients-good"] == 4 and "clip" in r["robust"]
+        assert r["clients-good"] == 4 and "clip" in r["stages"]
     assert result.summary["replies-dropped"] == 2 and result.summary["defence"] == "clip+median"
     report = (result.run_dir / "report.md").read_text()
-    assert "## Dropped replies" in report and "robust z-scores above" in report and "## Robust aggregation" in report
+    assert "## Dropped replies" in report and "robust z-scores above" in report and "## Aggregation stages" in report
 
 
 def test_sign_flip_breaks_fedavg_and_median_holds(quick: dict[str, Any]) -> None:

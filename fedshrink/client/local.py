@@ -1,0 +1,114 @@
+"""One local round on a device: the model an instruction describes, trained, and its update encoded.
+
+::
+
+    result = local_round(instruction, data, seed=..., residuals=store, rng=...)
+    reply = result.reply(partition_id).to_message(msg)
+
+The model is the whole model, or the instruction's fragment built as the
+sub-model of its width, pruned and fake-quantized as its profile says
+(:mod:`fedshrink.fragments.local`, :mod:`fedshrink.fakequant`). After
+training, fake-quant is removed keeping the full-precision shadow weights,
+pruning is made permanent, and the update ``trained - received`` is encoded
+by the instruction's uplink chain (with the error-feedback residual of a
+lossy chain). An attack, when the node simulates one, changes the update
+before it is encoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from torch import nn
+
+from fedshrink.compression import Chain, ResidualStore, decode_record, encode_state
+from fedshrink.compression.pruning import encode_masks, get_masks, mask_digest, remove_pruning
+from fedshrink.data import LabelledArrays
+from fedshrink.fakequant import fake_quantize_, remove_fake_quant
+from fedshrink.fragments.local import pruned_sub_model
+from fedshrink.fragments.nested import NestedDistiller
+from fedshrink.models import build_model
+from fedshrink.protocol import TrainInstruction, TrainReply, fragment_digest
+from fedshrink.training import TrainResult, train_local
+
+Update = dict[str, torch.Tensor]
+Poison = Callable[[Update], Update]
+
+
+def build_local_model(instruction: TrainInstruction, received: Mapping[str, torch.Tensor]) -> nn.Module:
+    """The model this client trains: the whole model, or its fragment with the profile's pruning and fake-quant."""
+    profile = instruction.profile
+    if instruction.fragment is None and profile is None:
+        model = build_model(instruction.model_spec)
+        model.load_state_dict(received)
+        return model
+    assert profile is not None, "a fragment comes with the profile it is trained under"
+    model = pruned_sub_model(instruction.model_spec, instruction.width, received, profile,
+                             scaled=instruction.input_scaling)
+    fake_quantize_(model, profile.weight_bits)
+    return model
+
+
+def finish_local_model(model: nn.Module, instruction: TrainInstruction) -> dict[str, torch.Tensor]:
+    """Drop fake-quant (keeping the full-precision shadow weights), make pruning permanent; return the masks."""
+    if instruction.profile is None:
+        return {}
+    remove_fake_quant(model, bake=False)  # the update is of the full-precision shadow weights
+    masks = get_masks(model)
+    remove_pruning(model)
+    return masks
+
+
+def train_update(instruction: TrainInstruction, received: Mapping[str, torch.Tensor], data: LabelledArrays,
+                 seed: int) -> tuple[nn.Module, TrainResult, Update, dict[str, torch.Tensor]]:
+    """Train the instruction's model on ``data``: (model, result, update = trained - received, prune masks)."""
+    model = build_local_model(instruction, received)
+    nested = None
+    if instruction.nested is not None:
+        nested = NestedDistiller(instruction.model_spec, instruction.width, instruction.nested,
+                                 scaled=instruction.input_scaling)
+        nested = nested if nested.widths else None
+    result = train_local(model, data, instruction.training, seed=seed,
+                         extra_loss=nested.loss if nested is not None else None)
+    masks = finish_local_model(model, instruction)
+    trained = model.state_dict()
+    return model, result, {k: trained[k] - received[k] for k in received}, masks
+
+
+@dataclass(frozen=True)
+class LocalRound:
+    """What a local round produced."""
+
+    model: nn.Module  # the trained (sub-)model, pruning and fake-quant removed
+    result: TrainResult
+    update: ArrayRecord  # encoded
+    trained: dict[str, torch.Tensor]  # the trained state (the fp32 equivalent of what is sent)
+    masks: ArrayRecord | None
+    digest: int | None
+
+    def reply(self, partition_id: int) -> TrainReply:
+        return TrainReply(partition_id, self.result.num_examples, self.update, self.result.mean_loss,
+                          self.result.steps, self.result.seconds, self.masks, self.digest)
+
+
+def local_round(instruction: TrainInstruction, data: LabelledArrays, *, seed: int,
+                residuals: ResidualStore | None, rng: np.random.Generator, poison: Poison | None = None
+                ) -> LocalRound:
+    """Decode, train, encode (see the module doc); ``residuals`` is the node's error-feedback store."""
+    received = decode_record(instruction.model)
+    model, result, update, masks = train_update(instruction, received, data, seed)
+    if poison is not None:
+        update = poison(update)
+    record, _ = encode_state(update, Chain.parse(instruction.uplink), residuals=residuals,
+                             fragment=fragment_digest(instruction.fragment), round=instruction.server_round,
+                             direction="uplink", rng=rng)
+    digest, mask_record = None, None
+    if masks and instruction.derive_masks:
+        digest = mask_digest(masks)  # the server rebuilds the masks from what it sent
+    elif masks:
+        mask_record, _ = encode_masks(masks)
+    return LocalRound(model, result, record, dict(model.state_dict()), mask_record, digest)

@@ -1,0 +1,85 @@
+"""Settings of heterogeneous clients: profile mix, fragment policy, nested training, fusion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from fedshrink.fragments.fusion import INITS, FusionConfig
+from fedshrink.fragments.nested import NestedConfig
+from fedshrink.fragments.policies import POLICIES, FragmentPolicy, make_policy
+from fedshrink.profiles import PROFILES, parse_mix
+from fedshrink.settings import (
+    Section,
+    Setting,
+    accepted_by,
+    at_least,
+    between,
+    merge_settings,
+    one_of,
+    option,
+    settings_of,
+)
+
+
+def _mix(text: str) -> object:
+    return parse_mix(text) if text else {}
+
+
+def _mix_words() -> str:
+    return ("'' (every client trains the full model) or name:share pairs of known profiles ("
+            + ", ".join(sorted(PROFILES)) + ") summing to 1, e.g. 'phone:0.4,laptop:0.6'")
+
+
+@dataclass(frozen=True)
+class FragmentSettings(Section):
+    title: ClassVar[str] = "fragments"
+
+    profile_mix: str = option(
+        "", "`''`: every client trains the full model; else a mix of device profiles (clients train fragments)",
+        rule=accepted_by(_mix, _mix_words))
+    fragment_policy: str = option("static", "which channels a client's fragment keeps: `static` (prefix), "
+                                  "`rolling` (a window moving each round), `random` (per client and round)",
+                                  rule=one_of(lambda: POLICIES))
+    pruned_as_zero: bool = option(True, "count a client's pruned weights as zeros in aggregation "
+                                  "(false: as not held)")
+    fragment_scaling: bool = option(False, "scale each sub-model layer's input by full / kept fan-in "
+                                    "(HeteroFL's scaler)")
+    nested_distill: bool = option(True, "wide clients also train their nested prefixes at the narrower widths "
+                                  "in use, distilled from their own output (FjORD-style)")
+    nested_temperature: float = option(1.0, "softmax temperature of that self-distillation",
+                                       rule=between(0, 100, lo_open=True))
+    nested_weight: float = option(1.0, "weight of that self-distillation loss", rule=between(0, 100))
+    fragment_init: str = option("nested", "`nested`: weights that read channels outside the widest narrower "
+                                "sub-model start at zero; `random`: plain initialisation", rule=one_of(INITS))
+    fusion_steps: int = option(20, "after each aggregation, Adam steps distilling the nested sub-models into the "
+                               "coordinates only full-width clients train, on the proxy inputs",
+                               rule=at_least(0).noting("0 = off"))
+    fusion_temperature: float = option(2.0, "softmax temperature of fusion", rule=between(0, 100, lo_open=True))
+    fusion_lr: float = option(0.001, "Adam learning rate of fusion", rule=between(0, 1, lo_open=True))
+    derive_masks: bool = option(True, "the server rebuilds a client's unstructured prune masks from the fragment "
+                                "it sent; the client sends a 48-bit digest instead of the bitmaps")
+
+    @classmethod
+    def extra_settings(cls) -> tuple[Setting, ...]:
+        return merge_settings((settings_of(p.config_cls) for p in POLICIES.values()), "fragment policies")
+
+    def policy(self, run_seed: int) -> FragmentPolicy:
+        """The fragment policy with its options (the random policy's seed is derived from the run's)."""
+        cls = POLICIES[self.fragment_policy]
+        options = {s.name: self.extras[s.key] for s in settings_of(cls.config_cls) if s.key in self.extras}
+        if "seed" in cls.config_cls.__dataclass_fields__:
+            options["seed"] = run_seed
+        return make_policy(self.fragment_policy, **options)
+
+    def fusion(self) -> FusionConfig | None:
+        """Server-side fusion into the outer coordinates (None when ``fusion-steps`` is 0)."""
+        if self.fusion_steps == 0:
+            return None
+        return FusionConfig(self.fusion_steps, temperature=self.fusion_temperature, lr=self.fusion_lr)
+
+    def nested(self) -> NestedConfig | None:
+        """Self-distillation across widths on the clients (None when ``nested-distill`` is off)."""
+        if not self.nested_distill:
+            return None
+        return NestedConfig((), temperature=self.nested_temperature, weight=self.nested_weight)

@@ -1,0 +1,155 @@
+"""Recording a run as it goes: the round ledger, client costs, checkpoints and the console, in one object.
+
+The round loop (:func:`fedshrink.server.loop.serve`) hands each finished
+round to :meth:`RunRecorder.round`, which appends it to ``metrics.jsonl``,
+adds the clients' resource records to the ledger, writes the checkpoint and
+prints the round; :meth:`RunRecorder.finish` writes ``clients.csv``, the
+global model and ``summary.json``; :meth:`RunRecorder.fail` records a failed
+run. Reports and plots are built afterwards from the directory
+(:func:`fedshrink.report.build_report`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+
+from fedshrink.report.console import RunConsole
+from fedshrink.report.rundir import RunDirectory
+from fedshrink.resources import ResourceLedger
+from fedshrink.resources.ledger import ClientRound
+from fedshrink.robust.checkpoint import (
+    CheckpointError,
+    ClientStateGrid,
+    ServerCheckpoint,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from fedshrink.strategy.rounds import RoundOutcome, ShrinkStrategy, numpy_to_record, record_to_numpy
+
+if TYPE_CHECKING:
+    from fedshrink.config import RunConfig
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float left out (dict entries dropped, list items None): valid JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite(v) for k, v in value.items() if not (isinstance(v, float) and not math.isfinite(v))}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+class RunRecorder:
+    """Everything a run writes while it runs (see the module doc)."""
+
+    def __init__(self, cfg: RunConfig, rundir: RunDirectory, grid: Grid) -> None:
+        self.cfg = cfg
+        self.rundir = rundir
+        self.grid = grid
+        self.ledger = ResourceLedger()
+        self.console = RunConsole(quiet=cfg.output.quiet)
+        self.history: list[dict[str, Any]] = []
+
+    @classmethod
+    def open(cls, cfg: RunConfig, grid: Grid, base_dir: Path | None = None) -> RunRecorder:
+        """A new run directory, or the one ``resume`` names."""
+        if cfg.robust.resume:
+            return cls(cfg, RunDirectory(Path(cfg.robust.resume).expanduser()), grid)
+        return cls(cfg, RunDirectory.create(cfg, base=base_dir), grid)
+
+    @property
+    def path(self) -> Path:
+        return self.rundir.path
+
+    def say(self, text: str) -> None:
+        self.console.say(text)
+
+    # -- rounds ------------------------------------------------------------------------------
+    def round(self, record: dict[str, Any], outcome: RoundOutcome, strategy: ShrinkStrategy,
+              arrays: ArrayRecord) -> dict[str, Any]:
+        """Record one finished round; returns the record as written."""
+        rnd = int(record["round"])
+        for reply in outcome.accepted:
+            if reply.resources is not None:
+                profile = strategy.profile_of(reply.node_id)
+                self.ledger.add(rnd, reply.partition_id, reply.resources, node_id=reply.node_id,
+                                profile=profile.name if profile is not None else "default",
+                                device=outcome.device_clients.get(reply.node_id))
+        self.ledger.add_server(rnd, aggregation_seconds=outcome.aggregate_seconds, bytes_down=outcome.bytes_down)
+        record = finite({**record, **self.ledger.round_record(rnd)})
+        self.rundir.append_round(record)
+        self.history.append(record)
+        if self.cfg.robust.checkpoint:
+            self.checkpoint(rnd, arrays, strategy)
+        self.console.round(record)
+        return record
+
+    def add_distillation(self, rnd: int, seconds: float) -> None:
+        self.ledger.add_server(rnd, distillation_seconds=seconds)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def checkpoint(self, rnd: int, arrays: ArrayRecord, strategy: ShrinkStrategy) -> None:
+        """The server's state after round ``rnd`` (see :mod:`fedshrink.robust.checkpoint`), written atomically."""
+        save_checkpoint(self.path, ServerCheckpoint(
+            round=rnd, arrays=record_to_numpy(arrays), strategy=strategy.checkpoint_state(), rng=capture_rng(),
+            ledger={"rows": [{k: str(v) for k, v in r.to_row().items()} for r in self.ledger.records],
+                    "server": {str(k): [c.aggregation_seconds, c.distillation_seconds, c.bytes_down]
+                               for k, c in self.ledger.server.items()}},
+            client_states=self.grid.export_client_states() if isinstance(self.grid, ClientStateGrid) else None,
+        ))
+
+    def resume(self, strategy: ShrinkStrategy) -> ArrayRecord:
+        """Restore the server (and in-process clients) from the run's checkpoint; return the global model."""
+        ckpt = load_checkpoint(self.path)
+        try:
+            strategy.restore_state(ckpt.strategy)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"strategy state in {self.path}: {exc}") from exc
+        restore_rng(ckpt.rng)
+        self.ledger.records = [ClientRound.from_row(row) for row in ckpt.ledger.get("rows", [])]
+        for rnd, (agg, dist, down) in ckpt.ledger.get("server", {}).items():
+            self.ledger.add_server(int(rnd), aggregation_seconds=agg, distillation_seconds=dist, bytes_down=down)
+        if isinstance(self.grid, ClientStateGrid):
+            if ckpt.client_states is None:
+                raise CheckpointError(f"{self.path}: the checkpoint holds no simulated clients' states")
+            self.grid.import_client_states(ckpt.client_states)
+        metrics = self.path / self.rundir.METRICS
+        history = [r for r in self.rundir.read_rounds() if r["round"] <= ckpt.round] if metrics.exists() else []
+        if [r["round"] for r in history] != list(range(1, ckpt.round + 1)):
+            raise CheckpointError(f"{self.path}: metrics.jsonl does not hold rounds 1..{ckpt.round}")
+        self.rundir.rewrite_rounds(history)  # drop rounds recorded after the checkpoint
+        self.history = history
+        return numpy_to_record(ckpt.arrays)
+
+    # -- the end ------------------------------------------------------------------------------------
+    @contextmanager
+    def failing(self) -> Iterator[None]:
+        """Record a failed run (and re-raise) if the block raises."""
+        try:
+            yield
+        except BaseException as exc:
+            self.console.finish({})
+            self.rundir.write_summary({"status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                                       "rounds-completed": len(self.history)})
+            raise
+
+    def finish(self, summary: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+        """``clients.csv``, the global model and ``summary.json``; returns the summary as written."""
+        summary = finite({**summary, "resources": self.ledger.summary(), "run-dir": str(self.path)})
+        self.ledger.write_csv(self.path)
+        torch.save(model.state_dict(), self.path / "global_model.pt")
+        self.rundir.write_summary(summary)
+        self.console.finish(summary)
+        return summary

@@ -29,7 +29,7 @@ import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
@@ -187,7 +187,7 @@ class TrainInstruction:
         return self.profile.width if self.profile is not None else 1.0
 
     def to_records(self) -> RecordDict:
-        cfg: dict[str, object] = {
+        cfg: dict[str, Any] = {
             "server-round": self.server_round, "model-spec": self.model_spec.to_json(),
             "uplink-chain": self.uplink, **self.training.to_values(), "input-scaling": self.input_scaling,
             "derive-masks": self.derive_masks,
@@ -199,7 +199,7 @@ class TrainInstruction:
         if self.nested is not None:
             cfg.update({"nested-widths": list(self.nested.widths), "nested-temperature": self.nested.temperature,
                         "nested-weight": self.nested.weight})
-        return RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})  # type: ignore[arg-type]
+        return RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})
 
     @classmethod
     def from_records(cls, content: RecordDict) -> TrainInstruction:

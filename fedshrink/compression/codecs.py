@@ -39,7 +39,7 @@ import torch
 try:  # the zstd entropy stage needs it; every other codec works without
     import zstandard
 except ImportError:  # pragma: no cover
-    zstandard = None  # type: ignore[assignment]
+    zstandard = None  # type: ignore[assignment]  # the zstd codec refuses to run without the package
 
 from fedshrink.compression import bitops
 from fedshrink.errors import ConfigError
@@ -433,12 +433,12 @@ class Sparsifier(Codec):
 
     def stage(self) -> pb.CodecStage:
         st = self.new_stage()
-        st.ratio = self.config.ratio  # type: ignore[attr-defined]
+        st.ratio = self.config.ratio  # type: ignore[attr-defined]  # every sparsifier config has a ratio
         return st
 
     @classmethod
     def config_from_stage(cls, stage: pb.CodecStage) -> CodecConfig:
-        return cls.config_cls(ratio=wire_ratio(stage.ratio))  # type: ignore[call-arg]
+        return cls.config_cls(ratio=wire_ratio(stage.ratio))  # type: ignore[call-arg]  # sparsifier configs take it
 
 
 class ValueCodec(Codec):
@@ -856,4 +856,4 @@ class Zstd(EntropyCodec):
             raise ValueError(f"corrupt zstd stream ({str(exc)[:80]})") from None
         if len(out) != expected:
             raise ValueError(f"zstd stream truncated ({len(out)} of {expected} bytes)")
-        return out  # type: ignore[no-any-return]
+        return out  # type: ignore[no-any-return]  # zstandard ships no type information

@@ -40,7 +40,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.common.serde import message_to_proto, metadata_to_proto, recorddict_to_proto
+from flwr.common.serde import (
+    message_to_proto,
+    metadata_to_proto,  # type: ignore[attr-defined]  # public in serde, not in its __all__
+    recorddict_to_proto,
+)
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from fedshrink.compression.chain import Chain, ChainConfig

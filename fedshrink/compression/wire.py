@@ -171,7 +171,7 @@ def serialize_tensor(
     payload copied once instead of three times.
     """
     size = sum(len(p) for p in parts)
-    out = [header.SerializeToString()]
+    out: list[bytes | memoryview] = [header.SerializeToString()]
     if size:
         out += [_varint(PAYLOAD_FIELD << 3 | 2), _varint(size), *parts]
     if raw_nbytes:

@@ -146,7 +146,7 @@ def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSp
         opt.zero_grad()
         log_p = torch.log_softmax(student(x) / t, dim=1)  # (N, K)
         loss = nn.functional.kl_div(log_p, teacher, reduction="batchmean") * t * t
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
         for key, p in params.items():
             if p.grad is not None:
                 p.grad.mul_(masks[key])

@@ -72,7 +72,7 @@ def compare_table(runs: Sequence[RunData], keys: Sequence[str] | None = None) ->
     for run in runs:
         t = run_totals(run)
         rows.append({
-            "run": run.name, "dataset": run.dataset,
+            "run": run.name, "dataset": run.data_description,
             **{k: setting_text(run.config.get(k, _ABSENT)) for k in keys},
             "rounds": str(t["rounds"]), "accuracy": fmt_acc(t["accuracy"]), "best": fmt_acc(t["best-accuracy"]),
             "bytes up": human_bytes(t["bytes-up"]),

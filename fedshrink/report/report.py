@@ -98,7 +98,7 @@ def _reference_text(refs: UplinkReferences, which: str) -> str:
 def summary_section(run: RunData, tot: Mapping[str, Any]) -> list[str]:
     refs = uplink_references(run.rounds, run.summary)
     rows = [
-        {"figure": "data set", "value": run.dataset},
+        {"figure": "data set", "value": run.data_description},
         {"figure": "accuracy (final)", "value": fmt_acc(tot["accuracy"])},
         {"figure": "accuracy (best)", "value": fmt_acc(tot["best-accuracy"])},
         {"figure": "bytes up (sent)", "value": human_bytes(tot["bytes-up"])},

@@ -52,6 +52,14 @@ class RunData:
         """The data set's name as the run was configured (``config.json``, else ``summary.json``), or '?'."""
         return str(self.config.get("dataset", self.summary.get("dataset", "?")))
 
+    @property
+    def data_description(self) -> str:
+        """The data set's name with its classes and input shape when the run recorded them."""
+        classes, shape = self.summary.get("classes"), self.summary.get("input-shape")
+        if classes is None or not isinstance(shape, list):
+            return self.dataset
+        return f"{self.dataset} ({classes} classes, input {'x'.join(map(str, shape))})"
+
     def curve(self) -> Curve:
         return run_curve(self)
 

@@ -40,11 +40,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.common.serde import (
-    message_to_proto,
-    metadata_to_proto,  # type: ignore[attr-defined]  # public in serde, not in its __all__
-    recorddict_to_proto,
-)
+from flwr.common import serde as flwr_serde
+from flwr.common.serde import message_to_proto, recorddict_to_proto
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from fedshrink.compression.chain import Chain, ChainConfig
@@ -269,7 +266,8 @@ def message_nbytes(message: Message, *, mode: str = "proto", content_nbytes: int
     if mode == "proto":
         if content_nbytes is None or message.has_error():
             return int(message_to_proto(message).ByteSize())
-        return _field_nbytes(int(metadata_to_proto(message.metadata).ByteSize())) + _field_nbytes(content_nbytes)
+        to_proto = flwr_serde.metadata_to_proto  # type: ignore[attr-defined]  # public in serde, not in its __all__
+        return _field_nbytes(int(to_proto(message.metadata).ByteSize())) + _field_nbytes(content_nbytes)
     if mode == "objects":
         from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 

@@ -30,6 +30,7 @@ from fedshrink.distill.settings import DistillSettings
 from fedshrink.errors import ConfigError
 from fedshrink.fragments.settings import FragmentSettings
 from fedshrink.models.settings import ModelSettings
+from fedshrink.privacy.settings import PrivacySettings
 from fedshrink.report.settings import OutputSettings
 from fedshrink.resources.settings import ResourceSettings
 from fedshrink.robust.settings import RobustSettings
@@ -50,6 +51,7 @@ class RunConfig:
     fragments: FragmentSettings = field(default_factory=FragmentSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
     robust: RobustSettings = field(default_factory=RobustSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
@@ -64,6 +66,8 @@ class RunConfig:
         if self.fragments.enabled and self.distill.distill and self.distill.distill_teacher == "ensemble":
             raise ConfigError("distill-teacher", self.distill.distill_teacher,
                               "'global' when a profile-mix makes clients train fragments")
+        self.privacy.check_with(defence=self.robust.defence, norm_guard=self.robust.norm_guard,
+                                pruned_as_zero=self.fragments.enabled and self.fragments.pruned_as_zero)
 
     # -- conversions -----------------------------------------------------------
     @classmethod

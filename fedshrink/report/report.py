@@ -286,6 +286,7 @@ def build_report(run_dir: Path | str) -> Report:
     status = run.summary.get("status", "unknown (no summary.json)")
     lines += [f"Status: **{status}**, {tot['rounds']} rounds recorded"
               + (f", {run.summary['clients']} clients" if "clients" in run.summary else "") + ".", ""]
+    lines += [f"Privacy: {run.summary['privacy']}.", ""] if "privacy" in run.summary else []  # fedshrink.privacy
     saving = ""
     if tot["bytes-up"] and tot["bytes-up-uncompressed"]:
         saving = f" ({tot['bytes-up-uncompressed'] / tot['bytes-up']:.2f}x less than fp32 full-size: " \

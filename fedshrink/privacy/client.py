@@ -5,7 +5,7 @@
     private = private_uplink(update, chain, privacy, masks=masks, residuals=store, rng=rng, noise_rng=noise_rng,
                              fragment=digest, round=rnd)
     private.record        # the encoded update, what the reply carries
-    private.within        # 1 if the update fitted the bound (plus noise in distributed mode), for adaptive clipping
+    private.within        # adaptive clipping only: 1 if the update fitted the bound (plus noise in distributed mode)
 
 For a round with bound ``C`` (:class:`ClientPrivacy`, sent in the train instruction):
 
@@ -47,6 +47,7 @@ MAX_TRIES = 8  # encodings tried before sending zeros
 Update = Mapping[str, torch.Tensor]
 
 _KEYS = {"clip": "dp-clip", "noise_std": "dp-noise-std", "count_noise_std": "dp-count-noise-std"}
+_REPORT_KEY = "dp-report-within"
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,11 @@ class ClientPrivacy:
     clip: float  # the L2 bound C of this round
     noise_std: float = 0.0  # distributed mode: std of the client's noise share per held coordinate
     count_noise_std: float = 0.0  # distributed mode with adaptive clipping: std of the noise on its within-bit
+    report_within: bool = False  # adaptive clipping: reply with the bit 1[||x|| <= C] (nothing is sent otherwise)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.report_within, bool):
+            raise ConfigError(f"train instruction {_REPORT_KEY}", self.report_within, "true or false")
         for name, key in _KEYS.items():
             value = getattr(self, name)
             ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -66,15 +70,16 @@ class ClientPrivacy:
                                   "a finite number > 0" if name == "clip" else "a finite number >= 0")
             object.__setattr__(self, name, float(value))
 
-    def to_values(self) -> dict[str, float]:
-        return {key: getattr(self, name) for name, key in _KEYS.items()}
+    def to_values(self) -> dict[str, float | bool]:
+        return {**{key: getattr(self, name) for name, key in _KEYS.items()}, _REPORT_KEY: self.report_within}
 
     @classmethod
     def from_values(cls, values: Mapping[str, object]) -> ClientPrivacy | None:
         """Read what :meth:`to_values` wrote (None when the instruction has no private step)."""
         if _KEYS["clip"] not in values:
             return None
-        return cls(**{name: values.get(key) for name, key in _KEYS.items()})  # type: ignore[arg-type]  # checked
+        fields = {name: values.get(key) for name, key in _KEYS.items()}
+        return cls(**fields, report_within=values.get(_REPORT_KEY))  # type: ignore[arg-type]  # checked
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ class PrivateUplink:
 
     record: ArrayRecord  # the encoded update
     nbytes: int
-    within: float  # 1.0 if ||x|| <= C else 0.0 (plus the count noise share in distributed mode)
+    within: float | None  # 1.0 if ||x|| <= C else 0.0 (plus the count noise share); None unless report_within
     sent_norm: float  # ||decode(record)||_2: what the server receives
     tries: int  # encodings tried (0: zeros were sent)
 
@@ -158,7 +163,9 @@ def private_uplink(update: Update, chain: Chain, privacy: ClientPrivacy, *, mask
                 r = v + z[name] - sent[name].to(torch.float32)
                 mask = masks.get(name)
                 residuals.update(name, r * mask.to(r.dtype) if mask is not None else r, torch.zeros_like(r))
-    within = float(norm <= privacy.clip)
-    if privacy.count_noise_std > 0:
-        within += float(noise_rng.normal(0.0, privacy.count_noise_std))
+    within = None
+    if privacy.report_within:
+        within = float(norm <= privacy.clip)
+        if privacy.count_noise_std > 0:
+            within += float(noise_rng.normal(0.0, privacy.count_noise_std))
     return PrivateUplink(record, nbytes, within, l2_norm(sent.values()), tries)

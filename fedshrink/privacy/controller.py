@@ -116,10 +116,11 @@ class PrivacyController:
 
     def client_privacy(self) -> ClientPrivacy:
         """What each client of this round is asked to do (the train instruction's private step)."""
+        adaptive = self.settings.adaptive
         if self.central:
-            return ClientPrivacy(self.clip)
+            return ClientPrivacy(self.clip, report_within=adaptive)
         root = math.sqrt(self.sampled)
-        return ClientPrivacy(self.clip, self.update_multiplier * self.clip / root, self.count_std / root)
+        return ClientPrivacy(self.clip, self.update_multiplier * self.clip / root, self.count_std / root, adaptive)
 
     def plan_round(self, server_round: int, population: int, sampled: int) -> None:
         """Fix the round's ``N`` and ``m`` (and in round 1 delta and z); stop before passing the target."""

@@ -66,8 +66,8 @@ def test_residual_keeps_what_clipping_and_compression_removed() -> None:
     store = ResidualStore(r0)
     mask = torch.rand(10, 72, generator=torch.Generator().manual_seed(0)) > 0.3
     rng = np.random.default_rng(0)
-    out = private_uplink(u, chain, ClientPrivacy(1.0), masks={"fc.weight": mask}, residuals=store, rng=rng,
-                         noise_rng=rng)
+    out = private_uplink(u, chain, ClientPrivacy(1.0, report_within=True), masks={"fc.weight": mask},
+                         residuals=store, rng=rng, noise_rng=rng)
     sent = decode_record(out.record)
     assert out.sent_norm <= 1.0 and out.within == 0.0
     for k, r in r0.items():
@@ -83,10 +83,13 @@ def test_residual_keeps_what_clipping_and_compression_removed() -> None:
 def test_within_bit_and_an_update_inside_the_bound_is_sent_as_is() -> None:
     u = update_of(2, scale=0.01)
     rng = np.random.default_rng(0)
-    out = private_uplink(u, Chain.parse("raw"), ClientPrivacy(100.0), masks={}, residuals=None, rng=rng,
-                         noise_rng=rng)
+    out = private_uplink(u, Chain.parse("raw"), ClientPrivacy(100.0, report_within=True), masks={}, residuals=None,
+                         rng=rng, noise_rng=rng)
     sent = decode_record(out.record)
     assert out.within == 1.0
+    quiet = private_uplink(u, Chain.parse("raw"), ClientPrivacy(100.0), masks={}, residuals=None, rng=rng,
+                           noise_rng=rng)
+    assert quiet.within is None  # without adaptive clipping the reply says nothing about its norm
     for k in ("conv.weight", "fc.weight"):
         assert torch.equal(sent[k], u[k])
 
@@ -95,8 +98,9 @@ def test_distributed_share_has_the_asked_std_and_is_not_kept_where_sent() -> Non
     u = {"w": torch.full((200, 100), 0.001)}
     store = ResidualStore()
     rng = np.random.default_rng(3)
-    out = private_uplink(u, Chain.parse("raw"), ClientPrivacy(1.0, noise_std=0.05, count_noise_std=0.5), masks={},
-                         residuals=store, rng=rng, noise_rng=rng)
+    out = private_uplink(u, Chain.parse("raw"), ClientPrivacy(1.0, noise_std=0.05, count_noise_std=0.5,
+                                                              report_within=True),
+                         masks={}, residuals=store, rng=rng, noise_rng=rng)
     sent = decode_record(out.record)["w"]
     assert float((sent - u["w"]).std()) == pytest.approx(0.05, rel=0.03)
     assert out.within != 1.0  # the bit carries its noise share
@@ -105,7 +109,7 @@ def test_distributed_share_has_the_asked_std_and_is_not_kept_where_sent() -> Non
 
 
 def test_client_privacy_round_trip_and_refusals() -> None:
-    p = ClientPrivacy(1.5, 0.2, 0.1)
+    p = ClientPrivacy(1.5, 0.2, 0.1, True)
     assert ClientPrivacy.from_values(p.to_values()) == p
     assert ClientPrivacy.from_values({}) is None
     for bad in ({"clip": 0.0}, {"clip": -1.0}, {"clip": math.inf}, {"clip": 1.0, "noise_std": -0.1},

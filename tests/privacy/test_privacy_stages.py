@@ -74,6 +74,7 @@ def test_distributed_instructions_carry_the_noise_share() -> None:
     privacy = TrainInstruction.from_records(msgs[0].content).privacy
     assert privacy is not None
     assert (privacy.clip, privacy.noise_std) == (2.0, pytest.approx(1.0 * 2.0 / np.sqrt(4)))
+    assert not privacy.report_within  # fixed bound: no bit about the norm
 
 
 def test_adaptive_bound_moves_by_the_share_within() -> None:
@@ -88,7 +89,7 @@ def test_adaptive_bound_moves_by_the_share_within() -> None:
     assert s.outcomes[-1].notes["privacy"]["within-share"] == 0.25
     nxt = first_round(s, HelloGrid([1, 2, 3, 4]), glob, rnd=2)
     privacy = TrainInstruction.from_records(nxt[0].content).privacy
-    assert privacy is not None and privacy.clip == pytest.approx(np.exp(0.05))
+    assert privacy is not None and privacy.clip == pytest.approx(np.exp(0.05)) and privacy.report_within
 
 
 def test_adaptive_clipping_refuses_a_split_it_cannot_make() -> None:

@@ -157,12 +157,11 @@ def private_uplink(update: Update, chain: Chain, privacy: ClientPrivacy, *, mask
     y = {k: clipped[k] + z[k] if v.is_floating_point() else v for k, v in clipped.items()}
     bound = privacy.clip if privacy.noise_std == 0 else None  # with a noise share, y is the Gaussian release
     record, nbytes, sent, tries = encode_within(y, chain, bound, rng=rng, fragment=fragment, round=round)
-    if residuals is not None:
+    if residuals is not None:  # r' = (x + z - sent) on held coordinates
         for name, v in x.items():
             if v.is_floating_point():
-                r = v + z[name] - sent[name].to(torch.float32)
-                mask = masks.get(name)
-                residuals.update(name, r * mask.to(r.dtype) if mask is not None else r, torch.zeros_like(r))
+                mask = masks[name].to(v.dtype) if name in masks else torch.ones_like(v)
+                residuals.update(name, (v + z[name]) * mask, sent[name].to(torch.float32) * mask)
     within = None
     if privacy.report_within:
         within = float(norm <= privacy.clip)

@@ -141,3 +141,14 @@ def test_checkpoint_round_trip() -> None:
 def test_sample_size_matches_the_sampler() -> None:
     for n, fraction, minimum in [(1000, 0.1, 2), (7, 0.5, 2), (3, 0.1, 5), (20, 1.0, 2)]:
         assert sample_size(n, fraction, minimum) == len(sample_nodes(list(range(n)), fraction, minimum, 0, 1))
+
+
+def test_warn_once_when_the_target_is_passed(caplog: pytest.LogCaptureFixture) -> None:
+    ctl = PrivacyController(PrivacySettings(dp_mode="central", dp_noise_multiplier=1.0, dp_target_epsilon=5.0),
+                            rounds=50, seed=0)
+    with caplog.at_level("WARNING", logger="fedshrink.privacy"):
+        for rnd in range(1, 31):
+            ctl.plan_round(rnd, 100, 10)  # dp-at-target = warn: never raises
+            ctl.end_round(rnd, released=True, within=[])
+    assert ctl.epsilons()["epsilon"] > 5.0
+    assert len(caplog.records) == 1 and "privacy budget passed" in caplog.records[0].message

@@ -1,7 +1,7 @@
 """Client-level differential privacy: accuracy against epsilon, full-width FedAvg and the default profile mix.
 
-    python simulations/benchmarks/bench_privacy.py [--seeds 0 1 2] [--rounds 20] [--eps inf 8 4 1] [--mixes full mix]
-                                                   [--clip-only] [--cache DIR] [--report-only]
+    python simulations/benchmarks/bench_privacy.py [--seeds 0 1 2] [--rounds 25] [--eps inf 8 4 1] [--mixes full mix]
+                                                   [--clip-only] [--distributed 8] [--cache DIR] [--report-only]
 
 digits (1,257 training samples) split iid over 1,000 clients (1 or 2 samples each: the largest fleet this
 data set allows), 100 clients sampled per round without replacement, the default CNN, distillation and
@@ -11,7 +11,9 @@ replacement, replace-one), with adaptive clipping (quantile 0.5, from 0.3: the m
 client at initialisation, measured on digits); ``inf`` is the run without DP. ``full`` trains the whole
 model with raw uplinks; ``mix`` is ``fedshrink.profiles.DEFAULT_MIX`` (fragments, pruning, top-k + quantized
 uplinks with error feedback), with ``pruned-as-zero = false`` in every row (DP requires it). ``--clip-only``
-adds the DP runs with no noise (clipping and uniform weights alone).
+adds the DP runs with no noise (clipping and uniform weights alone); ``--distributed 8`` adds runs in
+distributed mode (clients add the noise before compression) whose z is calibrated as central mode's, so the
+aggregate's epsilon is 8 for lossless uplinks (the run reports each client's local epsilon when they are lossy).
 
 Every run is cached as JSON under ``--cache`` (an interrupted benchmark continues; parts can run in
 parallel); the results file is written from the cache (``--report-only`` writes only it).
@@ -37,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENTS, PER_ROUND, CLIP0 = 1000, 100, 0.3
 MIXES = {"full": {}, "mix": {"profile-mix": DEFAULT_MIX, "pruned-as-zero": False}}
 CLIP_ONLY = "clip"
+DISTRIBUTED = "dist-"  # a row "dist-8": distributed mode calibrated to epsilon 8 for the aggregate
 
 
 def settings(mix: str, eps: str, seed: int, rounds: int, out: str) -> dict[str, Any]:
@@ -48,6 +51,9 @@ def settings(mix: str, eps: str, seed: int, rounds: int, out: str) -> dict[str, 
     dp = {"dp-mode": "central", "dp-clip": CLIP0, "dp-clip-quantile": 0.5, "dp-reproducible-noise": True}
     if eps == CLIP_ONLY:
         return {**cfg, **dp, "dp-noise-multiplier": 0.0}
+    if eps.startswith(DISTRIBUTED):  # clients add the noise; z calibrated as for the aggregate of central mode
+        return {**cfg, **dp, "dp-mode": "distributed", "dp-noise-multiplier": 0.0,
+                "dp-target-epsilon": float(eps.removeprefix(DISTRIBUTED))}
     return {**cfg, **dp, "dp-noise-multiplier": 0.0, "dp-target-epsilon": float(eps)}
 
 
@@ -61,8 +67,14 @@ def one_run(mix: str, eps: str, seed: int, rounds: int) -> dict[str, Any]:
     clips = [r["stages"]["privacy"]["clip"] for r in history if "privacy" in r.get("stages", {})]
     return {"final": acc[-1], "last5": statistics.mean(acc[-5:]), "best": max(acc), "curve": acc,
             "epsilon": s.get("epsilon"), "delta": s.get("delta"), "z": s.get("noise-multiplier"),
+            "epsilon-aggregate": s.get("epsilon-aggregate"), "epsilon-local": s.get("epsilon-local"),
             "clips": clips, "bytes-up": s["bytes-up"], "bytes-down": s["bytes-down"], "rounds": len(history),
             "seconds": time.time() - t0, "command": " ".join(["python", *sys.argv])}
+
+
+def rows_of(args: argparse.Namespace) -> list[str]:
+    """The rows asked for: the epsilons, clipping only, distributed mode at some epsilons."""
+    return [*args.eps, *([CLIP_ONLY] if args.clip_only else []), *(DISTRIBUTED + e for e in args.distributed)]
 
 
 def key(mix: str, eps: str, seed: int, rounds: int) -> str:
@@ -110,7 +122,8 @@ def reading(cache: dict[str, dict[str, Any]], args: argparse.Namespace, rows: li
             return None
         runs = [(cache[key(mix, eps, s, args.rounds)], cache[key(mix, "inf", s, args.rounds)]) for s in seeds]
         diff = statistics.mean(dp["final"] - plain["final"] for dp, plain in runs)
-        name = "clipping alone" if eps == CLIP_ONLY else f"epsilon {eps}"
+        name = "clipping alone" if eps == CLIP_ONLY else f"epsilon {eps}".replace(f" {DISTRIBUTED}",
+                                                                                   " (distributed) ")
         return f"{name}: {100 * diff:+.1f} points ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
 
     out = ["## Reading", ""]
@@ -130,7 +143,7 @@ def reading(cache: dict[str, dict[str, Any]], args: argparse.Namespace, rows: li
 
 
 def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out: Path) -> None:
-    rows = [e for e in args.eps] + ([CLIP_ONLY] if args.clip_only else [])
+    rows = rows_of(args)
     runs = [v for k, v in cache.items() if f"rounds={args.rounds}" in k]
     commands = sorted({str(v["command"]) for v in runs})
     lines = ["# Client-level differential privacy: accuracy against epsilon", "",
@@ -144,6 +157,9 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
              "epsilon: central DP-FedAvg, z calibrated so the run's rounds spend that epsilon at delta = 1/1000, "
              f"adaptive clipping (quantile 0.5, eta 0.2, from C = {CLIP0}: the median update norm at "
              "initialisation), equal weights. `inf`: no DP. `clip`: DP's clipping and weights without noise. "
+             "`dist-8`: distributed mode, each client adds its share of the noise before compression, z calibrated "
+             "as for central epsilon 8; the epsilon shown is the run's headline (each client's local epsilon when "
+             "uplinks are lossy), the aggregate's in brackets. "
              f"`full`: whole model, raw uplinks. `mix`: `{DEFAULT_MIX}` (fragments, pruning, top-k + quantized "
              "uplinks with error feedback), `pruned-as-zero = false` in every row.", "",
              "Accuracy: test accuracy of the global model in %, mean ± sd over seeds; final round and the mean of "
@@ -158,11 +174,13 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
                 lines.append(f"| {mix} | {eps} | not run | | | | | | 0 |")
                 continue
             spent = [g["epsilon"] for g in got if g["epsilon"] is not None]
+            aggregate = [g["epsilon-aggregate"] for g in got if g.get("epsilon-aggregate") is not None]
             z = got[0]["z"]
             clip = [g["clips"][-1] for g in got if g["clips"]]
             lines.append(
                 f"| {mix} | {eps} | {fmt([g['final'] for g in got])} | {fmt([g['last5'] for g in got])} | "
-                f"{f'{statistics.mean(spent):.2f}' if spent else ('inf' if eps != 'inf' else '-')} | "
+                f"{f'{statistics.mean(spent):.3g}' if spent else ('inf' if eps != 'inf' else '-')}"
+                f"{f' (aggregate {statistics.mean(aggregate):.3g})' if aggregate else ''} | "
                 f"{f'{z:.3f}' if z is not None else '-'} | {f'{statistics.mean(clip):.3g}' if clip else '-'} | "
                 f"{statistics.mean(g['bytes-up'] for g in got) / 1e6:.1f} MB | {len(got)} |")
     lines += ["", *reading(cache, args, rows), *cross_check(args.rounds)]
@@ -184,10 +202,11 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--eps", nargs="+", default=["inf", "8", "4", "1"])
     ap.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
     ap.add_argument("--clip-only", action="store_true", help="also the DP runs without noise")
+    ap.add_argument("--distributed", nargs="*", default=[], help="also distributed-mode runs at these epsilons")
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fedshrink-bench-privacy")
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "privacy.md")
     ap.add_argument("--report-only", action="store_true")
@@ -195,7 +214,7 @@ def main() -> None:
     args.cache.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         todo = [(m, e, s) for s in args.seeds for m in args.mixes
-                for e in args.eps + ([CLIP_ONLY] if args.clip_only else [])]
+                for e in rows_of(args)]
         for mix, eps, seed in todo:
             path = args.cache / (key(mix, eps, seed, args.rounds).replace(" ", "_") + ".json")
             if path.exists():

@@ -7,6 +7,8 @@ FROM flwr/superlink:1.42.0
 ENV FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
     FLWR_TELEMETRY_ENABLED=0
 
-# the one HTTPS port of the SuperLink: Fleet API (SuperNodes), Control API (`flwr`), runtime API (SuperExec)
-EXPOSE 9092
+# the one HTTPS port of the SuperLink: Control API (`flwr`: unauthenticated without Flower Enterprise's OIDC),
+# runtime API (SuperExec) and Fleet API. Never publish it to other hosts: devices reach the Fleet API through
+# the `fleet-gateway` service (docker/compose.yaml), which forwards /v1/fleet/* only.
+EXPOSE 9093
 # the entry point stays the base image's `flower-superlink`; docker/compose.yaml gives the flags

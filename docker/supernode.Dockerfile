@@ -1,6 +1,7 @@
 # fedshrink SuperNode: flower-supernode with fedshrink and the CPU build of torch installed, so the
 # ClientApp runs in this container (`--isolation subprocess`) and nothing is installed at run time.
-# The same image runs the ServerApp next to the SuperLink (`flower-superexec`, see docker/compose.yaml).
+# The same image runs the ServerApp next to the SuperLink (`flower-superexec`) and the Fleet gateway
+# (`python -m fedshrink.deploy.gateway`), see docker/compose.yaml.
 #   docker build -f docker/supernode.Dockerfile -t fedshrink-supernode:0.1.0 .
 FROM python:3.11-slim
 

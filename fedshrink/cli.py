@@ -40,13 +40,23 @@ def _parser() -> argparse.ArgumentParser:
                      help="host:port of a running Ray cluster to join instead of starting one (--engine flower)")
     rep = sub.add_parser("report", help="(re)build report.md and its plots from a run directory")
     rep.add_argument("run_dir", type=Path)
-    cmp = sub.add_parser("compare", help="put several runs side by side (compare.md + plots)")
+    _target_arguments(rep, "a run directory (e.g. FedAvg's) whose final accuracy minus 1 point is a target, "
+                           "and against which the savings are given")
+    cmp = sub.add_parser("compare", help="put several runs side by side against a baseline (compare.md + plots)")
     cmp.add_argument("run_dirs", type=Path, nargs="+")
     cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output directory")
+    _target_arguments(cmp, "the run the others are measured against (default: the first); its final accuracy "
+                           "minus 1 point is a target")
     from fedshrink.deploy.cli import add_parser as add_deploy_parser
 
     add_deploy_parser(sub)
     return p
+
+
+def _target_arguments(p: argparse.ArgumentParser, baseline_help: str) -> None:
+    p.add_argument("--targets", type=float, nargs="+", default=[], metavar="ACC",
+                   help="accuracies in (0, 1] to give bytes up, bytes up + down and rounds to (e.g. 0.9 0.95)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="RUN", help=baseline_help)
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -80,13 +90,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = run_inprocess(overrides, num_clients=args.num_clients)
         summary = result.summary
     else:
-        from fedshrink.data import make_splits
+        from fedshrink.data.federated import max_clients
         from fedshrink.report import RunDirectory
         from fedshrink.runner.flower import FlowerRunError, LocalSimulation
 
-        pool = len(make_splits(cfg.split_spec()).train)
+        pool = max_clients(cfg.split_spec(), cfg.partition_scheme())
         if args.num_clients > pool:
-            raise ConfigError("--num-clients", args.num_clients, f"an integer in [1, {pool}] (training samples)")
+            raise ConfigError("--num-clients", args.num_clients, f"an integer in [1, {pool}] (the clients the data "
+                              "allows)")
         with LocalSimulation(ray_address=args.ray_address) as sim:
             run = sim.run(args.app_dir.resolve(), overrides, num_supernodes=args.num_clients,
                           cpus_per_client=args.cpus_per_client)
@@ -105,21 +116,29 @@ def _check_run_dirs(paths: list[Path]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedshrink.report import build_report
+    from fedshrink.report import build_report, human_bytes
+    from fedshrink.report.targets import check_levels
 
-    _check_run_dirs([args.run_dir])
-    report = build_report(args.run_dir)
+    check_levels(args.targets)
+    _check_run_dirs([args.run_dir] + ([args.baseline] if args.baseline else []))
+    report = build_report(args.run_dir, targets=args.targets, baseline=args.baseline)
     print(f"wrote {report.path} and {len(report.plots)} plots" +
           (f"; skipped: {', '.join(report.skipped)}" if report.skipped else ""))
+    for r in report.reaches:
+        where = f"round {r.round}, {human_bytes(r.bytes_up)} up" if r.reached else "never"
+        print(f"  target {r.target.level:.4f} ({r.target.source}): {where}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedshrink.report import compare_runs
+    from fedshrink.report.targets import check_levels
 
-    _check_run_dirs(args.run_dirs)
-    comparison = compare_runs(args.run_dirs, args.out)
-    print(f"wrote {comparison.path} and {len(comparison.plots)} plots")
+    check_levels(args.targets)
+    _check_run_dirs(args.run_dirs + ([args.baseline] if args.baseline else []))
+    comparison = compare_runs(args.run_dirs, args.out, baseline=args.baseline, targets=args.targets)
+    print(f"wrote {comparison.path} and {len(comparison.plots)} plots (baseline {comparison.baseline.name}; "
+          f"settings that differ: {', '.join(comparison.settings) or 'none'})")
     return 0
 
 

@@ -21,7 +21,7 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedshrink.client.local import Poison, local_round, train_update
-from fedshrink.client.node import NodeIdentity, node_profile
+from fedshrink.client.node import NodeIdentity, node_budget, node_device, node_profile
 from fedshrink.compression import Chain, ResidualStore
 from fedshrink.config import RunConfig
 from fedshrink.data import LabelledArrays, client_data, node_split_spec
@@ -37,11 +37,17 @@ app = ClientApp()
 
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
-    """Tell the server this node's partition and device profile (asked once, before its first round)."""
+    """Tell the server this node's partition, profile or budget, device and sample count (asked once)."""
     cfg = RunConfig.from_mapping(context.run_config)
     node = NodeIdentity.from_node_config(context.node_config)
-    profile = node_profile(cfg, node, context.node_config)
-    return Hello(node.partition_id, node.num_partitions, profile).reply_to(msg)
+    budget = node_budget(cfg, node, context.node_config)
+    profile = node_profile(cfg, node, context.node_config, budget)
+    device = node_device(cfg, node, context.node_config, profile, budget)
+    examples = 0  # the planner sizes a budget's time and energy with the node's samples; nothing else needs them
+    if budget is not None:
+        split = node_split_spec(cfg.split_spec(), context.node_config)
+        examples = len(client_data(split, cfg.partition_scheme(), node.partition_id, node.num_partitions))
+    return Hello(node.partition_id, node.num_partitions, profile, device, budget, examples).reply_to(msg)
 
 
 def attack_of(cfg: RunConfig, node: NodeIdentity) -> AttackConfig | None:

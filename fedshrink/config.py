@@ -25,6 +25,7 @@ from typing import Any
 from fedshrink.compression.settings import ChainSettings
 from fedshrink.data import PartitionScheme, SplitSpec
 from fedshrink.data.settings import DataSettings
+from fedshrink.devices.settings import DeviceSettings
 from fedshrink.distill import DistillConfig
 from fedshrink.distill.settings import DistillSettings
 from fedshrink.errors import ConfigError
@@ -49,6 +50,7 @@ class RunConfig:
     training: TrainSettings = field(default_factory=TrainSettings)
     chains: ChainSettings = field(default_factory=ChainSettings)
     fragments: FragmentSettings = field(default_factory=FragmentSettings)
+    devices: DeviceSettings = field(default_factory=DeviceSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
     robust: RobustSettings = field(default_factory=RobustSettings)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
@@ -60,14 +62,17 @@ class RunConfig:
             raise ConfigError("model-norm", self.model.model_norm,
                               "'layer' or 'none' when proxy-fraction is 0 (evaluation freezes static batch "
                               "statistics on the server's proxy inputs)")
-        if self.fragments.enabled and self.fragments.fusion_steps and self.data.proxy_fraction == 0:
+        if self.fragments.profile_mix and self.devices.budget_mix:
+            raise ConfigError("budget-mix", self.devices.budget_mix,
+                              "'' when a profile-mix is set (a client states a profile or a budget, not both)")
+        if self.fragments_enabled and self.fragments.fusion_steps and self.data.proxy_fraction == 0:
             raise ConfigError("fusion-steps", self.fragments.fusion_steps,
                               "0 when proxy-fraction is 0 (fusion distils on the server's proxy inputs)")
-        if self.fragments.enabled and self.distill.distill and self.distill.distill_teacher == "ensemble":
+        if self.fragments_enabled and self.distill.distill and self.distill.distill_teacher == "ensemble":
             raise ConfigError("distill-teacher", self.distill.distill_teacher,
-                              "'global' when a profile-mix makes clients train fragments")
+                              "'global' when a profile-mix or budget-mix makes clients train fragments")
         self.privacy.check_with(defence=self.robust.defence, norm_guard=self.robust.norm_guard,
-                                pruned_as_zero=self.fragments.enabled and self.fragments.pruned_as_zero)
+                                pruned_as_zero=self.fragments_enabled and self.fragments.pruned_as_zero)
 
     # -- conversions -----------------------------------------------------------
     @classmethod
@@ -81,7 +86,8 @@ class RunConfig:
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise ConfigError(key, value, f"a known setting ({hint}see docs/settings.md)")
             per_section[owners[key]][key] = value
-        return cls(**{name: SECTIONS[name].from_values(values) for name, values in per_section.items()})
+        sections: dict[str, Any] = {name: SECTIONS[name].from_values(values) for name, values in per_section.items()}
+        return cls(**sections)
 
     def to_mapping(self) -> dict[str, Value]:
         """Flower-style kebab-case keys, JSON-serialisable values."""
@@ -105,6 +111,11 @@ class RunConfig:
     @property
     def seed(self) -> int:
         return self.federation.seed
+
+    @property
+    def fragments_enabled(self) -> bool:
+        """Whether clients train fragments: a profile mix, or budgets the planner turns into profiles."""
+        return bool(self.fragments.profile_mix or self.devices.budget_mix)
 
     def split_spec(self) -> SplitSpec:
         return self.data.split_spec(self.federation.seed)

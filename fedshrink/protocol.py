@@ -25,31 +25,32 @@ a dropped reply, never a crash.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedshrink.compression import DecodeLimits
 from fedshrink.compression.chain import ChainConfig
-from fedshrink.compression.codecs import REGISTRY
-from fedshrink.compression.codecs import Kind as CodecKind
-from fedshrink.compression.flower import UPDATE_KEY, parse_record
+from fedshrink.compression.flower import UPDATE_KEY, check_chain, parse_record
 from fedshrink.compression.pruning import decode_masks
-from fedshrink.compression.wire import FLOAT_DTYPES, ParsedTensor, decode_parsed_with_support
+from fedshrink.compression.wire import ParsedTensor, decode_parsed_with_support
+from fedshrink.devices.budget import Budget
+from fedshrink.devices.model import DeviceModel
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.errors import ConfigError, DecodeError, ReplyError
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.fragments.spec import FragmentSpec
 from fedshrink.models.registry import ModelSpec
 from fedshrink.privacy.client import WITHIN_METRIC, ClientPrivacy
-from fedshrink.profiles import DeviceProfile
 from fedshrink.resources.meter import ResourceRecord
 from fedshrink.training import TrainSettings
 
+T = TypeVar("T")
 ARRAYS = "arrays"  # the encoded model (train) or update (reply)
 CONFIG = "config"
 METRICS = "metrics"
@@ -101,15 +102,28 @@ def _bool(config: Mapping[str, object], key: str, where: str = "train instructio
 # -- hello -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Hello:
-    """A node's answer to ``query.hello``: who it is and what it trains with."""
+    """A node's answer to ``query.hello``: who it is, what it trains with, and on what device.
+
+    ``profile``: the device profile it trains with, whole (so the server needs
+    no registry entry for it); None with a ``budget`` (the server plans a
+    profile that fits) or when it trains the run's plain settings. ``device``:
+    its simulated device's figures (None: no device model, host figures only).
+    ``num_examples``: its training samples (the planner sizes time and energy
+    with them).
+    """
 
     partition_id: int
     num_partitions: int
-    profile: DeviceProfile | None  # None: the run's plain settings (no fragment)
+    profile: DeviceProfile | None
+    device: DeviceModel | None = None
+    budget: Budget | None = None
+    num_examples: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.partition_id < self.num_partitions:
             raise ReplyError(f"partition-id {self.partition_id} is not in [0, {self.num_partitions})")
+        if self.num_examples < 0:
+            raise ReplyError(f"num-examples {self.num_examples} is negative")
 
     @staticmethod
     def query(node_id: int) -> Message:
@@ -117,7 +131,10 @@ class Hello:
 
     def reply_to(self, msg: Message) -> Message:
         cfg = ConfigRecord({"partition-id": self.partition_id, "num-partitions": self.num_partitions,
-                            "profile": self.profile.to_json() if self.profile is not None else ""})
+                            "profile": self.profile.to_json() if self.profile is not None else "",
+                            "device": self.device.to_json() if self.device is not None else "",
+                            "budget": self.budget.to_json() if self.budget is not None else "",
+                            "num-examples": self.num_examples})
         return Message(RecordDict({CONFIG: cfg}), reply_to=msg)
 
     @classmethod
@@ -131,11 +148,18 @@ class Hello:
         try:
             pid = _int(cfg, "partition-id", where="hello")
             n = _int(cfg, "num-partitions", lo=1, where="hello")
-            text = _str(cfg, "profile", "a profile as JSON, or ''", where="hello")
-            profile = DeviceProfile.from_json(text) if text else None
+            profile = _optional(cfg, "profile", DeviceProfile.from_json)
+            device = _optional(cfg, "device", DeviceModel.from_json)
+            budget = _optional(cfg, "budget", Budget.from_json)
+            examples = _int(cfg, "num-examples", where="hello")
         except ConfigError as exc:
             raise ReplyError(str(exc)) from None
-        return cls(pid, n, profile)
+        return cls(pid, n, profile, device, budget, examples)
+
+
+def _optional(cfg: Mapping[str, object], key: str, parse: Callable[[str], T]) -> T | None:
+    text = _str(cfg, key, "JSON, or ''", where="hello")
+    return parse(text) if text else None
 
 
 # -- train instruction ------------------------------------------------------------------------
@@ -165,7 +189,7 @@ class TrainInstruction:
         return self.profile.width if self.profile is not None else 1.0
 
     def to_records(self) -> RecordDict:
-        cfg: dict[str, object] = {
+        cfg: dict[str, Any] = {
             "server-round": self.server_round, "model-spec": self.model_spec.to_json(),
             "uplink-chain": self.uplink, **self.training.to_values(), "input-scaling": self.input_scaling,
             "derive-masks": self.derive_masks,
@@ -179,7 +203,7 @@ class TrainInstruction:
         if self.nested is not None:
             cfg.update({"nested-widths": list(self.nested.widths), "nested-temperature": self.nested.temperature,
                         "nested-weight": self.nested.weight})
-        return RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})  # type: ignore[arg-type]
+        return RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})
 
     @classmethod
     def from_records(cls, content: RecordDict) -> TrainInstruction:
@@ -270,9 +294,6 @@ class Expected:
     def numel(self) -> int:
         return sum(math.prod(s) for s in self.shapes.values())
 
-    def codec_ids(self, dtype: str) -> tuple[str, ...]:
-        """The codecs a tensor of ``dtype`` must carry, in order (other dtypes get the entropy stage only)."""
-        return _codec_ids(self.chain, dtype in FLOAT_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -289,14 +310,6 @@ class AcceptedReply:
     resources: ResourceRecord | None
     nbytes: int
     mask_digest: int | None = field(default=None)
-
-
-@functools.lru_cache(maxsize=256)
-def _codec_ids(chain: str, floating: bool) -> tuple[str, ...]:
-    stages = ChainConfig.parse(chain).stages
-    if not floating:
-        stages = tuple(s for s in stages if REGISTRY[s.codec_id].kind is CodecKind.ENTROPY)
-    return tuple(stage.codec_id for stage in stages)
 
 
 _REQUIRED_METRICS = {"num-examples": int, "partition-id": int, "train-loss": float, "train-steps": int,
@@ -344,9 +357,7 @@ def _check_headers(record: ArrayRecord, expected: Expected) -> list[ParsedTensor
         if p.shape != tuple(expected.shapes[key]) or p.dtype != expected.dtypes[key]:
             raise ReplyError(f"tensor {key!r} is {p.dtype}{list(p.shape)}, sent {expected.dtypes[key]}"
                              f"{list(expected.shapes[key])}")
-        if p.codec_ids != expected.codec_ids(p.dtype):
-            raise ReplyError(f"tensor {key!r} encoded with codecs {list(p.codec_ids)[:8]}, the instruction said "
-                             f"{expected.chain!r}")
+        check_chain(p, expected.chain)  # every stage and option, as the chain applies to this dtype
     return parsed
 
 

@@ -11,6 +11,7 @@ from helpers import FakeGrid
 
 from fedshrink.compression import encode_state
 from fedshrink.compression.pruning import encode_masks
+from fedshrink.devices import Budget, DeviceModel
 from fedshrink.fragments import build_graph, make_policy
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.profiles import DeviceProfile
@@ -25,16 +26,22 @@ TINY = ModelSpec("mlp", (1, 4, 4), 3, 0.05, "none")  # 16 -> 13 -> 6 -> 3
 class HelloGrid(FakeGrid):
     """Connected nodes that answer the hello query (partition = position in ``node_ids``)."""
 
-    def __init__(self, node_ids: list[int], profiles: Mapping[int, DeviceProfile] | None = None) -> None:
+    def __init__(self, node_ids: list[int], profiles: Mapping[int, DeviceProfile] | None = None, *,
+                 devices: Mapping[int, DeviceModel] | None = None, budgets: Mapping[int, Budget] | None = None,
+                 examples: int = 10) -> None:
         super().__init__(node_ids)
         self.profiles = dict(profiles or {})
+        self.devices = dict(devices or {})
+        self.budgets = dict(budgets or {})
+        self.examples = examples
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         out = []
         for msg in messages:
             assert msg.metadata.message_type == HELLO, msg.metadata.message_type
             node = msg.metadata.dst_node_id
-            hello = Hello(self.node_ids.index(node), len(self.node_ids), self.profiles.get(node))
+            hello = Hello(self.node_ids.index(node), len(self.node_ids), self.profiles.get(node),
+                          self.devices.get(node), self.budgets.get(node), self.examples)
             out.append(hello.reply_to(msg))
         return out
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import os
 import stat
 import tomllib
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import httpx
 import numpy as np
 import pytest
 from cryptography import x509
@@ -15,7 +22,17 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 
 from fedshrink.cli import main
 from fedshrink.data import SplitSpec, node_split_spec
-from fedshrink.deploy import CertificateSet, NodeSpec, Topology, make_certificates, plan_nodes, shell_commands
+from fedshrink.deploy import (
+    CertificateSet,
+    ControlApiExposedWarning,
+    NodeSpec,
+    Topology,
+    check_host,
+    make_certificates,
+    plan_nodes,
+    shell_commands,
+)
+from fedshrink.deploy.gateway import FleetGateway, Upstream, parse_address
 from fedshrink.errors import ConfigError
 from fedshrink.report import RunDirectory
 from fedshrink.runner import run_inprocess
@@ -76,6 +93,108 @@ def test_incomplete_certificate_directory_is_refused(tmp_path: Path) -> None:
         CertificateSet.load(tmp_path)
 
 
+@pytest.fixture
+def umask_zero() -> Iterator[None]:
+    """The most permissive umask: a file is created with exactly the mode its creator asks for."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+class CreationModes:
+    """Records, per inode, the mode a file had right after the open() that made it, and every chmod that widens."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.created: dict[int, int] = {}
+        self.widened: list[int] = []
+        real_os_open, real_io_open, real_chmod, real_fchmod = os.open, io.open, os.chmod, os.fchmod
+
+        def os_open(path: Any, flags: int, mode: int = 0o777, *args: Any, **kwargs: Any) -> int:
+            fd = real_os_open(path, flags, mode, *args, **kwargs)
+            if flags & os.O_CREAT:
+                self._seen(os.fstat(fd))
+            return fd
+
+        def open_(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            fh = real_io_open(file, mode, *args, **kwargs)
+            if any(c in mode for c in "wxa+") and not isinstance(file, int):
+                self._seen(os.fstat(fh.fileno()))
+            return fh
+
+        def chmod(path: Any, mode: int, *args: Any, **kwargs: Any) -> None:
+            if mode & 0o077:
+                self.widened.append(os.stat(path).st_ino)
+            real_chmod(path, mode, *args, **kwargs)
+
+        def fchmod(fd: int, mode: int) -> None:
+            if mode & 0o077:
+                self.widened.append(os.fstat(fd).st_ino)
+            real_fchmod(fd, mode)
+
+        for name, fn in (("open", os_open), ("chmod", chmod), ("fchmod", fchmod)):
+            monkeypatch.setattr(os, name, fn)
+        monkeypatch.setattr(io, "open", open_)
+
+    def _seen(self, st: os.stat_result) -> None:
+        self.created.setdefault(st.st_ino, stat.S_IMODE(st.st_mode))
+
+
+def test_private_keys_are_never_readable_by_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   umask_zero: None) -> None:
+    """Each private key's file is 0600 from the open() that creates it (under umask 0), and never widened.
+
+    A file that is readable even while still empty lets another user open it then and read the key through
+    that descriptor once it is written, so the mode at creation is what counts, not the mode at the end.
+    """
+    modes = CreationModes(monkeypatch)
+    certs = make_certificates(tmp_path / "c", ["127.0.0.1"], 2)
+    monkeypatch.undo()
+    for key in (certs.ca_key, certs.server_key, *certs.node_keys):
+        ino = key.stat().st_ino
+        assert ino in modes.created, f"{key.name}: made by no open() this test saw"
+        assert modes.created[ino] == 0o600, f"{key.name} was created with mode {oct(modes.created[ino])}"
+        assert ino not in modes.widened and stat.S_IMODE(key.stat().st_mode) == 0o600, key.name
+        assert b"PRIVATE KEY" in key.read_bytes()
+    for public in (certs.ca_cert, certs.server_cert, CertificateSet.public_key(certs.node_keys[0])):
+        assert stat.S_IMODE(public.stat().st_mode) == 0o644, public.name
+    for folder in (certs.root, certs.root / "nodes"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert not list(certs.root.rglob("*.tmp"))
+
+
+def test_shared_readable_keys_are_readable_on_purpose_but_not_the_ca_key(tmp_path: Path) -> None:
+    certs = make_certificates(tmp_path / "c", ["superlink"], 1, shared_readable=True)
+    for key in (certs.server_key, certs.node_keys[0]):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o644, key.name  # for containers that run as another user
+    assert stat.S_IMODE(certs.ca_key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(certs.root.stat().st_mode) == 0o755
+    again = make_certificates(tmp_path / "c", ["superlink"], 1)  # made again in place: private again
+    assert stat.S_IMODE(again.node_keys[0].stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("host", [
+    "1.2.3.999", "256.1.1.1", "1.2.3", "01.2.3.4", "1.2.3.4.5", "123", "1.2.3.4.", "a..b", "-x.org", "x-.org",
+    "under_score.org", "bad host", "", ".", "a" * 64 + ".org", ".".join(["a" * 63] * 4), "fe80::1%eth0", "::1::2",
+    "*.example.org",
+])
+def test_host_must_be_an_ip_address_or_a_dns_name(host: str) -> None:
+    with pytest.raises(ConfigError, match="invalid setting host=") as err:
+        check_host(host)
+    message = str(err.value)
+    assert repr(host) in message and "IPv4 address" in message and "DNS name" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("host", "normal"), [
+    ("1.2.3.4", "1.2.3.4"), ("255.255.255.255", "255.255.255.255"), ("::1", "::1"), ("2001:DB8::1", "2001:db8::1"),
+    ("superlink", "superlink"), ("fl.example.org.", "fl.example.org"), ("3com.net", "3com.net"),
+    ("1.2.3.4a", "1.2.3.4a"), ("xn--bcher-kva.example", "xn--bcher-kva.example"), ("a" * 63, "a" * 63),
+])
+def test_ip_addresses_and_dns_names_are_accepted(host: str, normal: str) -> None:
+    assert check_host(host) == normal
+
+
 # --- topology -------------------------------------------------------------------------------
 
 
@@ -111,10 +230,50 @@ def test_secure_topology_commands(certs: CertificateSet) -> None:
         assert f"partition-id={i} num-partitions=3" in cmd[cmd.index("--node-config") + 1]
     conn = tomllib.loads(topo.connection_toml())
     assert conn["superlink"]["default"] == "fedshrink-deploy"
-    entry = conn["superlink"]["fedshrink-deploy"]
-    assert entry == {"address": "127.0.0.1:9092", "root-certificates": str(certs.ca_cert.resolve())}
+    entry = conn["superlink"]["fedshrink-deploy"]  # flwr talks to the Control API, on loopback
+    assert entry == {"address": "127.0.0.1:9093", "root-certificates": str(certs.ca_cert.resolve())}
     plan = shell_commands(topo)
     assert plan.count("flwr supernode register") == 3 and plan.count("flower-supernode") == 3
+
+
+def _arg(cmd: Sequence[str], flag: str) -> str:
+    return str(cmd[list(cmd).index(flag) + 1])
+
+
+def test_control_api_listens_on_loopback_and_only_the_fleet_gateway_faces_the_devices(certs: CertificateSet) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default topology warns about nothing
+        topo = Topology(tuple(plan_nodes(3)), certs=certs, host="superlink", port=9092)
+    link = topo.superlink_command("state.db")
+    assert (_arg(link, "--host"), _arg(link, "--port")) == ("127.0.0.1", "9093")
+    assert "--control-api-address" not in link and "--fleet-api-address" not in link  # ignored by Flower 1.42
+    gateway = topo.gateway_command(listen="0.0.0.0")
+    assert gateway[1:3] == ["-m", "fedshrink.deploy.gateway"]
+    assert (_arg(gateway, "--listen"), _arg(gateway, "--upstream")) == ("0.0.0.0:9092", "127.0.0.1:9093")
+    assert _arg(gateway, "--ssl-ca-certfile") == str(certs.ca_cert) and "--insecure" not in gateway
+    assert all(_arg(topo.supernode_command(i), "--superlink") == "superlink:9092" for i in range(3))
+
+    plan = shell_commands(topo).splitlines()  # what `fedshrink deploy plan` prints
+    (superlink,) = [line for line in plan if line.startswith("flower-superlink ")]
+    assert "--host 127.0.0.1 --port 9093" in superlink and "0.0.0.0" not in superlink
+    (gateway_line,) = [line for line in plan if "fedshrink.deploy.gateway" in line]
+    assert gateway_line.startswith("python -m ") and "--listen 0.0.0.0:9092 --upstream 127.0.0.1:9093" in gateway_line
+    assert '#   address = "127.0.0.1:9093"' in plan
+
+
+def test_exposing_the_control_api_takes_an_explicit_option_and_warns(certs: CertificateSet,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.warns(ControlApiExposedWarning, match=r"0\.0\.0\.0:9093: it has no authentication"):
+        topo = Topology(tuple(plan_nodes(2)), certs=certs, control_host="0.0.0.0")
+    assert _arg(topo.superlink_command("s.db"), "--host") == "0.0.0.0"
+    assert topo.control_address == "127.0.0.1:9093"  # flwr on the server itself still dials loopback
+    with pytest.raises(ConfigError, match=r"control-host='fl\.example\.org'"):  # not in the certificate
+        Topology(tuple(plan_nodes(2)), certs=certs, control_host="fl.example.org")
+    with pytest.raises(ConfigError, match="control-port=9092"):
+        Topology(tuple(plan_nodes(2)), certs=certs, port=9092, control_port=9092)
+    with pytest.warns(ControlApiExposedWarning):
+        assert main(["deploy", "plan", "--nodes", "2", "--insecure", "--expose-control-api", "0.0.0.0"]) == 0
+    assert "--host 0.0.0.0 --port 9093" in capsys.readouterr().out
 
 
 def test_insecure_only_when_asked(certs: CertificateSet) -> None:
@@ -137,6 +296,119 @@ def test_topology_checks_host_nodes_and_partitions(certs: CertificateSet) -> Non
         Topology(tuple(plan_nodes(5)), certs=certs)
     with pytest.raises(ConfigError, match="node-config"):
         Topology((NodeSpec(0, 2), NodeSpec(0, 2)), certs=certs)
+
+
+# --- Fleet gateway -------------------------------------------------------------------------
+
+
+class FakeSuperLink:
+    """The upstream of a gateway under test: records what reaches it, answers like the SuperLink."""
+
+    def __init__(self, *, down: bool = False) -> None:
+        self.seen: list[httpx.Request] = []
+        self.down = down
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("connection refused", request=request)
+        self.seen.append(request)
+        return httpx.Response(201, stream=_Chunks([b"reply:", request.content]),
+                              headers={"content-type": "application/protobuf", "x-flwr-reply": "1"})
+
+
+class _Chunks(httpx.AsyncByteStream):
+    """A response body that arrives in pieces, as from a real SuperLink."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    async def __aiter__(self) -> Any:
+        for chunk in self.chunks:
+            yield chunk
+
+
+def _through_gateway(upstream: FakeSuperLink, method: str, raw_path: bytes, *, query: bytes = b"",
+                     headers: Sequence[tuple[bytes, bytes]] = (), body: bytes = b"") -> tuple[int, dict[bytes, bytes],
+                                                                                              bytes]:
+    """One request, as uvicorn hands it over (raw path, headers, client), to a gateway in front of ``upstream``."""
+    app = FleetGateway(Upstream("127.0.0.1", 9093, None), transport=httpx.MockTransport(upstream))
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "https", "method": method,
+             "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "query_string": query,
+             "headers": list(headers), "client": ("192.0.2.7", 50123), "server": ("0.0.0.0", 9092)}
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: Any) -> None:
+        sent.append(dict(message))
+
+    async def go() -> None:
+        await app(scope, receive, send)
+        await app.aclose()
+
+    asyncio.run(go())
+    assert sent[0]["type"] == "http.response.start" and not sent[-1].get("more_body")
+    return sent[0]["status"], dict(sent[0]["headers"]), b"".join(m.get("body", b"") for m in sent[1:])
+
+
+def test_gateway_forwards_fleet_calls_unchanged() -> None:
+    link = FakeSuperLink()
+    headers = [(b"host", b"fl.example.org:9092"), (b"content-type", b"application/protobuf"),
+               (b"content-length", b"5"), (b"x-flwr-signature", b"c2ln"), (b"x-forwarded-for", b"10.0.0.1"),
+               (b"proxy-authorization", b"Basic eDp5"), (b"upgrade", b"h2c")]
+    status, got, body = _through_gateway(link, "POST", b"/v1/fleet/pull-messages", headers=headers, body=b"hello")
+    assert (status, body, got[b"x-flwr-reply"]) == (201, b"reply:hello", b"1")
+    (request,) = link.seen
+    assert request.method == "POST" and request.url.raw_path == b"/v1/fleet/pull-messages"
+    assert request.url.host == "127.0.0.1" and request.url.port == 9093 and request.content == b"hello"
+    assert request.headers["x-flwr-signature"] == "c2ln"  # SuperNode authentication is the SuperLink's to check
+    assert request.headers["host"] == "127.0.0.1:9093" and request.headers["x-forwarded-for"] == "192.0.2.7"
+    assert "proxy-authorization" not in request.headers and "upgrade" not in request.headers  # hop-by-hop
+    status, _, _ = _through_gateway(link, "GET", b"/health")
+    assert status == 201 and link.seen[-1].url.raw_path == b"/health"
+
+
+@pytest.mark.parametrize(("method", "raw_path", "query"), [
+    ("POST", b"/v1/control/register-node", b""),  # `flwr supernode register`: the bypass of node authentication
+    ("POST", b"/v1/control/start-run", b""),
+    ("POST", b"/v1/runtime/acquire-task", b""),
+    ("POST", b"/v1/fleet/../control/register-node", b""),
+    ("POST", b"/v1/fleet/%2e%2e/control/register-node", b""),
+    ("POST", b"/v1/fleet/%2E%2E%2Fcontrol%2Fregister-node", b""),
+    ("POST", b"/v1/fleet//v1/control/list-nodes", b""),
+    ("POST", b"//v1/fleet/pull-messages", b""),
+    ("POST", b"/v1/fleet/pull-messages/", b""),
+    ("POST", b"/v1/FLEET/pull-messages", b""),
+    ("POST", b"/v1/fleet/pull-messages", b"x=1"),
+    ("GET", b"/v1/fleet/pull-messages", b""),
+    ("POST", b"/health", b""),
+    ("GET", b"/docs", b""),
+    ("GET", b"/openapi.json", b""),
+])
+def test_gateway_refuses_everything_but_the_fleet_api(method: str, raw_path: bytes, query: bytes) -> None:
+    link = FakeSuperLink()
+    status, _, body = _through_gateway(link, method, raw_path, query=query, body=b"x")
+    assert status == 404 and b"Fleet API" in body
+    assert link.seen == []  # the SuperLink never heard of it
+
+
+def test_gateway_answers_502_when_the_superlink_is_down() -> None:
+    status, _, body = _through_gateway(FakeSuperLink(down=True), "POST", b"/v1/fleet/get-run")
+    assert status == 502 and b"unreachable" in body
+
+
+@pytest.mark.parametrize(("text", "want"), [("0.0.0.0:9092", ("0.0.0.0", 9092)), ("[::1]:9093", ("::1", 9093)),
+                                            ("superlink:9093", ("superlink", 9093))])
+def test_gateway_addresses(text: str, want: tuple[str, int]) -> None:
+    assert parse_address(text) == want
+
+
+@pytest.mark.parametrize("text", ["9092", "::1:9092", "host:0", "host:70000", "host:", "[nope]:1"])
+def test_gateway_bad_addresses(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_address(text)
 
 
 # --- node-side data -------------------------------------------------------------------------
@@ -227,7 +499,7 @@ def test_workdir_of_a_running_deployment_is_refused_and_kept(tmp_path: Path) -> 
     from fedshrink.deploy import LocalDeployment
     from fedshrink.deploy.topology import STATE_FILE, Started
 
-    topo = Topology(tuple(plan_nodes(2)), insecure=True)
+    topo = Topology(tuple(plan_nodes(2)), insecure=True, control_port=9999)  # as a started deployment saves it
     me = Started("superlink", os.getpid(), psutil.Process().create_time(), str(tmp_path / "x.log"), 1)
     gone = Started("supernode-0", os.getpid(), 1.0, str(tmp_path / "y.log"), 2)  # PID reused by another process
     state = tmp_path / STATE_FILE

@@ -1,24 +1,31 @@
-"""End to end on a real deployment: a SuperLink and 3 SuperNodes as processes on 127.0.0.1.
+"""End to end on a real deployment: a SuperLink, its Fleet gateway and 3 SuperNodes as processes on 127.0.0.1.
 
 TLS with fedshrink's own CA, SuperNode authentication with registered node
 keys, mixed device profiles from each node's node-config. The run's status is
 read with ``flwr ls``; every process started is stopped by PID and no port is
-left open. A SuperNode with an unregistered key is refused.
+left open. A SuperNode with an unregistered key is refused. The SuperLink,
+whose Control API has no authentication, listens on loopback only (read from
+its sockets, without sending anything anywhere but 127.0.0.1), and the Fleet
+gateway the SuperNodes dial refuses the Control API.
 """
 
 from __future__ import annotations
 
 import csv
+import ipaddress
 import json
+import ssl
 import threading
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from helpers import port_open
 
 from fedshrink.deploy import DEFAULT_PROFILES, LocalDeployment, Topology, make_certificates, plan_nodes
-from fedshrink.runner.flower import free_port
+from fedshrink.deploy.topology import Started
+from fedshrink.runner.flower import free_port, process_tree
 
 pytestmark = pytest.mark.e2e
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -31,15 +38,37 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _listening(entry: Started) -> list[tuple[str, int]]:
+    """(address, port) of every socket that ``entry``'s process tree listens on, read from the OS."""
+    return [(c.laddr.ip, c.laddr.port) for p in process_tree(entry.pid, entry.create_time)
+            for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+
+
+def _check_control_api_is_loopback_only(dep: LocalDeployment) -> None:
+    topo = dep.topology
+    by_name = {s.name: s for s in dep.started}
+    superlink, gateway = _listening(by_name["superlink"]), _listening(by_name["gateway"])
+    assert (("127.0.0.1", topo.control_api_port) in superlink), superlink
+    assert all(ipaddress.ip_address(ip).is_loopback for ip, _ in superlink), superlink  # not 0.0.0.0, not ::
+    assert gateway == [("127.0.0.1", topo.port)]
+    assert topo.certs is not None
+    tls = ssl.create_default_context(cafile=str(topo.certs.ca_cert))
+    with httpx.Client(verify=tls, timeout=10) as http:  # to 127.0.0.1 only
+        refused = http.post(f"https://{topo.address}/v1/control/list-nodes", content=b"")
+        assert refused.status_code == 404 and b"Fleet API" in refused.content  # the gateway, not the SuperLink
+        assert http.get(f"https://{topo.address}/health").is_success  # what it does forward
+
+
 def test_tls_authenticated_deployment(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path / "certs", ["127.0.0.1"], nodes=4)  # node-3: never registered
     topo = Topology(tuple(plan_nodes(3, DEFAULT_PROFILES)), certs=certs, host="127.0.0.1", port=free_port())
-    dep = LocalDeployment(topo, tmp_path / "deploy")
+    dep = LocalDeployment(topo, tmp_path / "deploy")  # the Control API on a free loopback port of its own
     pids: list[int] = []
     try:
         dep.start()
         pids = dep.pids()
         assert port_open(topo.port)
+        _check_control_api_is_loopback_only(dep)
         online = {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"}
         assert online == set(dep.node_ids.values()) and len(online) == 3
 

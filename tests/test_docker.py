@@ -2,8 +2,10 @@
 
 The compose topology must mirror the process-based deployment of
 tests/test_deploy_e2e.py: the same node configs and profiles, the same
-SuperLink port, TLS and node-authentication flags, never --insecure, and no
-runtime dependency installation.
+SuperLink and Fleet gateway ports, TLS and node-authentication flags, never
+--insecure, and no runtime dependency installation. The SuperLink's Control
+API must not be reachable from other hosts or from the SuperNodes: only the
+Fleet gateway faces them.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ import flwr
 import pytest
 import yaml
 
-from fedshrink.deploy import DEFAULT_PROFILES, Topology, make_certificates, plan_nodes
-from fedshrink.deploy.topology import SUPERLINK_PORT, SUPERNODE_PORT
+from fedshrink.deploy import DEFAULT_PROFILES, ControlApiExposedWarning, Topology, make_certificates, plan_nodes
+from fedshrink.deploy.topology import CONTROL_PORT, SUPERLINK_PORT, SUPERNODE_PORT
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
@@ -37,8 +39,11 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def topology(tmp_path_factory: pytest.TempPathFactory) -> Topology:
-    certs = make_certificates(tmp_path_factory.mktemp("certs"), ["superlink"], 3)
-    return Topology(tuple(plan_nodes(3, DEFAULT_PROFILES)), certs=certs, host="superlink", port=SUPERLINK_PORT)
+    """The compose topology: inside its container the SuperLink binds every interface of the `control` network."""
+    certs = make_certificates(tmp_path_factory.mktemp("certs"), ["fleet-gateway", "superlink"], 3)
+    with pytest.warns(ControlApiExposedWarning):
+        return Topology(tuple(plan_nodes(3, DEFAULT_PROFILES)), certs=certs, host="fleet-gateway",
+                        port=SUPERLINK_PORT, control_host="0.0.0.0")
 
 
 def _flags(cmd: list[str]) -> set[str]:
@@ -75,14 +80,14 @@ def test_supernode_image_has_fedshrink_and_cpu_torch() -> None:
 
 def test_compose_has_one_superlink_and_three_supernodes(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"superlink", "serverapp", "supernode-0", "supernode-1", "supernode-2"}
+    assert set(services) == {"superlink", "serverapp", "fleet-gateway", "supernode-0", "supernode-1", "supernode-2"}
     for name, svc in services.items():
         assert "--insecure" not in svc.get("command", []), name
         assert svc["environment"]["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1", name
         assert "--allow-runtime-dependency-installation" not in svc.get("command", []), name
         if name != "superlink":
             assert svc["build"]["dockerfile"] == "docker/supernode.Dockerfile"
-            assert svc["depends_on"] == ["superlink"]
+            assert svc["depends_on"] == ["fleet-gateway" if name.startswith("supernode") else "superlink"]
     assert services["superlink"]["build"]["dockerfile"] == "docker/superlink.Dockerfile"
 
 
@@ -90,8 +95,7 @@ def test_compose_superlink_mirrors_the_process_topology(compose: dict[str, Any],
     cmd = [str(c) for c in compose["services"]["superlink"]["command"]]
     expected = _flags(topology.superlink_command("state.db")) - {"--database", "--log-file"}
     assert _flags(cmd) == expected  # TLS files, node auth, no runtime installs, isolation, host, port
-    assert _arg(cmd, "--port") == str(SUPERLINK_PORT) and _arg(cmd, "--host") == "0.0.0.0"
-    assert compose["services"]["superlink"]["ports"] == [f"{SUPERLINK_PORT}:{SUPERLINK_PORT}"]
+    assert _arg(cmd, "--port") == str(CONTROL_PORT) and _arg(cmd, "--host") == "0.0.0.0"
     mounts = {m.split(":")[1]: m.split(":")[0] for m in compose["services"]["superlink"]["volumes"]}
     for flag, name in (("--ssl-ca-certfile", "ca.crt"), ("--ssl-certfile", "server.pem"),
                        ("--ssl-keyfile", "server.key")):
@@ -99,7 +103,45 @@ def test_compose_superlink_mirrors_the_process_topology(compose: dict[str, Any],
         assert (topology.certs.root / name).is_file()  # type: ignore[union-attr]  # what `deploy certs` writes
     serverapp = compose["services"]["serverapp"]
     assert serverapp["entrypoint"] == ["flower-superexec"] and _arg(cmd, "--isolation") == "process"
-    assert _arg(serverapp["command"], "--runtime-api-address") == f"superlink:{SUPERLINK_PORT}"
+    assert _arg(serverapp["command"], "--runtime-api-address") == f"superlink:{CONTROL_PORT}"
+
+
+def _published(svc: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(host interface, host port, container port) of each published port ("" for every interface)."""
+    out = []
+    for entry in svc.get("ports", []):
+        parts = str(entry).rsplit(":", 2)
+        out.append(("", *parts) if len(parts) == 2 else (parts[0], parts[1], parts[2]))
+    return out
+
+
+def test_compose_keeps_the_control_api_off_other_hosts_and_the_supernodes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    # the SuperLink's port (Control API) is published on the host's loopback only
+    assert _published(services["superlink"]) == [("127.0.0.1", str(CONTROL_PORT), str(CONTROL_PORT))]
+    published = {name: _published(svc) for name, svc in services.items() if _published(svc)}
+    assert set(published) == {"superlink", "fleet-gateway"}  # no SuperNode, no ServerApp port is published
+    assert _published(services["fleet-gateway"]) == [("", str(SUPERLINK_PORT), str(SUPERLINK_PORT))]
+    # networks: the SuperNodes share one with the gateway only, never with the SuperLink
+    assert services["superlink"]["networks"] == ["control"] and services["serverapp"]["networks"] == ["control"]
+    assert sorted(services["fleet-gateway"]["networks"]) == ["control", "fleet"]
+    for i in range(3):
+        assert services[f"supernode-{i}"]["networks"] == ["fleet"]
+    assert set(compose["networks"]) == {"control", "fleet"}
+
+
+def test_compose_gateway_mirrors_the_process_topology(compose: dict[str, Any], topology: Topology) -> None:
+    svc = compose["services"]["fleet-gateway"]
+    cmd = [str(c) for c in svc["command"]]
+    expected = topology.gateway_command(listen="0.0.0.0")
+    assert svc["entrypoint"] == ["python", *expected[1:3]]  # python -m fedshrink.deploy.gateway
+    assert _flags(cmd) == _flags(expected)
+    assert _arg(cmd, "--listen") == f"0.0.0.0:{SUPERLINK_PORT}" == _arg(expected, "--listen")
+    assert _arg(cmd, "--upstream") == f"superlink:{CONTROL_PORT}"  # the SuperLink's name on the control network
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in svc["volumes"]}
+    for flag, name in (("--ssl-ca-certfile", "ca.crt"), ("--ssl-certfile", "server.pem"),
+                       ("--ssl-keyfile", "server.key")):
+        assert mounts[_arg(cmd, flag)] == f"../deploy-certs/{name}"
 
 
 @pytest.mark.parametrize("index", range(3))

@@ -46,7 +46,7 @@ def test_same_seed_same_model(quick: dict[str, Any]) -> None:
     a = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
     b = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
     c = run_inprocess({**quick, "num-server-rounds": 2, "seed": 9}, num_clients=4)
-    sa, sb, sc = (torch.load(r.run_dir / "global_model.pt") for r in (a, b, c))
+    sa, sb, sc = (torch.load(r.run_dir / "global_model.pt", weights_only=True) for r in (a, b, c))
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
@@ -160,7 +160,7 @@ def test_resources_are_recorded_per_client_and_round(quick: dict[str, Any]) -> N
     for r in rows:  # training FLOPs = 3 x 2 x MACs per sample x samples; CNN on 8x8 = 625,920 MACs
         assert int(r["macs-per-sample"]) == 625_920
         assert float(r["train-flops"]) == 6 * 625_920 * int(r["samples"])
-        assert float(r["energy-j"]) > 0 and r["energy-method"].startswith("estimated")
+        assert float(r["host-energy-j"]) > 0 and r["host-energy-method"].startswith("estimated")
         assert float(r["bytes-up"]) * 4 < float(r["bytes-up-fp32"])  # 4-bit + zlib against fp32
     rounds = RunDirectory(result.run_dir).read_rounds()
     assert rounds[0]["bytes-up"] == sum(int(float(r["bytes-up"])) for r in rows if r["round"] == "1")

@@ -13,7 +13,7 @@ from strategy_harness import HelloGrid, first_round, make_strategy, model_state,
 from fedshrink.compression import STYPE
 from fedshrink.runner.inprocess import server_identity
 from fedshrink.strategy.batch import UpdateBatch
-from fedshrink.strategy.rounds import sample_nodes
+from fedshrink.strategy.rounds import sample_nodes, wanted_clients
 from fedshrink.strategy.stages import holder_mean
 
 
@@ -55,11 +55,13 @@ def test_equals_flower_fedavg_on_same_replies() -> None:
 
 def test_sampling_is_deterministic_and_respects_fraction() -> None:
     nodes = list(range(100, 120))
-    a = sample_nodes(nodes, 0.5, 2, 3, 4)
-    assert a == sample_nodes(nodes, 0.5, 2, 3, 4) and len(a) == 10 and set(a) <= set(nodes)
-    assert a != sample_nodes(nodes, 0.5, 2, 3, 5)
+    k = wanted_clients(len(nodes), 0.5, 2)
+    a = sample_nodes(nodes, k, 3, 4)
+    assert a == sample_nodes(nodes, k, 3, 4) and len(a) == 10 and set(a) <= set(nodes)
+    assert a != sample_nodes(nodes, k, 3, 5)
+    assert wanted_clients(20, 0.1, 3) == 3 and wanted_clients(1000, 1.0, 2, per_round=50) == 50
     big = [3509238266224309249, 12395491797872431111, 5]  # 64-bit node ids stay exact
-    assert sample_nodes(big, 1.0, 3, 0, 1) == sorted(big)
+    assert sample_nodes(big, 3, 0, 1) == sorted(big)
 
 
 def _with_metric(key: str, value: object) -> Callable[[Message, dict, int], Message]:

@@ -1,11 +1,30 @@
-"""Who a node is: its partition (from the node config) and the device profile it trains with."""
+"""Who a node is: its partition (node config), what it trains with (profile or budget), and its device.
+
+In simulation all three follow from the run's settings and the partition id
+(seeded, so every engine agrees); in deployment a SuperNode's node config may
+name them itself (``profile=``, ``budget-*=``, ``device=`` and ``device-*=``,
+see :mod:`fedshrink.devices.nodeconfig`), which wins over the run's mixes.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fedshrink.config import RunConfig
+from fedshrink.devices import (
+    Budget,
+    DeviceModel,
+    DeviceTrace,
+    assign_budgets,
+    budget_from_node_config,
+    client_device,
+    device_from_node_config,
+    get_device,
+    load_trace,
+)
+from fedshrink.devices.nodeconfig import DEVICE_KEYS
 from fedshrink.errors import ConfigError
 from fedshrink.profiles import DeviceProfile, assign_profiles, get_profile
 
@@ -31,14 +50,45 @@ class NodeIdentity:
         return cls(pid, n)
 
 
-def node_profile(cfg: RunConfig, node: NodeIdentity, node_config: Mapping[str, object]) -> DeviceProfile | None:
+def node_budget(cfg: RunConfig, node: NodeIdentity, node_config: Mapping[str, object]) -> Budget | None:
+    """The node's budget: its node config's ``budget-*`` keys, else its share of the run's budget mix, else None."""
+    stated = budget_from_node_config(node_config, default_device=str(node_config.get("device", "")))
+    if stated is not None:
+        return stated
+    if "profile" in node_config or not cfg.devices.budget_mix:
+        return None
+    return assign_budgets(cfg.devices.budget_mix, node.num_partitions, cfg.seed)[node.partition_id]
+
+
+def node_profile(cfg: RunConfig, node: NodeIdentity, node_config: Mapping[str, object],
+                 budget: Budget | None) -> DeviceProfile | None:
     """The node's device profile: ``profile=...`` in its node config, else its share of the run's mix.
 
-    None when neither names one (the run then trains the whole model everywhere).
+    None when it states a budget instead (the server plans its profile) or neither names one (the run then
+    trains the whole model everywhere).
     """
     if "profile" in node_config:
         return get_profile(str(node_config["profile"]))
-    if not cfg.fragments.profile_mix:
+    if budget is not None or not cfg.fragments.profile_mix:
         return None
-    names = assign_profiles(cfg.fragments.profile_mix, node.num_partitions, cfg.seed)
-    return get_profile(names[node.partition_id])
+    return get_profile(assign_profiles(cfg.fragments.profile_mix, node.num_partitions, cfg.seed)[node.partition_id])
+
+
+@functools.lru_cache(maxsize=4)
+def _trace(path: str) -> DeviceTrace:
+    return load_trace(path)
+
+
+def node_device(cfg: RunConfig, node: NodeIdentity, node_config: Mapping[str, object],
+                profile: DeviceProfile | None, budget: Budget | None) -> DeviceModel | None:
+    """The node's simulated device: its profile's (or budget's, or the device mix's) model, drawn around its
+    medians for this partition (or its trace row); values the node config states win. None: no device model."""
+    base = profile.device if profile is not None else (budget.device if budget is not None and budget.device
+                                                       else cfg.devices.device_for(node.partition_id,
+                                                                                   node.num_partitions, cfg.seed))
+    if "device" in node_config or any(k in node_config for k in DEVICE_KEYS):
+        return device_from_node_config(node_config, default=base or "laptop")
+    if base is None:
+        return None
+    trace = _trace(cfg.devices.device_trace) if cfg.devices.device_trace else None
+    return client_device(get_device(base), node.partition_id, cfg.seed, cfg.devices.device_spread, trace)

@@ -3,8 +3,9 @@
 In deployment each SuperNode is started with ``--node-config``; besides
 ``partition-id`` and ``num-partitions`` it may name its data:
 
-* ``dataset``: the data set's name (``digits``, ``mnist``, ...). It must be
-  the run's data set, because the server builds the model for that one.
+* ``dataset``: the data set's name (``digits``, ``mnist``, a name of your
+  own with ``data-dir``, ...). It must be the run's data set, because the
+  server builds the model for that one.
 * ``data-dir``: a copy saved on that machine with ``datasets``' ``save_to_disk``.
 
 The node's split is computed with the run's seed and fractions, so every node
@@ -18,7 +19,7 @@ import dataclasses
 from collections.abc import Mapping
 
 from fedshrink.data.federated import SplitSpec
-from fedshrink.data.sources import SOURCES
+from fedshrink.data.sources import known_dataset, unknown_words
 from fedshrink.errors import ConfigError
 
 NODE_DATA_KEYS = ("dataset", "data-dir")
@@ -29,8 +30,8 @@ def node_split_spec(run_spec: SplitSpec, node_config: Mapping[str, object]) -> S
     spec = run_spec
     if "dataset" in node_config:
         name = str(node_config["dataset"])
-        if name not in SOURCES:
-            raise ConfigError("node-config dataset", name, "one of " + ", ".join(map(repr, sorted(SOURCES))))
+        if not known_dataset(name, str(node_config.get("data-dir", ""))):
+            raise ConfigError("node-config dataset", name, unknown_words())
         if name != run_spec.dataset:
             raise ConfigError("node-config dataset", name,
                               f"the run's data set {run_spec.dataset!r} (the server builds the model for it)")

@@ -1,10 +1,18 @@
 """Partitioning client training data across N clients.
 
 The partitioners are flwr-datasets' own (``IidPartitioner``,
-``DirichletPartitioner``, ``PathologicalPartitioner``), run on a local
-``datasets.Dataset`` holding each sample's label and index, so no hub access
-is needed. :func:`partition_indices` returns, for every client, the sorted
-indices of its samples; together they are disjoint and cover every sample.
+``DirichletPartitioner``, ``PathologicalPartitioner``, ``NaturalIdPartitioner``),
+run on a local ``datasets.Dataset`` holding each sample's label, index and
+(where the data set has one) client id, so no hub access is needed.
+:func:`partition_indices` returns, for every client, the sorted indices of
+its samples; together they are disjoint and cover every sample.
+
+``natural`` uses the data set's own client ids (a FEMNIST writer, a device):
+partition ``i`` holds every sample of the ``i``-th id in sorted order. With
+fewer partitions than ids, the first ``num_partitions`` ids take part and the
+others' samples are not used; more partitions than ids are refused. The
+generated fleets (:mod:`fedshrink.data.fleet`) are partitioned the same way,
+writer ``i`` being client ``i``, without going through this module.
 """
 
 from __future__ import annotations
@@ -97,9 +105,9 @@ class _FirstThatSamples:
         if self._chosen is None:
             last: ValueError | None = None
             for cand in self._candidates:
-                cand.dataset = self._dataset  # type: ignore[attr-defined]
+                cand.dataset = self._dataset  # type: ignore[attr-defined]  # flwr-datasets ships no types
                 try:
-                    cand.load_partition(0)  # type: ignore[attr-defined]
+                    cand.load_partition(0)  # type: ignore[attr-defined]  # flwr-datasets ships no types
                 except ValueError as exc:
                     last = exc
                     continue
@@ -108,7 +116,14 @@ class _FirstThatSamples:
             else:
                 assert last is not None
                 raise last
-        return self._chosen.load_partition(partition_id)  # type: ignore[attr-defined]
+        return self._chosen.load_partition(partition_id)  # type: ignore[attr-defined]  # flwr-datasets ships no types
+
+
+@_register("natural")
+def _natural(scheme: PartitionScheme, n: int, num_partitions: int, num_classes: int, seed: int) -> object:
+    from flwr_datasets.partitioner import NaturalIdPartitioner
+
+    return NaturalIdPartitioner(partition_by="client")
 
 
 @_register("pathological")
@@ -128,30 +143,46 @@ def _pathological(scheme: PartitionScheme, n: int, num_partitions: int, num_clas
 
 
 def partition_indices(
-    labels: np.ndarray, num_partitions: int, scheme: PartitionScheme, seed: int
+    labels: np.ndarray, num_partitions: int, scheme: PartitionScheme, seed: int, *, groups: np.ndarray | None = None
 ) -> list[np.ndarray]:
     """Split sample indices ``0..len(labels)-1`` into ``num_partitions`` disjoint sets.
 
-    Deterministic for a seed. Raises :class:`ConfigError` for more clients than
-    samples and :class:`DataError` when the scheme leaves a client empty or a
-    sample unassigned.
+    ``groups`` (int64, one per sample) are the data set's client ids, needed by
+    ``natural``. Deterministic for a seed. Raises :class:`ConfigError` for more
+    clients than samples (or than ids, for ``natural``) and :class:`DataError`
+    when the scheme leaves a client empty or a sample unassigned.
     """
     from datasets import Dataset
 
     n = len(labels)
-    if num_partitions < 1 or num_partitions > n:
-        raise ConfigError("num-clients", num_partitions, f"an integer in [1, {n}] (training samples)")
+    natural = scheme.name == "natural"
+    limit, what = n, "training samples"
+    if natural:
+        if groups is None:
+            raise DataError("partitioner 'natural' needs the data set's client ids: set client-column "
+                            "(e.g. 'writer_id'), or use a generated fleet such as 'writers'")
+        limit, what = len(np.unique(groups)), "client ids in the data set"
+    if num_partitions < 1 or num_partitions > limit:
+        raise ConfigError("num-clients", num_partitions, f"an integer in [1, {limit}] ({what})")
     num_classes = int(labels.max()) + 1 if n else 0
     partitioner = PARTITIONERS[scheme.name](scheme, n, num_partitions, num_classes, seed)
-    ds = Dataset.from_dict({"label": labels.astype(np.int64), "idx": np.arange(n, dtype=np.int64)})
-    partitioner.dataset = ds  # type: ignore[attr-defined]
+    columns = {"label": labels.astype(np.int64), "idx": np.arange(n, dtype=np.int64)}
+    if groups is not None:
+        columns["client"] = groups.astype(np.int64)
+    partitioner.dataset = Dataset.from_dict(columns)  # type: ignore[attr-defined]  # flwr-datasets ships no types
     parts: list[np.ndarray] = []
     try:
         for pid in range(num_partitions):
-            part = partitioner.load_partition(pid)  # type: ignore[attr-defined]
+            part = partitioner.load_partition(pid)  # type: ignore[attr-defined]  # flwr-datasets ships no types
             parts.append(np.sort(np.asarray(part.with_format("numpy")["idx"][:], dtype=np.int64)))
     except ValueError as exc:  # flwr-datasets' own refusals (e.g. unreachable min size)
         raise DataError(f"partitioner {scheme.name!r} failed for {num_partitions} clients: {exc}") from exc
+    _check_partition(parts, n, num_partitions, scheme, covering=not natural)
+    return parts
+
+
+def _check_partition(parts: list[np.ndarray], n: int, num_partitions: int, scheme: PartitionScheme,
+                     *, covering: bool) -> None:
     sizes = [len(p) for p in parts]
     if min(sizes) == 0:
         raise DataError(
@@ -159,7 +190,7 @@ def partition_indices(
             "use fewer clients or a larger dirichlet-alpha / classes-per-client"
         )
     covered = np.concatenate(parts)
-    if len(covered) != n:
+    if covering and len(covered) != n:
         missing = n - len(np.unique(covered))
         raise ConfigError(
             "classes-per-client",
@@ -167,4 +198,3 @@ def partition_indices(
             f"a value that gives every class a client ({missing} samples unassigned "
             f"with {num_partitions} clients)",
         )
-    return parts

@@ -13,8 +13,17 @@
   SuperNode in OpenSSH format, the format ``flower-supernode
   --auth-supernode-private-key`` reads and ``flwr supernode register`` takes.
 
-Private keys are written with mode 0600 (0644 with ``shared_readable=True``,
-for containers that run as another user).
+The server certificate also always names ``localhost`` and ``127.0.0.1``: the
+SuperLink's Control API listens on loopback, where ``flwr``, its own SuperExec
+and the Fleet gateway (:mod:`fedshrink.deploy.gateway`) reach it over TLS.
+
+Every file is written through a new temporary file in the same directory and
+``os.replace``. A private key's file is created by ``os.open(O_CREAT | O_EXCL,
+0o600)`` and fixed to that mode with ``fchmod`` before its first byte is
+written: no other user can open it at any moment, and no umask widens it.
+With ``shared_readable=True`` (for containers that run as another user) the
+server and node keys are created 0644 on purpose; ``ca.key`` stays 0600
+always. Directories ``make_certificates`` creates are 0700 (0755 when shared).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import datetime as dt
 import ipaddress
 import os
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +46,8 @@ from fedshrink.errors import ConfigError
 
 CURVE = ec.SECP384R1()
 _DNS_LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
+# always in the server certificate: the Control API and the Fleet gateway's upstream are on loopback
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1")
 
 
 @dataclass(frozen=True)
@@ -73,15 +85,30 @@ class CertificateSet:
 
 
 def check_host(host: str) -> str:
-    """``host`` if it is an IP address or a DNS name, else :class:`ConfigError`."""
+    """``host`` as an IPv4/IPv6 address or an RFC 1123 DNS name, else a one-line :class:`ConfigError`.
+
+    A DNS name is dot-separated labels of 1-63 letters, digits and hyphens, neither starting nor ending
+    with a hyphen, 253 characters at most (RFC 1123 section 2.1), and its last label is not all digits:
+    a dotted all-numeric name such as ``1.2.3.999`` is a mistyped IPv4 address, not a host name
+    (RFC 1123 section 2.1, RFC 3696 section 2). IPv6 scope ids (``fe80::1%eth0``) cannot go in a certificate.
+    """
+    allowed = ("an IPv4 address (four numbers 0-255), an IPv6 address without a scope id, or a DNS name of "
+               "dot-separated labels (letters, digits, '-'; 1-63 characters each, 253 in all; the last one "
+               "not all digits) such as 'superlink' or 'fl.example.org'")
     try:
-        return str(ipaddress.ip_address(host))
+        address = ipaddress.ip_address(host)
     except ValueError:
-        pass
-    labels = host.rstrip(".").split(".")
-    if not host or len(host) > 253 or not all(_DNS_LABEL.match(label) for label in labels):
-        raise ConfigError("host", host, "an IP address or a DNS name such as 'superlink' or 'fl.example.org'")
-    return host.rstrip(".")
+        address = None
+    if address is not None:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise ConfigError("host", host, allowed)
+        return str(address)
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if (not name or len(name) > 253 or not all(_DNS_LABEL.match(label) for label in labels)
+            or labels[-1].isdigit()):
+        raise ConfigError("host", host, allowed)
+    return name
 
 
 def _name(common_name: str) -> x509.Name:
@@ -89,9 +116,39 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write(path: Path, data: bytes, *, private: bool, shared_readable: bool) -> None:
-    path.write_bytes(data)
-    os.chmod(path, 0o644 if (not private or shared_readable) else 0o600)
+PRIVATE_MODE = 0o600
+SHARED_MODE = 0o644
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """``data`` into ``path`` with file mode ``mode`` from the moment the file exists (not umask, not chmod).
+
+    The bytes go into a fresh temporary file beside ``path`` (``O_CREAT | O_EXCL | O_NOFOLLOW``, so no existing
+    file or symlink is reused), which then replaces ``path`` atomically.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # exactly ``mode`` whatever the umask, before any byte is in the file
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _mkdir(path: Path, *, shared_readable: bool) -> None:
+    """``path`` (and its parents); one this call creates is 0700, or 0755 when ``shared_readable``."""
+    if not path.is_dir():
+        mode = 0o755 if shared_readable else 0o700
+        path.mkdir(mode=mode, parents=True, exist_ok=True)  # created at most ``mode`` (the umask only narrows it)
+        os.chmod(path, mode)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -99,24 +156,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def make_certificates(out: Path, hosts: Sequence[str], nodes: int, *, days: int = 365,
-                      shared_readable: bool = False) -> CertificateSet:
-    """Write a CA, a server certificate for ``hosts`` and ``nodes`` SuperNode key pairs under ``out``."""
-    if isinstance(hosts, str):
-        hosts = [h for h in hosts.replace(",", " ").split() if h]
-    checked = tuple(dict.fromkeys(check_host(h) for h in hosts))
-    if not checked:
-        raise ConfigError("hosts", list(hosts), "at least one host name or IP address the SuperLink is reached at")
-    if nodes < 0:
-        raise ConfigError("nodes", nodes, "an integer >= 0 (SuperNode key pairs to make)")
-    if days < 1:
-        raise ConfigError("days", days, "an integer >= 1")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "nodes").mkdir(exist_ok=True)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=days)
-
+def _make_ca(now: dt.datetime, until: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed CA that may sign end-entity certificates only (``path_length=0``)."""
     ca_key = ec.generate_private_key(CURVE)
     ca_cert = (
         x509.CertificateBuilder()
@@ -130,8 +171,14 @@ def make_certificates(out: Path, hosts: Sequence[str], nodes: int, *, days: int 
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
+    return ca_key, ca_cert
+
+
+def _make_server(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, hosts: Sequence[str],
+                 now: dt.datetime, until: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A TLS server certificate signed by the CA, with every one of ``hosts`` as a subject alternative name."""
     sans: list[x509.GeneralName] = []
-    for h in checked:
+    for h in hosts:
         try:
             sans.append(x509.IPAddress(ipaddress.ip_address(h)))
         except ValueError:
@@ -139,7 +186,7 @@ def make_certificates(out: Path, hosts: Sequence[str], nodes: int, *, days: int 
     server_key = ec.generate_private_key(CURVE)
     server_cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(checked[0])).issuer_name(ca_cert.subject)
+        .subject_name(_name(hosts[0])).issuer_name(ca_cert.subject)
         .public_key(server_key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now).not_valid_after(until)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
@@ -148,21 +195,44 @@ def make_certificates(out: Path, hosts: Sequence[str], nodes: int, *, days: int 
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA384())
     )
-    pem = serialization.Encoding.PEM
-    _write(out / "ca.crt", ca_cert.public_bytes(pem), private=False, shared_readable=shared_readable)
-    _write(out / "ca.key", _pem_key(ca_key), private=True, shared_readable=False)
-    _write(out / "server.pem", server_cert.public_bytes(pem), private=False, shared_readable=shared_readable)
-    _write(out / "server.key", _pem_key(server_key), private=True, shared_readable=shared_readable)
+    return server_key, server_cert
 
+
+def make_certificates(out: Path, hosts: Sequence[str], nodes: int, *, days: int = 365,
+                      shared_readable: bool = False) -> CertificateSet:
+    """Write a CA, a server certificate for ``hosts`` (plus loopback) and ``nodes`` SuperNode key pairs."""
+    if isinstance(hosts, str):
+        hosts = [h for h in hosts.replace(",", " ").split() if h]
+    named = [check_host(h) for h in hosts]
+    if not named:
+        raise ConfigError("hosts", list(hosts), "at least one host name or IP address the SuperLink is reached at")
+    checked = tuple(dict.fromkeys([*named, *LOOPBACK_HOSTS]))
+    if nodes < 0:
+        raise ConfigError("nodes", nodes, "an integer >= 0 (SuperNode key pairs to make)")
+    if days < 1:
+        raise ConfigError("days", days, "an integer >= 1")
+    out = Path(out)
+    _mkdir(out, shared_readable=shared_readable)
+    _mkdir(out / "nodes", shared_readable=shared_readable)
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=days)
+    ca_key, ca_cert = _make_ca(now, until)
+    server_key, server_cert = _make_server(ca_key, ca_cert, checked, now, until)
+
+    pem = serialization.Encoding.PEM
+    key_mode = SHARED_MODE if shared_readable else PRIVATE_MODE
+    _write(out / "ca.crt", ca_cert.public_bytes(pem), SHARED_MODE)
+    _write(out / "ca.key", _pem_key(ca_key), PRIVATE_MODE)  # never shared: it signs certificates
+    _write(out / "server.pem", server_cert.public_bytes(pem), SHARED_MODE)
+    _write(out / "server.key", _pem_key(server_key), key_mode)
     node_keys = []
     for i in range(nodes):
         key = ec.generate_private_key(CURVE)
         path = out / "nodes" / f"node-{i}"
         _write(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()), private=True, shared_readable=shared_readable)
+                                       serialization.NoEncryption()), key_mode)
         pub = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        _write(CertificateSet.public_key(path), pub + f" fedshrink-node-{i}\n".encode(), private=False,
-               shared_readable=shared_readable)
+        _write(CertificateSet.public_key(path), pub + f" fedshrink-node-{i}\n".encode(), SHARED_MODE)
         node_keys.append(path)
     return CertificateSet(out, out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key",
                           tuple(node_keys), checked)

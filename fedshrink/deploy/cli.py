@@ -1,8 +1,8 @@
 """``fedshrink deploy``: certificates, the commands of a deployment, and a local one to try it out.
 
 * ``certs``: a CA, a server certificate for ``--hosts`` and ``--nodes`` SuperNode key pairs.
-* ``plan``: print the ``flower-superlink`` / ``flwr supernode register`` /
-  ``flower-supernode`` commands of a topology (run each on its machine).
+* ``plan``: print the ``flower-superlink`` / Fleet gateway / ``flwr supernode
+  register`` / ``flower-supernode`` commands of a topology (run each on its machine).
 * ``up``: start that topology on this machine (127.0.0.1), leave it running;
   ``run``: run the app on it with ``flwr run``; ``down``: stop it, by PID.
 * ``local``: up, run, down in one go (``make deploy-local``).
@@ -40,9 +40,14 @@ def add_parser(sub: Any) -> None:
                        help="device profiles given to the nodes in turn (default iot,phone,laptop)")
         p.add_argument("--dataset", default="digits", help="data set each node loads (node-config dataset)")
         p.add_argument("--data-dir", default="", help="where each node's copy of the data set lives (node-config)")
-        p.add_argument("--host", default="127.0.0.1", help="the SuperLink's address as the nodes dial it")
-        p.add_argument("--port", type=int, default=0, help="the SuperLink's port (default: 9092 for plan, "
-                                                         "a free one locally)")
+        p.add_argument("--host", default="127.0.0.1", help="the Fleet API's address as the nodes dial it")
+        p.add_argument("--port", type=int, default=0, help="the Fleet API's port, the gateway's (default: 9092 "
+                                                         "for plan, a free one locally)")
+        p.add_argument("--control-port", type=int, default=0, help="the SuperLink's own port, with the Control "
+                       "API (default: 9093 for plan, a free one locally)")
+        p.add_argument("--expose-control-api", metavar="HOST", default="127.0.0.1",
+                       help="bind the SuperLink, whose Control API (flwr run/ls, flwr supernode register) has no "
+                            "authentication, to HOST instead of 127.0.0.1: only on an admin-only network")
         p.add_argument("--certs", type=Path, help="directory made by `fedshrink deploy certs`")
         p.add_argument("--insecure", action="store_true", help="no TLS and no node authentication (explicitly)")
         if workdir:
@@ -74,6 +79,7 @@ def _topology(args: argparse.Namespace, *, local: bool) -> Any:
         parse_profiles,
         plan_nodes,
     )
+    from fedshrink.deploy.topology import CONTROL_PORT, SUPERLINK_PORT
     from fedshrink.runner.flower import free_port
 
     nodes = plan_nodes(args.nodes, parse_profiles(args.profiles), dataset=args.dataset, data_dir=args.data_dir)
@@ -89,8 +95,10 @@ def _topology(args: argparse.Namespace, *, local: bool) -> Any:
             raise ConfigError("--certs", None, "a directory made by `fedshrink deploy certs` (or --insecure)")
         certs = make_certificates(args.workdir / "certs", [args.host, "localhost"], args.nodes)
         print(f"made certificates and {args.nodes} node keys in {certs.root}")
-    port = args.port or (free_port() if local else 9092)
-    return Topology(tuple(nodes), certs=certs, host=args.host, port=port, insecure=args.insecure)
+    port = args.port or (free_port() if local else SUPERLINK_PORT)
+    control_port = args.control_port or (free_port() if local else CONTROL_PORT)
+    return Topology(tuple(nodes), certs=certs, host=args.host, port=port, insecure=args.insecure,
+                    control_host=args.expose_control_api, control_port=control_port)
 
 
 def _run(dep: Any, args: argparse.Namespace) -> int:
@@ -127,8 +135,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         dep = LocalDeployment(topo, args.workdir, echo=True)
         dep.__enter__()
         ids = ", ".join(f"{i}:{nid}" for i, nid in dep.node_ids.items()) or "none (no node authentication)"
-        print(f"SuperLink on {topo.address} with {len(topo.nodes)} SuperNodes online; registered node ids {ids}; "
-              f"logs and state in {dep.workdir}")
+        print(f"Fleet API (gateway) on {topo.address}, SuperLink with the Control API on {topo.control_address}, "
+              f"{len(topo.nodes)} SuperNodes online; registered node ids {ids}; logs and state in {dep.workdir}")
         if c == "up":
             print(json.dumps({"pids": dep.pids()}))
             return 0

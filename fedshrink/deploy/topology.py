@@ -1,35 +1,48 @@
-"""A SuperLink and N SuperNodes: their commands, and a local deployment that starts and stops them.
+"""A SuperLink, its Fleet gateway and N SuperNodes: their commands, and a local deployment that runs them.
 
-:class:`Topology` holds what a deployment is made of (the SuperLink's address
-and port, TLS files, SuperNode authentication, one :class:`NodeSpec` per
-SuperNode) and renders the exact ``flower-superlink`` / ``flower-supernode``
-command lines and the ``flwr`` connection. The same commands serve a real
-multi-machine deployment (run each on its own machine) and
-:class:`LocalDeployment`, which starts the whole topology as processes on
-127.0.0.1 under an isolated ``FLWR_HOME``, registers the node keys with
-``flwr supernode register``, runs the app with ``flwr run APP CONNECTION``,
-reads the run's status with ``flwr ls``, and stops every process it started,
-by PID.
+:class:`Topology` holds what a deployment is made of (the Fleet address the
+SuperNodes dial, the loopback address of the SuperLink's Control API, TLS
+files, SuperNode authentication, one :class:`NodeSpec` per SuperNode) and
+renders the exact ``flower-superlink`` / Fleet gateway / ``flower-supernode``
+command lines and the ``flwr`` connection.
+
+Flower 1.42's SuperLink serves its Fleet, Control and runtime APIs on one port,
+and its Control API (``flwr run``, ``flwr ls``, ``flwr supernode register``) is
+unauthenticated without Flower Enterprise's OIDC. So the SuperLink listens on
+``control_host`` (127.0.0.1 unless explicitly exposed, with a
+:class:`ControlApiExposedWarning`) and only the Fleet gateway
+(:mod:`fedshrink.deploy.gateway`, which forwards ``/v1/fleet/*`` and nothing
+else) listens where the devices reach it.
+
+The same commands serve a real multi-machine deployment (run each on its own
+machine) and :class:`LocalDeployment`, which starts the whole topology as
+processes on 127.0.0.1 under an isolated ``FLWR_HOME``, registers the node keys
+with ``flwr supernode register``, runs the app with ``flwr run APP
+CONNECTION``, reads the run's status with ``flwr ls``, and stops every process
+it started, by PID.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shlex
 import ssl
 import subprocess
+import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from fedshrink.data import SOURCES
-from fedshrink.deploy.certs import CertificateSet
+from fedshrink.data.sources import known_dataset, unknown_words
+from fedshrink.deploy.certs import CertificateSet, check_host
 from fedshrink.errors import ConfigError, FedShrinkError
 from fedshrink.profiles import PROFILES
 from fedshrink.runner.flower import (
@@ -49,7 +62,9 @@ from fedshrink.runner.flower import (
 )
 
 CONNECTION = "fedshrink-deploy"
-SUPERLINK_PORT = 9092  # the SuperLink's one HTTP(S) port: Fleet, Control and ServerAppIo APIs
+SUPERLINK_PORT = 9092  # the Fleet API port the SuperNodes dial: the Fleet gateway's (Flower's Fleet API default)
+CONTROL_PORT = 9093  # the SuperLink's own port (Control, runtime and Fleet APIs), on loopback; Flower's Control default
+ANY_INTERFACE = ("0.0.0.0", "::")
 SUPERNODE_PORT = 9094  # a SuperNode's ClientAppIo port (local to its machine)
 STATE_FILE = "deployment.json"
 # the three-node topology of `fedshrink deploy local`, the e2e test and docker/compose.yaml
@@ -59,6 +74,10 @@ SUPERNODE_READY = "SuperNode ID:"  # what flower-supernode logs once the SuperLi
 
 class DeploymentError(FedShrinkError):
     """A deployment process did not start, register or stop as expected."""
+
+
+class ControlApiExposedWarning(UserWarning):
+    """The SuperLink's unauthenticated Control API is asked to listen beyond loopback."""
 
 
 @dataclass(frozen=True)
@@ -78,8 +97,8 @@ class NodeSpec:
             raise ConfigError("partition-id", self.partition_id, f"an integer in [0, {self.num_partitions})")
         if self.profile and self.profile not in PROFILES:
             raise ConfigError("profile", self.profile, "one of " + ", ".join(map(repr, sorted(PROFILES))))
-        if self.dataset and self.dataset not in SOURCES:
-            raise ConfigError("dataset", self.dataset, "one of " + ", ".join(map(repr, sorted(SOURCES))))
+        if self.dataset and not known_dataset(self.dataset, self.data_dir):
+            raise ConfigError("dataset", self.dataset, unknown_words())
 
     def items(self) -> dict[str, int | str]:
         out: dict[str, int | str] = {"partition-id": self.partition_id, "num-partitions": self.num_partitions}
@@ -121,8 +140,12 @@ class Topology:
     port: int = SUPERLINK_PORT
     insecure: bool = False
     node_auth: bool = True
+    control_host: str = "127.0.0.1"  # where the SuperLink (Control API) listens; beyond loopback only on purpose
+    control_port: int | None = None  # None: CONTROL_PORT (a LocalDeployment takes a free port)
 
     def __post_init__(self) -> None:
+        check_host(self.host)
+        check_host(self.control_host)
         if not self.nodes:
             raise ConfigError("nodes", 0, "at least one SuperNode")
         if self.insecure and self.certs is not None:
@@ -137,10 +160,49 @@ class Topology:
                               f"at most {len(self.certs.node_keys)} (node keys in {self.certs.root})")
         if not 1 <= self.port <= 65535:
             raise ConfigError("port", self.port, "an integer in [1, 65535]")
+        self._check_control()
         for i, n in enumerate(self.nodes):
             if n.num_partitions != len(self.nodes) or n.partition_id != i:
                 raise ConfigError("node-config", n.node_config(),
                                   f"partition-id={i} num-partitions={len(self.nodes)} (node {i} of {len(self.nodes)})")
+
+    def _check_control(self) -> None:
+        if not 1 <= self.control_api_port <= 65535 or self.control_api_port == self.port:
+            raise ConfigError("control-port", self.control_api_port,
+                              f"an integer in [1, 65535] other than the Fleet port {self.port}")
+        if self.certs is not None and self.control_dial_host not in self.certs.hosts:
+            raise ConfigError("control-host", self.control_dial_host,
+                              f"a host the server certificate names: {list(self.certs.hosts)} (certificates made "
+                              "by `fedshrink deploy certs` always name localhost and 127.0.0.1)")
+        if self.control_exposed:
+            warnings.warn(f"the SuperLink's Control API will listen on {self.control_host}:{self.control_api_port}: "
+                          "it has no authentication without Flower Enterprise's OIDC, so anyone who reaches it can "
+                          "register SuperNode keys and start or stop runs; keep it on 127.0.0.1 or an admin-only "
+                          "network (docs/deployment.md)", ControlApiExposedWarning, stacklevel=4)
+
+    @property
+    def control_api_port(self) -> int:
+        return CONTROL_PORT if self.control_port is None else self.control_port
+
+    @property
+    def control_exposed(self) -> bool:
+        """The Control API listens beyond loopback."""
+        if self.control_host == "localhost":
+            return False
+        try:
+            return not ipaddress.ip_address(self.control_host).is_loopback
+        except ValueError:  # a DNS name: resolved by the SuperLink, maybe to a public address
+            return True
+
+    @property
+    def control_dial_host(self) -> str:
+        """The host ``flwr`` and the Fleet gateway dial for the Control API (loopback for a bind-all address)."""
+        return "127.0.0.1" if self.control_host in ANY_INTERFACE else self.control_host
+
+    @property
+    def control_address(self) -> str:
+        host = self.control_dial_host
+        return f"{f'[{host}]' if ':' in host else host}:{self.control_api_port}"
 
     @property
     def auth(self) -> bool:
@@ -155,9 +217,13 @@ class Topology:
         assert self.certs is not None
         return self.certs.node_keys[index]
 
-    def superlink_command(self, database: Path | str, log_file: Path | str | None = None,
-                          *, listen: str | None = None) -> list[str]:
-        """``flower-superlink`` for this topology (``listen``: the interface to bind, default ``host``)."""
+    def superlink_command(self, database: Path | str, log_file: Path | str | None = None) -> list[str]:
+        """``flower-superlink`` for this topology, listening on ``control_host:control_api_port`` only.
+
+        Flower 1.42 serves the Fleet, Control and runtime APIs on this one port (``--host``/``--port``; its
+        ``--control-api-address`` and ``--fleet-api-address`` are deprecated and ignored), so the devices reach
+        the Fleet API through :meth:`gateway_command` instead.
+        """
         cmd = [flwr_cli("flower-superlink")]
         if self.insecure:
             cmd.append("--insecure")
@@ -168,10 +234,21 @@ class Topology:
         if self.auth:
             cmd.append("--enable-supernode-auth")
         cmd += ["--disable-runtime-dependency-installation", "--isolation", "subprocess",
-                "--host", listen or self.host, "--port", str(self.port), "--database", str(database)]
+                "--host", self.control_host, "--port", str(self.control_api_port), "--database", str(database)]
         if log_file is not None:
             cmd += ["--log-file", str(log_file)]
         return cmd
+
+    def gateway_command(self, *, listen: str | None = None) -> list[str]:
+        """The Fleet gateway: on ``listen`` (default ``host``) at ``port``, forwarding the Fleet API only."""
+        bind = listen or self.host
+        cmd = [sys.executable, "-m", "fedshrink.deploy.gateway",
+               "--listen", f"{f'[{bind}]' if ':' in bind else bind}:{self.port}", "--upstream", self.control_address]
+        if self.insecure:
+            return [*cmd, "--insecure"]
+        assert self.certs is not None
+        return [*cmd, "--ssl-certfile", str(self.certs.server_cert), "--ssl-keyfile", str(self.certs.server_key),
+                "--ssl-ca-certfile", str(self.certs.ca_cert)]
 
     def supernode_command(self, index: int, *, clientappio_port: int = SUPERNODE_PORT,
                           private_key: Path | None = None) -> list[str]:
@@ -190,18 +267,22 @@ class Topology:
 
     def to_dict(self) -> dict[str, Any]:
         return {"nodes": [vars(n) for n in self.nodes], "certs": str(self.certs.root) if self.certs else None,
-                "host": self.host, "port": self.port, "insecure": self.insecure, "node_auth": self.node_auth}
+                "host": self.host, "port": self.port, "insecure": self.insecure, "node_auth": self.node_auth,
+                "control_host": self.control_host, "control_port": self.control_port}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Topology:
         certs = CertificateSet.load(Path(d["certs"])) if d.get("certs") else None
+        control_port = d.get("control_port")
         return cls(tuple(NodeSpec(**n) for n in d["nodes"]), certs=certs, host=str(d["host"]), port=int(d["port"]),
-                   insecure=bool(d["insecure"]), node_auth=bool(d["node_auth"]))
+                   insecure=bool(d["insecure"]), node_auth=bool(d["node_auth"]),
+                   control_host=str(d.get("control_host", "127.0.0.1")),
+                   control_port=None if control_port is None else int(control_port))
 
     def connection_toml(self, name: str = CONNECTION) -> str:
-        """``$FLWR_HOME/config.toml`` with one connection, the default, to this SuperLink."""
+        """``$FLWR_HOME/config.toml`` with one connection, the default, to this SuperLink's Control API."""
         lines = ["[superlink]", f"default = {json.dumps(name)}", "", f"[superlink.{name}]",
-                 f"address = {json.dumps(self.address)}"]
+                 f"address = {json.dumps(self.control_address)}"]
         if self.insecure:
             lines.append("insecure = true")
         else:
@@ -237,6 +318,8 @@ class LocalDeployment:
     _popen: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if self.topology.control_port is None:  # not Flower's fixed default: one test machine runs many
+            self.topology = replace(self.topology, control_port=free_port())
         self.workdir = Path(self.workdir).resolve()
         self.flwr_home = self.workdir / "flwr-home"
         self.env = flower_env(self.flwr_home)
@@ -254,7 +337,7 @@ class LocalDeployment:
         self.stop()
 
     def start(self) -> None:
-        """SuperLink, node registration, SuperNodes; returns once every SuperNode is online."""
+        """SuperLink and Fleet gateway, node registration, SuperNodes; returns once every SuperNode is online."""
         self.prepare()
         self.start_superlink()
         if self.topology.auth:
@@ -284,15 +367,21 @@ class LocalDeployment:
         (self.flwr_home / "config.toml").write_text(self.topology.connection_toml())
 
     def start_superlink(self) -> None:
+        """The SuperLink (on ``control_address``) and its Fleet gateway (on ``address``), started together;
+        returns once the SuperLink answers ``/health`` through the gateway."""
         t = self.topology
-        proc = self._spawn("superlink", t.superlink_command(self.workdir / "state.db"), port=t.port)
+        procs = {"flower-superlink": self._spawn("superlink", t.superlink_command(self.workdir / "state.db"),
+                                                 port=t.control_api_port),
+                 "the Fleet gateway": self._spawn("gateway", t.gateway_command(), port=t.port)}
         deadline = time.monotonic() + self.startup_timeout
         while not self._healthy():
-            if proc.poll() is not None:
-                raise DeploymentError(f"flower-superlink exited with code {proc.returncode}; see "
-                                      f"{self.workdir / 'superlink.log'}")
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    log = "superlink.log" if name == "flower-superlink" else "gateway.log"
+                    raise DeploymentError(f"{name} exited with code {proc.returncode}; see {self.workdir / log}")
             if time.monotonic() > deadline:
-                raise DeploymentError(f"flower-superlink not healthy after {self.startup_timeout:.0f}s")
+                raise DeploymentError(f"SuperLink not healthy through the Fleet gateway after "
+                                      f"{self.startup_timeout:.0f}s")
             time.sleep(0.2)
 
     def _healthy(self) -> bool:
@@ -303,7 +392,7 @@ class LocalDeployment:
         verify: bool | ssl.SSLContext = True
         if t.certs is not None:
             verify = ssl.create_default_context(cafile=str(t.certs.ca_cert))
-        try:
+        try:  # through the gateway: both processes are up
             return httpx.get(f"{scheme}://{t.address}/health", timeout=0.5, verify=verify).is_success
         except httpx.HTTPError:
             return False
@@ -431,17 +520,23 @@ class LocalDeployment:
 def shell_commands(topology: Topology, *, listen: str = "0.0.0.0") -> str:
     """The topology as shell commands, grouped by machine (for docs and ``fedshrink deploy plan``).
 
-    The SuperLink listens on ``listen`` (all interfaces by default); SuperNodes dial ``topology.address``.
+    The Fleet gateway listens on ``listen`` (all interfaces by default) and SuperNodes dial
+    ``topology.address``; the SuperLink, with its Control API, listens on ``topology.control_address``.
     """
-    lines = ["# server: the SuperLink", shlex.join(topology.superlink_command("state.db", listen=listen)), "",
-             "# the machine that runs flwr: $FLWR_HOME/config.toml", *("#   " + x for x in
-                                                                      topology.connection_toml().splitlines())]
+    t = topology
+    where = "loopback only" if not t.control_exposed else "EXPOSED: unauthenticated, admin-only network"
+    lines = [f"# server: the SuperLink; Control API on {t.control_host}:{t.control_api_port} ({where})",
+             shlex.join(t.superlink_command("state.db")), "",
+             f"# server: the Fleet gateway, the only port the devices reach ({listen}:{t.port}, /v1/fleet/ only)",
+             shlex.join(t.gateway_command(listen=listen)), "",
+             "# the server itself (or an SSH tunnel to it) runs flwr: $FLWR_HOME/config.toml",
+             *("#   " + x for x in t.connection_toml().splitlines())]
     if topology.auth:
         lines += [shlex.join(["flwr", "supernode", "register",
                               str(CertificateSet.public_key(topology.node_key(i))), CONNECTION])
                   for i in range(len(topology.nodes))]
     for i in range(len(topology.nodes)):
         lines += ["", f"# device {i}", shlex.join(topology.supernode_command(i))]
-    lines += ["", "# the machine that runs flwr, from the app directory",
+    lines += ["", "# the machine that runs flwr (the server, or through an SSH tunnel), from the app directory",
               f"flwr run . {CONNECTION} --stream", f"flwr ls {CONNECTION} --run-id RUN_ID --format json"]
     return "\n".join(line.replace(os.path.dirname(flwr_cli()) + os.sep, "") for line in lines)

@@ -244,6 +244,180 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What every phase reads: the teacher, the proxy images (and labels), the test set, the settings."""
+
+    teacher: nn.Module
+    kind: str  # "global" or the ensemble's teacher setting
+    spec: ModelSpec
+    px: torch.Tensor  # (N, C, H, W) proxy images
+    py: torch.Tensor | None  # (N,) proxy labels, only when cfg.alpha > 0
+    test: LabelledArrays
+    cfg: DistillConfig
+    say: Any
+
+
+def _inputs(teacher: nn.Module | Sequence[nn.Module], teacher_spec: ModelSpec, proxy_x: np.ndarray,
+            test: LabelledArrays, cfg: DistillConfig, proxy_y: np.ndarray | None, log: Any) -> _Inputs:
+    """Checked inputs; :class:`DistillError` names what is wrong."""
+    proxy_x = np.asarray(proxy_x, dtype=np.float32)
+    if proxy_x.ndim != 4 or len(proxy_x) == 0:
+        raise DistillError(f"the proxy set is empty or not (N, C, H, W) images (shape {proxy_x.shape}): "
+                           "there is nothing to distill on")
+    if tuple(proxy_x.shape[1:]) != tuple(teacher_spec.input_shape):
+        raise DistillError(f"proxy images have shape {proxy_x.shape[1:]}, the teacher expects "
+                           f"{teacher_spec.input_shape}")
+    if cfg.alpha > 0 and (proxy_y is None or len(proxy_y) != len(proxy_x)):
+        raise DistillError(f"alpha={cfg.alpha} mixes in a labelled loss, but no proxy labels were given")
+    py = torch.from_numpy(np.asarray(proxy_y, dtype=np.int64)) if cfg.alpha > 0 and proxy_y is not None else None
+    return _Inputs(as_teacher(teacher).eval(), cfg.teacher if not isinstance(teacher, nn.Module) else "global",
+                   teacher_spec, torch.from_numpy(proxy_x), py, test, cfg, log or (lambda _line: None))
+
+
+def _teacher_card(inp: _Inputs) -> dict[str, Any]:
+    shape = inp.spec.input_shape
+    return {
+        "spec": json.loads(inp.spec.to_json()), "kind": inp.kind, "params": count_parameters(inp.teacher),
+        "macs": count_macs(inp.teacher, shape), "bytes_fp32": fp32_nbytes(inp.teacher),
+        "bytes_state_dict_file": state_dict_nbytes(inp.teacher), "test_accuracy": _accuracy(inp.teacher, inp.test),
+        **_latency(inp.teacher, shape, inp.cfg.latency_repeats),
+    }
+
+
+def _choose_student(inp: _Inputs, t_params: int) -> tuple[ModelSpec, str, list[dict[str, Any]]]:
+    """The student: fixed by the settings (checked against the budget), or searched. Returns (spec, why, records)."""
+    cfg = inp.cfg
+    if cfg.student:
+        spec = candidate_spec(cfg.student, inp.spec, cfg.student_norm)
+        fig = measure_figures(spec, cfg.prune_amount, repeats=cfg.latency_repeats)
+        if fig.params >= t_params:
+            raise DistillError(f"student {cfg.student} has {fig.params:,} params, not fewer than the "
+                               f"teacher's {t_params:,}: a student must be smaller")
+        problems = cfg.budget().violations(fig)
+        if problems:
+            raise DistillError(f"student {cfg.student} does not fit the budget: {'; '.join(problems)}")
+        return spec, f"{cfg.student}: fixed by the settings (no search)", []
+    result = search_student(
+        inp.teacher, inp.spec, inp.px, candidates=cfg.candidates, budget=cfg.budget(),
+        search=cfg.search_settings(), kd=cfg.kd_settings(cfg.search_rungs[0]), aug=cfg.augment,
+        transfer_size=cfg.transfer_size, prune_amount=cfg.prune_amount, norm=cfg.student_norm, seed=cfg.seed,
+        latency_repeats=cfg.latency_repeats, report_accuracy=lambda m: _accuracy(m, inp.test),
+    )
+    return result.picked.spec, result.reason, [r.row() for r in result.records]
+
+
+@dataclass(frozen=True)
+class _Trained:
+    student: nn.Module  # pruned (masks baked in), fp32, eval mode
+    accuracy_dense: float  # before pruning
+    main: Any  # the distillation result before pruning
+    finetune: Any  # after pruning
+
+
+def _train_student(inp: _Inputs, spec: ModelSpec, t_params: int) -> _Trained:
+    """Distil from scratch on a transfer set of every proxy image, prune by magnitude, fine-tune, bake the masks."""
+    cfg = inp.cfg
+    torch.manual_seed(cfg.seed)
+    student = build_model(spec)
+    if count_parameters(student) >= t_params:
+        raise DistillError(f"student has {count_parameters(student):,} params, not fewer than the teacher's "
+                           f"{t_params:,}: a student must be smaller")
+    transfer = build_transfer_set(inp.px, inp.teacher if cfg.alpha < 1 else None, cfg.transfer_size, cfg.augment,
+                                  seed=cfg.seed + 1, proxy_y=inp.py, num_classes=inp.spec.num_classes)
+    kd_main = distill(student, transfer, cfg.kd_settings(cfg.steps), seed=cfg.seed + 1)
+    acc_dense = _accuracy(student, inp.test)
+    prune_student(student, cfg.prune_amount)
+    kd_ft = distill(student, transfer, cfg.kd_settings(cfg.finetune_steps), seed=cfg.seed + 2)
+    finalize_pruning(student)
+    student.eval()
+    return _Trained(student, acc_dense, kd_main, kd_ft)
+
+
+def _output_files(out_dir: Path) -> dict[str, Path]:
+    names = {"onnx": "student.onnx", "state_dict": "student_state.pt", "int8": "student_int8.fsq",
+             "card": "model_card.json", "pareto_json": "pareto.json", "pareto_csv": "pareto.csv"}
+    return {k: out_dir / v for k, v in names.items()}
+
+
+def _export(inp: _Inputs, trained: _Trained, files: dict[str, Path]) -> tuple[nn.Module, float]:
+    """int8 PTQ calibrated on the proxy images, packed and re-read; the fp32 state and ONNX, checked.
+
+    Returns the int8 model as read back from its bytes and the largest ONNX-vs-torch difference.
+    """
+    qmodel = quantize_int8(trained.student, inp.px)
+    files["int8"].write_bytes(pack_int8(qmodel))
+    q_loaded = unpack_int8(files["int8"].read_bytes())
+    with torch.no_grad():
+        if not torch.equal(q_loaded(inp.px[:64]), qmodel(inp.px[:64])):
+            raise DistillError("the packed int8 student does not reproduce the in-memory one")
+    torch.save(trained.student.state_dict(), files["state_dict"])
+    export_onnx(trained.student, inp.spec.input_shape, files["onnx"], opset=inp.cfg.onnx_opset)
+    check_x = np.concatenate([inp.test.x[:256], inp.px[:64].numpy()])
+    return q_loaded, check_onnx(trained.student, files["onnx"], check_x)
+
+
+def _student_card(inp: _Inputs, spec: ModelSpec, trained: _Trained, q_loaded: nn.Module, onnx_diff: float,
+                  files: dict[str, Path]) -> dict[str, Any]:
+    student, shape, repeats = trained.student, inp.spec.input_shape, inp.cfg.latency_repeats
+    return {
+        "spec": json.loads(spec.to_json()), "params": count_parameters(student),
+        "nonzero_weights": int(sum(int((m.weight != 0).sum()) for m in student.modules()
+                                   if isinstance(m, nn.Conv2d | nn.Linear))),
+        "sparsity": sparsity(student), "macs": count_macs(student, shape),
+        "bytes_int8_file": files["int8"].stat().st_size, "bytes_fp32": fp32_nbytes(student),
+        "bytes_state_dict_file": files["state_dict"].stat().st_size,
+        "bytes_onnx_file": files["onnx"].stat().st_size,
+        "test_accuracy_dense_fp32": trained.accuracy_dense, "test_accuracy_fp32": _accuracy(student, inp.test),
+        "test_accuracy_int8": _accuracy(q_loaded, inp.test),
+        "test_accuracy_onnx": onnx_accuracy(files["onnx"], inp.test.x, inp.test.y), "onnx_max_abs_diff": onnx_diff,
+        **_latency(student, shape, repeats),
+        "onnx_latency_ms_batch1": onnx_latency_ms(files["onnx"], shape, 1, repeats=repeats),
+        "onnx_latency_ms_batch64": onnx_latency_ms(files["onnx"], shape, 64, repeats=repeats),
+    }
+
+
+def _model_card(inp: _Inputs, teacher: dict[str, Any], student: dict[str, Any], trained: _Trained, reason: str,
+                seconds: dict[str, float]) -> dict[str, Any]:
+    return {
+        "format": "fedshrink-model-card/1", "teacher": teacher, "student": student,
+        "ratios": {
+            "params": teacher["params"] / student["params"],
+            "bytes": teacher["bytes_fp32"] / student["bytes_int8_file"],
+            "bytes_vs_teacher_file": teacher["bytes_state_dict_file"] / student["bytes_int8_file"],
+            "macs": teacher["macs"] / max(student["macs"], 1),
+            "latency_batch1": teacher["latency_ms_batch1"] / student["latency_ms_batch1"],
+        },
+        "accuracy_gap_points": {
+            "fp32": 100 * (teacher["test_accuracy"] - student["test_accuracy_fp32"]),
+            "int8": 100 * (teacher["test_accuracy"] - student["test_accuracy_int8"]),
+        },
+        "selection": reason, "proxy_images": len(inp.px), "labels_used": inp.cfg.alpha > 0,
+        "distillation": {"steps": trained.main.steps, "finetune_steps": trained.finetune.steps,
+                         "final_loss": trained.main.final_loss, "finetune_loss": trained.finetune.final_loss},
+        "seconds": seconds,
+        "definitions": {
+            "macs": "multiply-accumulates per sample, Conv2d + Linear only (fedshrink.distill.macs)",
+            "bytes_int8_file": "size of student_int8.fsq: int8 nonzeros + bitmap + per-channel fp32 scales "
+                               "+ fp32 biases/norms + header (fedshrink.distill.compress)",
+            "bytes_fp32": "4 bytes x parameters",
+            "latency": "median ms per forward call, one CPU thread, torch.inference_mode (batch 64: per batch)",
+        },
+        "config": inp.cfg.to_dict(),
+    }
+
+
+def _write_search(files: dict[str, Path], cfg: DistillConfig, spec: ModelSpec, reason: str,
+                  records: list[dict[str, Any]]) -> None:
+    write_json(files["pareto_json"], {"budget": cfg.budget().describe(), "picked": spec.name + f":{spec.width:g}",
+                                      "reason": reason, "candidates": records})
+    with files["pareto_csv"].open("w", newline="") as fh:
+        if records:
+            writer = csv.DictWriter(fh, fieldnames=list(records[0]))
+            writer.writeheader()
+            writer.writerows(records)
+
+
 def _run(
     teacher: nn.Module | Sequence[nn.Module],
     teacher_spec: ModelSpec,
@@ -255,168 +429,31 @@ def _run(
     log: Any,
 ) -> DistillReport:
     t_start = time.perf_counter()
-    say = log or (lambda _line: None)
-    proxy_x = np.asarray(proxy_x, dtype=np.float32)
-    if proxy_x.ndim != 4 or len(proxy_x) == 0:
-        raise DistillError(f"the proxy set is empty or not (N, C, H, W) images (shape {proxy_x.shape}): "
-                           "there is nothing to distill on")
-    if tuple(proxy_x.shape[1:]) != tuple(teacher_spec.input_shape):
-        raise DistillError(f"proxy images have shape {proxy_x.shape[1:]}, the teacher expects "
-                           f"{teacher_spec.input_shape}")
-    if cfg.alpha > 0 and (proxy_y is None or len(proxy_y) != len(proxy_x)):
-        raise DistillError(f"alpha={cfg.alpha} mixes in a labelled loss, but no proxy labels were given")
-    t_model = as_teacher(teacher).eval()
+    inp = _inputs(teacher, teacher_spec, proxy_x, test, cfg, proxy_y, log)
     out_dir.mkdir(parents=True, exist_ok=True)
-    shape = teacher_spec.input_shape
-    px = torch.from_numpy(proxy_x)  # (N, C, H, W)
-    py = torch.from_numpy(np.asarray(proxy_y, dtype=np.int64)) if cfg.alpha > 0 and proxy_y is not None else None
-
-    # 1. teacher figures
-    t_params = count_parameters(t_model)
-    teacher_card: dict[str, Any] = {
-        "spec": json.loads(teacher_spec.to_json()),
-        "kind": cfg.teacher if not isinstance(teacher, nn.Module) else "global",
-        "params": t_params,
-        "macs": count_macs(t_model, shape),
-        "bytes_fp32": fp32_nbytes(t_model),
-        "bytes_state_dict_file": state_dict_nbytes(t_model),
-        "test_accuracy": _accuracy(t_model, test),
-        **_latency(t_model, shape, cfg.latency_repeats),
-    }
-    say(f"distill: teacher {t_params:,} params, test accuracy {teacher_card['test_accuracy']:.4f}")
-
-    # 2. student: fixed or searched
+    teacher_card = _teacher_card(inp)
+    inp.say(f"distill: teacher {teacher_card['params']:,} params, test accuracy {teacher_card['test_accuracy']:.4f}")
     t0 = time.perf_counter()
-    if cfg.student:
-        spec = candidate_spec(cfg.student, teacher_spec, cfg.student_norm)
-        fig = measure_figures(spec, cfg.prune_amount, repeats=cfg.latency_repeats)
-        if fig.params >= t_params:
-            raise DistillError(f"student {cfg.student} has {fig.params:,} params, not fewer than the "
-                               f"teacher's {t_params:,}: a student must be smaller")
-        problems = cfg.budget().violations(fig)
-        if problems:
-            raise DistillError(f"student {cfg.student} does not fit the budget: {'; '.join(problems)}")
-        reason = f"{cfg.student}: fixed by the settings (no search)"
-        records: list[dict[str, Any]] = []
-    else:
-        result = search_student(
-            t_model, teacher_spec, px, candidates=cfg.candidates, budget=cfg.budget(),
-            search=cfg.search_settings(), kd=cfg.kd_settings(cfg.search_rungs[0]), aug=cfg.augment,
-            transfer_size=cfg.transfer_size, prune_amount=cfg.prune_amount, norm=cfg.student_norm, seed=cfg.seed,
-            latency_repeats=cfg.latency_repeats,
-        )
-        spec, reason = result.picked.spec, result.reason
-        records = [r.row() for r in result.records]
+    spec, reason, records = _choose_student(inp, teacher_card["params"])
     search_s = time.perf_counter() - t0
-    say(f"distill: picked {reason} ({search_s:.1f}s)")
-
-    # 3. distil on all proxy images, prune, fine-tune
+    inp.say(f"distill: picked {reason} ({search_s:.1f}s)")
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    student = build_model(spec)
-    if count_parameters(student) >= t_params:
-        raise DistillError(f"student has {count_parameters(student):,} params, not fewer than the teacher's "
-                           f"{t_params:,}: a student must be smaller")
-    transfer = build_transfer_set(px, t_model if cfg.alpha < 1 else None, cfg.transfer_size, cfg.augment,
-                                  seed=cfg.seed + 1, proxy_y=py, num_classes=teacher_spec.num_classes)
-    kd_main = distill(student, transfer, cfg.kd_settings(cfg.steps), seed=cfg.seed + 1)
-    acc_dense = _accuracy(student, test)
-    prune_student(student, cfg.prune_amount)
-    kd_ft = distill(student, transfer, cfg.kd_settings(cfg.finetune_steps), seed=cfg.seed + 2)
-    finalize_pruning(student)
-    student.eval()
+    trained = _train_student(inp, spec, teacher_card["params"])
     train_s = time.perf_counter() - t0
-
-    # 4. int8 PTQ calibrated on the proxy images, packed, re-read from the bytes
-    qmodel = quantize_int8(student, px)
-    packed = pack_int8(qmodel)
-    files = {
-        "onnx": out_dir / "student.onnx",
-        "state_dict": out_dir / "student_state.pt",
-        "int8": out_dir / "student_int8.fsq",
-        "card": out_dir / "model_card.json",
-        "pareto_json": out_dir / "pareto.json",
-        "pareto_csv": out_dir / "pareto.csv",
-    }
-    files["int8"].write_bytes(packed)
-    q_loaded = unpack_int8(files["int8"].read_bytes())
-    with torch.no_grad():
-        if not torch.equal(q_loaded(px[:64]), qmodel(px[:64])):
-            raise DistillError("the packed int8 student does not reproduce the in-memory one")
-
-    # 5. exports and checks
-    torch.save(student.state_dict(), files["state_dict"])
-    export_onnx(student, shape, files["onnx"], opset=cfg.onnx_opset)
-    check_x = np.concatenate([test.x[:256], proxy_x[:64]])
-    onnx_diff = check_onnx(student, files["onnx"], check_x)
-    s_params = count_parameters(student)
-    s_bytes = files["int8"].stat().st_size
-    student_card: dict[str, Any] = {
-        "spec": json.loads(spec.to_json()),
-        "params": s_params,
-        "nonzero_weights": int(sum(int((m.weight != 0).sum()) for m in student.modules()
-                                   if isinstance(m, nn.Conv2d | nn.Linear))),
-        "sparsity": sparsity(student),
-        "macs": count_macs(student, shape),
-        "bytes_int8_file": s_bytes,
-        "bytes_fp32": fp32_nbytes(student),
-        "bytes_state_dict_file": files["state_dict"].stat().st_size,
-        "bytes_onnx_file": files["onnx"].stat().st_size,
-        "test_accuracy_dense_fp32": acc_dense,
-        "test_accuracy_fp32": _accuracy(student, test),
-        "test_accuracy_int8": _accuracy(q_loaded, test),
-        "test_accuracy_onnx": onnx_accuracy(files["onnx"], test.x, test.y),
-        "onnx_max_abs_diff": onnx_diff,
-        **_latency(student, shape, cfg.latency_repeats),
-        "onnx_latency_ms_batch1": onnx_latency_ms(files["onnx"], shape, 1, repeats=cfg.latency_repeats),
-        "onnx_latency_ms_batch64": onnx_latency_ms(files["onnx"], shape, 64, repeats=cfg.latency_repeats),
-    }
-    card: dict[str, Any] = {
-        "format": "fedshrink-model-card/1",
-        "teacher": teacher_card,
-        "student": student_card,
-        "ratios": {
-            "params": t_params / s_params,
-            "bytes": teacher_card["bytes_fp32"] / s_bytes,
-            "bytes_vs_teacher_file": teacher_card["bytes_state_dict_file"] / s_bytes,
-            "macs": teacher_card["macs"] / max(student_card["macs"], 1),
-            "latency_batch1": teacher_card["latency_ms_batch1"] / student_card["latency_ms_batch1"],
-        },
-        "accuracy_gap_points": {
-            "fp32": 100 * (teacher_card["test_accuracy"] - student_card["test_accuracy_fp32"]),
-            "int8": 100 * (teacher_card["test_accuracy"] - student_card["test_accuracy_int8"]),
-        },
-        "selection": reason,
-        "proxy_images": len(proxy_x),
-        "labels_used": cfg.alpha > 0,
-        "distillation": {"steps": kd_main.steps, "finetune_steps": kd_ft.steps, "final_loss": kd_main.final_loss,
-                         "finetune_loss": kd_ft.final_loss},
-        "seconds": {"search": search_s, "train": train_s, "total": time.perf_counter() - t_start},
-        "definitions": {
-            "macs": "multiply-accumulates per sample, Conv2d + Linear only (fedshrink.distill.macs)",
-            "bytes_int8_file": "size of student_int8.fsq: int8 nonzeros + bitmap + per-channel fp32 scales "
-                               "+ fp32 biases/norms + header (fedshrink.distill.compress)",
-            "bytes_fp32": "4 bytes x parameters",
-            "latency": "median ms per forward call, one CPU thread, torch.inference_mode (batch 64: per batch)",
-        },
-        "config": cfg.to_dict(),
-    }
+    files = _output_files(out_dir)
+    q_loaded, onnx_diff = _export(inp, trained, files)
+    student_card = _student_card(inp, spec, trained, q_loaded, onnx_diff, files)
+    card = _model_card(inp, teacher_card, student_card, trained, reason,
+                       {"search": search_s, "train": train_s, "total": time.perf_counter() - t_start})
+    _write_search(files, cfg, spec, reason, records)
     write_json(files["card"], card)
-    write_json(files["pareto_json"], {"budget": cfg.budget().describe(), "picked": spec.name + f":{spec.width:g}",
-                                      "reason": reason, "candidates": records})
-    with files["pareto_csv"].open("w", newline="") as fh:
-        if records:
-            writer = csv.DictWriter(fh, fieldnames=list(records[0]))
-            writer.writeheader()
-            writer.writerows(records)
-    card["seconds"]["total"] = time.perf_counter() - t_start
-    write_json(files["card"], card)
-    say(
-        f"distill: student {spec.name} x{spec.width:g}: {s_params:,} params ({card['ratios']['params']:.1f}x fewer), "
-        f"{s_bytes:,} bytes ({card['ratios']['bytes']:.1f}x smaller), test accuracy fp32 "
-        f"{student_card['test_accuracy_fp32']:.4f} / int8 {student_card['test_accuracy_int8']:.4f} "
-        f"(teacher {teacher_card['test_accuracy']:.4f}) in {card['seconds']['total']:.1f}s -> {out_dir}"
+    inp.say(
+        f"distill: student {spec.name} x{spec.width:g}: {student_card['params']:,} params "
+        f"({card['ratios']['params']:.1f}x fewer), {student_card['bytes_int8_file']:,} bytes "
+        f"({card['ratios']['bytes']:.1f}x smaller), test accuracy fp32 {student_card['test_accuracy_fp32']:.4f} / "
+        f"int8 {student_card['test_accuracy_int8']:.4f} (teacher {teacher_card['test_accuracy']:.4f}) in "
+        f"{card['seconds']['total']:.1f}s -> {out_dir}"
     )
-    if not math.isfinite(kd_main.final_loss):
-        raise DistillError(f"distillation diverged (final loss {kd_main.final_loss})")
+    if not math.isfinite(trained.main.final_loss):
+        raise DistillError(f"distillation diverged (final loss {trained.main.final_loss})")
     return DistillReport(student_spec=spec, card=card, reason=reason, files=files)

@@ -229,13 +229,8 @@ def _op_name(node: fx.Node, modules: Mapping[str, nn.Module]) -> str:
     return getattr(target, "__name__", str(target))
 
 
-def build_graph(model: nn.Module, example_input: torch.Tensor | None = None) -> LayerGraph:
-    """Trace ``model`` and return its :class:`LayerGraph`.
-
-    ``example_input`` defaults to a batch of 2 zeros of ``model.spec.input_shape``
-    (models from :func:`~fedshrink.models.build_model` carry their spec). The
-    model is traced on a copy in ``eval`` mode, so it is left untouched.
-    """
+def _trace(model: nn.Module, example_input: torch.Tensor | None) -> fx.GraphModule:
+    """``model`` traced by torch.fx with every node's output shape (``tensor_meta``), on an eval-mode copy."""
     if example_input is None:
         spec = getattr(model, "spec", None)
         if spec is None:
@@ -250,105 +245,119 @@ def build_graph(model: nn.Module, example_input: torch.Tensor | None = None) -> 
     with torch.no_grad():
         ShapeProp(gm).propagate(example_input)
     gm.train(was_training)
+    return gm
 
-    modules = dict(gm.named_modules())
-    groups = _Groups()
-    chans: dict[fx.Node, _Chan] = {}
-    # (state key, dim, chan) in the order found; finalised after all unions are known.
-    pending: list[tuple[str, int, _Chan]] = []
-    claimed: set[str] = set()
-    fixed_producers: list[str] = []
-    producer_group: dict[str, int] = {}
 
-    def claim(mod_name: str, module: nn.Module, dims: Mapping[str, list[tuple[int, _Chan]]]) -> None:
+class _Walker:
+    """One pass over a traced graph: which channel group every node's dim 1 follows, and which tensors slice."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.groups = _Groups()
+        self.chans: dict[fx.Node, _Chan] = {}
+        self.pending: list[tuple[str, int, _Chan]] = []  # (state key, dim, chan), finalised at the end
+        self.claimed: set[str] = set()
+        self.producer_group: dict[str, int] = {}
+
+    def chan(self, node: fx.Node | None) -> _Chan:
+        return self.chans.get(node, _NONE) if node is not None else _NONE
+
+    def claim(self, mod_name: str, module: nn.Module, dims: Mapping[str, list[tuple[int, _Chan]]]) -> None:
         for local, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
             key = f"{mod_name}.{local}" if mod_name else local
-            if key in claimed:
+            if key in self.claimed:
                 raise ConfigError("fragments.graph", mod_name, "each module called once in forward")
-            claimed.add(key)
+            self.claimed.add(key)
             for dim, chan in dims.get(local, []):
-                pending.append((key, dim, chan))
+                self.pending.append((key, dim, chan))
 
-    for node in gm.graph.nodes:
-        where = f"{node.op} {node.name}"
-        if node.op == "placeholder":
-            chans[node] = _NONE
-            continue
+    def visit(self, node: fx.Node) -> None:
+        if node.op in ("placeholder", "get_attr"):
+            self.chans[node] = _NONE  # inputs; a raw parameter used in forward is copied whole
+            return
         if node.op == "output":
             for arg in _tensor_args(node):
-                g = chans.get(arg, _NONE).group
+                g = self.chan(arg).group
                 if g is not None:
-                    groups.fix(g)
-            continue
-        if node.op == "get_attr":
-            chans[node] = _NONE  # a raw parameter used in forward: copied whole, fixes what it touches
-            continue
+                    self.groups.fix(g)
+            return
         out_shape = _shape(node)
         if out_shape is None:
-            continue  # ints, sizes ...: no channels
+            return  # ints, sizes ...: no channels
         args = _tensor_args(node)
-        name = _op_name(node, modules)
-        if node.op == "call_module" and isinstance(modules[str(node.target)], _PRODUCERS):
-            mod_name = str(node.target)
-            module = modules[mod_name]
-            in_chan = chans.get(args[0], _NONE) if args else _NONE
-            if isinstance(module, nn.Linear):
-                in_shape = _shape(args[0]) if args else None
-                if in_shape is None or len(in_shape) != 2:
-                    raise ConfigError("fragments.layer", mod_name, "a Linear applied to (B, features)")
-                size = module.out_features
+        module = self.modules[str(node.target)] if node.op == "call_module" else None
+        if isinstance(module, _PRODUCERS):
+            self.chans[node] = self.producer(str(node.target), module, args)
+        elif isinstance(module, _CHANNEL_NORMS):
+            self.chans[node] = self.norm(str(node.target), module, args)
+        else:
+            if module is not None:
+                self.parameter_free(node, module)
+            if len(args) <= 1:
+                self.chans[node] = self.single(node, args[0] if args else None, out_shape)
             else:
-                assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
-                if module.groups != 1:
-                    raise ConfigError("fragments.layer", mod_name, "convolutions with groups=1")
-                size = module.out_channels
-            g = groups.new(size, mod_name)
-            producer_group[mod_name] = g
-            out_chan = _Chan(g)
-            claim(mod_name, module, {"weight": [(0, out_chan), (1, in_chan)], "bias": [(0, out_chan)]})
-            chans[node] = out_chan
-            continue
-        if node.op == "call_module" and isinstance(modules[str(node.target)], _CHANNEL_NORMS):
-            mod_name = str(node.target)
-            module = modules[mod_name]
-            in_chan = chans.get(args[0], _NONE) if args else _NONE
-            if in_chan.block != 1:
-                raise ConfigError("fragments.layer", mod_name, "a norm over a channel dim, not flattened features")
-            per_channel = {
-                local: [(0, in_chan)]
-                for local, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-                if t.dim() == 1
-            }
-            claim(mod_name, module, per_channel)
-            chans[node] = in_chan
-            continue
-        if node.op == "call_module":
-            module = modules[str(node.target)]
-            if any(True for _ in module.parameters(recurse=False)):
-                raise ConfigError(
-                    "fragments.layer",
-                    f"{node.target} ({type(module).__name__})",
-                    "Conv/Linear (groups=1), GroupNorm/BatchNorm/InstanceNorm or parameter-free modules",
-                )
-            claim(str(node.target), module, {})
-        live = [a for a in args if chans.get(a, _NONE).group is not None]
-        if len(args) <= 1:
-            src = args[0] if args else None
-            chan = chans.get(src, _NONE) if src is not None else _NONE
-            in_shape = _shape(src) if src is not None else None
-            if chan.group is None or in_shape is None:
-                chans[node] = _NONE
-                continue
-            flat = len(in_shape) > 2 and len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:])
-            if flat and name in ("flatten", "view", "reshape"):
-                chans[node] = _Chan(chan.group, chan.block * math.prod(in_shape[2:]))
-            elif name not in _RESHAPING and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2]:
-                chans[node] = chan
-            else:
-                raise ConfigError("fragments.graph", where, "ops that keep dim 1 as channels, or a flatten")
-            continue
-        # Several tensor operands: elementwise (residual add, gating mul ...) merges their groups.
-        if name in _RESHAPING or len(out_shape) < 2:
+                self.chans[node] = self.elementwise(node, args, out_shape)
+
+    def producer(self, mod_name: str, module: nn.Module, args: list[fx.Node]) -> _Chan:
+        """A Conv/Linear starts a channel group: its output channels; its input dim follows its input's group."""
+        in_chan = self.chan(args[0] if args else None)
+        if isinstance(module, nn.Linear):
+            in_shape = _shape(args[0]) if args else None
+            if in_shape is None or len(in_shape) != 2:
+                raise ConfigError("fragments.layer", mod_name, "a Linear applied to (B, features)")
+            size = module.out_features
+        else:
+            assert isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            if module.groups != 1:
+                raise ConfigError("fragments.layer", mod_name, "convolutions with groups=1")
+            size = module.out_channels
+        g = self.groups.new(size, mod_name)
+        self.producer_group[mod_name] = g
+        out_chan = _Chan(g)
+        self.claim(mod_name, module, {"weight": [(0, out_chan), (1, in_chan)], "bias": [(0, out_chan)]})
+        return out_chan
+
+    def norm(self, mod_name: str, module: nn.Module, args: list[fx.Node]) -> _Chan:
+        """A per-channel norm: its 1-D tensors follow its input's group."""
+        in_chan = self.chan(args[0] if args else None)
+        if in_chan.block != 1:
+            raise ConfigError("fragments.layer", mod_name, "a norm over a channel dim, not flattened features")
+        per_channel = {
+            local: [(0, in_chan)]
+            for local, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            if t.dim() == 1
+        }
+        self.claim(mod_name, module, per_channel)
+        return in_chan
+
+    def parameter_free(self, node: fx.Node, module: nn.Module) -> None:
+        if any(True for _ in module.parameters(recurse=False)):
+            raise ConfigError(
+                "fragments.layer",
+                f"{node.target} ({type(module).__name__})",
+                "Conv/Linear (groups=1), GroupNorm/BatchNorm/InstanceNorm or parameter-free modules",
+            )
+        self.claim(str(node.target), module, {})
+
+    def single(self, node: fx.Node, src: fx.Node | None, out_shape: tuple[int, ...]) -> _Chan:
+        """One tensor operand: channels pass through, or a flatten turns them into blocks of features."""
+        chan = self.chan(src)
+        in_shape = _shape(src) if src is not None else None
+        if chan.group is None or in_shape is None:
+            return _NONE
+        name = _op_name(node, self.modules)
+        flat = len(in_shape) > 2 and len(out_shape) == 2 and out_shape[1] == math.prod(in_shape[1:])
+        if flat and name in ("flatten", "view", "reshape"):
+            return _Chan(chan.group, chan.block * math.prod(in_shape[2:]))
+        if name not in _RESHAPING and len(out_shape) >= 2 and out_shape[:2] == in_shape[:2]:
+            return chan
+        raise ConfigError("fragments.graph", f"{node.op} {node.name}", "ops that keep dim 1 as channels, or a flatten")
+
+    def elementwise(self, node: fx.Node, args: list[fx.Node], out_shape: tuple[int, ...]) -> _Chan:
+        """Several tensor operands (residual add, gating mul ...): their groups merge."""
+        where = f"{node.op} {node.name}"
+        if _op_name(node, self.modules) in _RESHAPING or len(out_shape) < 2:
             raise ConfigError("fragments.graph", where, "elementwise ops over tensors with equal channels")
         merged: int | None = None
         block = 1
@@ -356,7 +365,7 @@ def build_graph(model: nn.Module, example_input: torch.Tensor | None = None) -> 
         for a in args:
             a_shape = _shape(a)
             assert a_shape is not None
-            a_chan = chans.get(a, _NONE)
+            a_chan = self.chan(a)
             if len(a_shape) < 2 or (a_shape[1] == 1 and out_shape[1] != 1):
                 continue  # scalar or broadcast along channels: no coupling
             if a_shape[1] != out_shape[1] or len(a_shape) != len(out_shape):
@@ -367,40 +376,51 @@ def build_graph(model: nn.Module, example_input: torch.Tensor | None = None) -> 
             if merged is not None and a_chan.block != block:
                 raise ConfigError("fragments.graph", where, "operands with the same feature layout")
             block = a_chan.block
-            merged = a_chan.group if merged is None else groups.union(merged, a_chan.group, where)
+            merged = a_chan.group if merged is None else self.groups.union(merged, a_chan.group, where)
         if merged is not None and touches_fixed:
-            groups.fix(merged)
-        chans[node] = _Chan(merged, block) if live else _NONE
+            self.groups.fix(merged)
+        live = any(self.chan(a).group is not None for a in args)
+        return _Chan(merged, block) if live else _NONE
 
-    # Finalise: roots, names, rules.
-    root_name: dict[int, str] = {}
-    group_list: dict[str, ChannelGroup] = {}
-    for producer, g in producer_group.items():
-        root = groups.find(g)
-        if groups.fixed[root]:
-            fixed_producers.append(producer)
-            continue
-        if root not in root_name:
-            members = tuple(p for p, h in producer_group.items() if groups.find(h) == root)
-            root_name[root] = members[0]
-            group_list[members[0]] = ChannelGroup(members[0], groups.size[root], members)
-    dims_by_key: dict[str, list[DimRule]] = {}
-    for key, dim, chan in pending:
-        if chan.group is None:
-            continue
-        root = groups.find(chan.group)
-        if groups.fixed[root]:
-            continue
-        dims_by_key.setdefault(key, []).append(DimRule(dim, root_name[root], chan.block))
-    state = model.state_dict()
-    tensors: dict[str, TensorRule] = {}
-    for key, value in state.items():
-        canon = canonical_key(key)
-        dims = tuple(dims_by_key.get(key, dims_by_key.get(canon, [])))
-        shape = tuple(int(d) for d in value.shape)
-        for rule in dims:
-            group = group_list[rule.group]
-            if rule.dim >= len(shape) or shape[rule.dim] != group.size * rule.block:
-                raise ConfigError("fragments.tensor", key, f"dim {rule.dim} of size {group.size * rule.block}")
-        tensors[key] = TensorRule(key, shape, dims)  # unclaimed keys (unused modules): copied whole
-    return LayerGraph(groups=group_list, tensors=tensors, fixed=tuple(fixed_producers))
+    def finish(self, state: Mapping[str, torch.Tensor]) -> LayerGraph:
+        """Roots, names and per-tensor rules, once every union is known."""
+        root_name: dict[int, str] = {}
+        group_list: dict[str, ChannelGroup] = {}
+        fixed_producers: list[str] = []
+        for producer, g in self.producer_group.items():
+            root = self.groups.find(g)
+            if self.groups.fixed[root]:
+                fixed_producers.append(producer)
+                continue
+            if root not in root_name:
+                members = tuple(p for p, h in self.producer_group.items() if self.groups.find(h) == root)
+                root_name[root] = members[0]
+                group_list[members[0]] = ChannelGroup(members[0], self.groups.size[root], members)
+        dims_by_key: dict[str, list[DimRule]] = {}
+        for key, dim, chan in self.pending:
+            if chan.group is None or self.groups.fixed[self.groups.find(chan.group)]:
+                continue
+            dims_by_key.setdefault(key, []).append(DimRule(dim, root_name[self.groups.find(chan.group)], chan.block))
+        tensors: dict[str, TensorRule] = {}
+        for key, value in state.items():
+            dims = tuple(dims_by_key.get(key, dims_by_key.get(canonical_key(key), [])))
+            shape = tuple(int(d) for d in value.shape)
+            for rule in dims:
+                group = group_list[rule.group]
+                if rule.dim >= len(shape) or shape[rule.dim] != group.size * rule.block:
+                    raise ConfigError("fragments.tensor", key, f"dim {rule.dim} of size {group.size * rule.block}")
+            tensors[key] = TensorRule(key, shape, dims)  # unclaimed keys (unused modules): copied whole
+        return LayerGraph(groups=group_list, tensors=tensors, fixed=tuple(fixed_producers))
+
+
+def build_graph(model: nn.Module, example_input: torch.Tensor | None = None) -> LayerGraph:
+    """Trace ``model`` and return its :class:`LayerGraph`.
+
+    ``example_input`` defaults to a batch of 2 zeros of ``model.spec.input_shape``
+    (models from :func:`~fedshrink.models.build_model` carry their spec). The
+    model is traced on a copy in ``eval`` mode, so it is left untouched.
+    """
+    walker = _Walker(_trace(model, example_input))
+    for node in walker.gm.graph.nodes:
+        walker.visit(node)
+    return walker.finish(model.state_dict())

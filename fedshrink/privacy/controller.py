@@ -198,11 +198,16 @@ class PrivacyController:
         return notes
 
     def _adapt(self, server_round: int, within: list[float | None]) -> tuple[float, float]:
-        """Andrew et al.'s update: noisy share of clients within the bound, then the geometric step."""
-        count = sum(float(b) for b in within if b is not None)
+        """Andrew et al.'s update: noisy share of clients within the bound, then the geometric step.
+
+        The share is over the replies that carried a bit, not the clients sampled: devices offline, declining
+        or cut as the fleet's surplus are sampled but never reply (which does not depend on their data).
+        """
+        bits = [float(b) for b in within if b is not None]
+        count = sum(bits)
         if self.central and self.count_std > 0:
             count += float(self.rng(server_round, 1).normal(0.0, self.count_std))
-        share = count / self.sampled
+        share = count / (len(bits) or self.sampled)
         return share, adaptive_clip(self.clip, share, self.settings.dp_clip_quantile, self.settings.dp_clip_lr)
 
     def epsilons(self) -> dict[str, Any]:

@@ -32,11 +32,6 @@ from fedshrink.strategy.rounds import ShrinkStrategy
 from fedshrink.strategy.stages import Stage
 
 
-def sample_size(connected: int, fraction: float, minimum: int) -> int:
-    """How many of ``connected`` nodes :func:`fedshrink.strategy.rounds.sample_nodes` draws."""
-    return min(max(minimum, int(round(fraction * connected))), connected)
-
-
 def private_parts(settings: PrivacySettings, *, rounds: int, seed: int
                   ) -> tuple[PrivacyController | None, list[Stage]]:
     """The run's privacy controller and aggregation stages (None and none when ``dp-mode = off``)."""
@@ -76,8 +71,7 @@ class PrivateStrategy(ShrinkStrategy):
 
     def connected_nodes(self, grid: Grid) -> list[int]:
         nodes = super().connected_nodes(grid)
-        self.privacy.plan_round(self._round, len(nodes),
-                                sample_size(len(nodes), self.fraction_train, self.min_train_clients))
+        self.privacy.plan_round(self._round, len(nodes), self.sample_count(len(nodes)))
         return nodes
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]

@@ -85,7 +85,8 @@ class RunRecorder:
             if reply.resources is not None:
                 profile = strategy.profile_of(reply.node_id)
                 self.ledger.add(rnd, reply.partition_id, reply.resources, node_id=reply.node_id,
-                                profile=profile.name if profile is not None else "default")
+                                profile=profile.name if profile is not None else "default",
+                                device=outcome.device_clients.get(reply.node_id))
         self.ledger.add_server(rnd, aggregation_seconds=outcome.aggregate_seconds, bytes_down=outcome.bytes_down)
         record = finite({**record, **self.ledger.round_record(rnd)})
         self.rundir.append_round(record)

@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # fedshrink.config composes this package's settings, so it is
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cfg.data.dataset}-{cfg.model.model}"
+    dataset = cfg.data.dataset.replace("/", "--")  # a hub id owner/name
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{dataset}-{cfg.model.model}"
 
 
 def unique_run_name(cfg: RunConfig) -> str:

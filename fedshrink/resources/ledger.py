@@ -7,9 +7,19 @@ line, writes ``clients.csv`` with :meth:`ResourceLedger.write_csv` and puts
 :meth:`ResourceLedger.summary` into ``summary.json``.
 
 ``clients.csv`` has one row per client per round, columns :data:`CSV_COLUMNS`:
-the :class:`~fedshrink.resources.meter.ResourceRecord` figures under their
-metric keys without the ``res-`` prefix, ``energy-method`` as its label (e.g.
-``estimated:cpu-time x W/core``) and ``energy-estimated`` as 0/1.
+
+* the :class:`~fedshrink.resources.meter.ResourceRecord` figures under their
+  metric keys without ``res-``: exact counts (bytes each way as serialized,
+  parameters, MACs, samples, training FLOPs) under their plain names, and
+  what the host measured while it ran the client under ``host-`` names
+  (wall and CPU time, RSS, energy with ``host-energy-method`` as its label,
+  e.g. ``estimated:cpu-time x W/core``, and ``host-energy-estimated`` 0/1).
+  In a simulation the host figures are the simulation process's, shared by
+  every client it runs: never a device's.
+* ``device-*``: what the client's simulated device spent, modelled from its
+  device model (:mod:`fedshrink.devices`), and ``device-fedavg-*``, what
+  full-width fp32 FedAvg would have cost the same device; empty for a client
+  without a device model.
 """
 
 from __future__ import annotations
@@ -28,8 +38,21 @@ from fedshrink.resources.meter import METRIC_KEYS, ResourceRecord
 
 CLIENTS_CSV = "clients.csv"
 ID_COLUMNS = ("round", "partition-id", "profile", "node-id")
-FIGURE_COLUMNS = tuple(key.removeprefix("res-") for key in METRIC_KEYS.values())
-CSV_COLUMNS = (*ID_COLUMNS, *FIGURE_COLUMNS, "energy-estimated")
+# measured on the host: prefixed host- in clients.csv (counts of bytes, parameters, MACs and samples are not)
+HOST_MEASURED = ("res-wall-s", "res-cpu-s", "res-peak-rss-bytes", "res-rss-start-bytes", "res-gpu-peak-bytes",
+                 "res-energy-j", "res-energy-method")
+
+
+def column(metric_key: str) -> str:
+    """The clients.csv column of a resource record's metric key."""
+    return ("host-" if metric_key in HOST_MEASURED else "") + metric_key.removeprefix("res-")
+
+
+FIGURE_COLUMNS = tuple(column(key) for key in METRIC_KEYS.values())
+DEVICE_COLUMNS = ("device-time-s", "device-download-s", "device-compute-s", "device-upload-s", "device-energy-j",
+                  "device-compute-j", "device-radio-j", "device-memory-mb", "device-fedavg-time-s",
+                  "device-fedavg-energy-j", "device-fedavg-memory-mb", "device-fedavg-bytes", "device-fedavg-fits")
+CSV_COLUMNS = (*ID_COLUMNS, *FIGURE_COLUMNS, "host-energy-estimated", *DEVICE_COLUMNS)
 DEFAULT_PROFILE = "default"
 
 
@@ -42,6 +65,7 @@ class ClientRound:
     profile: str
     node_id: int
     resources: ResourceRecord
+    device: Mapping[str, float] = dataclasses.field(default_factory=dict)  # modelled: DEVICE_COLUMNS
 
     def __post_init__(self) -> None:
         if isinstance(self.round, bool) or not isinstance(self.round, int) or self.round < 0:
@@ -55,9 +79,10 @@ class ClientRound:
         row: dict[str, Any] = {"round": self.round, "partition-id": self.partition_id,
                                "profile": self.profile, "node-id": self.node_id}
         for key, value in self.resources.to_metrics().items():
-            row[key.removeprefix("res-")] = value
-        row["energy-method"] = method_label(self.resources.energy_method)
-        row["energy-estimated"] = int(self.resources.energy_estimated)
+            row[column(key)] = value
+        row["host-energy-method"] = method_label(self.resources.energy_method)
+        row["host-energy-estimated"] = int(self.resources.energy_estimated)
+        row.update({k: self.device.get(k, "") for k in DEVICE_COLUMNS})
         return row
 
     @classmethod
@@ -65,14 +90,15 @@ class ClientRound:
         try:
             metrics: dict[str, Any] = {}
             for key in METRIC_KEYS.values():
-                col = key.removeprefix("res-")
-                if col == "energy-method":
+                col = column(key)
+                if col == "host-energy-method":
                     metrics[key] = method_code(row[col])
                 else:
                     text = row[col]
                     metrics[key] = float(text) if any(c in text for c in ".eE") else int(text)
+            device = {k: float(row[k]) for k in DEVICE_COLUMNS if row.get(k, "") not in ("", None)}
             return cls(int(row["round"]), int(row["partition-id"]), row["profile"], int(row["node-id"]),
-                       ResourceRecord.from_metrics(metrics))
+                       ResourceRecord.from_metrics(metrics), device)
         except (KeyError, ValueError, ReplyError) as exc:
             raise ConfigError("clients.csv row", dict(row), f"the columns {', '.join(CSV_COLUMNS)}") from exc
 
@@ -158,8 +184,9 @@ class ResourceLedger:
 
     # -- adding ---------------------------------------------------------------------
     def add(self, round: int, partition_id: int, record: ResourceRecord, *,
-            profile: str = DEFAULT_PROFILE, node_id: int = 0) -> ClientRound:
-        row = ClientRound(round, partition_id, profile, node_id, record)
+            profile: str = DEFAULT_PROFILE, node_id: int = 0, device: Mapping[str, float] | None = None
+            ) -> ClientRound:
+        row = ClientRound(round, partition_id, profile, node_id, record, dict(device or {}))
         self.records.append(row)
         return row
 

@@ -16,6 +16,11 @@ containers of tensors, ints and strings only, loaded back with
 
 Metrics so far are ``metrics.jsonl`` itself: on resume it is cut back to the
 checkpoint's round.
+
+:func:`load_checkpoint` checks every field before anything uses it: a missing
+field, a wrong type, text that is not JSON, an array that ``array_keys`` names
+but ``arrays`` lacks, an RNG state its generator refuses, a client state that is
+not a serialised RecordDict: each is a :class:`CheckpointError` naming the field.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -66,7 +72,7 @@ class ServerCheckpoint:
 # -- RNG states ----------------------------------------------------------------------------
 def capture_rng() -> dict[str, Any]:
     """Python ``random``, numpy's global and torch's CPU generator states, as tensors and JSON."""
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)  # type: ignore[misc]
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
     return {
         "python": json.dumps(random.getstate(), default=list),
         "numpy": {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
@@ -75,13 +81,24 @@ def capture_rng() -> dict[str, Any]:
     }
 
 
-def restore_rng(state: dict[str, Any]) -> None:
+def _rng_parts(state: dict[str, Any]) -> tuple[Any, Any, torch.Tensor]:
+    """``state`` (from :func:`capture_rng`) as the arguments of ``random.setstate``, ``np.random.set_state``
+    and ``torch.set_rng_state``."""
     version, internal, gauss = json.loads(state["python"])
-    random.setstate((version, tuple(internal), gauss))
     npst = state["numpy"]
-    np.random.set_state((npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["cached"]))
-    torch.set_rng_state(state["torch"])
+    numpy_state = (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                   npst["cached"])
+    return (version, tuple(internal), gauss), numpy_state, state["torch"]
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Set the three generators to ``state``; an empty state (none was captured) leaves them alone."""
+    if not state:
+        return
+    python_state, numpy_state, torch_state = _rng_parts(state)
+    random.setstate(python_state)
+    np.random.set_state(numpy_state)
+    torch.set_rng_state(torch_state)
 
 
 # -- client states ----------------------------------------------------------------------------
@@ -124,6 +141,7 @@ def save_checkpoint(run_dir: Path, ckpt: ServerCheckpoint) -> Path:
 
 
 def load_checkpoint(run_dir: Path) -> ServerCheckpoint:
+    """The checkpoint in ``run_dir``, every field checked (:class:`CheckpointError` naming the first bad one)."""
     path = Path(run_dir) / CHECKPOINT
     if not path.is_file():
         raise CheckpointError(f"no {CHECKPOINT} in {run_dir}: nothing to resume")
@@ -133,17 +151,110 @@ def load_checkpoint(run_dir: Path) -> ServerCheckpoint:
         raise CheckpointError(f"{path} cannot be read: {type(exc).__name__}: {exc}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a fedshrink checkpoint of format {FORMAT}")
-    keys = json.loads(payload["array_keys"])
-    arrays = {k: payload["arrays"][k].numpy() for k in keys}
-    states = payload.get("client_states")
+    fields = _Fields(path, payload)
     return ServerCheckpoint(
-        round=int(payload["round"]),
-        arrays=arrays,
-        strategy=json.loads(payload["strategy"]),
-        rng=payload["rng"],
-        ledger=json.loads(payload["ledger"]),
-        client_states=None if states is None else {int(n): _tensor_recorddict(t) for n, t in states.items()},
+        round=fields.round(),
+        arrays=fields.arrays(),
+        strategy=fields.json_object("strategy"),
+        rng=fields.rng(),
+        ledger=fields.json_object("ledger"),
+        client_states=fields.client_states(),
     )
+
+
+class _Fields:
+    """Typed, checked access to the fields of a loaded checkpoint payload."""
+
+    def __init__(self, path: Path, payload: dict[Any, Any]) -> None:
+        self.path = path
+        self.payload = payload
+
+    def fault(self, name: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{self.path}: field {name!r} {problem}")
+
+    def at(self, name: str) -> Callable[[str], CheckpointError]:
+        """The fault of field ``name``, for :func:`_typed`."""
+        return lambda problem: self.fault(name, problem)
+
+    def get(self, name: str, kind: type | tuple[type, ...], what: str) -> Any:
+        if name not in self.payload:
+            raise self.fault(name, "is missing")
+        return _typed(self.payload[name], kind, what, self.at(name))
+
+    def json(self, name: str, kind: type, what: str) -> Any:
+        text = self.get(name, str, "a JSON string")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise self.fault(name, f"is not JSON ({exc.msg} at character {exc.pos})") from exc
+        return _typed(value, kind, what, lambda problem: self.fault(name, f"holds JSON that {problem}"))
+
+    def json_object(self, name: str) -> dict[str, Any]:
+        return dict(self.json(name, dict, "an object"))
+
+    def round(self) -> int:
+        value = int(self.get("round", int, "an integer"))
+        if value < 0:
+            raise self.fault("round", f"is {value}, not >= 0")
+        return value
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        keys = self.json("array_keys", list, "a list")
+        if not all(isinstance(k, str) for k in keys) or len(set(keys)) != len(keys):
+            raise self.fault("array_keys", "is not a list of distinct names")
+        tensors = self.get("arrays", dict, "a dict of tensors")
+        missing, extra = [k for k in keys if k not in tensors], [k for k in tensors if k not in keys]
+        if missing or extra:
+            raise self.fault("arrays", f"does not match array_keys (missing {missing[:5]}, unnamed {extra[:5]})")
+        out = {}
+        for k in keys:
+            tensor = _typed(tensors[k], torch.Tensor, "a tensor", self.at(f"arrays[{k!r}]"))
+            try:
+                out[k] = tensor.numpy()
+            except (TypeError, RuntimeError) as exc:
+                raise self.fault(f"arrays[{k!r}]", f"has no numpy form: {exc}") from exc
+        return out
+
+    def rng(self) -> dict[str, Any]:
+        state = dict(self.get("rng", dict, "a dict"))
+        if not state:
+            return state
+        for part, kind in (("python", str), ("numpy", dict), ("torch", torch.Tensor)):
+            _typed(state.get(part), kind, f"a state with a {kind.__name__} {part!r} part", self.at("rng"))
+        try:  # each generator checks its own state, on a throwaway instance
+            python_state, numpy_state, torch_state = _rng_parts(state)
+            random.Random().setstate(python_state)
+            np.random.RandomState().set_state(numpy_state)
+            torch.Generator().set_state(torch_state)
+        except Exception as exc:  # KeyError, TypeError, ValueError, RuntimeError, JSONDecodeError ...
+            raise self.fault("rng", f"is not a state of the Python, numpy and torch generators: "
+                                    f"{type(exc).__name__}: {exc}") from exc
+        return state
+
+    def client_states(self) -> dict[int, RecordDict] | None:
+        if self.payload.get("client_states") is None:
+            return None
+        states = self.get("client_states", dict, "a dict of node id -> serialised RecordDict")
+        out = {}
+        for node, tensor in states.items():
+            name = f"client_states[{node!r}]"
+            if not (isinstance(node, str) and node.lstrip("-").isdigit()):
+                raise self.fault(name, "has a key that is not a node id")
+            tensor = _typed(tensor, torch.Tensor, "a tensor", self.at(name))
+            if tensor.dtype != torch.uint8 or tensor.dim() != 1:
+                raise self.fault(name, f"is a {tensor.dtype} tensor of shape {tuple(tensor.shape)}, not 1-d uint8")
+            try:
+                out[int(node)] = _tensor_recorddict(tensor)
+            except Exception as exc:  # protobuf DecodeError, or whatever Flower's deserialiser raises
+                raise self.fault(name, f"is not a serialised RecordDict: {type(exc).__name__}: {exc}") from exc
+        return out
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], what: str, fault: Callable[[str], CheckpointError]) -> Any:
+    """``value`` if it is a ``kind`` (a bool is no integer here), else ``fault("is a <type>, not <what>")``."""
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise fault(f"is a {type(value).__name__}, not {what}")
+    return value
 
 
 def resumed_config(cfg: Any) -> Any:

@@ -62,7 +62,7 @@ class InProcessGrid(Grid):
         self.dropouts = 0  # deliveries a ClientApp refused as a simulated dropout (no reply sent)
 
     # -- Grid ------------------------------------------------------------------------
-    def set_run(self, run: Run) -> None:  # type: ignore[override]
+    def set_run(self, run: Run) -> None:
         self._run = run
 
     @property
@@ -169,7 +169,7 @@ def run_inprocess(
     configs = node_configs if node_configs is not None else simulation_node_configs(num_clients)
     train_pool = _train_pool_size(cfg)
     if len(configs) > train_pool:
-        raise ConfigError("num-clients", len(configs), f"an integer in [1, {train_pool}] (training samples)")
+        raise ConfigError("num-clients", len(configs), f"an integer in [1, {train_pool}] (the clients the data allows)")
     run_id = next(_RUN_IDS) + int(time.time())
     run_config = cfg.to_mapping()
     grid = InProcessGrid(client_app or default_client_app, configs, run_config, run_id=run_id)
@@ -182,6 +182,6 @@ def run_inprocess(
 
 
 def _train_pool_size(cfg: RunConfig) -> int:
-    from fedshrink.data import make_splits
+    from fedshrink.data.federated import max_clients
 
-    return len(make_splits(cfg.split_spec()).train)
+    return max_clients(cfg.split_spec(), cfg.partition_scheme())

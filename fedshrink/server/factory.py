@@ -15,15 +15,19 @@ import torch
 
 from fedshrink.config import RunConfig
 from fedshrink.data import Splits
+from fedshrink.devices import plan_budget
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.errors import ConfigError
 from fedshrink.fragments import build_graph
 from fedshrink.fragments.fusion import Fusion, nested_initialiser
 from fedshrink.models import ModelSpec, build_model
 from fedshrink.privacy.server import PrivatePlanner, PrivateStrategy, private_parts
+from fedshrink.protocol import Hello
 from fedshrink.robust.defences import DefenceEnv, RootUpdate
 from fedshrink.robust.guard import NormGuard
+from fedshrink.strategy.fleet import Fleet
 from fedshrink.strategy.plan import Planner, ReplyLimits
-from fedshrink.strategy.rounds import Refiner, ShrinkStrategy
+from fedshrink.strategy.rounds import BudgetPlanner, Refiner, ShrinkStrategy
 from fedshrink.strategy.stages import Stage
 from fedshrink.training import seed_for, train_local
 
@@ -61,24 +65,51 @@ def build_stages(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> list[Stage]
     return stages
 
 
+def budget_planner(cfg: RunConfig, spec: ModelSpec) -> BudgetPlanner:
+    """A node's budget -> the profile that fits it (:func:`fedshrink.devices.plan_budget`), and why."""
+    train = cfg.training
+
+    def plan(hello: Hello) -> tuple[DeviceProfile, str]:
+        assert hello.budget is not None
+        picked = plan_budget(hello.budget, spec, device=hello.device, samples=hello.num_examples * train.epochs,
+                             batch_size=train.batch_size, local_epochs=train.epochs, momentum=train.momentum > 0)
+        return picked.profile, picked.explain()
+
+    return plan
+
+
+def explain_budgets(cfg: RunConfig, spec: ModelSpec, samples: int) -> list[str]:
+    """What the planner picks for each budget of the run's budget mix, for a client of ``samples`` examples.
+
+    A budget nothing fits raises :class:`ConfigError` (one line naming it): the run fails at start.
+    """
+    train = cfg.training
+    return [plan_budget(budget, spec, samples=samples * train.epochs, batch_size=train.batch_size,
+                        local_epochs=train.epochs, momentum=train.momentum > 0).explain()
+            for budget, _ in cfg.devices.budgets()]
+
+
 def build_strategy(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> ShrinkStrategy:
     frag, fed = cfg.fragments, cfg.federation
     graph = build_graph(build_model(spec))
     privacy, private_stages = private_parts(cfg.privacy, rounds=fed.num_server_rounds, seed=cfg.seed)
     planner_cls = functools.partial(PrivatePlanner, privacy=privacy) if privacy is not None else Planner
     planner = planner_cls(spec, graph, cfg.training, uplink=cfg.chains.uplink_chain,
-                          downlink=cfg.chains.downlink_chain, fragments=frag.enabled,
-                          policy=frag.policy(cfg.seed) if frag.enabled else None,
+                          downlink=cfg.chains.downlink_chain, fragments=cfg.fragments_enabled,
+                          policy=frag.policy(cfg.seed) if cfg.fragments_enabled else None,
                           input_scaling=frag.fragment_scaling, nested=frag.nested(), derive=frag.derive_masks,
                           reply_limits=ReplyLimits(fed.reply_size_factor, fed.max_reply_bytes))
     refiners: list[Refiner] = []
     fusion = frag.fusion()
-    if frag.enabled and fusion is not None:
+    if cfg.fragments_enabled and fusion is not None:
         refiners.append(Fusion(graph, spec, torch.from_numpy(splits.proxy.x), fusion, scaled=frag.fragment_scaling))
-    initialise = nested_initialiser(graph) if frag.enabled and frag.fragment_init == "nested" else None
+    initialise = nested_initialiser(graph) if cfg.fragments_enabled and frag.fragment_init == "nested" else None
+    fleet = Fleet(spec, cfg.training, uplink=cfg.chains.uplink_chain, downlink=cfg.chains.downlink_chain,
+                  seed=cfg.seed, deadline_s=cfg.devices.round_deadline, over_select=cfg.devices.over_select,
+                  availability=cfg.devices.device_availability)
     strategy_cls = functools.partial(PrivateStrategy, privacy=privacy) if privacy is not None else ShrinkStrategy
     return strategy_cls(planner, fraction_train=fed.fraction_train, min_train_clients=fed.min_train_clients,
-                        seed=cfg.seed, wait_timeout=fed.round_timeout,
+                        clients_per_round=fed.clients_per_round, seed=cfg.seed, wait_timeout=fed.round_timeout,
                         stages=build_stages(cfg, spec, splits) + private_stages, refiners=refiners,
-                        initialise=initialise, pruned_as_zero=frag.pruned_as_zero,
-                        examples_fence=fed.examples_fence, update_limit=fed.update_limit)
+                        initialise=initialise, pruned_as_zero=frag.pruned_as_zero, examples_fence=fed.examples_fence,
+                        update_limit=fed.update_limit, fleet=fleet, plan_budget=budget_planner(cfg, spec))

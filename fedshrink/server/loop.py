@@ -24,10 +24,11 @@ from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.privacy.controller import PrivacyBudgetSpent
 from fedshrink.privacy.server import privacy_record, privacy_summary, privacy_text
 from fedshrink.report.recorder import RunRecorder
+from fedshrink.report.targets import choose_targets, reach_all, targets_json
 from fedshrink.robust.checkpoint import resumed_config
 from fedshrink.server.distill import distill_student, student_summary
 from fedshrink.server.evaluation import evaluate_widths, for_evaluation
-from fedshrink.server.factory import build_strategy
+from fedshrink.server.factory import build_strategy, explain_budgets
 from fedshrink.strategy.rounds import RoundOutcome, ShrinkStrategy
 from fedshrink.training import evaluate
 
@@ -57,9 +58,13 @@ def round_record(rnd: int, outcome: RoundOutcome, accuracy: float, loss: float, 
         "bytes-up-received": outcome.bytes_up,  # every reply, dropped ones included
         "dropped": [{"node-id": d.node_id, "partition-id": d.partition_id, "reason": d.reason}
                     for d in outcome.dropped],
+        **({"clients-unreached": len(outcome.unreached),
+            "unreached": [{"node-id": d.node_id, "partition-id": d.partition_id, "reason": d.reason}
+                          for d in outcome.unreached]} if outcome.unreached else {}),
         **({"examples-capped": outcome.capped} if outcome.capped else {}),
         "train": train,
         **({"stages": outcome.notes} if outcome.notes else {}),
+        **outcome.device_round,  # modelled device figures: device-time-s, device-energy-j, ...
     }
 
 
@@ -102,12 +107,15 @@ def summarise(run: Run, seconds: float) -> dict[str, Any]:
         "rounds-skipped": sum(r["skipped"] for r in history),
         "replies-dropped": sum(r["clients-dropped"] for r in history), "defence": cfg.robust.defence,
         "attack": cfg.robust.attack if cfg.robust.attack_fraction > 0 else "none",
-        "dataset": cfg.data.dataset, "clients": len(list(run.grid.get_node_ids())), "model": cfg.model.model,
+        "dataset": cfg.data.dataset, "classes": run.splits.num_classes, "input-shape": list(run.splits.input_shape),
+        "clients": len(list(run.grid.get_node_ids())), "model": cfg.model.model,
         "model-parameters": count_parameters(run.model), "seconds": seconds,
         "bytes-up": sum(r["bytes-up"] for r in history), "bytes-down": sum(r["bytes-down"] for r in history),
         "bytes-up-uncompressed": sum(r["bytes-up-uncompressed"] for r in history),
         "energy-j": sum(r["energy-j"] for r in history),
         "energy-estimated": any(r["energy-estimated"] for r in history),
+        # bytes and rounds to this run's final accuracy - 1 point (`fedshrink report --targets/--baseline` redoes it)
+        "targets": targets_json(reach_all(history, choose_targets((), own_final=final["accuracy"]))),
         **privacy_summary(run.strategy),
     }
 
@@ -120,9 +128,13 @@ def start(grid: Grid, cfg: RunConfig, base_dir: Path | None) -> tuple[Run, Array
     torch.manual_seed(cfg.seed)
     model = build_model(spec)
     strategy = build_strategy(cfg, spec, splits)
+    typical = splits.typical_client_samples(len(list(grid.get_node_ids())))
+    budgets = explain_budgets(cfg, spec, typical) if cfg.devices.budget_mix else []  # nothing fits: fails here
     recorder = RunRecorder.open(cfg, grid, base_dir)
+    for line in budgets:
+        recorder.say(f"planner: {line}")
     run = Run(cfg, spec, splits, model, strategy, recorder, grid)
-    recorder.say(f"fedshrink: {cfg.data.dataset} ({len(splits.train)} client samples, {len(splits.test)} test, "
+    recorder.say(f"fedshrink: {cfg.data.dataset} ({splits.describe()}, {len(splits.test)} test, "
                  f"{len(splits.proxy)} proxy), {cfg.model.model} x{cfg.model.model_width} "
                  f"({count_parameters(model):,} parameters), {cfg.federation.num_server_rounds} rounds "
                  f"-> {recorder.path}")

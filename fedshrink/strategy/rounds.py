@@ -39,12 +39,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedshrink.compression import message_nbytes, recorddict_nbytes
-from fedshrink.errors import ReplyError
+from fedshrink.devices import Budget, DeviceModel, sample_size
+from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.fragments import extract
 from fedshrink.profiles import DeviceProfile
 from fedshrink.protocol import CONFIG, TRAIN, AcceptedReply, Hello, read_train_reply
 from fedshrink.strategy.batch import BatchRows, FloatArray, Layout, UpdateBatch
 from fedshrink.strategy.contributions import accepted_weights, contribution
+from fedshrink.strategy.fleet import Fleet, Trained
 from fedshrink.strategy.plan import Assignment, Planner
 from fedshrink.strategy.stages import RoundContext, Stage, aggregate, check_stages
 
@@ -61,6 +63,7 @@ class Refiner(Protocol):
 
 
 Initialiser = Callable[[Mapping[str, np.ndarray], Sequence[float]], State]
+BudgetPlanner = Callable[[Hello], tuple[DeviceProfile, str]]  # a node's budget -> its profile, and why
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class RoundOutcome:
     accepted: list[AcceptedReply] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)  # the sample counts accepted, per accepted reply
     dropped: list[Dropped] = field(default_factory=list)
+    unreached: list[Dropped] = field(default_factory=list)  # sampled, but offline or declining (modelled devices)
     capped: list[dict[str, int]] = field(default_factory=list)  # claims the fence capped
     skipped: bool = False
     skip_reason: str = ""
@@ -86,6 +90,8 @@ class RoundOutcome:
     bytes_down: int = 0  # train messages sent, serialized
     bytes_up: int = 0  # replies received (good and bad), serialized
     notes: dict[str, Any] = field(default_factory=dict)  # what the aggregation stages did
+    device_round: dict[str, float] = field(default_factory=dict)  # the fleet clock's round figures (modelled)
+    device_clients: dict[int, dict[str, float]] = field(default_factory=dict)  # node -> its figures (modelled)
 
     @property
     def sent(self) -> int:
@@ -100,12 +106,16 @@ def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
-def sample_nodes(node_ids: Sequence[int], fraction: float, minimum: int, seed: int, server_round: int) -> list[int]:
-    """``max(minimum, round(fraction * n))`` of the nodes, drawn from ``(seed, round)``; sorted."""
+def wanted_clients(connected: int, fraction: float, minimum: int, per_round: int = 0) -> int:
+    """Updates a round wants: ``per_round`` when set, else ``max(minimum, round(fraction * connected))``."""
+    return per_round if per_round else max(minimum, int(round(fraction * connected)))
+
+
+def sample_nodes(node_ids: Sequence[int], count: int, seed: int, server_round: int) -> list[int]:
+    """``count`` of the nodes (all when fewer), drawn from ``(seed, round)``; sorted."""
     nodes = sorted(node_ids)
-    k = min(max(minimum, int(round(fraction * len(nodes)))), len(nodes))
     rng = np.random.default_rng([seed, server_round])
-    picked = rng.choice(len(nodes), size=k, replace=False)  # positions: node ids are unsigned 64-bit
+    picked = rng.choice(len(nodes), size=min(count, len(nodes)), replace=False)  # positions: ids are 64-bit
     return sorted(nodes[int(i)] for i in picked)
 
 
@@ -113,13 +123,19 @@ class ShrinkStrategy(Strategy):
     """Federated training of fragments with checked replies and staged aggregation (see the module doc)."""
 
     def __init__(self, planner: Planner, *, fraction_train: float = 1.0, min_train_clients: int = 2,
-                 seed: int = 0, wait_timeout: float = 600.0, stages: Sequence[Stage] = (),
-                 refiners: Sequence[Refiner] = (), initialise: Initialiser | None = None,
-                 pruned_as_zero: bool = True, examples_fence: float = 3.0, update_limit: float = 0.0) -> None:
+                 clients_per_round: int = 0, seed: int = 0, wait_timeout: float = 600.0,
+                 stages: Sequence[Stage] = (), refiners: Sequence[Refiner] = (),
+                 initialise: Initialiser | None = None, pruned_as_zero: bool = True, examples_fence: float = 3.0,
+                 update_limit: float = 0.0, fleet: Fleet | None = None, plan_budget: BudgetPlanner | None = None
+                 ) -> None:
         check_stages(stages)
         self.planner = planner
         self.fraction_train = fraction_train
         self.min_train_clients = min_train_clients
+        self.clients_per_round = clients_per_round
+        self.fleet = fleet
+        self.plan_budget = plan_budget
+        self.plans: dict[int, str] = {}  # node -> what the planner picked for its budget, and why
         self.seed = seed
         self.wait_timeout = wait_timeout
         self.stages = list(stages)
@@ -132,6 +148,9 @@ class ShrinkStrategy(Strategy):
         self.outcomes: list[RoundOutcome] = []
         self._global: State = {}
         self._assigned: dict[int, Assignment] = {}
+        self._bytes_to: dict[int, int] = {}  # node -> bytes of its train message this round
+        self._skipped: dict[int, str] = {}  # sampled nodes the fleet clock left out this round, with the reason
+        self._wanted = 0
         self._bytes_down = 0
         self._last_batch: UpdateBatch | None = None
 
@@ -155,9 +174,20 @@ class ShrinkStrategy(Strategy):
         for reply in grid.send_and_receive([Hello.query(n) for n in unknown], timeout=self.wait_timeout):
             node = reply.metadata.src_node_id
             try:
-                self.nodes[node] = Hello.read(reply)
-            except ReplyError as exc:
+                self.nodes[node] = self._planned(node, Hello.read(reply))
+            except (ReplyError, ConfigError) as exc:
                 log.warning("node %d: hello failed, node left out this round: %s", node, exc)
+
+    def _planned(self, node: int, hello: Hello) -> Hello:
+        """A node that states a budget gets the profile the planner picks for it (ConfigError: nothing fits)."""
+        if hello.budget is None or hello.profile is not None or not self.planner.fragments:
+            return hello
+        if self.plan_budget is None:
+            raise ConfigError("budget", hello.budget.to_text(), "a run that plans budgets (a budget-mix)")
+        profile, why = self.plan_budget(hello)
+        self.plans[node] = why
+        log.info("node %d (partition %d): %s", node, hello.partition_id, why)
+        return dataclasses.replace(hello, profile=profile)
 
     def widths_in_use(self) -> list[float]:
         return self.planner.widths_in_use(list(self.nodes.values()))
@@ -167,17 +197,27 @@ class ShrinkStrategy(Strategy):
         return hello.profile if hello is not None and self.planner.fragments else None
 
     # -- train ------------------------------------------------------------------------------
+    def sample_count(self, connected: int) -> int:
+        """How many of ``connected`` nodes a round samples: the updates wanted, plus the fleet's over-selection."""
+        wanted = wanted_clients(connected, self.fraction_train, self.min_train_clients, self.clients_per_round)
+        return min(sample_size(wanted, self.fleet.over_select) if self.fleet is not None else wanted, connected)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
         self._global = record_to_numpy(arrays)
-        picked = sample_nodes(self.connected_nodes(grid), self.fraction_train, self.min_train_clients, self.seed,
-                              server_round)
+        connected = self.connected_nodes(grid)
+        self._wanted = wanted_clients(len(connected), self.fraction_train, self.min_train_clients,
+                                      self.clients_per_round)
+        picked = sample_nodes(connected, self.sample_count(len(connected)), self.seed, server_round)
         self.greet(picked, grid)
         picked = [n for n in picked if n in self.nodes]
+        self._skipped = {}
+        if self.fleet is not None:  # offline devices are not reached; too little memory declines
+            picked, self._skipped = self.fleet.reachable(server_round, picked, self.nodes)
         widths = self.widths_in_use()
         if server_round == 1 and self.initialise is not None:
             self._global = self.initialise(self._global, widths)  # the run's one-off start (nested init)
-        self._assigned, messages, self._bytes_down = {}, [], 0
+        self._assigned, self._bytes_to, messages, self._bytes_down = {}, {}, [], 0
         sizes: dict[tuple[int, str], int] = {}  # content size, measured once per distinct instruction
         for node in picked:
             assignment = self.planner.assign(self.nodes[node], server_round, node, self._global, widths)
@@ -187,7 +227,8 @@ class ShrinkStrategy(Strategy):
             if key not in sizes:
                 sizes[key] = recorddict_nbytes(content)
             msg = Message(content, dst_node_id=node, message_type=TRAIN, group_id=str(server_round))
-            self._bytes_down += message_nbytes(msg, content_nbytes=sizes[key])
+            self._bytes_to[node] = message_nbytes(msg, content_nbytes=sizes[key])
+            self._bytes_down += self._bytes_to[node]
             messages.append(msg)
         return messages
 
@@ -199,6 +240,9 @@ class ShrinkStrategy(Strategy):
         layout = Layout.of(self._global)
         global_flat = layout.flatten(self._global)
         batch = self._read_replies(outcome, list(replies), layout, global_flat)
+        outcome.unreached = [Dropped(n, self.nodes[n].partition_id, why) for n, why in self._skipped.items()]
+        if self.fleet is not None:
+            batch = self._settle(outcome, batch)
         weights, capped = accepted_weights([r.num_examples for r in outcome.accepted], self.examples_fence)
         outcome.weights = weights
         outcome.capped = [{"node-id": outcome.accepted[i].node_id, "partition-id": outcome.accepted[i].partition_id,
@@ -251,6 +295,23 @@ class ShrinkStrategy(Strategy):
             outcome.dropped.append(Dropped(node, self.nodes[node].partition_id, "no reply before the round timeout"))
         return rows.batch()
 
+    def _settle(self, outcome: RoundOutcome, batch: UpdateBatch) -> UpdateBatch:
+        """The fleet clock's verdict: replies past the deadline or beyond the wanted count are dropped."""
+        assert self.fleet is not None
+        trained = []
+        for r in outcome.accepted:
+            hello = self.nodes[r.node_id]
+            profile = self.fleet.profile_of(hello)
+            flops = r.resources.train_flops if r.resources is not None else \
+                self.fleet.estimate(profile).train_flops(r.num_examples * profile.local_epochs)
+            trained.append(Trained(r.node_id, hello, self._bytes_to[r.node_id], r.nbytes, flops))
+        verdict = self.fleet.settle(outcome.server_round, self._wanted, list(self._skipped), self.nodes, trained)
+        outcome.device_round = verdict.round_metrics
+        outcome.device_clients = verdict.client_metrics
+        rows = [i for i, r in enumerate(outcome.accepted) if r.node_id in verdict.dropped]
+        self._drop_rows(outcome, rows, [verdict.dropped[outcome.accepted[i].node_id] for i in rows])
+        return batch.take([i for i in range(len(batch)) if i not in set(rows)])
+
     def _check_size(self, reply: AcceptedReply, assignment: Assignment) -> None:
         """Refuse an update whose L2 norm is over ``update_limit`` times that of the fragment it updates."""
         if self.update_limit <= 0:
@@ -291,7 +352,8 @@ class ShrinkStrategy(Strategy):
             outcome.dropped.append(Dropped(r.node_id, r.partition_id, reason))
         keep = [i for i in range(len(outcome.accepted)) if i not in set(rows)]
         outcome.accepted = [outcome.accepted[i] for i in keep]
-        outcome.weights = [outcome.weights[i] for i in keep]
+        if outcome.weights:
+            outcome.weights = [outcome.weights[i] for i in keep]
 
     def _skip(self, outcome: RoundOutcome, reason: str) -> None:
         outcome.skipped, outcome.skip_reason = True, reason
@@ -311,16 +373,23 @@ class ShrinkStrategy(Strategy):
     def checkpoint_state(self) -> dict[str, object]:
         """What a resumed run needs (JSON-ready); sampling is a pure function of seed and round."""
         return {"nodes": {str(n): {"partition-id": h.partition_id, "num-partitions": h.num_partitions,
-                                   "profile": h.profile.to_json() if h.profile is not None else ""}
-                          for n, h in self.nodes.items()}}
+                                   "profile": h.profile.to_json() if h.profile is not None else "",
+                                   "device": h.device.to_json() if h.device is not None else "",
+                                   "budget": h.budget.to_json() if h.budget is not None else "",
+                                   "num-examples": h.num_examples}
+                          for n, h in self.nodes.items()},
+                "plans": {str(n): why for n, why in self.plans.items()}}
 
     def restore_state(self, state: Mapping[str, object]) -> None:
-        nodes = state.get("nodes", {})
-        if not isinstance(nodes, dict):
-            raise ValueError("checkpoint strategy state: 'nodes' is not an object")
+        nodes, plans = state.get("nodes", {}), state.get("plans", {})
+        if not isinstance(nodes, dict) or not isinstance(plans, dict):
+            raise ValueError("checkpoint strategy state: 'nodes' and 'plans' must be objects")
         self.nodes = {int(n): Hello(int(h["partition-id"]), int(h["num-partitions"]),
-                                    DeviceProfile.from_json(h["profile"]) if h["profile"] else None)
+                                    DeviceProfile.from_json(h["profile"]) if h["profile"] else None,
+                                    DeviceModel.from_json(h["device"]) if h["device"] else None,
+                                    Budget.from_json(h["budget"]) if h["budget"] else None, int(h["num-examples"]))
                       for n, h in nodes.items()}
+        self.plans = {int(n): str(why) for n, why in plans.items()}
 
     # -- evaluation is server-side ---------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -15,6 +15,9 @@ class FederationSettings(Section):
     num_server_rounds: int = option(40, "federated rounds", rule=at_least(1))
     fraction_train: float = option(1.0, "share of connected clients sampled each round",
                                    rule=between(0, 1, lo_open=True))
+    clients_per_round: int = option(
+        0, "clients sampled each round from all connected ones (cross-device); 0 = fraction-train of them",
+        rule=at_least(0).noting("0 = fraction-train"))
     min_train_clients: int = option(
         2, "fewest clients sampled, and fewest good replies a round needs (else the round is skipped, not crashed)",
         rule=at_least(1))

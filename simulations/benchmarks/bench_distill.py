@@ -90,7 +90,7 @@ def main() -> None:
         print("training the teacher (default demo run) ...", flush=True)
         teacher_run = train_federated({}, work / "runs")
     teacher = build_model(tspec)
-    teacher.load_state_dict(torch.load(teacher_run / "global_model.pt"))
+    teacher.load_state_dict(torch.load(teacher_run / "global_model.pt", weights_only=True))
     teacher.eval()
 
     cfg = DistillConfig()
@@ -116,7 +116,7 @@ def main() -> None:
     fl_run = train_federated({"model": kd.student_spec.name, "model-width": kd.student_spec.width,
                               "num-server-rounds": args.fl_rounds}, work / "runs")
     fl = build_model(kd.student_spec)
-    fl.load_state_dict(torch.load(fl_run / "global_model.pt"))
+    fl.load_state_dict(torch.load(fl_run / "global_model.pt", weights_only=True))
     fl.eval()
     fl_acc = evaluate(fl, splits.test).accuracy
     prune_student(fl, cfg.prune_amount)

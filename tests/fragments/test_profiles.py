@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 
 import pytest
@@ -111,13 +112,23 @@ def test_estimate_formula(name: str) -> None:
     laptop = DeviceProfile("full-raw")  # width 1, fp32, raw chains
     est = estimate(spec, laptop)
     params = count_parameters(build_model(spec))
+    p4 = 4 * params
+    mem = est.memory
     assert est.params == params
-    assert est.train_memory_bytes == 12 * params + 4 * est.activations_per_sample * laptop.batch_size
+    assert (mem.weights, mem.momentum, mem.reference) == (p4, p4, p4)
+    assert (mem.forward_copy, mem.masks, mem.residual) == (0, 0, 0)  # fp32, unpruned, lossless uplink
+    assert mem.batch == 4 * 3 * 32 * 32 * laptop.batch_size + 8 * laptop.batch_size
+    assert mem.working > mem.activations > 0
     n_tensors = len(build_model(spec).state_dict())
-    assert est.upload_bytes == 4 * params + 32 * n_tensors  # raw chain
+    assert est.upload_bytes == p4 + 32 * n_tensors  # raw chain
+    assert mem.codec == p4 + est.upload_bytes
+    assert est.train_memory_bytes == mem.round_peak == mem.step_peak + p4  # training (+ reference) dominates
     iot = estimate(spec, get_profile("iot"))
     assert iot.params < est.params and iot.upload_bytes < est.upload_bytes / 20
     assert iot.train_memory_bytes < est.train_memory_bytes
+    pw = iot.prunable
+    assert iot.memory.masks == math.ceil(pw / 8) and iot.memory.residual == 4 * iot.params  # 1-bit masks, EF
+    assert math.ceil(4 * pw / 8) < iot.memory.forward_copy < math.ceil(4 * pw / 8) + 4 * pw  # 4-bit copy + scales
 
 
 def test_chain_bytes() -> None:
@@ -129,15 +140,15 @@ def test_chain_bytes() -> None:
 
 def test_pick_profile() -> None:
     big, est = pick_profile(ProfileBudget(1e4, 1e5), SPEC)
-    assert big.width == 1.0 and big.uplink == "raw" and est.fits(ProfileBudget(1e4, 1e5))
+    assert big.width == 1.0 and big.uplink == "raw" and est.train_memory_bytes <= 1e10
     # enough memory for width 1, but an upload budget that needs compression
     mid, est_mid = pick_profile(ProfileBudget(1e4, 150), SPEC)
     assert mid.width == 1.0 and mid.uplink != "raw" and est_mid.upload_bytes <= 150e3
     # tight memory forces a smaller width
     small, est_small = pick_profile(ProfileBudget(5, 1e5), SPEC)
     assert small.width < 1.0 and est_small.train_memory_bytes <= 5e6
-    with pytest.raises(ConfigError, match=r"memory_mb=0\.01, upload_kb=0\.1.*width 0\.125") as err:
+    with pytest.raises(ConfigError, match=r"mem=0\.01,up=0\.1.*width 0\.125") as err:
         pick_profile(ProfileBudget(0.01, 0.1), SPEC)
-    assert "MB" in str(err.value) and "kB" in str(err.value)
+    assert "MB" in str(err.value) and "kB" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError):
         ProfileBudget(0, 1)

@@ -10,7 +10,7 @@ import pytest
 from fedshrink.config import RunConfig
 from fedshrink.errors import ConfigError
 from fedshrink.profiles import DEFAULT_MIX
-from fedshrink.report import RunDirectory
+from fedshrink.report import RunDirectory, build_report
 from fedshrink.runner import run_inprocess
 from fedshrink.runner.inprocess import RunResult
 
@@ -19,13 +19,13 @@ from fedshrink.runner.inprocess import RunResult
 def tiny(tmp_path: Path) -> dict[str, Any]:
     return {"num-server-rounds": 3, "local-epochs": 1, "output-dir": str(tmp_path / "runs"), "quiet": True,
             "distill": False, "checkpoint": False, "report": False, "model": "mlp", "model-norm": "none",
-            "dp-reproducible-noise": True}
+            "dp-reproducible-noise": True, "device-availability": False}
 
 
 @pytest.fixture
 def central(tiny: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> tuple[RunResult, str]:
     result = run_inprocess({**tiny, "dp-mode": "central", "dp-noise-multiplier": 1.0, "dp-clip": 0.5,
-                            "quiet": False, "report": True}, num_clients=6)
+                            "quiet": False}, num_clients=6)
     return result, capsys.readouterr().out
 
 
@@ -39,8 +39,9 @@ def test_epsilon_per_round_in_summary_console_and_report(central: tuple[RunResul
                                                        "sampling": "without replacement, replace-one"}
     assert result.summary["epsilon"] == eps[-1] and result.summary["rounds-released"] == 3
     assert f"eps {eps[-1]:.3g}" in out
+    build_report(result.run_dir, draw=False)
     report = (result.run_dir / "report.md").read_text()
-    assert "Privacy: central DP-FedAvg, epsilon" in report
+    assert f"Privacy: central DP-FedAvg, epsilon {eps[-1]:.3g} at delta" in report
 
 
 def test_distributed_run_on_the_default_mix(tiny: dict[str, Any]) -> None:

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from privacy_harness import make_private
-from strategy_harness import HelloGrid, first_round, fragment_shapes, model_state, reply_to, zero_update
+from strategy_harness import TINY, HelloGrid, first_round, fragment_shapes, model_state, reply_to, zero_update
 
 from fedshrink.privacy.controller import PrivacyBudgetSpent, PrivacyController
-from fedshrink.privacy.server import sample_size
 from fedshrink.privacy.settings import PrivacySettings
 from fedshrink.privacy.stages import clip_rows, holder_noise_std
 from fedshrink.profiles import DeviceProfile
 from fedshrink.protocol import TrainInstruction
 from fedshrink.runner.inprocess import server_identity
-from fedshrink.strategy.rounds import sample_nodes
+from fedshrink.strategy.fleet import Fleet
+from fedshrink.training import TrainSettings
 
 HALF, FULL = DeviceProfile("half", width=0.5), DeviceProfile("full", width=1.0)
 
@@ -138,9 +139,21 @@ def test_checkpoint_round_trip() -> None:
     assert fresh.privacy.epsilons() == s.privacy.epsilons()
 
 
-def test_sample_size_matches_the_sampler() -> None:
-    for n, fraction, minimum in [(1000, 0.1, 2), (7, 0.5, 2), (3, 0.1, 5), (20, 1.0, 2)]:
-        assert sample_size(n, fraction, minimum) == len(sample_nodes(list(range(n)), fraction, minimum, 0, 1))
+@pytest.mark.parametrize(("strategy", "over_select", "sent"), [
+    ({"fraction_train": 0.3}, None, 3), ({"clients_per_round": 4}, None, 4),
+    ({"clients_per_round": 4}, 2.0, 6),  # 4 wanted + 2 over-selected
+    ({"clients_per_round": 9}, 0.5, 10),  # 9 + ceil(4.5), capped at the 10 connected
+])
+def test_the_accountant_counts_the_clients_the_round_sampled(strategy: dict[str, Any], over_select: float | None,
+                                                               sent: int) -> None:
+    """m in the accountant's event is the number of nodes sent an instruction (over-selection included)."""
+    if over_select is not None:
+        strategy = {**strategy, "fleet": Fleet(TINY, TrainSettings(), uplink="raw", downlink="raw", seed=0,
+                                              deadline_s=0.0, over_select=over_select, availability=False)}
+    s = make_private(dp_mode="central", dp_noise_multiplier=1.0, strategy=strategy)
+    msgs = first_round(s, HelloGrid(list(range(1, 11))), model_state())
+    assert s.privacy.plan is not None
+    assert (s.privacy.plan.population, s.privacy.plan.sampled, len(msgs)) == (10, sent, sent)
 
 
 def test_warn_once_when_the_target_is_passed(caplog: pytest.LogCaptureFixture) -> None:

@@ -120,12 +120,12 @@ def test_the_sampler_alone_sees_the_rise() -> None:
 
 def test_time_cpu_and_estimated_energy() -> None:
     with ResourceMeter(energy=estimating_probe()) as meter:
-        t_end = time.perf_counter() + 0.2
-        while time.perf_counter() < t_end:
+        cpu_end = time.process_time() + 0.1  # busy until this process has used 0.1 s of CPU, however loaded
+        while time.process_time() < cpu_end:
             pass
     r = meter.reading
     assert r is not None
-    assert r.wall_seconds >= 0.2 and 0.05 < r.cpu_seconds < 5
+    assert r.cpu_seconds >= 0.1 and r.wall_seconds >= 0.1
     assert r.energy_method == METHOD_ESTIMATED
     assert r.energy_joules == pytest.approx(r.cpu_seconds * 10.0)
 

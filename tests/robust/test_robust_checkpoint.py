@@ -127,3 +127,122 @@ def test_checkpoint_off_writes_none(tmp_path: Path, quick: dict[str, Any]) -> No
     again = ArrayRecord({k: torch.from_numpy(v) for k, v in load_checkpoint(on.run_dir).arrays.items()})
     final = torch.load(on.run_dir / "global_model.pt", weights_only=True)
     assert all(torch.equal(torch.from_numpy(again[k].numpy()), final[k]) for k in final)
+
+
+# -- malformed checkpoints: every fault is a CheckpointError naming the field ---------------------------------
+def _valid_payload(run_dir: Path) -> dict[str, Any]:
+    state = RecordDict({"cfg": ConfigRecord({"a": 1})})
+    arrays = {"w": np.ones((2, 2), np.float32), "b": np.zeros(3, np.int64)}
+    save_checkpoint(run_dir, ServerCheckpoint(3, arrays, {"k": [1]}, capture_rng(), {"rows": []}, {7: state}))
+    payload: dict[str, Any] = torch.load(run_dir / CHECKPOINT, map_location="cpu", weights_only=True)
+    return payload
+
+
+def _set(*path: str, value: Any = None, delete: bool = False) -> Any:
+    def mutate(payload: dict[str, Any]) -> None:
+        target = payload
+        for key in path[:-1]:
+            target = target[key]
+        if delete:
+            del target[path[-1]]
+        else:
+            target[path[-1]] = value
+    return mutate
+
+
+MALFORMED = [
+    ("array_keys", _set("array_keys", delete=True)),
+    ("array_keys", _set("array_keys", value="not json")),
+    ("array_keys", _set("array_keys", value=5)),
+    ("array_keys", _set("array_keys", value='{"w": 1}')),
+    ("array_keys", _set("array_keys", value="[1, 2]")),
+    ("array_keys", _set("array_keys", value='["w", "w", "b"]')),
+    ("arrays", _set("arrays", delete=True)),
+    ("arrays", _set("arrays", value=[torch.zeros(2)])),
+    ("arrays", _set("arrays", "w", delete=True)),
+    ("arrays", _set("arrays", "extra", value=torch.zeros(1))),
+    ("arrays['w']", _set("arrays", "w", value=[1.0, 2.0])),
+    ("arrays['w']", _set("arrays", "w", value=torch.zeros(2, dtype=torch.bfloat16))),
+    ("round", _set("round", delete=True)),
+    ("round", _set("round", value="3")),
+    ("round", _set("round", value=True)),
+    ("round", _set("round", value=3.0)),
+    ("round", _set("round", value=-1)),
+    ("strategy", _set("strategy", delete=True)),
+    ("strategy", _set("strategy", value="{")),
+    ("strategy", _set("strategy", value="[1]")),
+    ("strategy", _set("strategy", value={"k": [1]})),
+    ("ledger", _set("ledger", delete=True)),
+    ("ledger", _set("ledger", value="nul")),
+    ("ledger", _set("ledger", value='"rows"')),
+    ("rng", _set("rng", delete=True)),
+    ("rng", _set("rng", value="seed")),
+    ("rng", _set("rng", "python", delete=True)),
+    ("rng", _set("rng", "python", value="[]")),
+    ("rng", _set("rng", "python", value="[3, [1, 2], null]")),
+    ("rng", _set("rng", "numpy", value=5)),
+    ("rng", _set("rng", "numpy", "keys", value=torch.zeros(5, dtype=torch.int64))),
+    ("rng", _set("rng", "torch", value=torch.zeros(3, dtype=torch.uint8))),
+    ("client_states", _set("client_states", value=[1])),
+    ("client_states['x']", _set("client_states", value={"x": torch.zeros(0, dtype=torch.uint8)})),
+    ("client_states['7']", _set("client_states", "7", value="bytes")),
+    ("client_states['7']", _set("client_states", "7", value=torch.zeros(3))),
+    ("client_states['7']", _set("client_states", "7", value=torch.tensor([255, 255, 255, 1], dtype=torch.uint8))),
+]
+
+
+@pytest.mark.parametrize(("field", "mutate"), MALFORMED)
+def test_every_malformed_field_is_a_checkpoint_error_naming_it(tmp_path: Path, field: str, mutate: Any) -> None:
+    payload = _valid_payload(tmp_path)
+    mutate(payload)
+    torch.save(payload, tmp_path / CHECKPOINT)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(tmp_path)
+    assert f"field {field!r}" in str(err.value)
+
+
+def test_fuzzed_checkpoints_load_or_raise_checkpoint_error_only(tmp_path: Path) -> None:
+    valid = _valid_payload(tmp_path)
+    assert load_checkpoint(tmp_path).round == 3  # the unmutated payload loads
+    junk: list[Any] = [None, 0, -5, 1.5, True, "", "{", "[]", "{}", '"s"', "[1, 2]", b"x", [], {}, [1, "a"],
+                       {"a": 1}, {"7": 1}, torch.zeros(2), torch.zeros(0, dtype=torch.uint8), torch.ones(3, 4)]
+    outcomes = {"loaded": 0, "refused": 0}
+    for seed in range(60):
+        rng = random.Random(seed)
+        payload = {k: (dict(v) if isinstance(v, dict) else v) for k, v in valid.items()}  # nested dicts copied
+        target = payload
+        if rng.random() < 0.5:
+            target = payload[rng.choice(["arrays", "rng", "client_states"])]
+        key = rng.choice(sorted(target))
+        if rng.random() < 0.3:
+            del target[key]
+        else:
+            target[key] = rng.choice(junk)
+        torch.save(payload, tmp_path / CHECKPOINT)
+        try:
+            load_checkpoint(tmp_path)
+            outcomes["loaded"] += 1
+        except CheckpointError as exc:
+            assert ": field " in str(exc) or "not a fedshrink checkpoint" in str(exc), str(exc)
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 40  # most mutations break the checkpoint; none escapes as another exception
+
+
+def test_every_torch_load_in_the_repository_is_weights_only() -> None:
+    """``torch.load`` unpickles arbitrary objects unless ``weights_only=True``; no file of ours may call it so."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2]
+    calls, unsafe = 0, []
+    for path in sorted(root.glob("**/*.py")):
+        if any(part.startswith(".") or part in ("build", "dist") for part in path.relative_to(root).parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                calls += 1
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant) and k.value.value is True
+                           for k in node.keywords)
+                if not safe:
+                    unsafe.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert calls >= 3 and unsafe == []

@@ -1,10 +1,12 @@
 """Client-level differential privacy: accuracy against epsilon, full-width FedAvg and the default profile mix.
 
-    python simulations/benchmarks/bench_privacy.py [--seeds 0 1 2] [--rounds 25] [--eps inf 8 4 1] [--mixes full mix]
-                                                   [--clip-only] [--distributed 8] [--cache DIR] [--report-only]
+    python simulations/benchmarks/bench_privacy.py [--dataset digits] [--seeds 0 1 2] [--rounds 25]
+                                                   [--eps inf 8 4 1] [--mixes full mix] [--clip-only]
+                                                   [--distributed 8] [--cache DIR] [--report-only]
 
-digits (1,257 training samples) split iid over 1,000 clients (1 or 2 samples each: the largest fleet this
-data set allows), 100 clients sampled per round without replacement, the default CNN, distillation and
+digits (1,257 training samples; 1 or 2 per client) or glyphs (the generated second set, 17,600 training
+samples; 17 or 18 per client) split iid over 1,000 clients, 100 clients sampled per round without
+replacement (every device available, so every sampled client replies), the default CNN, distillation and
 checkpoints off. Each epsilon is a central DP-FedAvg run (``dp-mode = central``) whose noise multiplier is
 calibrated so that its rounds spend exactly that epsilon at delta = 1 / 1,000 (sampling without
 replacement, replace-one), with adaptive clipping (quantile 0.5, from 0.3: the median update norm of a
@@ -39,13 +41,15 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENTS, PER_ROUND, CLIP0 = 1000, 100, 0.3
 MIXES = {"full": {}, "mix": {"profile-mix": DEFAULT_MIX, "pruned-as-zero": False}}
 CLIP_ONLY = "clip"
+SPLIT = {"digits": "1-2 of the 1,257 training samples each: the largest fleet digits allows",
+         "glyphs": "17-18 of the 17,600 generated training samples each"}
 DISTRIBUTED = "dist-"  # a row "dist-8": distributed mode calibrated to epsilon 8 for the aggregate
 
 
-def settings(mix: str, eps: str, seed: int, rounds: int, out: str) -> dict[str, Any]:
-    cfg: dict[str, Any] = {"seed": seed, "num-server-rounds": rounds, "partitioner": "iid",
-                           "fraction-train": PER_ROUND / CLIENTS, "distill": False, "checkpoint": False,
-                           "quiet": True, "report": False, "output-dir": out, **MIXES[mix]}
+def settings(dataset: str, mix: str, eps: str, seed: int, rounds: int, out: str) -> dict[str, Any]:
+    cfg: dict[str, Any] = {"dataset": dataset, "seed": seed, "num-server-rounds": rounds, "partitioner": "iid",
+                           "clients-per-round": PER_ROUND, "device-availability": False, "distill": False,
+                           "checkpoint": False, "quiet": True, "report": False, "output-dir": out, **MIXES[mix]}
     if eps == "inf":
         return cfg
     dp = {"dp-mode": "central", "dp-clip": CLIP0, "dp-clip-quantile": 0.5, "dp-reproducible-noise": True}
@@ -57,10 +61,10 @@ def settings(mix: str, eps: str, seed: int, rounds: int, out: str) -> dict[str, 
     return {**cfg, **dp, "dp-noise-multiplier": 0.0, "dp-target-epsilon": float(eps)}
 
 
-def one_run(mix: str, eps: str, seed: int, rounds: int) -> dict[str, Any]:
+def one_run(dataset: str, mix: str, eps: str, seed: int, rounds: int) -> dict[str, Any]:
     t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_inprocess(settings(mix, eps, seed, rounds, tmp), num_clients=CLIENTS)
+        result = run_inprocess(settings(dataset, mix, eps, seed, rounds, tmp), num_clients=CLIENTS)
         history = RunDirectory(result.run_dir).read_rounds()
     s = result.summary
     acc = [float(r["accuracy"]) for r in history]
@@ -146,14 +150,18 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
     rows = rows_of(args)
     runs = [v for k, v in cache.items() if f"rounds={args.rounds}" in k]
     commands = sorted({str(v["command"]) for v in runs})
+    covered = sum(key(m, e, sd, args.rounds) in cache for m in args.mixes for e in rows for sd in args.seeds)
     lines = ["# Client-level differential privacy: accuracy against epsilon", "",
              f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by `python simulations/benchmarks/bench_privacy.py "
              f"--report-only` from {len(runs)} cached runs ({sum(v['seconds'] for v in runs):.0f} s of wall time in "
              "all, in-process engine, 2-core CPU shared with other jobs), made by:", "",
              *[f"    {c}" for c in commands], "",
-             f"digits, iid over {CLIENTS} clients (1-2 of the 1,257 training samples each: the largest fleet digits "
-             f"allows; fedshrink has no fleet-sized data source yet), {PER_ROUND} clients per round sampled without "
-             f"replacement, {args.rounds} rounds, default CNN, 2 local epochs, seeds {args.seeds}. Rows with an "
+             f"Coverage: {covered} of the {len(args.mixes) * len(rows) * len(args.seeds)} (setting, epsilon, seed) "
+             "runs asked for; "
+             "rows marked `not run` were not run.", "",
+             f"{args.dataset}, iid over {CLIENTS} clients ({SPLIT[args.dataset]}), {PER_ROUND} clients per round "
+             f"sampled without replacement (`device-availability = false`: every sampled client replies), "
+             f"{args.rounds} rounds, default CNN, 2 local epochs, seeds {args.seeds}. Rows with an "
              "epsilon: central DP-FedAvg, z calibrated so the run's rounds spend that epsilon at delta = 1/1000, "
              f"adaptive clipping (quantile 0.5, eta 0.2, from C = {CLIP0}: the median update norm at "
              "initialisation), equal weights. `inf`: no DP. `clip`: DP's clipping and weights without noise. "
@@ -201,16 +209,21 @@ def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", default="digits", choices=list(SPLIT))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--eps", nargs="+", default=["inf", "8", "4", "1"])
     ap.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
     ap.add_argument("--clip-only", action="store_true", help="also the DP runs without noise")
     ap.add_argument("--distributed", nargs="*", default=[], help="also distributed-mode runs at these epsilons")
-    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "fedshrink-bench-privacy")
-    ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "privacy.md")
+    ap.add_argument("--cache", type=Path, default=None, help="default: <tmp>/fedshrink-bench-privacy/<dataset>")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: simulations/results/privacy.md (digits), privacy-<dataset>.md (others)")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
+    args.cache = args.cache or Path(tempfile.gettempdir()) / "fedshrink-bench-privacy" / args.dataset
+    name = "privacy.md" if args.dataset == "digits" else f"privacy-{args.dataset}.md"
+    args.out = args.out or ROOT / "simulations" / "results" / name
     args.cache.mkdir(parents=True, exist_ok=True)
     if not args.report_only:
         todo = [(m, e, s) for s in args.seeds for m in args.mixes
@@ -219,7 +232,7 @@ def main() -> None:
             path = args.cache / (key(mix, eps, seed, args.rounds).replace(" ", "_") + ".json")
             if path.exists():
                 continue
-            record = one_run(mix, eps, seed, args.rounds)
+            record = one_run(args.dataset, mix, eps, seed, args.rounds)
             path.write_text(json.dumps(record))
             print(f"{key(mix, eps, seed, args.rounds)}: final {100 * record['final']:.1f}% epsilon "
                   f"{record['epsilon']} in {record['seconds']:.0f} s", flush=True)

@@ -78,6 +78,13 @@ def poisoner(attack: AttackConfig, cfg: RunConfig, node: NodeIdentity, instructi
     return lambda update: attack.poison_update(update, ctx)
 
 
+def dp_noise_rng(cfg: RunConfig, rnd: int, partition_id: int) -> np.random.Generator:
+    """A distributed-DP noise share's generator: the OS's entropy, or the run's seed (dp-reproducible-noise)."""
+    if cfg.privacy.dp_reproducible_noise:
+        return np.random.default_rng(seed_for(cfg.seed, rnd, partition_id, 5))
+    return np.random.default_rng()
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     cfg = RunConfig.from_mapping(context.run_config)
@@ -98,7 +105,8 @@ def train(msg: Message, context: Context) -> Message:
         result = local_round(instruction, data, seed=seed_for(cfg.seed, rnd, node.partition_id),
                              residuals=residuals, rng=np.random.default_rng(seed_for(cfg.seed, rnd, node.partition_id,
                                                                                      1)),
-                             poison=poisoner(attack, cfg, node, instruction, data) if attack is not None else None)
+                             poison=poisoner(attack, cfg, node, instruction, data) if attack is not None else None,
+                             noise_rng=dp_noise_rng(cfg, rnd, node.partition_id))
         if residuals is not None:
             residuals.save(context.state)
     reply = result.reply(node.partition_id).to_message(msg)

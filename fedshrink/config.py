@@ -31,6 +31,7 @@ from fedshrink.distill.settings import DistillSettings
 from fedshrink.errors import ConfigError
 from fedshrink.fragments.settings import FragmentSettings
 from fedshrink.models.settings import ModelSettings
+from fedshrink.privacy.settings import PrivacySettings
 from fedshrink.report.settings import OutputSettings
 from fedshrink.resources.settings import ResourceSettings
 from fedshrink.robust.settings import RobustSettings
@@ -52,6 +53,7 @@ class RunConfig:
     devices: DeviceSettings = field(default_factory=DeviceSettings)
     distill: DistillSettings = field(default_factory=DistillSettings)
     robust: RobustSettings = field(default_factory=RobustSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
 
@@ -69,6 +71,8 @@ class RunConfig:
         if self.fragments_enabled and self.distill.distill and self.distill.distill_teacher == "ensemble":
             raise ConfigError("distill-teacher", self.distill.distill_teacher,
                               "'global' when a profile-mix or budget-mix makes clients train fragments")
+        self.privacy.check_with(defence=self.robust.defence, norm_guard=self.robust.norm_guard,
+                                pruned_as_zero=self.fragments_enabled and self.fragments.pruned_as_zero)
 
     # -- conversions -----------------------------------------------------------
     @classmethod

@@ -46,6 +46,7 @@ from fedshrink.errors import ConfigError, DecodeError, ReplyError
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.fragments.spec import FragmentSpec
 from fedshrink.models.registry import ModelSpec
+from fedshrink.privacy.client import WITHIN_METRIC, ClientPrivacy
 from fedshrink.resources.meter import ResourceRecord
 from fedshrink.training import TrainSettings
 
@@ -176,6 +177,7 @@ class TrainInstruction:
     input_scaling: bool = False  # HeteroFL's scaler inside the sub-model
     nested: NestedConfig | None = None  # narrower widths to self-distil into (None: off)
     derive_masks: bool = False  # the server derives the prune masks: send their digest, not the bitmaps
+    privacy: ClientPrivacy | None = None  # differential privacy: the round's clip bound and noise share
 
     @property
     def width(self) -> float:
@@ -196,6 +198,8 @@ class TrainInstruction:
             cfg["fragment-spec"] = self.fragment.to_json()
         if self.profile is not None:
             cfg["profile"] = self.profile.to_json()
+        if self.privacy is not None:
+            cfg.update(self.privacy.to_values())
         if self.nested is not None:
             cfg.update({"nested-widths": list(self.nested.widths), "nested-temperature": self.nested.temperature,
                         "nested-weight": self.nested.weight})
@@ -218,7 +222,8 @@ class TrainInstruction:
             raise instruction_error("fragment-spec", "(not shown)", f"a valid fragment spec ({exc})") from None
         profile = DeviceProfile.from_json(_str(cfg, "profile", "a profile as JSON")) if "profile" in cfg else None
         return cls(_int(cfg, "server-round"), spec, training, chain, content.array_records[ARRAYS], fragment,
-                   profile, _bool(cfg, "input-scaling"), _read_nested(cfg), _bool(cfg, "derive-masks"))
+                   profile, _bool(cfg, "input-scaling"), _read_nested(cfg), _bool(cfg, "derive-masks"),
+                   ClientPrivacy.from_values(cfg))
 
     def fragment_digest(self) -> str:
         """What the reply's update header names as its fragment ('' for the whole model)."""
@@ -255,12 +260,14 @@ class TrainReply:
     train_seconds: float
     masks: ArrayRecord | None = None  # prune-mask bitmaps, when the server does not derive them
     mask_digest: int | None = None  # digest of the masks applied, when it does
+    dp_within: float | None = None  # differential privacy: 1 if the update fitted the bound (adaptive clipping)
 
     def to_message(self, reply_to: Message) -> Message:
         metrics = MetricRecord({
             "num-examples": self.num_examples, "partition-id": self.partition_id, "train-loss": self.train_loss,
             "train-steps": self.train_steps, "train-seconds": self.train_seconds,
             **({"mask-digest": self.mask_digest} if self.mask_digest is not None else {}),
+            **({WITHIN_METRIC: self.dp_within} if self.dp_within is not None else {}),
         })
         content = RecordDict({ARRAYS: self.update, METRICS: metrics})
         if self.masks is not None:

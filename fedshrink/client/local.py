@@ -12,7 +12,9 @@ training, fake-quant is removed keeping the full-precision shadow weights,
 pruning is made permanent, and the update ``trained - received`` is encoded
 by the instruction's uplink chain (with the error-feedback residual of a
 lossy chain). An attack, when the node simulates one, changes the update
-before it is encoded.
+before it is encoded. An instruction with a private step (differential
+privacy) has the update clipped, and noised in distributed mode, before it is
+encoded (:func:`fedshrink.privacy.client.private_uplink`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from fedshrink.fakequant import fake_quantize_, remove_fake_quant
 from fedshrink.fragments.local import pruned_sub_model
 from fedshrink.fragments.nested import NestedDistiller
 from fedshrink.models import build_model
+from fedshrink.privacy.client import private_uplink
 from fedshrink.protocol import TrainInstruction, TrainReply, fragment_digest
 from fedshrink.training import TrainResult, train_local
 
@@ -89,26 +92,35 @@ class LocalRound:
     trained: dict[str, torch.Tensor]  # the trained state (the fp32 equivalent of what is sent)
     masks: ArrayRecord | None
     digest: int | None
+    dp_within: float | None = None  # differential privacy: 1 if the update fitted the bound
 
     def reply(self, partition_id: int) -> TrainReply:
         return TrainReply(partition_id, self.result.num_examples, self.update, self.result.mean_loss,
-                          self.result.steps, self.result.seconds, self.masks, self.digest)
+                          self.result.steps, self.result.seconds, self.masks, self.digest, self.dp_within)
 
 
 def local_round(instruction: TrainInstruction, data: LabelledArrays, *, seed: int,
-                residuals: ResidualStore | None, rng: np.random.Generator, poison: Poison | None = None
-                ) -> LocalRound:
-    """Decode, train, encode (see the module doc); ``residuals`` is the node's error-feedback store."""
+                residuals: ResidualStore | None, rng: np.random.Generator, poison: Poison | None = None,
+                noise_rng: np.random.Generator | None = None) -> LocalRound:
+    """Decode, train, encode (see the module doc); ``residuals`` is the node's error-feedback store,
+    ``noise_rng`` draws a distributed-DP noise share (default: ``rng``)."""
     received = decode_record(instruction.model)
     model, result, update, masks = train_update(instruction, received, data, seed)
     if poison is not None:
         update = poison(update)
-    record, _ = encode_state(update, Chain.parse(instruction.uplink), residuals=residuals,
-                             fragment=fragment_digest(instruction.fragment), round=instruction.server_round,
-                             direction="uplink", rng=rng)
+    within = None
+    if instruction.privacy is not None:
+        private = private_uplink(update, Chain.parse(instruction.uplink), instruction.privacy, masks=masks,
+                                 residuals=residuals, rng=rng, noise_rng=noise_rng or rng,
+                                 fragment=fragment_digest(instruction.fragment), round=instruction.server_round)
+        record, within = private.record, private.within
+    else:
+        record, _ = encode_state(update, Chain.parse(instruction.uplink), residuals=residuals,
+                                 fragment=fragment_digest(instruction.fragment), round=instruction.server_round,
+                                 direction="uplink", rng=rng)
     digest, mask_record = None, None
     if masks and instruction.derive_masks:
         digest = mask_digest(masks)  # the server rebuilds the masks from what it sent
     elif masks:
         mask_record, _ = encode_masks(masks)
-    return LocalRound(model, result, record, dict(model.state_dict()), mask_record, digest)
+    return LocalRound(model, result, record, dict(model.state_dict()), mask_record, digest, within)

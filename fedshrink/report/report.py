@@ -279,7 +279,8 @@ def _head(run: RunData, tot: Mapping[str, Any]) -> list[str]:
     lines += [", ".join(f"{k} = {v if v != '' else repr(v)}" for k, v in facts.items()), ""]
     status = run.summary.get("status", "unknown (no summary.json)")
     clients = f", {run.summary['clients']} clients" if "clients" in run.summary else ""
-    return [*lines, f"Status: **{status}**, {tot['rounds']} rounds recorded{clients}.", ""]
+    lines += [f"Status: **{status}**, {tot['rounds']} rounds recorded{clients}.", ""]
+    return [*lines, f"Privacy: {run.summary['privacy']}.", ""] if "privacy" in run.summary else lines
 
 
 PLOT_NAMES = ("accuracy_vs_round", "accuracy_vs_bytes", "accuracy_vs_device", "client_costs", "pareto")

@@ -7,6 +7,7 @@ in its own package, not a change here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import numpy as np
@@ -20,6 +21,7 @@ from fedshrink.errors import ConfigError
 from fedshrink.fragments import build_graph
 from fedshrink.fragments.fusion import Fusion, nested_initialiser
 from fedshrink.models import ModelSpec, build_model
+from fedshrink.privacy.server import PrivatePlanner, PrivateStrategy, private_parts
 from fedshrink.protocol import Hello
 from fedshrink.robust.defences import DefenceEnv, RootUpdate
 from fedshrink.robust.guard import NormGuard
@@ -90,10 +92,13 @@ def explain_budgets(cfg: RunConfig, spec: ModelSpec, samples: int) -> list[str]:
 def build_strategy(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> ShrinkStrategy:
     frag, fed = cfg.fragments, cfg.federation
     graph = build_graph(build_model(spec))
-    planner = Planner(spec, graph, cfg.training, uplink=cfg.chains.uplink_chain, downlink=cfg.chains.downlink_chain,
-                      fragments=cfg.fragments_enabled, policy=frag.policy(cfg.seed) if cfg.fragments_enabled else None,
-                      input_scaling=frag.fragment_scaling, nested=frag.nested(), derive=frag.derive_masks,
-                      reply_limits=ReplyLimits(fed.reply_size_factor, fed.max_reply_bytes))
+    privacy, private_stages = private_parts(cfg.privacy, rounds=fed.num_server_rounds, seed=cfg.seed)
+    planner_cls = functools.partial(PrivatePlanner, privacy=privacy) if privacy is not None else Planner
+    planner = planner_cls(spec, graph, cfg.training, uplink=cfg.chains.uplink_chain,
+                          downlink=cfg.chains.downlink_chain, fragments=cfg.fragments_enabled,
+                          policy=frag.policy(cfg.seed) if cfg.fragments_enabled else None,
+                          input_scaling=frag.fragment_scaling, nested=frag.nested(), derive=frag.derive_masks,
+                          reply_limits=ReplyLimits(fed.reply_size_factor, fed.max_reply_bytes))
     refiners: list[Refiner] = []
     fusion = frag.fusion()
     if cfg.fragments_enabled and fusion is not None:
@@ -102,8 +107,9 @@ def build_strategy(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> ShrinkStr
     fleet = Fleet(spec, cfg.training, uplink=cfg.chains.uplink_chain, downlink=cfg.chains.downlink_chain,
                   seed=cfg.seed, deadline_s=cfg.devices.round_deadline, over_select=cfg.devices.over_select,
                   availability=cfg.devices.device_availability)
-    return ShrinkStrategy(planner, fraction_train=fed.fraction_train, min_train_clients=fed.min_train_clients,
-                          clients_per_round=fed.clients_per_round, seed=cfg.seed, wait_timeout=fed.round_timeout,
-                          stages=build_stages(cfg, spec, splits), refiners=refiners, initialise=initialise,
-                          pruned_as_zero=frag.pruned_as_zero, examples_fence=fed.examples_fence,
-                          update_limit=fed.update_limit, fleet=fleet, plan_budget=budget_planner(cfg, spec))
+    strategy_cls = functools.partial(PrivateStrategy, privacy=privacy) if privacy is not None else ShrinkStrategy
+    return strategy_cls(planner, fraction_train=fed.fraction_train, min_train_clients=fed.min_train_clients,
+                        clients_per_round=fed.clients_per_round, seed=cfg.seed, wait_timeout=fed.round_timeout,
+                        stages=build_stages(cfg, spec, splits) + private_stages, refiners=refiners,
+                        initialise=initialise, pruned_as_zero=frag.pruned_as_zero, examples_fence=fed.examples_fence,
+                        update_limit=fed.update_limit, fleet=fleet, plan_budget=budget_planner(cfg, spec))

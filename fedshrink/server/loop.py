@@ -21,6 +21,8 @@ from flwr.serverapp import Grid
 from fedshrink.config import RunConfig
 from fedshrink.data import Splits, make_splits
 from fedshrink.models import ModelSpec, build_model, count_parameters
+from fedshrink.privacy.controller import PrivacyBudgetSpent
+from fedshrink.privacy.server import privacy_record, privacy_summary, privacy_text
 from fedshrink.report.recorder import RunRecorder
 from fedshrink.report.targets import choose_targets, reach_all, targets_json
 from fedshrink.robust.checkpoint import resumed_config
@@ -86,11 +88,12 @@ def play_round(run: Run, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
                         run.recorder.say)
         run.recorder.add_distillation(rnd, time.perf_counter() - t_d)
     outcome = strategy.outcomes[-1]
-    record = run.recorder.round(round_record(rnd, outcome, ev.accuracy, ev.loss, time.perf_counter() - t0, widths,
-                                             dict(train or {})), outcome, strategy, arrays)
+    record = {**round_record(rnd, outcome, ev.accuracy, ev.loss, time.perf_counter() - t0, widths, dict(train or {})),
+              **privacy_record(strategy)}
+    record = run.recorder.round(record, outcome, strategy, arrays)
     run.recorder.say(f"round {rnd:>3}/{cfg.federation.num_server_rounds}  accuracy {ev.accuracy:.4f}  "
                      f"loss {ev.loss:.4f}  {record['seconds']:6.2f}s  clients {len(outcome.accepted)}/{outcome.sent}"
-                     + ("  (skipped)" if outcome.skipped else ""))
+                     + privacy_text(strategy) + ("  (skipped)" if outcome.skipped else ""))
     return arrays
 
 
@@ -113,6 +116,7 @@ def summarise(run: Run, seconds: float) -> dict[str, Any]:
         "energy-estimated": any(r["energy-estimated"] for r in history),
         # bytes and rounds to this run's final accuracy - 1 point (`fedshrink report --targets/--baseline` redoes it)
         "targets": targets_json(reach_all(history, choose_targets((), own_final=final["accuracy"]))),
+        **privacy_summary(run.strategy),
     }
 
 
@@ -148,9 +152,17 @@ def serve(grid: Grid, cfg: RunConfig, *, base_dir: Path | None = None) -> dict[s
     cfg, recorder = run.cfg, run.recorder
     recorder.console.start(cfg.federation.num_server_rounds, title=f"{cfg.data.dataset} / {cfg.model.model}")
     with recorder.failing():
+        stopped = ""
         for rnd in range(len(recorder.history) + 1, cfg.federation.num_server_rounds + 1):
-            arrays = play_round(run, rnd, arrays)
-        summary = summarise(run, time.perf_counter() - t_start)
+            try:
+                arrays = play_round(run, rnd, arrays)
+            except PrivacyBudgetSpent as exc:  # dp-at-target = stop: before a round that would pass the budget
+                if not recorder.history:
+                    raise
+                stopped = str(exc)
+                recorder.say(f"stopped: {stopped}")
+                break
+        summary = {**summarise(run, time.perf_counter() - t_start), **({"stopped": stopped} if stopped else {})}
         if cfg.distill.distill:
             t_d = time.perf_counter()
             student = distill_student(cfg, run.spec, run.model, run.strategy, run.splits, recorder.path,

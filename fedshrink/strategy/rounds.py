@@ -198,14 +198,18 @@ class ShrinkStrategy(Strategy):
         return hello.profile if hello is not None and self.planner.fragments else None
 
     # -- train ------------------------------------------------------------------------------
+    def sample_count(self, connected: int) -> int:
+        """How many of ``connected`` nodes a round samples: the updates wanted, plus the fleet's over-selection."""
+        wanted = wanted_clients(connected, self.fraction_train, self.min_train_clients, self.clients_per_round)
+        return min(sample_size(wanted, self.fleet.over_select) if self.fleet is not None else wanted, connected)
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
         self._global = record_to_numpy(arrays)
         connected = self.connected_nodes(grid)
         self._wanted = wanted_clients(len(connected), self.fraction_train, self.min_train_clients,
                                       self.clients_per_round)
-        count = sample_size(self._wanted, self.fleet.over_select) if self.fleet is not None else self._wanted
-        picked = sample_nodes(connected, count, self.seed, server_round)
+        picked = sample_nodes(connected, self.sample_count(len(connected)), self.seed, server_round)
         self.greet(picked, grid)
         picked = [n for n in picked if n in self.nodes]
         self._skipped = {}

@@ -154,7 +154,7 @@ def main() -> None:
         return "—" if v is None else format(v, fmt)
 
     lines = [
-        "# Server-side distillation on digits (issue 5)",
+        "# Server-side distillation on digits",
         "",
         f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
         "`python simulations/benchmarks/bench_distill.py"

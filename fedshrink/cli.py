@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="put several runs side by side (compare.md + plots)")
     cmp.add_argument("run_dirs", type=Path, nargs="+")
     cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output directory")
+    swp = sub.add_parser("sweep", help="run a sweep file's runs in parallel, skip finished ones, summarise (see "
+                         "docs/sweeps.md)")
+    swp.add_argument("file", type=Path, help="the sweep file (.toml or .yaml)")
+    swp.add_argument("--out", type=Path, default=None, help="the sweep directory (default runs/sweeps/<name>)")
+    swp.add_argument("--workers", type=int, default=0, help="runs at once (default: the file's, else one per core)")
+    swp.add_argument("--ray-address", default="", help="run each run as a Ray task on this cluster (auto, host:port)")
     from fedshrink.deploy.cli import add_parser as add_deploy_parser
 
     add_deploy_parser(sub)
@@ -101,8 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _check_run_dirs(paths: list[Path]) -> None:
     for p in paths:
-        if not (p / "metrics.jsonl").is_file():
-            raise ConfigError("run directory", str(p), "a directory holding metrics.jsonl (a fedshrink run)")
+        if not ((p / "metrics.jsonl").is_file() or (p / "plan.json").is_file()):
+            raise ConfigError("run directory", str(p), "a directory holding metrics.jsonl (a fedshrink run) or "
+                              "plan.json (a sweep)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -124,6 +131,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedshrink.sweep import load_sweep, run_sweep
+
+    if args.workers < 0:
+        raise ConfigError("--workers", args.workers, "an integer >= 0 (0 = the sweep file's, else one per core)")
+    spec = load_sweep(args.file)
+    words = [str(args.file), *(["--out", str(args.out)] if args.out else [])]
+    result = run_sweep(spec, args.out, workers=args.workers, ray_address=args.ray_address,
+                       command=" ".join(["fedshrink sweep", *words]))
+    return 1 if result.failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -133,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
         if args.command == "deploy":
             from fedshrink.deploy.cli import cmd_deploy
 

@@ -32,6 +32,7 @@ from fedshrink.errors import ConfigError
 from fedshrink.fragments.settings import FragmentSettings
 from fedshrink.models.settings import ModelSettings
 from fedshrink.report.settings import OutputSettings
+from fedshrink.report.tracking import TrackingSettings
 from fedshrink.resources.settings import ResourceSettings
 from fedshrink.robust.settings import RobustSettings
 from fedshrink.settings import Section, Setting, Value
@@ -54,6 +55,7 @@ class RunConfig:
     robust: RobustSettings = field(default_factory=RobustSettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self) -> None:
         if self.model.model_norm == "batch" and self.data.proxy_fraction == 0:

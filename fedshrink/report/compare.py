@@ -50,9 +50,18 @@ class Comparison:
 
 
 def compare_runs(run_dirs: Sequence[Path | str], out_dir: Path | str) -> Comparison:
-    """Write ``compare.md`` and overlaid plots of ``run_dirs`` into ``out_dir``."""
+    """Write ``compare.md`` and overlaid plots of ``run_dirs`` into ``out_dir``.
+
+    A sweep directory among them contributes its configurations, mean +/- sd over seeds
+    (:func:`fedshrink.sweep.table.compare_entries`).
+    """
     if not run_dirs:
         raise ConfigError("runs", [], "one or more run directories")
+    if any((Path(p) / "plan.json").is_file() for p in run_dirs):
+        from fedshrink.sweep.table import compare_entries
+
+        md, sweep_plots = compare_entries(run_dirs, out_dir)
+        return Comparison(md, sweep_plots, {})
     runs = [load_run(p) for p in run_dirs]
     labels = [r.name for r in runs]
     if len(set(labels)) != len(labels):  # same leaf name in different folders

@@ -94,4 +94,4 @@ def test_ray_engine_gives_the_inprocess_records(tmp_path: Path) -> None:
         for key in ENVELOPE:
             assert abs(x[key] - y[key]) <= MAX_ENVELOPE_BYTES * messages, (key, x[key], y[key])
         for key in (k for k in x if k.startswith("device-")):
-            assert y[key] == pytest.approx(x[key], rel=1e-3), key
+            assert y[key] == pytest.approx(x[key], rel=1e-2), key

@@ -108,15 +108,19 @@ def _on_pool(orders: list[RunOrder], workers: int) -> Iterable[RunOutcome]:
 def _on_ray(orders: list[RunOrder], address: str) -> Iterable[RunOutcome]:
     """The runs as Ray tasks on the cluster at ``address`` (``auto``, ``host:port``; ``local`` starts one here).
 
-    Untested in fedshrink's test suite (see the module doc for what the cluster needs).
+    Not in fedshrink's test suite (see the module doc for what the cluster needs); tried by hand with
+    ``local`` only.
     """
     import ray
 
     ray.init(address=None if address == "local" else address, ignore_reinit_error=True,
              runtime_env={"env_vars": {"FLWR_TELEMETRY_ENABLED": "0",
                                        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}})
-    task = ray.remote(num_cpus=1)(execute_run)
-    pending = [task.remote(o) for o in orders]
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+    try:
+        task = ray.remote(num_cpus=1)(execute_run)
+        pending = [task.remote(o) for o in orders]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        ray.shutdown()  # disconnects from a cluster; stops the instance ``local`` started

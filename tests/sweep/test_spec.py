@@ -113,3 +113,17 @@ def test_hash_ignores_what_does_not_change_results() -> None:
 def test_labels_sharing_settings_share_a_run() -> None:
     spec = SweepSpec.from_mapping({"runs": [{"name": "a"}, {"name": "b", "settings": {"quiet": False}}]})
     assert len(spec.runs) == 2 and len(spec.unique_runs()) == 1
+
+
+def test_the_example_in_the_docs_is_valid(tmp_path: Path) -> None:
+    import re
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "sweeps.md").read_text()
+    (block,) = re.findall(r"```toml\n(.*?)```", page, flags=re.S)
+    f = tmp_path / "example.toml"
+    f.write_text(block)
+    spec = load_sweep(f)
+    assert spec.configs[:2] == ["sgd profile-mix=''", "sgd profile-mix=phone:0.4,laptop:0.6"]
+    assert len(spec.runs) == 2 * 3 + 2 * 2 * 1
+    guard = next(r for r in spec.runs if r.config == "sgd, lr 0.05 profile-mix='' defence=guard")
+    assert guard.settings["norm-guard"] == 5.0 and guard.settings["learning-rate"] == 0.05 and guard.seed == 1

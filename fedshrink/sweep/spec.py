@@ -38,15 +38,17 @@ is the sweep's to set (``seeds``), so ``seed`` may not appear among the settings
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedshrink.config import RunConfig
+from fedshrink.data import PartitionScheme, SplitSpec
 from fedshrink.errors import ConfigError
 from fedshrink.report.tracking import require_trackers
 from fedshrink.settings import Value
@@ -92,7 +94,6 @@ class SweepSpec:
     description: str = ""
     source: str = ""  # the sweep file's path as given
     text: str = ""  # the sweep file's text
-    data: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def configs(self) -> list[str]:
@@ -113,6 +114,9 @@ class SweepSpec:
                      text: str = "") -> SweepSpec:
         """Check ``data`` (a parsed sweep file) and plan its runs."""
         _known(data, TOP_KEYS, "sweep file key")
+        name = str(data.get("name", name))
+        if not name or name.startswith(".") or not all(c.isalnum() or c in "-_." for c in name):
+            raise ConfigError("name", name, "letters, digits, '-', '_', '.' (it names the sweep's directory)")
         seeds = _seeds(data.get("seeds", [RunConfig().seed]), "seeds")
         num_clients = _int(data.get("num-clients", 20), "num-clients", 1)
         engine = data.get("engine", "inprocess")
@@ -134,9 +138,9 @@ class SweepSpec:
             if (p.config, p.seed) in seen:
                 raise ConfigError("runs", p.config, "configurations with different labels (this one appears twice)")
             seen.add((p.config, p.seed))
-        return cls(name=str(data.get("name", name)), runs=tuple(planned), num_clients=num_clients, engine=engine,
+        return cls(name=name, runs=tuple(planned), num_clients=num_clients, engine=engine,
                    workers=_int(data.get("workers", 0), "workers", 0), targets=tuple(float(t) for t in targets),
-                   description=str(data.get("description", "")), source=source, text=text, data=dict(data))
+                   description=str(data.get("description", "")), source=source, text=text)
 
 
 def load_sweep(path: Path | str) -> SweepSpec:
@@ -146,7 +150,10 @@ def load_sweep(path: Path | str) -> SweepSpec:
         raise ConfigError("sweep file", str(path), "an existing .toml or .yaml file")
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
-        import yaml
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError("sweep file", str(path), "a .toml file (YAML needs pyyaml installed)") from None
 
         try:
             data = yaml.safe_load(text)
@@ -180,17 +187,28 @@ def _plan_run(run: Mapping[str, Any], index: int, base: dict[str, Value], top_gr
             settings.update(values)
         label = " ".join([run_name] * bool(run_name) + [f"{a}={v}" for a, v in chosen.items() if a != "run"])
         for seed in run_seeds:
-            resolved = _resolve({**SWEEP_DEFAULTS, **settings, "seed": seed}, label or "base")
+            resolved = _resolve({**SWEEP_DEFAULTS, **settings, "seed": seed}, num_clients)
             out.append(PlannedRun(label or "base", chosen, seed, {**SWEEP_DEFAULTS, **settings, "seed": seed},
                                   settings_hash(resolved, num_clients)))
     return out
 
 
-def _resolve(settings: Mapping[str, Value], label: str) -> RunConfig:
-    """The run's :class:`RunConfig` (its own one-line error when a setting is bad), trackers checked too."""
+def _resolve(settings: Mapping[str, Value], num_clients: int) -> RunConfig:
+    """The run's :class:`RunConfig` (its own one-line error when a setting is bad); trackers and clients checked."""
     cfg = RunConfig.from_mapping(settings)
     require_trackers(cfg.tracking)
+    pool = _client_pool(cfg.split_spec(), cfg.partition_scheme())
+    if num_clients > pool:
+        raise ConfigError("num-clients", num_clients, f"an integer in [1, {pool}] (the clients {cfg.data.dataset!r} "
+                          "allows)")
     return cfg
+
+
+@functools.lru_cache(maxsize=64)
+def _client_pool(split: SplitSpec, scheme: PartitionScheme) -> int:
+    from fedshrink.data.federated import max_clients
+
+    return max_clients(split, scheme)
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -76,6 +76,8 @@ def test_runs_with_named_settings_own_seeds_and_own_grid() -> None:
     ({"seeds": [1, 1]}, "invalid setting seeds=[1, 1]"),
     ({"engine": "ray"}, "invalid setting engine='ray': allowed one of 'inprocess', 'flower'"),
     ({"num-clients": 0}, "invalid setting num-clients=0"),
+    ({"num-clients": 5000}, "invalid setting num-clients=5000: allowed an integer in [1, 1257]"),
+    ({"name": "../x"}, "invalid setting name='../x'"),
     ({"targets": [90]}, "invalid setting targets=[90]"),
     ({"runs": [{"name": "a"}, {"name": "a"}]}, "invalid setting runs='a'"),
     ({"runs": [{"name": "a", "setings": {}}]}, "invalid setting runs[0] key='setings'"),

@@ -40,9 +40,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="host:port of a running Ray cluster to join instead of starting one (--engine flower)")
     rep = sub.add_parser("report", help="(re)build report.md and its plots from a run directory")
     rep.add_argument("run_dir", type=Path)
-    cmp = sub.add_parser("compare", help="put several runs side by side (compare.md + plots)")
+    _target_arguments(rep, "a run directory (e.g. FedAvg's) whose final accuracy minus 1 point is a target, "
+                           "and against which the savings are given")
+    cmp = sub.add_parser("compare", help="put several runs side by side against a baseline, or sweeps' "
+                         "configurations as mean +/- sd over seeds (compare.md + plots)")
     cmp.add_argument("run_dirs", type=Path, nargs="+")
     cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output directory")
+    _target_arguments(cmp, "the run the others are measured against (default: the first; run directories only); "
+                           "its final accuracy minus 1 point is a target")
     swp = sub.add_parser("sweep", help="run a sweep file's runs in parallel, skip finished ones, summarise (see "
                          "docs/sweeps.md)")
     swp.add_argument("file", type=Path, help="the sweep file (.toml or .yaml)")
@@ -53,6 +58,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_deploy_parser(sub)
     return p
+
+
+def _target_arguments(p: argparse.ArgumentParser, baseline_help: str) -> None:
+    p.add_argument("--targets", type=float, nargs="+", default=[], metavar="ACC",
+                   help="accuracies in (0, 1] to give bytes up, bytes up + down and rounds to (e.g. 0.9 0.95)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="RUN", help=baseline_help)
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -113,21 +124,38 @@ def _check_run_dirs(paths: list[Path]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from fedshrink.report import build_report
+    from fedshrink.report import build_report, human_bytes
+    from fedshrink.report.targets import check_levels
 
-    _check_run_dirs([args.run_dir])
-    report = build_report(args.run_dir)
+    check_levels(args.targets)
+    _check_run_dirs([args.run_dir] + ([args.baseline] if args.baseline else []))
+    report = build_report(args.run_dir, targets=args.targets, baseline=args.baseline)
     print(f"wrote {report.path} and {len(report.plots)} plots" +
           (f"; skipped: {', '.join(report.skipped)}" if report.skipped else ""))
+    for r in report.reaches:
+        where = f"round {r.round}, {human_bytes(r.bytes_up)} up" if r.reached else "never"
+        print(f"  target {r.target.level:.4f} ({r.target.source}): {where}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedshrink.report import compare_runs
+    from fedshrink.report.targets import check_levels
+    from fedshrink.sweep.layout import SweepDirectory
+    from fedshrink.sweep.table import compare_entries
 
-    _check_run_dirs(args.run_dirs)
-    comparison = compare_runs(args.run_dirs, args.out)
-    print(f"wrote {comparison.path} and {len(comparison.plots)} plots")
+    check_levels(args.targets)
+    _check_run_dirs(args.run_dirs + ([args.baseline] if args.baseline else []))
+    if any(SweepDirectory.is_sweep(p) for p in args.run_dirs):
+        if args.baseline is not None:
+            raise ConfigError("--baseline", str(args.baseline), "no baseline when a sweep directory is compared "
+                              "(its configurations are compared as mean +/- sd over seeds)")
+        path, plots = compare_entries(args.run_dirs, args.out, targets=args.targets)
+        print(f"wrote {path} and {len(plots)} plots")
+        return 0
+    comparison = compare_runs(args.run_dirs, args.out, baseline=args.baseline, targets=args.targets)
+    print(f"wrote {comparison.path} and {len(comparison.plots)} plots (baseline {comparison.baseline.name}; "
+          f"settings that differ: {', '.join(comparison.settings) or 'none'})")
     return 0
 
 

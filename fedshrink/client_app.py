@@ -43,8 +43,10 @@ def hello(msg: Message, context: Context) -> Message:
     budget = node_budget(cfg, node, context.node_config)
     profile = node_profile(cfg, node, context.node_config, budget)
     device = node_device(cfg, node, context.node_config, profile, budget)
-    split = node_split_spec(cfg.split_spec(), context.node_config)
-    examples = len(client_data(split, cfg.partition_scheme(), node.partition_id, node.num_partitions))
+    examples = 0  # the planner sizes a budget's time and energy with the node's samples; nothing else needs them
+    if budget is not None:
+        split = node_split_spec(cfg.split_spec(), context.node_config)
+        examples = len(client_data(split, cfg.partition_scheme(), node.partition_id, node.num_partitions))
     return Hello(node.partition_id, node.num_partitions, profile, device, budget, examples).reply_to(msg)
 
 

@@ -84,7 +84,8 @@ class RunConfig:
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 raise ConfigError(key, value, f"a known setting ({hint}see docs/settings.md)")
             per_section[owners[key]][key] = value
-        return cls(**{name: SECTIONS[name].from_values(values) for name, values in per_section.items()})
+        sections: dict[str, Any] = {name: SECTIONS[name].from_values(values) for name, values in per_section.items()}
+        return cls(**sections)
 
     def to_mapping(self) -> dict[str, Value]:
         """Flower-style kebab-case keys, JSON-serialisable values."""

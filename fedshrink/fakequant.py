@@ -52,7 +52,8 @@ def channel_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Per-output-channel scale ``max|w_c| / qmax``, shaped ``(C_out, 1, ...)`` to broadcast against ``w``."""
     qmax = 2 ** (bits - 1) - 1
     amax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)  # (C_out,)
-    return (amax / qmax).reshape(-1, *([1] * (w.dim() - 1)))
+    scale: torch.Tensor = (amax / qmax).reshape(-1, *([1] * (w.dim() - 1)))
+    return scale
 
 
 def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -89,7 +90,7 @@ def _fake_quants(module: nn.Module) -> list[FakeQuant]:
     name = _target(module)
     if not parametrize.is_parametrized(module, name):
         return []
-    plist = module.parametrizations[name]  # type: ignore[union-attr,index]
+    plist = module.parametrizations[name]  # type: ignore[index]  # a ModuleDict once parametrized; typed loosely
     return [p for p in plist if isinstance(p, FakeQuant)]
 
 
@@ -138,7 +139,7 @@ def remove_fake_quant(model: nn.Module, *, bake: bool = True) -> list[str]:
         if not _fake_quants(module):
             continue
         name = _target(module)
-        if len(module.parametrizations[name]) != 1:  # type: ignore[union-attr,index,arg-type]
+        if len(module.parametrizations[name]) != 1:
             raise ConfigError("fake-quant", f"{mod_name}.{name}", "a weight whose only parametrization is FakeQuant")
         parametrize.remove_parametrizations(module, name, leave_parametrized=bake)
         done.append(_key(mod_name))

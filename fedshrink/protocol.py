@@ -25,23 +25,20 @@ a dropped reply, never a crash.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 
 from fedshrink.compression import DecodeLimits
 from fedshrink.compression.chain import ChainConfig
-from fedshrink.compression.codecs import REGISTRY
-from fedshrink.compression.codecs import Kind as CodecKind
-from fedshrink.compression.flower import UPDATE_KEY, parse_record
+from fedshrink.compression.flower import UPDATE_KEY, check_chain, parse_record
 from fedshrink.compression.pruning import decode_masks
-from fedshrink.compression.wire import FLOAT_DTYPES, ParsedTensor, decode_parsed_with_support
+from fedshrink.compression.wire import ParsedTensor, decode_parsed_with_support
 from fedshrink.devices.budget import Budget
 from fedshrink.devices.model import DeviceModel
 from fedshrink.devices.profiles import DeviceProfile
@@ -190,7 +187,7 @@ class TrainInstruction:
         return self.profile.width if self.profile is not None else 1.0
 
     def to_records(self) -> RecordDict:
-        cfg: dict[str, object] = {
+        cfg: dict[str, Any] = {
             "server-round": self.server_round, "model-spec": self.model_spec.to_json(),
             "uplink-chain": self.uplink, **self.training.to_values(), "input-scaling": self.input_scaling,
             "derive-masks": self.derive_masks,
@@ -202,7 +199,7 @@ class TrainInstruction:
         if self.nested is not None:
             cfg.update({"nested-widths": list(self.nested.widths), "nested-temperature": self.nested.temperature,
                         "nested-weight": self.nested.weight})
-        return RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})  # type: ignore[arg-type]
+        return RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})
 
     @classmethod
     def from_records(cls, content: RecordDict) -> TrainInstruction:
@@ -290,9 +287,6 @@ class Expected:
     def numel(self) -> int:
         return sum(math.prod(s) for s in self.shapes.values())
 
-    def codec_ids(self, dtype: str) -> tuple[str, ...]:
-        """The codecs a tensor of ``dtype`` must carry, in order (other dtypes get the entropy stage only)."""
-        return _codec_ids(self.chain, dtype in FLOAT_DTYPES)
 
 
 @dataclass(frozen=True)
@@ -309,14 +303,6 @@ class AcceptedReply:
     resources: ResourceRecord | None
     nbytes: int
     mask_digest: int | None = field(default=None)
-
-
-@functools.lru_cache(maxsize=256)
-def _codec_ids(chain: str, floating: bool) -> tuple[str, ...]:
-    stages = ChainConfig.parse(chain).stages
-    if not floating:
-        stages = tuple(s for s in stages if REGISTRY[s.codec_id].kind is CodecKind.ENTROPY)
-    return tuple(stage.codec_id for stage in stages)
 
 
 _REQUIRED_METRICS = {"num-examples": int, "partition-id": int, "train-loss": float, "train-steps": int,
@@ -364,9 +350,7 @@ def _check_headers(record: ArrayRecord, expected: Expected) -> list[ParsedTensor
         if p.shape != tuple(expected.shapes[key]) or p.dtype != expected.dtypes[key]:
             raise ReplyError(f"tensor {key!r} is {p.dtype}{list(p.shape)}, sent {expected.dtypes[key]}"
                              f"{list(expected.shapes[key])}")
-        if p.codec_ids != expected.codec_ids(p.dtype):
-            raise ReplyError(f"tensor {key!r} encoded with codecs {list(p.codec_ids)[:8]}, the instruction said "
-                             f"{expected.chain!r}")
+        check_chain(p, expected.chain)  # every stage and option, as the chain applies to this dtype
     return parsed
 
 

@@ -163,7 +163,9 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
         if meta is None:
             continue
         key, help_text, rule = meta
-        out.append(Setting(key or f.name.replace("_", "-"), f.name, type(f.default), f.default, help_text, rule))
+        default = f.default
+        assert isinstance(default, bool | int | float | str)  # option() refuses anything else
+        out.append(Setting(key or f.name.replace("_", "-"), f.name, type(default), default, help_text, rule))
     return tuple(out)
 
 

@@ -100,7 +100,7 @@ def train_local(
     if settings.loss == "masked-ce" and n:
         num_classes = int(y.max()) + 1
         present = torch.zeros(num_classes, dtype=torch.bool)
-        present[y.unique()] = True
+        present[torch.unique(y)] = True
     model.train()
     total, steps = 0.0, 0
     for _ in range(settings.epochs):

@@ -25,4 +25,5 @@ def quick(tmp_path: Path) -> dict[str, Any]:
         "output-dir": str(tmp_path / "runs"),
         "quiet": True,
         "distill": False,  # distillation has its own tests (tests/distill, test_distill_in_run)
+        "device-availability": False,  # every sampled client takes part (tests about availability turn it on)
     }

@@ -149,3 +149,19 @@ def test_settings_that_need_the_proxy_split_or_a_known_value_fail_at_start(setti
     assert RunConfig.from_mapping({"proxy-fraction": 0.0, "model-norm": "layer", "profile-mix": "phone:1.0",
                                    "fusion-steps": 0}).fragments.fusion() is None
     assert RunConfig().fragments.fusion() is not None
+
+
+def _wrong_type(kind: type) -> object:
+    return {bool: "maybe", int: "many", float: "lots", str: 12345}[kind]
+
+
+@pytest.mark.parametrize("key", sorted(RunConfig().to_mapping()))
+def test_every_setting_refuses_a_bad_value_with_one_line_naming_it(key: str) -> None:
+    from fedshrink.config import all_settings
+
+    (setting,) = [s for _, s in all_settings() if s.key == key]
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping({key: _wrong_type(setting.kind)})
+    msg = str(err.value)
+    assert err.value.key == key and "\n" not in msg and msg.startswith(f"invalid setting {key}=")
+    assert err.value.allowed and err.value.allowed == setting.allowed()

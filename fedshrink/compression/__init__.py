@@ -13,12 +13,18 @@ is written as a config string, e.g. ``"topk:0.05|int8|zlib"``::
     record, nbytes = encode_state(update, chain, residuals=store, fragment="f0", round=3)
     store.save(context.state)
     tensors = decode_record(record, limits=DecodeLimits(max_numel=2**24))   # server side
+
+    header, parsed = parse_record(record, limits)       # two phases: check every header first ...
+    for p in parsed:
+        check_chain(p, "topk:0.05|int8|zlib")           # ... name, shape, dtype, numel, chain ...
+    decoded = decode_all_with_support(parsed)            # ... then decode: name -> (tensor, sent-elements mask)
     message_nbytes(reply)                                # bytes of a whole Flower Message
 
 Codecs (ids; see :mod:`.codecs` for error bounds and wire sizes): ``fp16``,
 ``bf16``, ``quant`` (aliases ``int8``, ``int4``, ``q1``..``q8``; options
 ``axis=<int>`` per channel, ``stochastic=true``), ``sign``, ``bitmap`` (masks),
-``topk:<ratio>``, ``randk:<ratio>``, ``zlib[:<level>]``.
+``topk:<ratio>``, ``randk:<ratio>``, ``zlib[:<level>]``, ``zstd[:<level>]`` (needs the
+``zstandard`` package).
 
 Modules: :mod:`.bitops` (bit packing, bitmaps, delta varints), :mod:`.codecs`
 (configs, codecs, registry), :mod:`.chain` (parsing and applying chains),
@@ -39,16 +45,21 @@ from fedshrink.compression.codecs import (
     SignConfig,
     TopKConfig,
     ZlibConfig,
+    ZstdConfig,
 )
 from fedshrink.compression.errorfeedback import ResidualStore
 from fedshrink.compression.flower import (
     STYPE,
     UPDATE_KEY,
     DecodedUpdate,
+    check_chain,
+    decode_all_with_support,
     decode_record,
     decode_reply,
+    decode_with_support,
     encode_state,
     message_nbytes,
+    parse_record,
     read_update,
     recorddict_nbytes,
 )
@@ -56,6 +67,9 @@ from fedshrink.compression.wire import (
     DEFAULT_LIMITS,
     DecodeLimits,
     EncodedTensor,
+    ParsedTensor,
+    decode_parsed,
+    decode_parsed_with_support,
     decode_tensor,
     parse_tensor,
 )
@@ -76,17 +90,25 @@ __all__ = [
     "EncodeError",
     "EncodedTensor",
     "Float16Config",
+    "ParsedTensor",
     "QuantConfig",
     "RandKConfig",
     "ResidualStore",
     "SignConfig",
     "TopKConfig",
     "ZlibConfig",
+    "ZstdConfig",
+    "check_chain",
+    "decode_all_with_support",
+    "decode_parsed",
+    "decode_parsed_with_support",
     "decode_record",
     "decode_reply",
     "decode_tensor",
+    "decode_with_support",
     "encode_state",
     "message_nbytes",
+    "parse_record",
     "parse_tensor",
     "read_update",
     "recorddict_nbytes",

@@ -31,7 +31,13 @@ def packed_nbytes(n: int, bits: int) -> int:
 
 
 def pack_bits(q: U8, bits: int) -> bytes:
-    """Pack values ``0 <= q < 2**bits`` (a 1-D uint8 array), ``bits`` bits each."""
+    """Pack values ``0 <= q < 2**bits`` (a 1-D uint8 array), ``bits`` bits each.
+
+    The codes, each MSB first, form one bit stream that fills bytes MSB first;
+    the last byte is zero padded. Eight codes of ``bits`` bits are exactly
+    ``bits`` bytes, so groups of eight are assembled in a 64-bit word and its
+    low ``bits`` bytes are written big-endian.
+    """
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
     q = np.ascontiguousarray(q, dtype=np.uint8).reshape(-1)
@@ -40,18 +46,20 @@ def pack_bits(q: U8, bits: int) -> bytes:
         return q.tobytes()
     if bits == 1:
         return np.packbits(q).tobytes()
-    if bits in (2, 4):
-        per = 8 // bits
-        m = -(-n // per)
-        padded = np.zeros(m * per, dtype=np.uint8)
-        padded[:n] = q
-        groups = padded.reshape(m, per)  # (bytes, values per byte)
-        out = np.zeros(m, dtype=np.uint8)
-        for j in range(per):
-            out |= groups[:, j] << np.uint8(8 - bits * (j + 1))
-        return out.tobytes()
-    planes = np.unpackbits(q[:, None], axis=1)[:, 8 - bits :]  # (n, bits), MSB first
-    return np.packbits(planes.reshape(-1)).tobytes()
+    if bits == 4:  # two codes per byte: the first in the high nibble
+        if n % 2:
+            q = np.concatenate([q, np.zeros(1, dtype=np.uint8)])
+        pairs = q.view("<u2")  # (ceil(n/2),): low byte = first code
+        packed = ((pairs & 0x0F) << 4) | (pairs >> 8)
+        return packed.astype(np.uint8).tobytes()
+    if n % 8:
+        q = np.concatenate([q, np.zeros(8 - n % 8, dtype=np.uint8)])
+    groups = q.reshape(-1, 8)  # (n/8, 8)
+    word = groups[:, 0].astype(np.uint64) << np.uint64(7 * bits)
+    for j in range(1, 8):
+        word |= groups[:, j].astype(np.uint64) << np.uint64((7 - j) * bits)
+    out = word.astype(">u8").view(np.uint8).reshape(-1, 8)[:, 8 - bits :]  # (n/8, bits)
+    return out.tobytes()[: packed_nbytes(n, bits)]
 
 
 def _check_padding(buf: U8, used_bits: int) -> None:
@@ -61,7 +69,7 @@ def _check_padding(buf: U8, used_bits: int) -> None:
 
 
 def unpack_bits(data: bytes | memoryview, n: int, bits: int) -> U8:
-    """Inverse of :func:`pack_bits`; ``data`` must be exactly ``packed_nbytes(n, bits)`` long."""
+    """Inverse of :func:`pack_bits` (a new array); ``data`` must be exactly ``packed_nbytes(n, bits)`` long."""
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
     buf = np.frombuffer(data, dtype=np.uint8)
@@ -72,15 +80,20 @@ def unpack_bits(data: bytes | memoryview, n: int, bits: int) -> U8:
     _check_padding(buf, n * bits)
     if bits == 1:
         return np.unpackbits(buf, count=n)
-    if bits in (2, 4):
-        per = 8 // bits
-        mask = np.uint8((1 << bits) - 1)
-        out = np.empty((buf.size, per), dtype=np.uint8)  # (bytes, values per byte)
-        for j in range(per):
-            out[:, j] = (buf >> np.uint8(8 - bits * (j + 1))) & mask
-        return out.reshape(-1)[:n]
-    planes = np.unpackbits(buf, count=n * bits).reshape(n, bits)
-    return (np.packbits(planes, axis=1).reshape(-1) >> np.uint8(8 - bits)).astype(np.uint8)
+    if bits == 4:  # (high nibble, low nibble) as the (low, high) bytes of a little-endian uint16
+        wide = buf.astype("<u2")
+        return ((wide >> 4) | ((wide & 0x0F) << 8)).view(np.uint8)[:n]
+    m = -(-n // 8)  # groups of 8 codes = ``bits`` bytes each
+    word = np.zeros((m, 8), dtype=np.uint8)
+    padded = np.zeros(m * bits, dtype=np.uint8)
+    padded[: buf.size] = buf
+    word[:, 8 - bits :] = padded.reshape(m, bits)
+    w = word.view(">u8").reshape(-1).astype(np.uint64)  # (m,)
+    out = np.empty((m, 8), dtype=np.uint8)
+    mask = np.uint64((1 << bits) - 1)
+    for j in range(8):
+        out[:, j] = (w >> np.uint64((7 - j) * bits)) & mask
+    return out.reshape(-1)[:n]
 
 
 def bitmap_encode(flags: npt.NDArray[np.bool_]) -> bytes:
@@ -108,10 +121,18 @@ def bitmap_from_indices(indices: I64, n: int) -> bytes:
     return bitmap_encode(flags)
 
 
-def _varint_lengths(gaps: npt.NDArray[np.uint64]) -> U8:
+def _gaps(indices: I64) -> I64:
+    """``index[0]``, then ``index[i] - index[i-1] - 1``."""
+    gaps = np.diff(indices, prepend=-1)
+    gaps -= 1
+    return gaps
+
+
+def _varint_lengths(gaps: I64, top: int) -> U8:
+    """Bytes of each gap's varint; ``top`` is the largest gap."""
     nb = np.ones(gaps.shape, dtype=np.uint8)
-    for j in range(1, MAX_VARINT_BYTES):
-        nb += (gaps >> np.uint64(7 * j)) > 0
+    for j in range(1, max(1, (top.bit_length() + 6) // 7)):
+        nb += gaps >= (1 << (7 * j))
     return nb
 
 
@@ -119,26 +140,35 @@ def varint_nbytes(indices: I64) -> int:
     """Size of :func:`varint_encode` without building it."""
     if indices.size == 0:
         return 0
-    gaps = np.diff(indices, prepend=-1).astype(np.uint64) - np.uint64(1)
-    return int(_varint_lengths(gaps).sum(dtype=np.int64))
+    gaps = _gaps(indices)
+    return int(_varint_lengths(gaps, int(gaps.max())).sum(dtype=np.int64))
 
 
 def varint_encode(indices: I64) -> bytes:
     """Delta-varint code of strictly increasing non-negative ``indices`` (< 2**35)."""
     if indices.size == 0:
         return b""
-    gaps = np.diff(indices, prepend=-1).astype(np.uint64) - np.uint64(1)
-    nb = _varint_lengths(gaps)
-    ends = np.cumsum(nb, dtype=np.int64)
-    starts = ends - nb
-    out = np.empty(int(ends[-1]), dtype=np.uint8)
-    for j in range(MAX_VARINT_BYTES):
-        sel = nb > j
-        if not sel.any():
+    gaps = _gaps(np.asarray(indices, dtype=np.int64))
+    top = int(gaps.max())
+    if top < 0x80:  # every gap fits one byte
+        return gaps.astype(np.uint8).tobytes()
+    nb = _varint_lengths(gaps, top)
+    starts = np.cumsum(nb, dtype=np.int64)
+    total = int(starts[-1])
+    starts -= nb
+    out = np.empty(total, dtype=np.uint8)
+    first = gaps.astype(np.uint8)  # low 8 bits
+    first &= 0x7F
+    first |= (nb > 1).view(np.uint8) << 7
+    out[starts] = first
+    rest = np.flatnonzero(nb > 1)  # the few long gaps
+    for j in range(1, MAX_VARINT_BYTES):
+        if rest.size == 0:
             break
-        byte = ((gaps[sel] >> np.uint64(7 * j)) & np.uint64(0x7F)).astype(np.uint8)
-        byte |= (nb[sel] > j + 1).astype(np.uint8) << np.uint8(7)
-        out[starts[sel] + j] = byte
+        byte = ((gaps[rest] >> (7 * j)) & 0x7F).astype(np.uint8)
+        byte |= (nb[rest] > j + 1).view(np.uint8) << 7
+        out[starts[rest] + j] = byte
+        rest = rest[nb[rest] > j + 1]
     return out.tobytes()
 
 
@@ -155,22 +185,35 @@ def varint_decode(data: bytes | memoryview, count: int, n: int) -> I64:
         return np.zeros(0, dtype=np.int64)
     if buf.size == 0 or buf[-1] & 0x80:
         raise ValueError("truncated varint")
-    ends = np.flatnonzero(buf < 0x80)
-    if ends.size != count:
-        raise ValueError(f"{ends.size} varints, header says {count}")
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts + 1
-    if int(lengths.max()) > MAX_VARINT_BYTES:
-        raise ValueError("varint longer than 5 bytes")
-    pos = np.arange(buf.size, dtype=np.int64) - np.repeat(starts, lengths)
-    contrib = (buf & np.uint8(0x7F)).astype(np.uint64) << (np.uint64(7) * pos.astype(np.uint64))
-    gaps = np.add.reduceat(contrib, starts)
+    last = buf < 0x80  # (bytes,) the final byte of each varint
+    if buf.size == count and bool(last.all()):  # every gap fits one byte
+        gaps = buf.astype(np.int64)
+    else:
+        gaps = _decode_long_varints(buf, last, count)
     if int(gaps.max()) >= n:
         raise ValueError("index out of bounds")
     # gaps < n and count <= n keep the cumulative sum far below 2**63
-    idx = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    gaps += 1
+    idx = np.cumsum(gaps)
+    idx -= 1
     if int(idx[-1]) >= n:
         raise ValueError(f"index {int(idx[-1])} out of bounds for {n} elements")
     return idx
+
+
+def _decode_long_varints(buf: U8, last: npt.NDArray[np.bool_], count: int) -> I64:
+    """Gaps of a stream with multi-byte varints, assembled from the last (most significant) byte back."""
+    ends = np.flatnonzero(last)  # (count,)
+    if ends.size != count:
+        raise ValueError(f"{ends.size} varints, header says {count}")
+    lengths = np.diff(ends, prepend=-1)
+    if int(lengths.max()) > MAX_VARINT_BYTES:
+        raise ValueError("varint longer than 5 bytes")
+    gaps = buf[ends].astype(np.int64)  # the final byte holds the most significant 7 bits
+    rest = np.flatnonzero(lengths > 1)
+    for j in range(1, MAX_VARINT_BYTES):
+        if rest.size == 0:
+            break
+        gaps[rest] = (gaps[rest] << 7) | (buf[ends[rest] - j] & 0x7F)
+        rest = rest[lengths[rest] > j + 1]
+    return gaps

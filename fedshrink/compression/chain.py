@@ -8,10 +8,11 @@ Public API::
     chain.encode(name, tensor, *, rng=None) -> EncodedTensor      # .nbytes: bytes on the wire
     chain.roundtrip(name, tensor, *, rng=None) -> (EncodedTensor, torch.Tensor)
     chain.lossy -> bool
+    chain.config.for_tensor(dtype, ndim) -> ChainConfig   # the stages as the wire records them
 
 Grammar: stages separated by ``|``; each stage is ``id`` or ``id:arg,key=value,...``
 (the first bare ``arg`` is the codec's positional setting: topk/randk ratio,
-quant bits, zlib level). Aliases: ``int8``/``int4``/``q1``..``q8`` (quant with
+quant bits, zlib/zstd level). Aliases: ``int8``/``int4``/``q1``..``q8`` (quant with
 those bits), ``float16``/``half`` (fp16), ``bfloat16`` (bf16). ``raw`` or ``""``
 is the empty, lossless chain (float32 bytes as they are).
 
@@ -27,6 +28,7 @@ chain: ``residual = input - decode(encode(input))``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Mapping
@@ -44,8 +46,11 @@ from fedshrink.compression.codecs import (
     CodecConfig,
     EntropyCodec,
     Kind,
+    QuantConfig,
     Sparsifier,
+    TopKConfig,
     ValueCodec,
+    wire_ratio,
 )
 from fedshrink.compression.wire import (
     DEFAULT_LIMITS,
@@ -55,6 +60,7 @@ from fedshrink.compression.wire import (
     DecodeLimits,
     EncodedTensor,
     decode_tensor,
+    serialize_tensor,
 )
 from fedshrink.errors import ConfigError, EncodeError
 from fedshrink.v1 import compression_pb2 as pb
@@ -127,6 +133,36 @@ class ChainConfig:
     def to_string(self) -> str:
         return "|".join(cfg.to_string() for cfg in self.stages) or RAW
 
+    def for_tensor(self, dtype: str, ndim: int) -> ChainConfig:
+        """The stages this chain applies to a tensor of ``dtype`` with ``ndim`` dims, as the wire records them.
+
+        Lossy stages apply to floating-point tensors only (``bitmap`` also to bool);
+        a sparsifier's ratio travels as float32; a quantizer's axis is normalised to
+        ``0..ndim-1`` and dropped for tensors of < 2 dims and after a sparsifier.
+        ``parsed.chain == chain.for_tensor(parsed.dtype, len(parsed.shape)).to_string()``
+        checks that a received tensor was encoded with this chain.
+        """
+        if dtype not in DTYPES:
+            raise ConfigError("dtype", dtype, "one of " + ", ".join(DTYPES))
+        is_float = dtype in FLOAT_DTYPES
+        sparse = is_float and any(REGISTRY[c.codec_id].kind is Kind.SPARSIFY for c in self.stages)
+        out: list[CodecConfig] = []
+        for cfg in self.stages:
+            codec = REGISTRY[cfg.codec_id](cfg)
+            if isinstance(codec, Sparsifier):
+                if is_float:
+                    assert isinstance(cfg, TopKConfig)  # randk's config is a TopKConfig too
+                    out.append(dataclasses.replace(cfg, ratio=wire_ratio(cfg.ratio)))
+            elif isinstance(codec, ValueCodec):
+                if is_float or (dtype == "bool" and codec.accepts_bool):
+                    if isinstance(cfg, QuantConfig):
+                        axis = None if sparse else codec.group_axis(ndim)
+                        cfg = dataclasses.replace(cfg, axis=axis)
+                    out.append(cfg)
+            else:
+                out.append(cfg)
+        return ChainConfig(tuple(out))
+
     def __str__(self) -> str:
         return self.to_string()
 
@@ -157,12 +193,42 @@ class ChainConfig:
         return cls.from_dict(data)
 
 
-def _raw_bytes(t: torch.Tensor, dtype: str) -> bytes:
+def _buffer(arr: np.ndarray) -> memoryview:
+    """A flat byte view of a contiguous array (no copy)."""
+    flat: Any = np.ascontiguousarray(arr).reshape(-1)
+    return memoryview(flat).cast("B")
+
+
+def _raw_bytes(t: torch.Tensor, dtype: str) -> memoryview:
+    """The little-endian bytes of ``t`` in its own dtype (bool as 0/1 bytes, bfloat16 as its 16 bits)."""
+    t = t.contiguous()
     if dtype == "bfloat16":
-        return t.contiguous().view(torch.int16).numpy().astype("<i2", copy=False).tobytes()
+        return _buffer(t.view(torch.int16).numpy().astype("<i2", copy=False))
     if dtype == "bool":
-        return t.contiguous().numpy().astype(np.uint8).tobytes()
-    return t.contiguous().numpy().astype(DTYPES[dtype][0], copy=False).tobytes()
+        return _buffer(t.numpy().view(np.uint8))
+    return _buffer(t.numpy().astype(DTYPES[dtype][0], copy=False))
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or infinity in ``t``.
+
+    NaN and infinities propagate through a sum, so a finite sum proves every element
+    finite in one read-only pass; only a sum that overflows needs the exact check.
+    """
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+        return bool(torch.isfinite(t).all())
+    a = t.numpy()
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = a.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(a).all())
+
+
+def _grouped(x: np.ndarray, shape: tuple[int, ...], axis: int | None) -> np.ndarray:
+    """Flat float32 ``x`` as (G, N): one row (``axis`` None) or channels of ``axis`` first."""
+    if axis is None:
+        return x.reshape(1, -1)  # (1, n)
+    per = math.prod(shape) // shape[axis] if shape[axis] else 0
+    return np.moveaxis(x.reshape(shape), axis, 0).reshape(shape[axis], per)  # (C, N)
 
 
 class Chain:
@@ -206,64 +272,59 @@ class Chain:
         dtype = TORCH_TO_NAME.get(t.dtype)
         if dtype is None:
             raise EncodeError(name, f"unsupported dtype {t.dtype}")
-        shape = tuple(int(d) for d in t.shape)
-        n = t.numel()
-        is_float = dtype in FLOAT_DTYPES
-        if is_float and not bool(torch.isfinite(t).all()):
+        if dtype in FLOAT_DTYPES and not _all_finite(t):
             raise EncodeError(name, "non-finite values")
-        rng = np.random.default_rng() if rng is None else rng
+        shape = tuple(int(d) for d in t.shape)
         ct = pb.CompressedTensor(name=name, shape=shape, dtype=dtype)
-        value = self.value
-        use_value = value is not None and (is_float or (dtype == "bool" and value.accepts_bool))
-        use_sparse = self.sparsifier is not None and is_float
-        index_bytes = b""
-        if not use_value and not use_sparse:
-            value_bytes = _raw_bytes(t, dtype)
-        else:
-            x = t.to(torch.float32).contiguous().numpy().reshape(-1)  # (n,)
-            idx = None
-            axis: int | None = None
-            if use_sparse:
-                assert self.sparsifier is not None
-                idx = self.sparsifier.select(x, rng)
-                ct.stages.append(self.sparsifier.stage())
-                index_bytes, encoding = self._encode_indices(idx, n)
-                ct.sparse.CopyFrom(pb.SparseIndex(encoding=encoding, count=idx.size, nbytes=len(index_bytes)))
-            if use_value:
-                assert value is not None
-                if idx is not None:
-                    grouped = x[idx].reshape(1, -1)  # (1, k)
-                else:
-                    axis = value.group_axis(len(shape))
-                    if axis is None:
-                        grouped = x.reshape(1, n)
-                    else:  # (C, N): channels first
-                        per = math.prod(shape) // shape[axis] if shape[axis] else 0
-                        grouped = np.moveaxis(x.reshape(shape), axis, 0).reshape(shape[axis], per)
-                try:
-                    value_bytes, stage = value.encode(grouped, rng, axis)
-                except ValueError as exc:
-                    raise EncodeError(name, str(exc)) from None
-                ct.stages.append(stage)
-            else:
-                assert idx is not None
-                value_bytes = _raw_bytes(t.reshape(-1)[torch.from_numpy(idx)], dtype)
-        payload = index_bytes + value_bytes
-        ct.raw_nbytes = len(payload)
+        rng = np.random.default_rng() if rng is None else rng
+        parts = self._payload(ct, name, t, dtype, rng)  # [index section,] value section
+        raw_nbytes = sum(len(part) for part in parts)
         if self.entropy is not None:
-            payload, estage = self.entropy.compress(payload)
+            compressed, estage = self.entropy.compress(parts)
             ct.stages.append(estage)
-        ct.payload = payload
-        data = ct.SerializeToString()
-        itemsize = 1 if dtype == "bool" else np.dtype(DTYPES[dtype][0]).itemsize
+            parts = [compressed]
+        itemsize = np.dtype(DTYPES[dtype][0]).itemsize
         return EncodedTensor(
             name=name,
             shape=shape,
             dtype=dtype,
             codecs=tuple(s.codec for s in ct.stages),
-            data=data,
-            raw_nbytes=n * itemsize,
+            data=serialize_tensor(ct, parts, raw_nbytes),
+            raw_nbytes=t.numel() * itemsize,
         )
+
+    def _payload(
+        self, ct: pb.CompressedTensor, name: str, t: torch.Tensor, dtype: str, rng: np.random.Generator
+    ) -> list[bytes | memoryview]:
+        """Apply the sparsifier and value codec (recording their stages in ``ct``); the payload's parts."""
+        is_float = dtype in FLOAT_DTYPES
+        value = self.value
+        use_value = value is not None and (is_float or (dtype == "bool" and value.accepts_bool))
+        if not use_value and not (self.sparsifier is not None and is_float):
+            return [_raw_bytes(t, dtype)]
+        x = t.to(torch.float32).contiguous().numpy().reshape(-1)  # (n,)
+        parts: list[bytes | memoryview] = []
+        idx = None
+        if self.sparsifier is not None and is_float:
+            idx = self.sparsifier.select(x, rng)
+            ct.stages.append(self.sparsifier.stage())
+            index_bytes, encoding = self._encode_indices(idx, x.size)
+            ct.sparse.CopyFrom(pb.SparseIndex(encoding=encoding, count=idx.size, nbytes=len(index_bytes)))
+            parts.append(index_bytes)
+        if value is None or not use_value:
+            assert idx is not None
+            parts.append(_raw_bytes(t.reshape(-1)[torch.from_numpy(idx)], dtype))
+            return parts
+        shape = tuple(ct.shape)
+        axis = None if idx is not None else value.group_axis(len(shape))
+        grouped = x[idx].reshape(1, -1) if idx is not None else _grouped(x, shape, axis)  # (G, N)
+        try:
+            value_bytes, stage = value.encode(grouped, rng, axis)
+        except ValueError as exc:
+            raise EncodeError(name, str(exc)) from None
+        ct.stages.append(stage)
+        parts.append(value_bytes)
+        return parts
 
     @staticmethod
     def _encode_indices(idx: np.ndarray, n: int) -> tuple[bytes, pb.IndexEncoding]:

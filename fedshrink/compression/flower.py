@@ -7,6 +7,11 @@ Public API::
                  fragment: str = "", round: int = 0, direction: str = "uplink",
                  rng: np.random.Generator | None = None) -> tuple[ArrayRecord, int]
     decode_record(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, Tensor]
+    parse_record(record, limits=DEFAULT_LIMITS) -> (TensorUpdate | None, list[ParsedTensor])  # headers only
+    check_chain(parsed: ParsedTensor, chain: Chain | ChainConfig | str) -> None   # DecodeError if not
+    decode_parsed(parsed) -> Tensor; decode_parsed_with_support(parsed) -> (Tensor, bool ndarray | None)
+    decode_all_with_support(parsed: Sequence[ParsedTensor]) -> dict[str, (Tensor, bool ndarray | None)]
+    decode_with_support(record, limits=DEFAULT_LIMITS) -> dict[str, (Tensor, bool ndarray | None)]
     read_update(record, *, limits=DEFAULT_LIMITS) -> DecodedUpdate   # header + tensors
     decode_reply(message: Message, *, key: str = "arrays", limits=DEFAULT_LIMITS) -> dict[str, Tensor]
     message_nbytes(message: Message, *, mode: str = "proto") -> int
@@ -28,16 +33,21 @@ an error message or lacks the record raises :class:`~fedshrink.errors.ReplyError
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.common.serde import message_to_proto, metadata_to_proto, recorddict_to_proto
+from flwr.common.serde import (
+    message_to_proto,
+    metadata_to_proto,  # type: ignore[attr-defined]  # public in serde, not in its __all__
+    recorddict_to_proto,
+)
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
-from fedshrink.compression.chain import Chain
+from fedshrink.compression.chain import Chain, ChainConfig
 from fedshrink.compression.errorfeedback import ResidualStore
 from fedshrink.compression.wire import (
     DEFAULT_LIMITS,
@@ -136,9 +146,17 @@ def _parse_header(arr: Array, limits: DecodeLimits) -> pb.TensorUpdate:
     return header
 
 
-def _parse_record(
-    record: ArrayRecord, limits: DecodeLimits
+def parse_record(
+    record: ArrayRecord, limits: DecodeLimits = DEFAULT_LIMITS
 ) -> tuple[pb.TensorUpdate | None, list[ParsedTensor]]:
+    """First phase of decoding a record: validate every header, decompress nothing.
+
+    Returns the update header (None if the record has none) and one
+    :class:`ParsedTensor` per tensor, in record order, each with its name, shape,
+    dtype, numel and applied ``chain``, so a caller can check them all against what
+    it expects (see :func:`check_chain`) before it decodes any payload with
+    :func:`decode_parsed` or :func:`decode_parsed_with_support`. Raises DecodeError.
+    """
     if not isinstance(record, ArrayRecord):
         raise DecodeError("<record>", f"expected an ArrayRecord, got {type(record).__name__}")
     if len(record) > limits.max_tensors + 1:
@@ -168,32 +186,39 @@ def _parse_record(
     return header, parsed
 
 
-def parse_record(record: ArrayRecord, limits: DecodeLimits = DEFAULT_LIMITS
-                 ) -> tuple[pb.TensorUpdate | None, list[ParsedTensor]]:
-    """First phase of decoding a record: every header parsed and checked against the caps, nothing decoded.
-
-    A caller can then check names, shapes, dtypes and codecs against what it
-    expects before :func:`decode_with_support` allocates anything.
-    """
-    return _parse_record(record, limits)
-
-
-def decode_with_support(record: ArrayRecord, limits: DecodeLimits = DEFAULT_LIMITS
-                        ) -> dict[str, tuple[torch.Tensor, np.ndarray | None]]:
+def decode_with_support(
+    record: ArrayRecord, limits: DecodeLimits = DEFAULT_LIMITS
+) -> dict[str, tuple[torch.Tensor, npt.NDArray[np.bool_] | None]]:
     """Every tensor of a record with the mask of the elements actually sent (None for dense tensors)."""
-    _, parsed = _parse_record(record, limits)
-    return {p.name: decode_parsed_with_support(p) for p in parsed}
+    _, parsed = parse_record(record, limits)
+    return decode_all_with_support(parsed)
 
 
 def decode_record(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
     """Decode every tensor of a record (validating all headers first); raise DecodeError."""
-    _, parsed = _parse_record(record, limits)
+    _, parsed = parse_record(record, limits)
     return {p.name: decode_parsed(p) for p in parsed}
+
+
+def decode_all_with_support(
+    parsed: Sequence[ParsedTensor],
+) -> dict[str, tuple[torch.Tensor, npt.NDArray[np.bool_] | None]]:
+    """Second phase for tensors from :func:`parse_record`: (values, support) keyed by name."""
+    return {p.name: decode_parsed_with_support(p) for p in parsed}
+
+
+def check_chain(parsed: ParsedTensor, chain: Chain | ChainConfig | str) -> None:
+    """Raise DecodeError unless ``parsed`` was encoded with ``chain`` (as applied to its dtype and dims)."""
+    config = chain.config if isinstance(chain, Chain) else chain
+    config = ChainConfig.parse(config) if isinstance(config, str) else config
+    expected = config.for_tensor(parsed.dtype, len(parsed.shape)).to_string()
+    if parsed.chain != expected:
+        raise DecodeError(parsed.name, f"encoded with chain {parsed.chain!r}, expected {expected!r}")
 
 
 def read_update(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedUpdate:
     """Like :func:`decode_record`, and also return the update header (required here)."""
-    header, parsed = _parse_record(record, limits)
+    header, parsed = parse_record(record, limits)
     if header is None:
         raise DecodeError(UPDATE_KEY, "record has no update header")
     tensors = {p.name: decode_parsed(p) for p in parsed}

@@ -76,8 +76,8 @@ class StableL1Unstructured(prune.BasePruningMethod):
         return mask
 
     @classmethod
-    def apply(cls, module: nn.Module, name: str, amount: float) -> StableL1Unstructured:  # type: ignore[override]
-        return super().apply(module, name, amount=amount)  # type: ignore[no-any-return]
+    def apply(cls, module: nn.Module, name: str, amount: float) -> StableL1Unstructured:  # type: ignore[override]  # torch's apply takes **kwargs, untyped
+        return super().apply(module, name, amount=amount)  # type: ignore[no-untyped-call, no-any-return]  # torch.nn.utils.prune is unannotated
 
 
 def prune_module(module: nn.Module, method: str, amount: float, *, name: str = "weight") -> None:
@@ -86,7 +86,7 @@ def prune_module(module: nn.Module, method: str, amount: float, *, name: str = "
     if method == "magnitude":
         StableL1Unstructured.apply(module, name, amount=float(amount))
     elif method == "l1_channel":
-        prune.ln_structured(module, name, amount=float(amount), n=1, dim=0)
+        prune.ln_structured(module, name, amount=float(amount), n=1, dim=0)  # type: ignore[no-untyped-call]  # unannotated
     else:
         raise ConfigError("pruning.method", method, "one of " + ", ".join(repr(m) for m in PRUNING_METHODS))
 
@@ -128,11 +128,12 @@ def apply_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
         if module is None or not hasattr(module, param):
             raise ConfigError("mask", key, "a '<module>.<parameter>' of the model")
         if prune.is_pruned(module) and hasattr(module, param + "_mask"):
-            prune.remove(module, param)
+            prune.remove(module, param)  # type: ignore[no-untyped-call]  # torch.nn.utils.prune is unannotated
         target = getattr(module, param)
         if tuple(mask.shape) != tuple(target.shape):
             raise ConfigError("mask", key, f"a mask of shape {tuple(target.shape)}")
-        prune.custom_from_mask(module, param, mask=mask.to(dtype=target.dtype, device=target.device))
+        prune.custom_from_mask(  # type: ignore[no-untyped-call]  # torch.nn.utils.prune is unannotated
+            module, param, mask=mask.to(dtype=target.dtype, device=target.device))
 
 
 def remove_pruning(model: nn.Module) -> None:
@@ -140,7 +141,7 @@ def remove_pruning(model: nn.Module) -> None:
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
             if isinstance(hook, prune.BasePruningMethod) or isinstance(hook, prune.PruningContainer):
-                prune.remove(module, hook._tensor_name)
+                prune.remove(module, hook._tensor_name)  # type: ignore[no-untyped-call]  # unannotated
 
 
 def mask_to_bitmap(mask: torch.Tensor) -> bytes:

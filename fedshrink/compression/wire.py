@@ -8,13 +8,17 @@ Public API::
     decode_tensor(data: bytes, *, name: str | None = None,
                   limits: DecodeLimits = DEFAULT_LIMITS) -> torch.Tensor
     parse_tensor(data, *, name=None, limits=DEFAULT_LIMITS) -> ParsedTensor  # header only
+    decode_parsed(parsed) -> torch.Tensor
+    decode_parsed_with_support(parsed) -> (torch.Tensor, bool ndarray | None)   # sent elements
+    serialize_tensor(header, parts, raw_nbytes) -> bytes   # what SerializeToString writes, one copy
 
-Decoding is two-phase. :func:`parse_tensor` parses the proto (which cannot
-allocate more than its input) and validates *everything* the header says:
+Decoding is two-phase. :func:`parse_tensor` parses the header (which cannot
+allocate more than its input; the payload is cut out of the top-level fields and
+kept as a view of the input, not copied) and validates *everything* the header says:
 name, dtype, shape (each dim and the element count against ``limits``), codec
 ids and versions, stage order, every codec parameter (bits in 1..8, scale
 counts, finite scales, no stray fields), the sparse header and the exact payload
-length the header implies. Only then does :func:`decode_tensor` decompress
+length the header implies. Only then does :func:`decode_parsed` decompress
 (bounded by the implied length), decode indices (in bounds, strictly increasing
 by construction), decode values, reject non-finite results, and allocate the
 output, whose size is the declared, capped shape. Every fault raises
@@ -25,6 +29,7 @@ unpickled: payloads are raw little-endian bytes read with ``np.frombuffer``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,13 +107,24 @@ class EncodedTensor:
 
 @dataclass
 class ParsedTensor:
-    """A header that passed validation; :func:`decode_parsed` finishes the job."""
+    """A header that passed validation; :func:`decode_parsed` finishes the job.
+
+    ``proto`` is the header without its payload; ``payload`` is a zero-copy view of
+    the payload bytes in the caller's buffer. ``codecs`` are the wire codec ids in
+    encode order and ``chain`` the canonical chain string of the stages as they were
+    applied to this tensor (for example ``"topk:0.1|quant:4|zlib:6"``; ``"raw"`` for
+    none); compare it with :meth:`~fedshrink.compression.chain.ChainConfig.for_tensor`
+    of the chain asked for (:func:`~fedshrink.compression.flower.check_chain`).
+    """
 
     proto: pb.CompressedTensor
+    payload: memoryview
     name: str
     shape: tuple[int, ...]
     dtype: str
     numel: int
+    codecs: tuple[str, ...]
+    chain: str
     sparsifier: pb.CodecStage | None
     value: tuple[ValueCodec, pb.CodecStage] | None
     entropy: tuple[EntropyCodec, pb.CodecStage] | None
@@ -120,12 +136,114 @@ class ParsedTensor:
 
     @property
     def codec_ids(self) -> tuple[str, ...]:
-        """The codecs of the tensor's chain, in encode order."""
-        return tuple(stage.codec for stage in self.proto.stages)
+        """The codecs of the tensor's chain, in encode order (the same as ``codecs``)."""
+        return self.codecs
 
 
 def _fault(name: str, fault: str) -> DecodeError:
     return DecodeError(name, fault)
+
+
+# --------------------------------------------------------------------------- serialization
+
+PAYLOAD_FIELD = 6  # CompressedTensor.payload
+RAW_NBYTES_FIELD = 7  # CompressedTensor.raw_nbytes
+#: a CompressedTensor has at most ~20 top-level fields (8 unpacked dims, 3 stages); more goes the slow way
+MAX_SCANNED_FIELDS = 32
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def serialize_tensor(
+    header: pb.CompressedTensor, parts: Sequence[bytes | memoryview], raw_nbytes: int
+) -> bytes:
+    """``header`` (no payload, no raw_nbytes) with ``payload = b"".join(parts)``, serialized.
+
+    Byte for byte what ``SerializeToString`` writes for the whole message (fields in
+    number order; proto3 omits an empty payload and a zero raw_nbytes), with the
+    payload copied once instead of three times.
+    """
+    size = sum(len(p) for p in parts)
+    out: list[bytes | memoryview] = [header.SerializeToString()]
+    if size:
+        out += [_varint(PAYLOAD_FIELD << 3 | 2), _varint(size), *parts]
+    if raw_nbytes:
+        out += [_varint(RAW_NBYTES_FIELD << 3), _varint(raw_nbytes)]
+    return b"".join(out)
+
+
+def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(pos, min(pos + 10, len(data))):
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    raise ValueError("bad varint")
+
+
+def _split_payload(data: memoryview) -> tuple[bytes, memoryview] | None:
+    """(the message without its payload field, a view of the payload), or None if unusual.
+
+    Scans the top-level protobuf fields only; any payload field (the last one
+    wins, as in protobuf) is cut out, everything else is left for protobuf to parse.
+    None (malformed, group wire types, too many fields) sends the caller to a full parse.
+    """
+    pos, keep_from, n = 0, 0, len(data)
+    kept: list[memoryview] = []
+    payload = data[0:0]
+    try:
+        for _ in range(MAX_SCANNED_FIELDS):
+            if pos >= n:
+                break
+            start = pos
+            tag, pos = _read_varint(data, pos)
+            wire_type = tag & 7
+            if wire_type == 0:
+                pos = _read_varint(data, pos)[1]
+            elif wire_type == 2:
+                length, pos = _read_varint(data, pos)
+                if tag >> 3 == PAYLOAD_FIELD and pos + length <= n:
+                    kept.append(data[keep_from:start])
+                    payload, keep_from = data[pos : pos + length], pos + length
+                pos += length
+            else:
+                pos += {1: 8, 5: 4}.get(wire_type, n + 1)
+        else:
+            return None
+    except ValueError:
+        return None
+    if pos != n:
+        return None
+    kept.append(data[keep_from:])
+    return b"".join(kept), payload
+
+
+def _parse_proto(data: bytes | bytearray | memoryview, label: str) -> tuple[pb.CompressedTensor, memoryview]:
+    ct = pb.CompressedTensor()
+    split = _split_payload(memoryview(data).cast("B"))
+    try:
+        if split is None:  # the slow way: protobuf parses (and copies) everything
+            ct.ParseFromString(bytes(data))
+            payload = memoryview(ct.payload)
+            ct.ClearField("payload")
+        else:
+            ct.ParseFromString(split[0])
+            payload = split[1]
+    except (ProtoDecodeError, RuntimeError, ValueError) as exc:
+        raise _fault(label, f"malformed CompressedTensor ({str(exc)[:80]})") from None
+    return ct, payload
+
+
+# --------------------------------------------------------------------------- phase 1: header
 
 
 def parse_tensor(
@@ -133,30 +251,27 @@ def parse_tensor(
 ) -> ParsedTensor:
     """Parse and fully validate a serialized CompressedTensor header (see module doc).
 
-    ``name``, when given, is what the tensor must be called (the record key).
+    ``name``, when given, is what the tensor must be called (the record key). The
+    payload is not copied: the result holds a view of ``data``.
     """
     label = name if name is not None else UNNAMED
     if not isinstance(data, bytes | bytearray | memoryview):
         raise _fault(label, f"payload is {type(data).__name__}, not bytes")
     if len(data) > limits.max_tensor_bytes:
         raise _fault(label, f"{len(data)} bytes exceed the cap of {limits.max_tensor_bytes}")
-    ct = pb.CompressedTensor()
-    try:
-        ct.ParseFromString(bytes(data))
-    except (ProtoDecodeError, RuntimeError, ValueError) as exc:
-        raise _fault(label, f"malformed CompressedTensor ({str(exc)[:80]})") from None
+    ct, payload = _parse_proto(data, label)
     if len(ct.name) > limits.max_name_len:
         raise _fault(label, f"name longer than {limits.max_name_len}")
     if name is not None and ct.name != name:
         raise _fault(label, f"header names tensor {ct.name[:80]!r}")
     label = ct.name if name is None else name
     try:
-        return _validate(ct, label, limits)
+        return _validate(ct, payload, label, limits)
     except ValueError as exc:
         raise _fault(label, str(exc)) from None
 
 
-def _validate(ct: pb.CompressedTensor, label: str, limits: DecodeLimits) -> ParsedTensor:
+def _check_shape(ct: pb.CompressedTensor, limits: DecodeLimits) -> tuple[tuple[int, ...], int]:
     if ct.dtype not in DTYPES:
         raise ValueError(f"unsupported dtype {ct.dtype[:40]!r}")
     if len(ct.shape) > limits.max_ndim:
@@ -169,18 +284,32 @@ def _validate(ct: pb.CompressedTensor, label: str, limits: DecodeLimits) -> Pars
         numel *= d
     if numel > limits.max_numel:
         raise ValueError(f"shape {shape} has {numel} elements, over the cap of {limits.max_numel}")
+    return shape, numel
 
+
+_Stages = tuple[
+    pb.CodecStage | None, tuple[ValueCodec, pb.CodecStage] | None, tuple[EntropyCodec, pb.CodecStage] | None, str
+]
+
+
+def _check_stages(ct: pb.CompressedTensor) -> _Stages:
+    """Codec ids, versions, order and parameters; (sparsifier, value, entropy, applied chain)."""
     sparsifier: pb.CodecStage | None = None
     value: tuple[ValueCodec, pb.CodecStage] | None = None
     entropy: tuple[EntropyCodec, pb.CodecStage] | None = None
     order = {Kind.SPARSIFY: 0, Kind.VALUE: 1, Kind.ENTROPY: 2}
     last = -1
+    applied: list[str] = []
     for stage in ct.stages:
         cls = lookup(stage.codec, stage.version)
         rank = order[cls.kind]
         if rank <= last:
             raise ValueError(f"codec {stage.codec} out of order in the chain")
         last = rank
+        try:
+            applied.append(cls.config_from_stage(stage).to_string())
+        except ConfigError as exc:
+            raise ValueError(f"{stage.codec} stage parameters: {exc}") from None
         codec = cls()
         if isinstance(codec, Sparsifier):
             codec.check_fields(stage)
@@ -192,7 +321,45 @@ def _validate(ct: pb.CompressedTensor, label: str, limits: DecodeLimits) -> Pars
         elif isinstance(codec, EntropyCodec):
             codec.check_fields(stage)
             entropy = (codec, stage)
+    return sparsifier, value, entropy, "|".join(applied) or "raw"
 
+
+def _check_sparse(ct: pb.CompressedTensor, numel: int) -> tuple[int, int]:
+    """(count of kept values, index section bytes) of a sparse header."""
+    sp = ct.sparse
+    if sp.count > numel:
+        raise ValueError(f"{sp.count} sparse values for {numel} elements")
+    if sp.encoding == pb.INDEX_ENCODING_BITMAP:
+        if sp.nbytes != bitops.packed_nbytes(numel, 1):
+            raise ValueError(f"bitmap of {sp.nbytes} bytes for {numel} elements")
+    elif sp.encoding == pb.INDEX_ENCODING_DELTA_VARINT:
+        if not sp.count <= sp.nbytes <= bitops.MAX_VARINT_BYTES * sp.count:
+            raise ValueError(f"{sp.nbytes} varint bytes for {sp.count} indices")
+    else:
+        raise ValueError(f"unknown index encoding {sp.encoding}")
+    return sp.count, sp.nbytes
+
+
+def _check_groups(
+    value: tuple[ValueCodec, pb.CodecStage], shape: tuple[int, ...], count: int, sparse: bool
+) -> tuple[int, int, int | None, int]:
+    """(groups G, values per group N, grouping axis, value section bytes) of a value stage."""
+    codec, stage = value
+    groups, per_group, group_axis = 1, count, None
+    if stage.HasField("axis"):
+        if sparse:
+            raise ValueError("per-channel axis on sparse values")
+        if not 0 <= stage.axis < len(shape):
+            raise ValueError(f"axis {stage.axis} out of range for {len(shape)} dims")
+        group_axis = stage.axis
+        groups = shape[group_axis]
+        per_group = count // groups if groups else 0
+    return groups, per_group, group_axis, codec.check_stage(stage, groups, per_group)
+
+
+def _validate(ct: pb.CompressedTensor, payload: memoryview, label: str, limits: DecodeLimits) -> ParsedTensor:
+    shape, numel = _check_shape(ct, limits)
+    sparsifier, value, entropy, chain = _check_stages(ct)
     is_float = ct.dtype in FLOAT_DTYPES
     if sparsifier is not None and not is_float:
         raise ValueError(f"sparsifier on a {ct.dtype} tensor")
@@ -200,127 +367,113 @@ def _validate(ct: pb.CompressedTensor, label: str, limits: DecodeLimits) -> Pars
         raise ValueError(f"codec {value[0].codec_id} on a {ct.dtype} tensor")
     if (sparsifier is not None) != ct.HasField("sparse"):
         raise ValueError("sparse header present without a sparsifier or missing after one")
-
-    index_nbytes = 0
-    count = numel
-    if sparsifier is not None:
-        sp = ct.sparse
-        count = sp.count
-        if count > numel:
-            raise ValueError(f"{count} sparse values for {numel} elements")
-        if sp.encoding == pb.INDEX_ENCODING_BITMAP:
-            if sp.nbytes != bitops.packed_nbytes(numel, 1):
-                raise ValueError(f"bitmap of {sp.nbytes} bytes for {numel} elements")
-        elif sp.encoding == pb.INDEX_ENCODING_DELTA_VARINT:
-            if not count <= sp.nbytes <= bitops.MAX_VARINT_BYTES * count:
-                raise ValueError(f"{sp.nbytes} varint bytes for {count} indices")
-        else:
-            raise ValueError(f"unknown index encoding {sp.encoding}")
-        index_nbytes = sp.nbytes
-
-    groups, per_group, group_axis = 1, count, None
+    count, index_nbytes = _check_sparse(ct, numel) if sparsifier is not None else (numel, 0)
     if value is not None:
-        codec, stage = value
-        if stage.HasField("axis"):
-            if sparsifier is not None:
-                raise ValueError("per-channel axis on sparse values")
-            if not 0 <= stage.axis < len(shape):
-                raise ValueError(f"axis {stage.axis} out of range for {len(shape)} dims")
-            group_axis = stage.axis
-            groups = shape[group_axis]
-            per_group = numel // groups if groups else 0
-        value_nbytes = codec.check_stage(stage, groups, per_group)
+        groups, per_group, group_axis, value_nbytes = _check_groups(value, shape, count, sparsifier is not None)
     else:
+        groups, per_group, group_axis = 1, count, None
         value_nbytes = count * np.dtype(DTYPES[ct.dtype][0]).itemsize
-
     expected = index_nbytes + value_nbytes
     if ct.raw_nbytes != expected:
         raise ValueError(f"raw_nbytes {ct.raw_nbytes} but the header implies {expected}")
-    if entropy is None and len(ct.payload) != expected:
-        kind = "truncated" if len(ct.payload) < expected else "oversized"
-        raise ValueError(f"{kind} payload: {len(ct.payload)} bytes, header implies {expected}")
+    if entropy is None and len(payload) != expected:
+        kind = "truncated" if len(payload) < expected else "oversized"
+        raise ValueError(f"{kind} payload: {len(payload)} bytes, header implies {expected}")
+    codecs = tuple(stage.codec for stage in ct.stages)
     return ParsedTensor(
-        ct,
-        label,
-        shape,
-        ct.dtype,
-        numel,
-        sparsifier,
-        value,
-        entropy,
-        groups,
-        per_group,
-        group_axis,
-        index_nbytes,
-        value_nbytes,
-    )
+        ct, payload, label, shape, ct.dtype, numel, codecs, chain, sparsifier, value, entropy,
+        groups, per_group, group_axis, index_nbytes, value_nbytes,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- phase 2: payload
 
 
 def decode_parsed(p: ParsedTensor) -> torch.Tensor:
     """Second phase of decoding: payload to tensor (see :func:`parse_tensor`)."""
-    return decode_parsed_with_support(p)[0]
+    try:
+        return _decode(p, support=False)[0]
+    except ValueError as exc:
+        raise _fault(p.name, str(exc)) from None
 
 
 def decode_parsed_with_support(p: ParsedTensor) -> tuple[torch.Tensor, npt.NDArray[np.bool_] | None]:
-    """Like :func:`decode_parsed`, and which elements were sent: a bool mask of the tensor's shape for a
-    sparsified tensor (its index set, whatever the values decode to), None for a dense one."""
+    """Like :func:`decode_parsed`, and also which elements the sender actually sent.
+
+    The support is a bool array of the tensor's shape, True exactly at the positions
+    in the wire's index set (a sent value that decodes to 0 is still True), for a
+    tensor encoded with a sparsifier; ``None`` for a dense tensor (every element sent).
+    """
     try:
-        tensor, idx = _decode(p)
+        return _decode(p, support=True)
     except ValueError as exc:
         raise _fault(p.name, str(exc)) from None
-    if idx is None:
-        return tensor, None
-    support = np.zeros(p.numel, dtype=bool)
-    support[idx] = True
-    return tensor, support.reshape(p.shape)
 
 
-def _decode(p: ParsedTensor) -> tuple[torch.Tensor, npt.NDArray[np.int64] | None]:
-    ct = p.proto
-    payload: bytes = ct.payload
-    if p.entropy is not None:
-        codec, stage = p.entropy
-        payload = codec.decompress(payload, stage, ct.raw_nbytes)
-    view = memoryview(payload)
-    idx: npt.NDArray[np.int64] | None = None
-    if p.sparsifier is not None:
-        section = view[: p.index_nbytes]
-        if ct.sparse.encoding == pb.INDEX_ENCODING_BITMAP:
-            idx = bitops.indices_from_bitmap(section, p.numel, ct.sparse.count)
-        else:
-            idx = bitops.varint_decode(section, ct.sparse.count, p.numel)
-    vsection = view[p.index_nbytes :]
-    np_dtype, torch_dtype = DTYPES[p.dtype]
-    values: np.ndarray
+def _indices(p: ParsedTensor, section: memoryview) -> npt.NDArray[np.int64]:
+    sp = p.proto.sparse
+    if sp.encoding == pb.INDEX_ENCODING_BITMAP:
+        return bitops.indices_from_bitmap(section, p.numel, sp.count)
+    return bitops.varint_decode(section, sp.count, p.numel)
+
+
+def _values(p: ParsedTensor, section: memoryview) -> np.ndarray:
+    """The value section as a flat array: float32 after a value codec, else the raw dtype."""
     if p.value is not None:
-        codec_v, stage_v = p.value
-        values = codec_v.decode(vsection, stage_v, p.groups, p.per_group)  # (G, N) float32
+        codec, stage = p.value
+        values = codec.decode(section, stage, p.groups, p.per_group)  # (G, N) float32
         if p.group_axis is not None:
             a = p.group_axis
             moved = (p.shape[a], *p.shape[:a], *p.shape[a + 1 :])
-            values = np.moveaxis(values.reshape(moved), 0, p.group_axis)
-        values = values.reshape(-1)
-    elif p.dtype == "bool":
-        raw = np.frombuffer(vsection, dtype=np.uint8)
+            values = np.moveaxis(values.reshape(moved), 0, a)
+        return np.ascontiguousarray(values).reshape(-1)
+    if p.dtype == "bool":
+        raw = np.frombuffer(section, dtype=np.uint8)
         if raw.size and int(raw.max()) > 1:
             raise ValueError("bool values other than 0 and 1")
-        values = raw.astype(bool)
-    else:
-        values = np.frombuffer(vsection, dtype=np_dtype).copy()
+        return raw.astype(bool)
+    return np.frombuffer(section, dtype=DTYPES[p.dtype][0]).copy()
+
+
+def _all_finite(values: np.ndarray) -> bool:
+    return bool(np.isfinite(values).all()) if values.dtype.kind == "f" else True
+
+
+def _decode(p: ParsedTensor, *, support: bool) -> tuple[torch.Tensor, npt.NDArray[np.bool_] | None]:
+    payload = p.payload
+    if p.entropy is not None:
+        codec, stage = p.entropy
+        payload = memoryview(codec.decompress(payload, stage, p.proto.raw_nbytes))
+    idx = _indices(p, payload[: p.index_nbytes]) if p.sparsifier is not None else None
+    values = _values(p, payload[p.index_nbytes :])
+    # float32 and float64 values are what the tensor holds: check them before the scatter (fewer)
+    if not _all_finite(values):
+        raise ValueError("non-finite values")
+    sent: npt.NDArray[np.bool_] | None = None
     if idx is not None:
         dense = np.zeros(p.numel, dtype=values.dtype)
         dense[idx] = values
         values = dense
-    if p.dtype in FLOAT_DTYPES and values.dtype != np.uint16 and not np.isfinite(values).all():
-        raise ValueError("non-finite values")
-    t = torch.from_numpy(np.ascontiguousarray(values))
+        if support:
+            sent = np.zeros(p.numel, dtype=bool)
+            sent[idx] = True
+            sent = sent.reshape(p.shape)
+    return _as_dtype(values, p).reshape(p.shape), sent
+
+
+def _as_dtype(values: np.ndarray, p: ParsedTensor) -> torch.Tensor:
+    """Flat values as a tensor of the declared dtype (float32 codec output: rounded to nearest even)."""
+    t = torch.from_numpy(values)
+    torch_dtype = DTYPES[p.dtype][1]
     if p.dtype == "bfloat16" and p.value is None:
-        t = t.view(torch.bfloat16)
+        t = t.view(torch.bfloat16)  # raw bits
     elif t.dtype != torch_dtype:
         t = t.to(torch_dtype)
-    if p.dtype == "bfloat16" and p.value is None and not bool(torch.isfinite(t).all()):
+    else:
+        return t
+    if p.dtype in ("float16", "bfloat16") and not bool(torch.isfinite(t).all()):  # raw bits or an overflow
         raise ValueError("non-finite values")
-    return t.reshape(p.shape), idx
+    return t
 
 
 def decode_tensor(

@@ -105,9 +105,9 @@ class _FirstThatSamples:
         if self._chosen is None:
             last: ValueError | None = None
             for cand in self._candidates:
-                cand.dataset = self._dataset  # type: ignore[attr-defined]
+                cand.dataset = self._dataset  # type: ignore[attr-defined]  # flwr-datasets ships no types
                 try:
-                    cand.load_partition(0)  # type: ignore[attr-defined]
+                    cand.load_partition(0)  # type: ignore[attr-defined]  # flwr-datasets ships no types
                 except ValueError as exc:
                     last = exc
                     continue
@@ -116,7 +116,7 @@ class _FirstThatSamples:
             else:
                 assert last is not None
                 raise last
-        return self._chosen.load_partition(partition_id)  # type: ignore[attr-defined]
+        return self._chosen.load_partition(partition_id)  # type: ignore[attr-defined]  # flwr-datasets ships no types
 
 
 @_register("natural")
@@ -169,11 +169,11 @@ def partition_indices(
     columns = {"label": labels.astype(np.int64), "idx": np.arange(n, dtype=np.int64)}
     if groups is not None:
         columns["client"] = groups.astype(np.int64)
-    partitioner.dataset = Dataset.from_dict(columns)  # type: ignore[attr-defined]
+    partitioner.dataset = Dataset.from_dict(columns)  # type: ignore[attr-defined]  # flwr-datasets ships no types
     parts: list[np.ndarray] = []
     try:
         for pid in range(num_partitions):
-            part = partitioner.load_partition(pid)  # type: ignore[attr-defined]
+            part = partitioner.load_partition(pid)  # type: ignore[attr-defined]  # flwr-datasets ships no types
             parts.append(np.sort(np.asarray(part.with_format("numpy")["idx"][:], dtype=np.int64)))
     except ValueError as exc:  # flwr-datasets' own refusals (e.g. unreachable min size)
         raise DataError(f"partitioner {scheme.name!r} failed for {num_partitions} clients: {exc}") from exc

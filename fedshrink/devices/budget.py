@@ -192,11 +192,11 @@ class CompressionLevel:
 
 COMPRESSION_LADDER: tuple[CompressionLevel, ...] = (
     CompressionLevel("fp32", 0.0, "none", OFF, "raw", "raw"),
-    CompressionLevel("fp16", 0.0, "none", OFF, "fp16|zlib", "fp16|zlib"),
-    CompressionLevel("int8", 0.0, "none", 8, "int8|zlib", "int8|zlib"),
-    CompressionLevel("top25-int8", 0.25, "unstructured", 8, "topk:0.25|int8|zlib", "int8|zlib"),
-    CompressionLevel("top10-q4", 0.5, "unstructured", 4, "topk:0.1|q4|zlib", "int8|zlib"),
-    CompressionLevel("top5-q2", 0.5, "unstructured", 4, "topk:0.05|q2|zlib", "int8|zlib"),
+    CompressionLevel("fp16", 0.0, "none", OFF, "fp16|zstd", "fp16|zstd"),
+    CompressionLevel("int8", 0.0, "none", 8, "int8|zstd", "int8|zstd"),
+    CompressionLevel("top25-int8", 0.25, "unstructured", 8, "topk:0.25|int8|zstd", "int8|zstd"),
+    CompressionLevel("top10-q4", 0.5, "unstructured", 4, "topk:0.1|q4|zstd", "int8|zstd"),
+    CompressionLevel("top5-q2", 0.5, "unstructured", 4, "topk:0.05|q2|zstd", "int8|zstd"),
 )
 
 

@@ -19,10 +19,10 @@ Shipped profiles (widths are the fragment width of the width-1 global model):
 ========  =====  ========  ============  ====  =====================  ==========  ======  =====  ======
 name      width  sparsity  prune         bits  uplink                 downlink    epochs  batch  device
 ========  =====  ========  ============  ====  =====================  ==========  ======  =====  ======
-iot       0.25   0.5       unstructured  4     topk:0.1|q4|zlib       int8|zlib   2       16     iot
-phone     0.5    0.3       unstructured  8     topk:0.1|q4|zlib       int8|zlib   2       16     phone
-edge      0.75   0.25      structured    8     topk:0.05|int8|zlib    int8|zlib   2       16     edge
-laptop    1.0    0.0       none          32    topk:0.05|int8|zlib    raw         2       16     laptop
+iot       0.25   0.5       unstructured  4     topk:0.1|q4|zstd       int8|zstd   2       16     iot
+phone     0.5    0.3       unstructured  8     topk:0.1|q4|zstd       int8|zstd   2       16     phone
+edge      0.75   0.25      structured    8     topk:0.05|int8|zstd    int8|zstd   2       16     edge
+laptop    1.0    0.0       none          32    topk:0.05|int8|zstd    raw         2       16     laptop
 ========  =====  ========  ============  ====  =====================  ==========  ======  =====  ======
 
 Rationale: a microcontroller-class ``iot`` device has about a megabyte of
@@ -179,12 +179,12 @@ def get_profile(name: str) -> DeviceProfile:
     return PROFILES[name]
 
 
-register_profile(DeviceProfile("iot", 0.25, 0.5, "unstructured", 4, "topk:0.1|q4|zlib", "int8|zlib", 2, 16, "iot"))
-register_profile(DeviceProfile("phone", 0.5, 0.3, "unstructured", 8, "topk:0.1|q4|zlib", "int8|zlib", 2, 16,
+register_profile(DeviceProfile("iot", 0.25, 0.5, "unstructured", 4, "topk:0.1|q4|zstd", "int8|zstd", 2, 16, "iot"))
+register_profile(DeviceProfile("phone", 0.5, 0.3, "unstructured", 8, "topk:0.1|q4|zstd", "int8|zstd", 2, 16,
                                "phone"))
-register_profile(DeviceProfile("edge", 0.75, 0.25, "structured", 8, "topk:0.05|int8|zlib", "int8|zlib", 2, 16,
+register_profile(DeviceProfile("edge", 0.75, 0.25, "structured", 8, "topk:0.05|int8|zstd", "int8|zstd", 2, 16,
                                "edge"))
-register_profile(DeviceProfile("laptop", 1.0, 0.0, "none", OFF, "topk:0.05|int8|zlib", "raw", 2, 16, "laptop"))
+register_profile(DeviceProfile("laptop", 1.0, 0.0, "none", OFF, "topk:0.05|int8|zstd", "raw", 2, 16, "laptop"))
 
 
 # ---- profile mixes -----------------------------------------------------------------------------
@@ -322,7 +322,7 @@ class Estimate:
                                             (bitmap or delta-varint, whichever is smaller)
         total  = values + index + 32        (32: per-tensor header, name and shape)
 
-    An entropy stage (zlib) is not credited, so byte figures are upper-ish
+    An entropy stage (zstd, zlib) is not credited, so byte figures are upper-ish
     bounds. ``macs_per_sample`` is the forward pass of the sub-model
     (:func:`fedshrink.resources.flops.macs_per_sample`): dense, so pruned
     weights cost as much as kept ones. Training FLOPs of ``s`` samples are

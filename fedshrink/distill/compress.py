@@ -181,7 +181,7 @@ def quantize_int8(model: nn.Module, calib_x: torch.Tensor) -> nn.Module:
         new = QuantConv2d(mod, act) if isinstance(mod, nn.Conv2d) else QuantLinear(mod, act)
         _replace(qmodel, name, new)
     if hasattr(model, "spec"):
-        qmodel.spec = model.spec  # type: ignore[assignment]
+        qmodel.spec = model.spec
     return qmodel
 
 
@@ -228,7 +228,7 @@ def _other_params(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 def pack_int8(qmodel: nn.Module) -> bytes:
     """Serialise an int8 student from :func:`quantize_int8` (needs ``qmodel.spec``) to the ``.fsq`` format."""
-    spec: ModelSpec = qmodel.spec  # type: ignore[assignment]
+    spec: ModelSpec = qmodel.spec  # type: ignore[assignment]  # set by build_model, typed as a tensor or module
     header = spec.to_json().encode()
     parts = [MAGIC, struct.pack("<I", len(header)), header]
     if _float_layers(qmodel):
@@ -285,7 +285,7 @@ def unpack_int8(data: bytes) -> nn.Module:
     if pos != len(data):
         raise DistillError(f"fsq file has {len(data) - pos} trailing bytes")
     model.load_state_dict(state)
-    model.spec = spec  # type: ignore[assignment]
+    model.spec = spec  # type: ignore[assignment]  # nn.Module attributes are typed as tensors or modules
     return model
 
 

@@ -282,7 +282,7 @@ def distill(student: nn.Module, transfer: TransferSet, settings: KDSettings, *, 
         s_logits = student(batch.x)  # (B, K)
         loss = mixed_loss(s_logits, batch.teacher_logits, batch.soft_labels, settings.temperature, settings.alpha)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
         opt.step()
         sched.step()
         tail.append(float(loss.detach()))

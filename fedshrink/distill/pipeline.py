@@ -302,7 +302,7 @@ def _choose_student(inp: _Inputs, t_params: int) -> tuple[ModelSpec, str, list[d
         inp.teacher, inp.spec, inp.px, candidates=cfg.candidates, budget=cfg.budget(),
         search=cfg.search_settings(), kd=cfg.kd_settings(cfg.search_rungs[0]), aug=cfg.augment,
         transfer_size=cfg.transfer_size, prune_amount=cfg.prune_amount, norm=cfg.student_norm, seed=cfg.seed,
-        latency_repeats=cfg.latency_repeats,
+        latency_repeats=cfg.latency_repeats, report_accuracy=lambda m: _accuracy(m, inp.test),
     )
     return result.picked.spec, result.reason, [r.row() for r in result.records]
 

@@ -17,6 +17,10 @@ with the teacher on the held-out proxy images and augmented views of them: the
 server has no labels, so agreement with the teacher stands in for accuracy. The
 last rung's best is picked; ties go to fewer parameters, then lower latency.
 
+Each finalist (a candidate that reached the last rung) can also be scored on a labelled test
+set by the caller's ``report_accuracy``, after the search has picked: for the report only,
+never to choose.
+
 The Pareto front is over rung-0 scores (every trained candidate has one, after
 the same number of steps, so they compare): a candidate is on it when no other
 has a score >= and parameters <= and latency <= with one strictly better.
@@ -25,7 +29,7 @@ has a score >= and parameters <= and latency <= with one strictly better.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -129,7 +133,9 @@ class CandidateRecord:
     violations: list[str]
     larger_than_teacher: bool = False
     scores: list[float] = field(default_factory=list)  # agreement after each rung it reached
+    rung_steps: list[int] = field(default_factory=list)  # total steps behind each of `scores`
     steps: int = 0  # total distillation steps it received
+    test_accuracy: float | None = None  # finalists, when the caller reports one (never used to choose)
     on_front: bool = False
     picked: bool = False
 
@@ -148,14 +154,16 @@ class CandidateRecord:
             "why_out": "; ".join(self.violations + (["not smaller than the teacher"]
                                                     if self.larger_than_teacher else [])),
             "rung0_agreement": self.scores[0] if self.scores else None,
+            "rung0_steps": self.rung_steps[0] if self.rung_steps else None,
             "last_agreement": self.scores[-1] if self.scores else None,
             "rungs_reached": len(self.scores),
             "steps": self.steps,
             "on_front": self.on_front,
             "picked": self.picked,
+            "test_accuracy": self.test_accuracy,  # finalists only, after their search steps; reporting only
             # the keys fedshrink.report reads from pareto.json (its plot and table)
             "name": self.name,
-            "accuracy": self.scores[-1] if self.scores else 0.0,  # teacher agreement on held-out proxy images
+            "accuracy": self.scores[-1] if self.scores else None,  # teacher agreement on held-out proxy images
             "bytes": self.figures.bytes_bound,
             "chosen": self.picked,
         }
@@ -239,8 +247,12 @@ def search_student(
     norm: str = "",
     seed: int = 0,
     latency_repeats: int = 20,
+    report_accuracy: Callable[[nn.Module], float] | None = None,
 ) -> SearchResult:
-    """Measure, filter and race ``candidates``; return every record and the pick with its reason."""
+    """Measure, filter and race ``candidates``; return every record and the pick with its reason.
+
+    ``report_accuracy``, when given, scores each finalist's model after the pick (its ``test_accuracy``).
+    """
     if len(proxy_x) == 0:
         raise DistillError("the proxy set is empty: there is nothing to distill on")
     if not candidates:
@@ -283,11 +295,15 @@ def search_student(
             distill(students[r.name], transfer, _with_steps(kd, steps), seed=seed + 97 * rung)
             r.steps += steps
             r.scores.append(_agreement(students[r.name], teacher_pred, x_score))
+            r.rung_steps.append(r.steps)
         alive.sort(key=lambda r: (-r.scores[-1], r.figures.params, r.figures.latency_ms))
         if rung < len(search.rungs) - 1:
             alive = alive[: max(1, math.ceil(len(alive) / search.eta))]
     best = alive[0]
     best.picked = True
+    if report_accuracy is not None:
+        for r in alive:
+            r.test_accuracy = report_accuracy(students[r.name])
     for r, on in zip(feasible, pareto_mask([(r.scores[0], r.figures.params, r.figures.latency_ms)
                                            for r in feasible]), strict=True):
         r.on_front = on

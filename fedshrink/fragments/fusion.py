@@ -49,13 +49,16 @@ INITS = ("nested", "random")
 class FusionConfig:
     """Distillation of the nested sub-models into the outer coordinates (see the module doc)."""
 
-    steps: int = 20  # Adam steps per round, each on the whole proxy batch
+    steps: int = 20  # Adam steps per round
     temperature: float = 2.0  # softmax temperature of teacher and student
     lr: float = 1e-3  # Adam learning rate
+    batch: int = 256  # proxy images a step uses at most (the whole proxy when it is smaller): bounds the cost
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError("fusion-steps", self.steps, "an integer >= 1 (0 in the run config turns fusion off)")
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise ConfigError("fusion-batch", self.batch, "an integer >= 1")
         for name, value, hi in (("fusion-temperature", self.temperature, 100.0), ("fusion-lr", self.lr, 1.0)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
                     math.isfinite(value) and 0 < value <= hi):
@@ -117,14 +120,17 @@ def prefix_sub_model(state: Mapping[str, np.ndarray], graph: LayerGraph, model_s
 
 
 def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSpec, widths: Sequence[float],
-         x: torch.Tensor, config: FusionConfig, *, scaled: bool = False) -> dict[str, np.ndarray]:
+         x: torch.Tensor, config: FusionConfig, *, scaled: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
     """Distil the sub-models at ``widths`` (< 1) of ``state`` into its coordinates outside the widest of them.
 
     ``x`` is a batch of unlabelled inputs ``(N, C, H, W)``. The teacher is the
     mean of the sub-models' ``softmax(logits / T)``; the loss is
     ``T**2 * KL(teacher || softmax(student / T))`` (Hinton et al., 2015).
     Gradients are masked to the outer coordinates, so the inner ones come back
-    bit-identical. Deterministic: full-batch steps, no sampling.
+    bit-identical. Each step uses the whole proxy batch, or, when it holds more
+    than ``config.batch`` images, that many drawn from a generator seeded by
+    ``seed`` (so a step's cost is bounded whatever the proxy's size, and a
+    round is reproducible).
     """
     inner = inner_spec(graph, widths)
     if inner is None or len(x) == 0:
@@ -142,11 +148,14 @@ def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSp
     params = dict(student.named_parameters())
     opt = torch.optim.Adam(params.values(), lr=config.lr)
     t = config.temperature
+    rng = np.random.default_rng([seed, 0xF05E])
     for _ in range(config.steps):
         opt.zero_grad()
-        log_p = torch.log_softmax(student(x) / t, dim=1)  # (N, K)
-        loss = nn.functional.kl_div(log_p, teacher, reduction="batchmean") * t * t
-        loss.backward()
+        idx = torch.from_numpy(np.sort(rng.choice(len(x), config.batch, replace=False))) \
+            if len(x) > config.batch else slice(None)
+        log_p = torch.log_softmax(student(x[idx]) / t, dim=1)  # (B, K)
+        loss = nn.functional.kl_div(log_p, teacher[idx], reduction="batchmean") * t * t
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's Tensor.backward has no annotations
         for key, p in params.items():
             if p.grad is not None:
                 p.grad.mul_(masks[key])
@@ -172,7 +181,8 @@ class Fusion:
 
     def refine(self, server_round: int, state: Mapping[str, np.ndarray], widths: Sequence[float]
                ) -> dict[str, np.ndarray]:
-        return fuse(state, self.graph, self.model_spec, widths, self.x, self.config, scaled=self.scaled)
+        return fuse(state, self.graph, self.model_spec, widths, self.x, self.config, scaled=self.scaled,
+                    seed=server_round)
 
 
 def nested_initialiser(graph: LayerGraph) -> Callable[[Mapping[str, np.ndarray], Sequence[float]],

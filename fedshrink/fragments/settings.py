@@ -57,6 +57,8 @@ class FragmentSettings(Section):
                                rule=at_least(0).noting("0 = off"))
     fusion_temperature: float = option(2.0, "softmax temperature of fusion", rule=between(0, 100, lo_open=True))
     fusion_lr: float = option(0.001, "Adam learning rate of fusion", rule=between(0, 1, lo_open=True))
+    fusion_batch: int = option(256, "proxy images a fusion step uses at most (a seeded draw when the proxy is "
+                               "larger): bounds fusion's cost per round on large data sets", rule=at_least(1))
     derive_masks: bool = option(True, "the server rebuilds a client's unstructured prune masks from the fragment "
                                 "it sent; the client sends a 48-bit digest instead of the bitmaps")
 
@@ -76,7 +78,8 @@ class FragmentSettings(Section):
         """Server-side fusion into the outer coordinates (None when ``fusion-steps`` is 0)."""
         if self.fusion_steps == 0:
             return None
-        return FusionConfig(self.fusion_steps, temperature=self.fusion_temperature, lr=self.fusion_lr)
+        return FusionConfig(self.fusion_steps, temperature=self.fusion_temperature, lr=self.fusion_lr,
+                            batch=self.fusion_batch)
 
     def nested(self) -> NestedConfig | None:
         """Self-distillation across widths on the clients (None when ``nested-distill`` is off)."""

@@ -67,7 +67,7 @@ def extract(state: nn.Module | Mapping[str, T], graph: LayerGraph, spec: Fragmen
     Returns tensors of the input's kind (torch in, torch out; numpy in, numpy out).
     """
     spec.check(graph)
-    items: Mapping[str, T] = state.state_dict() if isinstance(state, nn.Module) else state  # type: ignore[assignment]
+    items: Mapping[str, T] = state.state_dict() if isinstance(state, nn.Module) else state
     out: dict[str, T] = {}
     for key, value in items.items():
         rule = graph.rule_for(key)

@@ -32,7 +32,8 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, K)
-        return self.net(x)
+        logits: torch.Tensor = self.net(x)
+        return logits
 
 
 class CNN(nn.Module):
@@ -68,7 +69,8 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.features(x)  # (B, C', H', W')
         z = z.mean(dim=(2, 3), keepdim=True)  # (B, C', 1, 1)
-        return self.head(z)  # (B, K)
+        logits: torch.Tensor = self.head(z)  # (B, K)
+        return logits
 
 
 class BasicBlock(nn.Module):
@@ -121,7 +123,8 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.blocks(self.stem(x))  # (B, C', H', W')
-        return self.fc(z.mean(dim=(2, 3)))  # (B, K)
+        logits: torch.Tensor = self.fc(z.mean(dim=(2, 3)))  # (B, K)
+        return logits
 
 
 register_model("mlp")(MLP)

@@ -81,7 +81,7 @@ class ModelSpec:
 def build_model(spec: ModelSpec) -> nn.Module:
     """Build a freshly initialised model (seed torch before calling for reproducibility)."""
     model = MODELS[spec.name](spec)
-    model.spec = spec  # type: ignore[assignment]
+    model.spec = spec  # type: ignore[assignment]  # nn.Module attributes are typed as tensors or modules
     return model
 
 

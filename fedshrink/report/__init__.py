@@ -1,9 +1,9 @@
 """Run directories, reports (report.md + PNG plots), run comparison and the console."""
 
 from fedshrink.report.compare import compare_runs
-from fedshrink.report.console import RunConsole
-from fedshrink.report.plots import human_bytes
-from fedshrink.report.report import RunData, build_report, load_run
+from fedshrink.report.console import RunConsole, human_bytes
+from fedshrink.report.report import build_report
+from fedshrink.report.rundata import RunData, load_run
 from fedshrink.report.rundir import RunDirectory, default_run_name
 
 __all__ = [

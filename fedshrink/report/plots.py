@@ -8,7 +8,6 @@ No pyplot state: every function builds a :class:`matplotlib.figure.Figure`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,10 @@ from typing import Any
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
-from fedshrink.errors import ConfigError
 from fedshrink.report.console import human_bytes
+from fedshrink.report.pareto import ParetoPoint, pareto_front, score_label
 
 DPI = 110
 
@@ -35,7 +34,8 @@ class Curve:
     rounds: Sequence[int]
     accuracy: Sequence[float]
     bytes_up: Sequence[float] | None = None  # cumulative, B
-    bytes_up_uncompressed: Sequence[float] | None = None  # cumulative, B, fp32 full-size equivalent
+    bytes_up_uncompressed: Sequence[float] | None = None  # cumulative, B: the same fragments in fp32
+    bytes_up_full_fp32: Sequence[float] | None = None  # cumulative, B: the full model in fp32 per reply
 
 
 @dataclass(frozen=True)
@@ -49,61 +49,6 @@ class ClientBar:
     bytes_up: int
     bytes_down: int
     energy_joules: float
-
-
-@dataclass(frozen=True)
-class ParetoPoint:
-    """A student candidate (one entry of ``pareto.json``)."""
-
-    params: int
-    accuracy: float
-    name: str = ""
-    bytes: int | None = None
-    macs: int | None = None
-    latency_ms: float | None = None
-    chosen: bool = False
-
-    def __post_init__(self) -> None:
-        if isinstance(self.params, bool) or not isinstance(self.params, int) or self.params < 0:
-            raise ConfigError("pareto params", self.params, "an integer >= 0")
-        if not (isinstance(self.accuracy, int | float) and 0 <= self.accuracy <= 1):
-            raise ConfigError("pareto accuracy", self.accuracy, "a number in [0, 1]")
-        if self.bytes is not None and (not isinstance(self.bytes, int) or self.bytes < 0):
-            raise ConfigError("pareto bytes", self.bytes, "an integer >= 0 or absent")
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> ParetoPoint:
-        if not isinstance(d, Mapping) or "params" not in d or "accuracy" not in d:
-            raise ConfigError("pareto.json entry", d, "an object with at least 'params' and 'accuracy'")
-        return cls(
-            params=int(d["params"]),
-            accuracy=float(d["accuracy"]),
-            name=str(d.get("name", "")),
-            bytes=None if d.get("bytes") is None else int(d["bytes"]),
-            macs=None if d.get("macs") is None else int(d["macs"]),
-            latency_ms=None if d.get("latency_ms") is None else float(d["latency_ms"]),
-            chosen=bool(d.get("chosen", False)),
-        )
-
-    def size(self, key: str) -> float:
-        value = self.bytes if key == "bytes" else self.params
-        return float(value if value is not None else self.params)
-
-
-def pareto_front(points: Sequence[ParetoPoint], size_key: str = "params") -> list[ParetoPoint]:
-    """The non-dominated points (smaller size and higher accuracy are better), by size ascending.
-
-    A point is dominated when another is no larger and no less accurate, and
-    strictly better in one of the two.
-    """
-    ordered = sorted(points, key=lambda p: (p.size(size_key), -p.accuracy))
-    front: list[ParetoPoint] = []
-    best = -math.inf
-    for p in ordered:
-        if p.accuracy > best:
-            front.append(p)
-            best = p.accuracy
-    return front
 
 
 def save_figure(fig: Figure, path: Path) -> Path:
@@ -128,14 +73,24 @@ def _figure(width: float = 6.4, height: float = 4.0, nrows: int = 1, ncols: int 
     return fig, axes
 
 
-def plot_accuracy_vs_round(curves: Mapping[str, Curve]) -> Figure:
-    """Test accuracy of the global model against round, one line per run."""
+def _target_lines(ax: Axes, targets: Sequence[float]) -> None:
+    """A thin horizontal line at each target accuracy, labelled at the right."""
+    for level in targets:
+        ax.axhline(level, color="0.4", linestyle="-.", linewidth=0.8)
+        ax.annotate(f"target {level:.4f}", (1.0, level), xycoords=("axes fraction", "data"), fontsize="x-small",
+                    ha="right", va="bottom", color="0.3")
+
+
+def plot_accuracy_vs_round(curves: Mapping[str, Curve], *, targets: Sequence[float] = ()) -> Figure:
+    """Test accuracy of the global model against round, one line per run (and a line per target accuracy)."""
     if not curves or all(len(c.rounds) == 0 for c in curves.values()):
         raise MissingData("no rounds in metrics.jsonl")
     fig, axes = _figure()
     ax = axes[0][0]
     for label, c in curves.items():
         ax.plot(list(c.rounds), list(c.accuracy), marker="o", markersize=3, label=label)
+    _target_lines(ax, targets)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy against round")
@@ -145,21 +100,28 @@ def plot_accuracy_vs_round(curves: Mapping[str, Curve]) -> Figure:
     return fig
 
 
-def plot_accuracy_vs_bytes(curves: Mapping[str, Curve]) -> Figure:
-    """Accuracy against cumulative uplink bytes: fedshrink (solid) and its fp32 equivalent (dashed)."""
+def plot_accuracy_vs_bytes(curves: Mapping[str, Curve], *, references: bool = True,
+                           targets: Sequence[float] = ()) -> Figure:
+    """Accuracy against cumulative uplink bytes sent (solid); with ``references``, also against the same
+    fragments in fp32 (dashed) and the full model in fp32 (dotted) where recorded (:mod:`fedshrink.report.costs`)."""
     usable = {k: c for k, c in curves.items() if c.bytes_up is not None}
     if not usable:
         raise MissingData("no 'bytes-up' in the round records of metrics.jsonl")
     fig, axes = _figure()
     ax = axes[0][0]
+    xs: list[float] = []
     for label, c in usable.items():
         assert c.bytes_up is not None
         (line,) = ax.plot(list(c.bytes_up), list(c.accuracy), marker="o", markersize=3,
-                          label=f"{label}: fedshrink")
-        if c.bytes_up_uncompressed is not None:
-            ax.plot(list(c.bytes_up_uncompressed), list(c.accuracy), linestyle="--", color=line.get_color(),
-                    alpha=0.7, label=f"{label}: uncompressed fp32 equivalent")
-    xs = [v for c in usable.values() for seq in (c.bytes_up, c.bytes_up_uncompressed) if seq for v in seq]
+                          label=f"{label}: sent" if references else label)
+        xs += list(c.bytes_up)
+        for seq, style, what in ((c.bytes_up_uncompressed, "--", "same fragments in fp32"),
+                                 (c.bytes_up_full_fp32, ":", "full model in fp32")):
+            if references and seq is not None:
+                ax.plot(list(seq), list(c.accuracy), linestyle=style, color=line.get_color(), alpha=0.7,
+                        label=f"{label}: {what}")
+                xs += list(seq)
+    _target_lines(ax, targets)
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
     _bytes_axis(ax)
@@ -215,34 +177,40 @@ def plot_client_bars(bars: Sequence[ClientBar], *, energy_label: str = "") -> Fi
 
 
 def plot_pareto(points: Sequence[ParetoPoint], *, size_key: str = "params") -> Figure:
-    """The student candidates: accuracy against size, the Pareto front joined, the chosen one starred."""
-    if not points:
-        raise MissingData("no pareto.json (student search candidates)")
-    front = pareto_front(points, size_key)
+    """The trained student candidates: teacher agreement against size, the front joined, the chosen one starred.
+
+    Candidates over the budget were never trained and have no score; they are left out (the report's table lists
+    them, marked).
+    """
+    scored = [p for p in points if p.scored]
+    if not scored:
+        raise MissingData("no pareto.json (student search candidates)" if not points
+                          else "no trained candidate in pareto.json")
+    front = pareto_front(scored, size_key)
     fig, axes = _figure()
     ax = axes[0][0]
-    others = [p for p in points if p not in front]
-    ax.scatter([p.size(size_key) for p in others], [p.accuracy for p in others], color="0.6", s=18,
+    others = [p for p in scored if not any(p is q for q in front)]
+    ax.scatter([p.size(size_key) for p in others], [p.score for p in others], color="0.6", s=18,
                label="candidate")
-    ax.plot([p.size(size_key) for p in front], [p.accuracy for p in front], "o-", color="C0",
+    ax.plot([p.size(size_key) for p in front], [p.score for p in front], "o-", color="C0",
             markersize=5, label="Pareto front")
-    chosen = [p for p in points if p.chosen]
+    chosen = [p for p in scored if p.chosen]
     if chosen:
-        ax.scatter([p.size(size_key) for p in chosen], [p.accuracy for p in chosen], marker="*", s=220,
+        ax.scatter([p.size(size_key) for p in chosen], [p.score for p in chosen], marker="*", s=220,
                    color="C3", zorder=5, label="chosen")
     for p in front:
         if p.name:
-            ax.annotate(p.name, (p.size(size_key), p.accuracy), fontsize="x-small",
+            ax.annotate(p.name, (p.size(size_key), p.score or 0.0), fontsize="x-small",
                         xytext=(4, -10), textcoords="offset points")
-    sizes = [p.size(size_key) for p in points]
+    sizes = [p.size(size_key) for p in scored]
     if min(sizes) > 0 and max(sizes) / min(sizes) > 20:
         ax.set_xscale("log")
     if size_key == "bytes":
         _bytes_axis(ax)
-        ax.set_xlabel("student size (bytes)")
+        ax.set_xlabel("student size (int8 bytes, upper bound)")
     else:
         ax.set_xlabel("student parameters")
-    ax.set_ylabel("accuracy (search: agreement with the teacher on held-out proxy)")
+    ax.set_ylabel(f"{score_label(scored)}\n(held-out proxy images; not test accuracy)")
     ax.set_title("Student search: Pareto front")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")

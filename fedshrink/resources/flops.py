@@ -26,7 +26,7 @@ Training FLOPs (floating-point operations, a count, not a rate)::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -60,11 +60,11 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
     counts: dict[str, int] = {}
     handles = []
 
-    def hook_for(name: str):  # type: ignore[no-untyped-def]
+    def hook_for(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(mod: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
             batch = out.shape[0]
             if isinstance(mod, nn.Conv2d):
-                kh, kw = mod.kernel_size  # type: ignore[misc]
+                kh, kw = mod.kernel_size
                 n = conv2d_macs(mod.in_channels, mod.out_channels, (kh, kw), (out.shape[2], out.shape[3]),
                                 mod.groups)
             else:

@@ -22,7 +22,7 @@ def config_from_json(kind: str, registry: Mapping[str, type[C]], text: str | Map
     cls = registry.get(str(name))
     if cls is None:
         raise ConfigError(kind, name, "one of " + ", ".join(map(repr, sorted(registry))))
-    allowed = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    allowed = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # registries hold dataclasses
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise ConfigError(f"{kind} {name}", unknown[0], "one of " + (", ".join(sorted(allowed)) or "no options"))

@@ -31,8 +31,10 @@ import numpy.typing as npt
 
 from fedshrink.strategy.batch import BoolArray, FloatArray, UpdateBatch
 
+Values = npt.NDArray[np.floating]  # a batch's values: float32 as decoded, or float64
 
-def _masked(batch: UpdateBatch) -> npt.NDArray[np.floating]:
+
+def _masked(batch: UpdateBatch) -> Values:
     """The values (0 wherever not held: an invariant of the batch)."""
     return batch.values
 
@@ -45,19 +47,21 @@ def norms(batch: UpdateBatch) -> FloatArray:
 def rms(batch: UpdateBatch) -> FloatArray:
     """Root mean square of every client's update over the coordinates it held (0 when it held none)."""
     count = batch.held.sum(axis=1)
-    return np.divide(norms(batch), np.sqrt(np.maximum(count, 1)), out=np.zeros(len(batch)), where=count > 0)
+    out: FloatArray = np.divide(norms(batch), np.sqrt(np.maximum(count, 1)), out=np.zeros(len(batch)),
+                                where=count > 0)
+    return out
 
 
 # -- combiners (over a batch whose "held" marks the values to vote on) -----------------------
-def _sorted_held(batch: UpdateBatch) -> tuple[npt.NDArray[np.floating], npt.NDArray[np.int64]]:
+def _sorted_held(batch: UpdateBatch) -> tuple[Values, npt.NDArray[np.int64]]:
     """Held values sorted per coordinate (NaN for not held, at the end) and the holder counts."""
-    v = np.where(batch.held, batch.values, np.nan)  # one copy, sorted in place
+    v: Values = np.where(batch.held, batch.values, np.nan)  # one copy, sorted in place
     v.sort(axis=0)
     return v, batch.held.sum(axis=0)
 
 
-def _take_rows(sorted_v: FloatArray, rows: npt.NDArray[np.int64]) -> FloatArray:
-    return np.take_along_axis(sorted_v, rows[None, :], axis=0)[0]
+def _take_rows(sorted_v: Values, rows: npt.NDArray[np.int64]) -> FloatArray:
+    return np.asarray(np.take_along_axis(sorted_v, rows[None, :], axis=0)[0], dtype=np.float64)
 
 
 def coordinate_median(batch: UpdateBatch) -> tuple[FloatArray, BoolArray]:
@@ -70,13 +74,14 @@ def coordinate_median(batch: UpdateBatch) -> tuple[FloatArray, BoolArray]:
     return np.where(voted, med, 0.0), voted
 
 
-def _band_mean(s: FloatArray, start: npt.NDArray[np.int64], stop: npt.NDArray[np.int64]) -> FloatArray:
+def _band_mean(s: Values, start: npt.NDArray[np.int64], stop: npt.NDArray[np.int64]) -> FloatArray:
     """Mean of ``s[start_j:stop_j, j]`` per column (sorted values; stop > start where it matters)."""
     z = np.nan_to_num(s, nan=0.0)
     csum = np.vstack([np.zeros((1, s.shape[1])), np.cumsum(z, axis=0)])  # (n+1, D)
     total = _take_rows(csum, stop) - _take_rows(csum, start)
     k = stop - start
-    return np.divide(total, k, out=np.zeros_like(total), where=k > 0)
+    mean: FloatArray = np.divide(total, k, out=np.zeros_like(total), where=k > 0)
+    return mean
 
 
 def trimmed_mean(batch: UpdateBatch, trim: float) -> tuple[FloatArray, BoolArray]:

@@ -62,7 +62,7 @@ class InProcessGrid(Grid):
         self.dropouts = 0  # deliveries a ClientApp refused as a simulated dropout (no reply sent)
 
     # -- Grid ------------------------------------------------------------------------
-    def set_run(self, run: Run) -> None:  # type: ignore[override]
+    def set_run(self, run: Run) -> None:
         self._run = run
 
     @property

@@ -22,6 +22,7 @@ from fedshrink.config import RunConfig
 from fedshrink.data import Splits, make_splits
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.report.recorder import RunRecorder
+from fedshrink.report.targets import choose_targets, reach_all, targets_json
 from fedshrink.robust.checkpoint import resumed_config
 from fedshrink.server.distill import distill_student, student_summary
 from fedshrink.server.evaluation import evaluate_widths, for_evaluation
@@ -103,12 +104,15 @@ def summarise(run: Run, seconds: float) -> dict[str, Any]:
         "rounds-skipped": sum(r["skipped"] for r in history),
         "replies-dropped": sum(r["clients-dropped"] for r in history), "defence": cfg.robust.defence,
         "attack": cfg.robust.attack if cfg.robust.attack_fraction > 0 else "none",
-        "dataset": cfg.data.dataset, "clients": len(list(run.grid.get_node_ids())), "model": cfg.model.model,
+        "dataset": cfg.data.dataset, "classes": run.splits.num_classes, "input-shape": list(run.splits.input_shape),
+        "clients": len(list(run.grid.get_node_ids())), "model": cfg.model.model,
         "model-parameters": count_parameters(run.model), "seconds": seconds,
         "bytes-up": sum(r["bytes-up"] for r in history), "bytes-down": sum(r["bytes-down"] for r in history),
         "bytes-up-uncompressed": sum(r["bytes-up-uncompressed"] for r in history),
         "energy-j": sum(r["energy-j"] for r in history),
         "energy-estimated": any(r["energy-estimated"] for r in history),
+        # bytes and rounds to this run's final accuracy - 1 point (`fedshrink report --targets/--baseline` redoes it)
+        "targets": targets_json(reach_all(history, choose_targets((), own_final=final["accuracy"]))),
     }
 
 

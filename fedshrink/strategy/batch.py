@@ -166,7 +166,8 @@ class UpdateBatch:
         """Per coordinate, the weight of the clients that sent it over the weight of those that held it."""
         held_w = (self.weights[:, None] * self.held).sum(axis=0)
         sent_w = (self.weights[:, None] * self.sent).sum(axis=0)
-        return np.divide(sent_w, held_w, out=np.zeros(self.dim), where=held_w > 0)
+        share: FloatArray = np.divide(sent_w, held_w, out=np.zeros(self.dim), where=held_w > 0)
+        return share
 
 
 class BatchRows:

@@ -39,7 +39,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedshrink.compression import message_nbytes, recorddict_nbytes
-from fedshrink.devices import sample_size
+from fedshrink.devices import Budget, DeviceModel, sample_size
 from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.fragments import extract
 from fedshrink.profiles import DeviceProfile
@@ -369,16 +369,23 @@ class ShrinkStrategy(Strategy):
     def checkpoint_state(self) -> dict[str, object]:
         """What a resumed run needs (JSON-ready); sampling is a pure function of seed and round."""
         return {"nodes": {str(n): {"partition-id": h.partition_id, "num-partitions": h.num_partitions,
-                                   "profile": h.profile.to_json() if h.profile is not None else ""}
-                          for n, h in self.nodes.items()}}
+                                   "profile": h.profile.to_json() if h.profile is not None else "",
+                                   "device": h.device.to_json() if h.device is not None else "",
+                                   "budget": h.budget.to_json() if h.budget is not None else "",
+                                   "num-examples": h.num_examples}
+                          for n, h in self.nodes.items()},
+                "plans": {str(n): why for n, why in self.plans.items()}}
 
     def restore_state(self, state: Mapping[str, object]) -> None:
-        nodes = state.get("nodes", {})
-        if not isinstance(nodes, dict):
-            raise ValueError("checkpoint strategy state: 'nodes' is not an object")
+        nodes, plans = state.get("nodes", {}), state.get("plans", {})
+        if not isinstance(nodes, dict) or not isinstance(plans, dict):
+            raise ValueError("checkpoint strategy state: 'nodes' and 'plans' must be objects")
         self.nodes = {int(n): Hello(int(h["partition-id"]), int(h["num-partitions"]),
-                                    DeviceProfile.from_json(h["profile"]) if h["profile"] else None)
+                                    DeviceProfile.from_json(h["profile"]) if h["profile"] else None,
+                                    DeviceModel.from_json(h["device"]) if h["device"] else None,
+                                    Budget.from_json(h["budget"]) if h["budget"] else None, int(h["num-examples"]))
                       for n, h in nodes.items()}
+        self.plans = {int(n): str(why) for n, why in plans.items()}
 
     # -- evaluation is server-side ---------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

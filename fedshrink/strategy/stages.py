@@ -88,8 +88,9 @@ class Combiner(Stage):
 
     def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         location, _ = self.locate(batch.over_sent(), ctx)
-        voted = batch.held.any(axis=0)
-        return np.where(voted, location * batch.sent_share(), 0.0), voted
+        voted: BoolArray = np.asarray(batch.held.any(axis=0))
+        delta: FloatArray = np.where(voted, location * batch.sent_share(), 0.0)
+        return delta, voted
 
 
 class Perturb(Stage):
@@ -143,22 +144,22 @@ def aggregate(global_flat: FloatArray, batch: UpdateBatch, stages: Sequence[Stag
     check_stages(stages)
     report = StageReport()
     rows = np.arange(len(batch))
-    for stage in (s for s in stages if isinstance(s, Screen)):
-        drops = stage.screen(batch, ctx)
+    for screen in (s for s in stages if isinstance(s, Screen)):
+        drops = screen.screen(batch, ctx)
         if drops:
             report.dropped += [(int(rows[r]), reason) for r, reason in sorted(drops.items())]
             keep = np.asarray([r for r in range(len(batch)) if r not in drops], dtype=np.int64)
             batch, rows = batch.take(keep), rows[keep]
-    for stage in (s for s in stages if isinstance(s, Transform)):
-        batch, note = stage.apply(batch, ctx)
+    for transform in (s for s in stages if isinstance(s, Transform)):
+        batch, note = transform.apply(batch, ctx)
         if note:
-            report.notes[stage.name] = note
+            report.notes[transform.name] = note
     combiner = next((s for s in stages if isinstance(s, Combiner)), HolderMean())
     if len(batch) == 0:
         return global_flat.copy(), report
     delta, voted = combiner.combine(batch, ctx)
-    for stage in (s for s in stages if isinstance(s, Perturb)):
-        delta, note = stage.perturb(delta, voted, batch, ctx)
+    for perturb in (s for s in stages if isinstance(s, Perturb)):
+        delta, note = perturb.perturb(delta, voted, batch, ctx)
         if note:
-            report.notes[stage.name] = note
+            report.notes[perturb.name] = note
     return np.where(voted, global_flat + delta, global_flat), report

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from matplotlib.figure import Figure
 
 from fedshrink.report.plots import Curve, MissingData
-from fedshrink.report.report import RunData
+from fedshrink.report.rundata import RunData
 
 
 def mean_curve(runs: Sequence[RunData]) -> Curve:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedshrink.report.report import RunData, load_run
+from fedshrink.report.rundata import RunData, load_run
 from fedshrink.sweep.layout import SweepDirectory
 from fedshrink.sweep.spec import PlannedRun
 

@@ -24,8 +24,9 @@ from typing import Any
 from matplotlib.figure import Figure
 
 from fedshrink.report.plots import MissingData, plot_accuracy_vs_bytes, plot_accuracy_vs_round, save_figure
-from fedshrink.report.report import RunData, markdown_table
+from fedshrink.report.rundata import RunData
 from fedshrink.report.rundir import write_json_atomic
+from fedshrink.report.tables import markdown_table
 from fedshrink.sweep.plots import mean_curve, plot_final_accuracy
 from fedshrink.sweep.results import DEVICE_KEYS, mean_sd, open_sweep, run_figures
 
@@ -158,17 +159,19 @@ def _write(title: str, head: Sequence[str], entries: Sequence[Entry], targets: S
     return path, stats
 
 
-def compare_entries(paths: Sequence[Path | str], out_dir: Path | str) -> tuple[Path, dict[str, Path]]:
-    """``compare.md`` and plots for sweep directories (their configurations) and run directories (one each)."""
-    from fedshrink.report.report import load_run
+def compare_entries(paths: Sequence[Path | str], out_dir: Path | str, targets: Sequence[float] = ()
+                    ) -> tuple[Path, dict[str, Path]]:
+    """``compare.md`` and plots for sweep directories (their configurations) and run directories (one each);
+    the target accuracies are ``targets`` and the sweeps' own."""
+    from fedshrink.report.rundata import load_run
     from fedshrink.sweep.layout import SweepDirectory
 
     entries: list[Entry] = []
-    targets: list[float] = []
+    levels: list[float] = list(dict.fromkeys(targets))
     for p in paths:
         if SweepDirectory.is_sweep(p):
             sweep = open_sweep(p)
-            targets += [t for t in sweep.targets if t not in targets]
+            levels += [t for t in sweep.targets if t not in levels]
             many = sum(SweepDirectory.is_sweep(q) for q in paths) > 1
             entries += [Entry(f"{sweep.name}: {c}" if many else c, sweep.of(c), len(sweep.planned_of(c)),
                               sweep.planned_of(c)[0].axes) for c in sweep.configs()]
@@ -177,5 +180,5 @@ def compare_entries(paths: Sequence[Path | str], out_dir: Path | str) -> tuple[P
             entries.append(Entry(run.name, {int(run.config.get("seed", 0)): run}, 1, {}))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    path, _ = _write(f"fedshrink: {len(entries)} configurations compared", [], entries, targets, out, "compare.md")
+    path, _ = _write(f"fedshrink: {len(entries)} configurations compared", [], entries, levels, out, "compare.md")
     return path, {p.stem: p for p in (out / PLOTS_DIR).glob("*.png")}

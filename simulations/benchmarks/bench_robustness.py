@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshrink.config import RunConfig
-from fedshrink.report.report import RunData
+from fedshrink.report.rundata import RunData
 from fedshrink.robust.attacks import alie_z, malicious_partitions
 from fedshrink.sweep import SweepRuns, open_sweep
 

@@ -72,3 +72,38 @@ def test_varint_rejects(data: bytes, count: int, n: int) -> None:
 def test_bitmap_count_mismatch() -> None:
     with pytest.raises(ValueError, match="set bits"):
         bitops.indices_from_bitmap(b"\xf0", 8, 3)
+
+
+def _stream_reference(q: np.ndarray, bits: int) -> bytes:
+    """The spec's definition: every code MSB first, one bit stream, bytes filled MSB first."""
+    stream = "".join(format(int(v), f"0{bits}b") for v in q)
+    stream += "0" * (-len(stream) % 8)
+    return bytes(int(stream[i : i + 8], 2) for i in range(0, len(stream), 8))
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_pack_is_the_msb_first_bit_stream(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    for n in [*range(0, 20), 63, 64, 65, 257]:
+        q = rng.integers(0, 2**bits, n).astype(np.uint8)
+        assert bitops.pack_bits(q, bits) == _stream_reference(q, bits), n
+
+
+def _leb128_reference(idx: np.ndarray) -> bytes:
+    out, prev = bytearray(), -1
+    for i in idx.tolist():
+        gap, prev = i - prev - 1, i
+        while gap >= 0x80:
+            out.append(gap & 0x7F | 0x80)
+            gap >>= 7
+        out.append(gap)
+    return bytes(out)
+
+
+def test_varint_is_leb128_of_the_gaps() -> None:
+    rng = np.random.default_rng(0)
+    gaps = rng.choice([0, 1, 127, 128, 300, 2**14 - 1, 2**14, 2**21, 2**28 + 3], size=400)
+    idx = np.cumsum(gaps + 1) - 1
+    code = bitops.varint_encode(idx)
+    assert code == _leb128_reference(idx)
+    assert np.array_equal(bitops.varint_decode(code, idx.size, int(idx[-1]) + 1), idx)

@@ -98,7 +98,7 @@ def test_sparsifiers_keep_exact_values(sparsifier: str, x: np.ndarray, ratio: fl
     assert p.proto.sparse.count == k
     assert p.proto.sparse.nbytes <= math.ceil(x.size / 8)  # the smaller index encoding
     sp = p.proto.sparse
-    section = p.proto.payload[: sp.nbytes]
+    section = p.payload[: sp.nbytes]
     if sp.encoding == pb.INDEX_ENCODING_BITMAP:
         idx = bitops.indices_from_bitmap(section, x.size, k)
     else:

@@ -19,6 +19,7 @@ from fedshrink.compression.codecs import (
     SignConfig,
     TopKConfig,
     ZlibConfig,
+    ZstdConfig,
 )
 from fedshrink.errors import ConfigError
 
@@ -36,6 +37,7 @@ CONFIGS: dict[str, st.SearchStrategy[Any]] = {
     "topk": st.builds(TopKConfig, ratio=RATIOS),
     "randk": st.builds(RandKConfig, ratio=RATIOS),
     "zlib": st.builds(ZlibConfig, level=st.integers(0, 9)),
+    "zstd": st.builds(ZstdConfig, level=st.integers(1, 22)),
 }
 
 BAD: list[tuple[type[CodecConfig], dict[str, Any], str]] = [
@@ -48,6 +50,9 @@ BAD: list[tuple[type[CodecConfig], dict[str, Any], str]] = [
     (TopKConfig, {"ratio": 1.5}, "topk.ratio"),
     (RandKConfig, {"ratio": float("nan")}, "randk.ratio"),
     (ZlibConfig, {"level": 10}, "zlib.level"),
+    (ZstdConfig, {"level": 0}, "zstd.level"),
+    (ZstdConfig, {"level": 23}, "zstd.level"),
+    (ZstdConfig, {"level": 1.5}, "zstd.level"),
 ]
 
 
@@ -72,7 +77,7 @@ def test_config_roundtrips(codec_id: str, data: st.DataObject) -> None:
 @given(
     sparse=st.none() | CONFIGS["topk"] | CONFIGS["randk"],
     value=st.none() | CONFIGS["quant"] | CONFIGS["fp16"] | CONFIGS["bf16"] | CONFIGS["sign"],
-    entropy=st.none() | CONFIGS["zlib"],
+    entropy=st.none() | CONFIGS["zlib"] | CONFIGS["zstd"],
 )
 def test_chain_roundtrips(sparse: Any, value: Any, entropy: Any) -> None:
     chain = ChainConfig(tuple(c for c in (sparse, value, entropy) if c is not None))
@@ -93,6 +98,8 @@ def test_parse_aliases_and_canonical_form() -> None:
     assert ChainConfig.parse("q4:axis=0,stochastic=true").stages == (QuantConfig(4, 0, True),)
     assert ChainConfig.parse("int4").stages == (QuantConfig(bits=4),)
     assert ChainConfig.parse("half|zlib:9").stages == (Float16Config(), ZlibConfig(9))
+    assert ChainConfig.parse("topk:0.1|q4|zstd").to_string() == "topk:0.1|quant:4|zstd:1"
+    assert ChainConfig.parse("int8|zstd:19").stages == (QuantConfig(8), ZstdConfig(19))
     assert ChainConfig.parse("raw") == ChainConfig.parse("") == ChainConfig(())
     assert Chain.parse("raw").config.to_string() == "raw"
 
@@ -103,6 +110,8 @@ def test_parse_aliases_and_canonical_form() -> None:
         ("lz4", "codec"),
         ("int8|topk:0.1", "chain"),  # sparsifier after a value codec
         ("zlib|int8", "chain"),  # entropy not last
+        ("zlib|zstd", "chain"),  # two entropy stages
+        ("zstd:0", "zstd.level"),
         ("int8|fp16", "chain"),  # two value codecs
         ("topk:0.1|bitmap", "chain"),
         ("quant:bits=x", "quant.bits"),

@@ -27,6 +27,10 @@ CHAINS = [
     "randk:0.2|int8",
     "bf16|zlib",
     "q2:axis=1|zlib",
+    "zstd",
+    "topk:0.5|q4|zstd",
+    "int8|zstd:19",
+    "bf16|zstd",
 ]
 N_PAYLOADS = 10_000
 
@@ -44,10 +48,10 @@ def _corpus(rng: np.random.Generator) -> list[bytes]:
     out = [Chain.parse(c).encode("w", t, rng=rng).data for c in CHAINS for t in tensors]
     out += [
         Chain.parse(c).encode("b", t).data
-        for c in ("raw", "zlib", "bitmap")
+        for c in ("raw", "zlib", "zstd", "bitmap")
         for t in (torch.tensor([True, False, True]), torch.ones(4, 2, 2))
     ]
-    out += [Chain.parse("zlib").encode("i", torch.arange(10)).data]
+    out += [Chain.parse(c).encode("i", torch.arange(10)).data for c in ("zlib", "zstd")]
     return out
 
 
@@ -110,7 +114,7 @@ def _mutate_fields(data: bytes, r: random.Random) -> bytes:
         ct.dtype = r.choice(["float32", "bool", "int64", "bfloat16", "float16", "complex64", ""])
     elif pick == 8 and ct.stages:
         ct.stages[r.randrange(len(ct.stages))].codec = r.choice(
-            ["quant", "topk", "zlib", "sign", "bitmap", "x"]
+            ["quant", "topk", "zlib", "zstd", "sign", "bitmap", "x"]
         )
     else:
         ct.sparse.encoding = r.randint(0, 3)  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-"""The fleet clock inside the strategy: availability, memory, deadlines, over-selection, budgets; and a run's records."""
+"""The fleet clock inside the strategy: availability, memory, deadlines, over-selection, budgets; run records."""
 
 from __future__ import annotations
 

@@ -111,7 +111,7 @@ def test_human_bytes() -> None:
     assert human_bytes(999) == "999 B" and human_bytes(1234567) == "1.23 MB" and human_bytes(None) == "n/a"
 
 
-points = st.lists(st.builds(ParetoPoint, params=st.integers(0, 10**6), accuracy=st.floats(0, 1)),
+points = st.lists(st.builds(ParetoPoint, params=st.integers(0, 10**6), score=st.floats(0, 1)),
                   min_size=1, max_size=30)
 
 
@@ -120,10 +120,11 @@ def test_pareto_front_is_exactly_the_non_dominated_set(pts: list[ParetoPoint]) -
     front = pareto_front(pts)
 
     def dominated(p: ParetoPoint) -> bool:
-        return any(q.params <= p.params and q.accuracy >= p.accuracy
-                   and (q.params < p.params or q.accuracy > p.accuracy) for q in pts)
+        assert p.score is not None
+        return any(q.params <= p.params and (q.score or 0) >= p.score
+                   and (q.params < p.params or (q.score or 0) > p.score) for q in pts)
 
     assert all(not dominated(p) for p in front)
-    keys = {(p.params, p.accuracy) for p in front}
-    assert all(dominated(p) or (p.params, p.accuracy) in keys for p in pts)
+    keys = {(p.params, p.score) for p in front}
+    assert all(dominated(p) or (p.params, p.score) in keys for p in pts)
     assert [p.params for p in front] == sorted(p.params for p in front)

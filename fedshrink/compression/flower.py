@@ -40,9 +40,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, Message, RecordDict
-from flwr.common.serde import (
+from flwr.common.serde import (  # type: ignore[attr-defined]  # metadata_to_proto: public in serde, not in __all__
     message_to_proto,
-    metadata_to_proto,  # type: ignore[attr-defined]  # public in serde, not in its __all__
+    metadata_to_proto,
     recorddict_to_proto,
 )
 from google.protobuf.message import DecodeError as ProtoDecodeError

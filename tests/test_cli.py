@@ -113,7 +113,7 @@ def test_compare_against_a_fedavg_baseline(three_runs: dict[str, Path], tmp_path
     rows = {c[0]: c for c in map(_cells, lines[2:5])}
     assert list(rows) == ["fedavg", "mix", "q4"]  # the baseline first
     assert rows["fedavg"][2:4] == ["''", "raw"] and rows["mix"][2:4] == ["phone:0.5,laptop:0.5", "raw"]
-    assert rows["q4"][2:4] == ["''", "q4|zlib"] and rows["q4"][1] == "digits"
+    assert rows["q4"][2:4] == ["''", "q4|zlib"] and rows["q4"][1] == "digits (10 classes, input 1x8x8)"
     data = json.loads((out / "compare.json").read_text())
     assert data["runs"]["mix"]["label"] == "profile-mix=phone:0.5,laptop:0.5, uplink-chain=raw"  # legend label
     base_rounds = _rounds(base)

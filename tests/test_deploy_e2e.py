@@ -79,7 +79,8 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
         probe.start()
         out = tmp_path / "runs"
         run = dep.run(APP_DIR, {"num-server-rounds": 2, "local-epochs": 1, "distill": False, "output-dir": str(out),
-                                "run-name": "deploy", "profile-mix": "laptop:1.0"}, timeout=900)
+                                "run-name": "deploy", "profile-mix": "laptop:1.0",
+                                "device-availability": False}, timeout=900)
         probe.join()
         assert {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"} == online
         pids = sorted(set(pids) | set(dep.pids()))

@@ -133,6 +133,31 @@ def plot_accuracy_vs_bytes(curves: Mapping[str, Curve], *, references: bool = Tr
     return fig
 
 
+def plot_accuracy_vs_device(curves: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], *,
+                            targets: Sequence[float] = ()) -> Figure:
+    """Accuracy against cumulative simulated fleet time and fleet energy (modelled), one line per run.
+
+    ``curves``: label -> (cumulative device seconds, cumulative device joules, accuracy), per round.
+    """
+    if not curves:
+        raise MissingData("no 'device-time-s' in the round records (no simulated devices)")
+    fig, axes = _figure(width=10.0, height=4.0, ncols=2)
+    for label, (secs, joules, acc) in curves.items():
+        axes[0][0].plot(list(secs), list(acc), marker="o", markersize=3, label=label)
+        axes[0][1].plot(list(joules), list(acc), marker="o", markersize=3, label=label)
+    for ax, what in zip(axes[0], ("cumulative simulated fleet time, s (modelled)",
+                                  "cumulative fleet energy, J (modelled)"), strict=True):
+        _target_lines(ax, targets)
+        ax.set_xlabel(what)
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title("Accuracy against simulated time")
+    axes[0][1].set_title("Accuracy against fleet energy")
+    if len(curves) > 1:
+        axes[0][0].legend(fontsize="small")
+    return fig
+
+
 def plot_client_bars(bars: Sequence[ClientBar], *, energy_label: str = "") -> Figure:
     """Per-client totals over the run: wall time, peak RSS, bytes (up + down stacked), energy."""
     if not bars:

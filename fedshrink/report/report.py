@@ -9,6 +9,7 @@ A plot whose data is absent is skipped, with a note saying what is missing.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from fedshrink.report.pareto import pareto_rows, read_pareto, size_key
 from fedshrink.report.plots import (
     MissingData,
     plot_accuracy_vs_bytes,
+    plot_accuracy_vs_device,
     plot_accuracy_vs_round,
     plot_client_bars,
     plot_pareto,
@@ -31,6 +33,7 @@ from fedshrink.report.rundata import PARETO_JSON, SUMMARY_JSON, RunData, cumulat
 from fedshrink.report.rundir import write_json_atomic
 from fedshrink.report.tables import (
     client_bars,
+    device_profile_table,
     dropped_table,
     energy_label,
     markdown_table,
@@ -57,6 +60,7 @@ def figures(run: RunData, targets: Sequence[float] = ()) -> dict[str, Figure | s
     makers: dict[str, Callable[[], Figure]] = {
         "accuracy_vs_round": lambda: plot_accuracy_vs_round({run.name: run.curve()}, targets=targets),
         "accuracy_vs_bytes": lambda: plot_accuracy_vs_bytes({run.name: run.curve()}, targets=targets),
+        "accuracy_vs_device": lambda: plot_accuracy_vs_device(device_curves(run), targets=targets),
         "client_costs": lambda: plot_client_bars(client_bars(run.clients or []),
                                                  energy_label=energy_label(run.clients or [])),
         "pareto": lambda: plot_pareto(run.pareto or [], size_key=size_key(run.pareto or [])),
@@ -201,9 +205,37 @@ def pareto_section(run: RunData, image: str) -> list[str]:
     return lines
 
 
+def device_curves(run: RunData) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """Cumulative modelled fleet time and energy per round, with the accuracy (empty without device figures)."""
+    rounds = [r for r in run.rounds if "device-time-s" in r and "accuracy" in r]
+    if not rounds or len(rounds) != len(run.rounds):
+        return {}
+    secs, joules = itertools.accumulate(float(r["device-time-s"]) for r in rounds), \
+        itertools.accumulate(float(r["device-energy-j"]) for r in rounds)
+    return {run.name: (list(secs), list(joules), [float(r["accuracy"]) for r in rounds])}
+
+
+def device_section(run: RunData, image: str) -> list[str]:
+    """Per profile, the modelled device figures next to full-width fp32 FedAvg's on the same devices."""
+    rows = device_profile_table(run.clients or [])
+    if not rows and not device_curves(run):
+        return []
+    total_s = sum(float(r.get("device-time-s", 0.0)) for r in run.rounds)
+    total_j = sum(float(r.get("device-energy-j", 0.0)) for r in run.rounds)
+    return ["## Simulated devices (modelled)", "",
+            f"Every figure here is modelled from each client's device model (`fedshrink.devices`), not measured: "
+            f"the fleet's simulated time over the run is {total_s:.4g} s (each round lasts until its last accepted "
+            f"device reports) and its energy {total_j:.4g} J (every device that trained, stragglers included). "
+            "Per profile, per client and round, next to what full-width fp32 FedAvg would cost the same devices:",
+            "", markdown_table(rows) if rows else "(no per-client device figures: clients.csv has none)", "",
+            image, ""]
+
+
 def other_sections(run: RunData) -> list[str]:
     """Per-profile table, dropped replies and aggregation stages, where the run has them."""
-    lines = ["## Per-profile table", ""]
+    lines = ["## Per-profile table (host measurements)", "",
+             "Host figures are the simulation host's, measured while it ran each client; under the in-process "
+             "engine all clients share one process, so its RSS is not a client's memory.", ""]
     if run.clients:
         lines += [markdown_table(profile_table(run.clients)), ""]
     else:
@@ -250,12 +282,14 @@ def _head(run: RunData, tot: Mapping[str, Any]) -> list[str]:
     return [*lines, f"Status: **{status}**, {tot['rounds']} rounds recorded{clients}.", ""]
 
 
+PLOT_NAMES = ("accuracy_vs_round", "accuracy_vs_bytes", "accuracy_vs_device", "client_costs", "pareto")
+
+
 def _draw(run: RunData, targets: Sequence[float], draw: bool) -> tuple[dict[str, Path], dict[str, str]]:
     plots: dict[str, Path] = {}
     skipped: dict[str, str] = {}
     if not draw:
-        return plots, dict.fromkeys(("accuracy_vs_round", "accuracy_vs_bytes", "client_costs", "pareto"),
-                                    "not drawn (build_report(draw=False))")
+        return plots, dict.fromkeys(PLOT_NAMES, "not drawn (build_report(draw=False))")
     for name, fig in figures(run, targets).items():
         if isinstance(fig, str):
             skipped[name] = fig
@@ -299,6 +333,7 @@ def build_report(run_dir: Path | str, *, targets: Sequence[float] = (),
         "Solid: bytes sent; dashed: the same fragments in fp32; dotted: the full model in fp32 (see the summary); "
         "dash-dotted: the target accuracies.", "",
         img("accuracy_vs_bytes", "accuracy against cumulative uplink bytes"), "",
+        *device_section(run, img("accuracy_vs_device", "accuracy against simulated time and fleet energy")),
         "## Per-client costs", "", img("client_costs", "per-client time, memory, bytes and energy"), "",
         *other_sections(run), *server_section(run, tot["bytes-down"]),
         *pareto_section(run, img("pareto", "student search: Pareto front")), *METHOD,

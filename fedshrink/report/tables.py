@@ -42,13 +42,42 @@ def profile_table(records: Sequence[ClientRound]) -> list[dict[str, Any]]:
             "client-rounds": t.records,
             "params (max)": f"{t.parameters:,}",
             "MACs/sample (max)": f"{t.macs_per_sample:,}",
-            "wall s / round": f"{t.wall_seconds / n:.3f}",
-            "CPU s / round": f"{t.cpu_seconds / n:.3f}",
-            "peak RSS (max)": human_bytes(t.peak_rss_bytes),
+            "host wall s / round": f"{t.wall_seconds / n:.3f}",
+            "host CPU s / round": f"{t.cpu_seconds / n:.3f}",
+            "host process peak RSS (max)": human_bytes(t.peak_rss_bytes),
             "bytes up": human_bytes(t.bytes_up),
             "bytes down": human_bytes(t.bytes_down),
             "train GFLOPs": f"{t.train_flops / 1e9:.3g}",
-            "energy J": f"{t.energy_joules:.4g}" + (" (est.)" if t.energy_estimated else ""),
+            "host energy J": f"{t.energy_joules:.4g}" + (" (est.)" if t.energy_estimated else ""),
+        })
+    return rows
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def device_profile_table(records: Sequence[ClientRound]) -> list[dict[str, Any]]:
+    """Per profile, each client's modelled device figures per round next to what full-width fp32 FedAvg would
+    cost the same devices (empty when no client has a device model)."""
+    rows = []
+    for profile in sorted({r.profile for r in records if r.device}):
+        mine = [r for r in records if r.profile == profile and r.device]
+        dev = {k: [float(r.device.get(k, 0.0)) for r in mine] for k in (
+            "device-time-s", "device-energy-j", "device-memory-mb", "device-fedavg-time-s",
+            "device-fedavg-energy-j", "device-fedavg-memory-mb", "device-fedavg-bytes", "device-fedavg-fits")}
+        sent = [float(r.resources.bytes_sent + r.resources.bytes_received) for r in mine]
+        rows.append({
+            "profile": profile, "clients": len({r.partition_id for r in mine}), "client-rounds": len(mine),
+            "device time s / round": f"{_mean(dev['device-time-s']):.3g}",
+            "FedAvg fp32: time s": f"{_mean(dev['device-fedavg-time-s']):.3g}",
+            "device energy J / round": f"{_mean(dev['device-energy-j']):.3g}",
+            "FedAvg fp32: energy J": f"{_mean(dev['device-fedavg-energy-j']):.3g}",
+            "device memory MB": f"{max(dev['device-memory-mb']):.3g}",
+            "FedAvg fp32: memory MB": f"{max(dev['device-fedavg-memory-mb']):.3g}",
+            "bytes up + down / round": human_bytes(_mean(sent)),
+            "FedAvg fp32: bytes": human_bytes(_mean(dev["device-fedavg-bytes"])),
+            "FedAvg fits its memory": f"{100 * _mean(dev['device-fedavg-fits']):.0f}% of rounds",
         })
     return rows
 

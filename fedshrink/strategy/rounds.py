@@ -83,6 +83,7 @@ class RoundOutcome:
     dropped: list[Dropped] = field(default_factory=list)
     unreached: list[Dropped] = field(default_factory=list)  # sampled, but offline or declining (modelled devices)
     capped: list[dict[str, int]] = field(default_factory=list)  # claims the fence capped
+    claims: list[int] = field(default_factory=list)  # the sample counts the fence saw (before any stage dropped)
     skipped: bool = False
     skip_reason: str = ""
     aggregate_seconds: float = 0.0  # checks, decoding and aggregation (refiners excluded)
@@ -239,7 +240,8 @@ class ShrinkStrategy(Strategy):
         outcome.unreached = [Dropped(n, self.nodes[n].partition_id, why) for n, why in self._skipped.items()]
         if self.fleet is not None:
             batch = self._settle(outcome, batch)
-        weights, capped = accepted_weights([r.num_examples for r in outcome.accepted], self.examples_fence)
+        outcome.claims = [r.num_examples for r in outcome.accepted]
+        weights, capped = accepted_weights(outcome.claims, self.examples_fence)
         outcome.weights = weights
         outcome.capped = [{"node-id": outcome.accepted[i].node_id, "partition-id": outcome.accepted[i].partition_id,
                            "claimed": outcome.accepted[i].num_examples, "accepted": int(weights[i])} for i in capped]

@@ -17,6 +17,7 @@ from fedshrink.devices import Budget, DeviceModel
 from fedshrink.errors import ConfigError
 from fedshrink.models import ModelSpec
 from fedshrink.protocol import TrainInstruction
+from fedshrink.report import build_report
 from fedshrink.runner import run_inprocess
 from fedshrink.runner.inprocess import server_identity
 from fedshrink.server.factory import budget_planner, explain_budgets
@@ -145,3 +146,7 @@ def test_a_mixed_run_records_each_clients_device_figures_apart_from_the_host(qui
     assert memory["iot"] < memory["phone"] < memory["laptop"]
     host = {float(r["host-peak-rss-bytes"]) / 1e6 for r in rows}
     assert not host & {float(r["device-memory-mb"]) for r in rows}  # no client's memory is the host's
+    report = build_report(result.run_dir, draw=False).path.read_text()
+    section = report[report.index("## Simulated devices (modelled)"):]
+    assert all(f"| {p} |" in section for p in ("iot", "phone", "laptop")) and "FedAvg fp32: memory MB" in section
+    assert "host process peak RSS" in report  # the host's figure is labelled as the host's

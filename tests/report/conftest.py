@@ -69,7 +69,8 @@ def write_synthetic_run(path: Path, *, rounds: int = 6, clients: int = 5, datase
             r.resources.bytes_received for r in ledger.in_round(rnd)))
         record = {"round": rnd, "accuracy": 0.9 - 0.6 * math.exp(-rnd / 2), "loss": 2.0 / rnd,
                   "seconds": 2.5, "clients-sent": clients, "clients-good": clients, "skipped": False,
-                  "fusion-seconds": 0.25 * rnd, **ledger.round_record(rnd)}
+                  "fusion-seconds": 0.25 * rnd, "device-time-s": 1.5 + 0.1 * rnd, "device-energy-j": 4.0,
+                  **ledger.round_record(rnd)}
         record["bytes-up-received"] = record["bytes-up"]
         rundir.append_round(record)
     ledger.write_csv(path)

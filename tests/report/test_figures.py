@@ -92,7 +92,8 @@ def test_fusion_time_is_reported_apart_from_aggregation(tmp_path: Path, monkeypa
     monkeypatch.setattr(Fusion, "refine", slow_refine)
     result = run_inprocess({"num-server-rounds": 2, "local-epochs": 1, "quiet": True, "distill": False,
                             "report": False, "checkpoint": False, "fusion-steps": 5,
-                            "profile-mix": "phone:0.5,laptop:0.5", "output-dir": str(tmp_path)}, num_clients=4)
+                            "profile-mix": "phone:0.5,laptop:0.5", "device-availability": False,
+                            "output-dir": str(tmp_path)}, num_clients=4)
     recs = metrics(result.run_dir)
     assert all(r["fusion-seconds"] >= 1000 and r["aggregation-s"] < 1000 for r in recs)
     t = server_time(recs, result.summary)

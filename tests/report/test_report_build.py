@@ -19,7 +19,7 @@ from fedshrink.report.plots import ParetoPoint, pareto_front
 from fedshrink.report.report import build_report, load_run, run_totals
 
 PNG = b"\x89PNG\r\n\x1a\n"
-ALL_PLOTS = {"accuracy_vs_round", "accuracy_vs_bytes", "client_costs", "pareto"}
+ALL_PLOTS = {"accuracy_vs_round", "accuracy_vs_bytes", "client_costs", "pareto", "accuracy_vs_device"}
 
 
 def test_complete_run_has_every_plot_and_table(synthetic_run: Path) -> None:
@@ -49,7 +49,7 @@ def test_missing_files_and_keys_degrade_to_notes(synthetic_run: Path) -> None:
     stripped = []
     for line in lines:
         rec = json.loads(line)
-        for key in ("bytes-up", "bytes-down", "bytes-up-uncompressed", "energy-j"):
+        for key in ("bytes-up", "bytes-down", "bytes-up-uncompressed", "energy-j", "device-time-s"):
             rec.pop(key)
         stripped.append(json.dumps(rec))
     (synthetic_run / "metrics.jsonl").write_text("\n".join(stripped) + "\n")

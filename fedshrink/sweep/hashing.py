@@ -8,8 +8,8 @@ of simulated clients, which is not a run setting but changes the results.
 
 The engine is left out: the in-process and Ray engines give the same
 records apart from host-measured fields and message envelopes
-(:mod:`fedshrink.report.determinism`), except where a round samples clients
-(``docs/sweeps.md`` says why); a sweep names its engine once for all its runs.
+(:mod:`fedshrink.report.determinism`; sampled rounds too, since clients are
+drawn by partition id); a sweep names its engine once for all its runs.
 fedshrink's own code is left out too: after a change that moves results,
 sweep into a new directory.
 A new setting, or a changed default, changes every hash (its value is part

@@ -18,7 +18,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 # fedshrink's own modules (an editable install) are byte-compiled on first import
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo demo-flower deploy-local test test-fast lint install proto clean
+.PHONY: demo demo-flower deploy-local test test-fast lint install proto clean results
 
 # runtime install (what `make demo` needs) ...
 $(STAMP): pyproject.toml
@@ -50,6 +50,18 @@ DEPLOY_CONFIG ?= num-server-rounds=3 local-epochs=1 distill=false profile-mix='l
 deploy-local: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/fedshrink deploy local --nodes 3 --workdir deploy-local \
 		--run-config "$(DEPLOY_CONFIG)"
+
+# every figure a sweep makes: each sweep file simulations/sweeps/NAME.toml is run into runs/sweeps/NAME
+# (finished runs are skipped, so an interrupted `make results` resumes) and its analysis
+# simulations/benchmarks/bench_NAME.py writes simulations/results/NAME.md. Hours on a 2-core machine
+# (docs/sweeps.md gives the estimate per sweep); SWEEP_WORKERS runs at once (default: one per core)
+SWEEP_WORKERS ?= 0
+results: $(STAMP)
+	@set -e; for f in simulations/sweeps/*.toml; do \
+		name=$$(basename $$f .toml); \
+		$(VENV)/bin/fedshrink sweep $$f --out runs/sweeps/$$name --workers $(SWEEP_WORKERS); \
+		$(PY) simulations/benchmarks/bench_$$name.py --sweep-dir runs/sweeps/$$name; \
+	done
 
 test: $(DEV)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest

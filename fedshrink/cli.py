@@ -42,11 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", type=Path)
     _target_arguments(rep, "a run directory (e.g. FedAvg's) whose final accuracy minus 1 point is a target, "
                            "and against which the savings are given")
-    cmp = sub.add_parser("compare", help="put several runs side by side against a baseline (compare.md + plots)")
+    cmp = sub.add_parser("compare", help="put several runs side by side against a baseline, or sweeps' "
+                         "configurations as mean +/- sd over seeds (compare.md + plots)")
     cmp.add_argument("run_dirs", type=Path, nargs="+")
     cmp.add_argument("--out", type=Path, default=Path("runs") / "compare", help="output directory")
-    _target_arguments(cmp, "the run the others are measured against (default: the first); its final accuracy "
-                           "minus 1 point is a target")
+    _target_arguments(cmp, "the run the others are measured against (default: the first; run directories only); "
+                           "its final accuracy minus 1 point is a target")
+    swp = sub.add_parser("sweep", help="run a sweep file's runs in parallel, skip finished ones, summarise (see "
+                         "docs/sweeps.md)")
+    swp.add_argument("file", type=Path, help="the sweep file (.toml or .yaml)")
+    swp.add_argument("--out", type=Path, default=None, help="the sweep directory (default runs/sweeps/<name>)")
+    swp.add_argument("--workers", type=int, default=0, help="runs at once (default: the file's, else one per core)")
+    swp.add_argument("--ray-address", default="", help="run each run as a Ray task on this cluster (auto, host:port)")
     from fedshrink.deploy.cli import add_parser as add_deploy_parser
 
     add_deploy_parser(sub)
@@ -111,8 +118,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _check_run_dirs(paths: list[Path]) -> None:
     for p in paths:
-        if not (p / "metrics.jsonl").is_file():
-            raise ConfigError("run directory", str(p), "a directory holding metrics.jsonl (a fedshrink run)")
+        if not ((p / "metrics.jsonl").is_file() or (p / "plan.json").is_file()):
+            raise ConfigError("run directory", str(p), "a directory holding metrics.jsonl (a fedshrink run) or "
+                              "plan.json (a sweep)")
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -133,13 +141,34 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from fedshrink.report import compare_runs
     from fedshrink.report.targets import check_levels
+    from fedshrink.sweep.layout import SweepDirectory
+    from fedshrink.sweep.table import compare_entries
 
     check_levels(args.targets)
     _check_run_dirs(args.run_dirs + ([args.baseline] if args.baseline else []))
+    if any(SweepDirectory.is_sweep(p) for p in args.run_dirs):
+        if args.baseline is not None:
+            raise ConfigError("--baseline", str(args.baseline), "no baseline when a sweep directory is compared "
+                              "(its configurations are compared as mean +/- sd over seeds)")
+        path, plots = compare_entries(args.run_dirs, args.out, targets=args.targets)
+        print(f"wrote {path} and {len(plots)} plots")
+        return 0
     comparison = compare_runs(args.run_dirs, args.out, baseline=args.baseline, targets=args.targets)
     print(f"wrote {comparison.path} and {len(comparison.plots)} plots (baseline {comparison.baseline.name}; "
           f"settings that differ: {', '.join(comparison.settings) or 'none'})")
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedshrink.sweep import load_sweep, run_sweep
+
+    if args.workers < 0:
+        raise ConfigError("--workers", args.workers, "an integer >= 0 (0 = the sweep file's, else one per core)")
+    spec = load_sweep(args.file)
+    words = [str(args.file), *(["--out", str(args.out)] if args.out else [])]
+    result = run_sweep(spec, args.out, workers=args.workers, ray_address=args.ray_address,
+                       command=" ".join(["fedshrink sweep", *words]))
+    return 1 if result.failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "compare":
             return cmd_compare(args)
+        if args.command == "sweep":
+            return cmd_sweep(args)
         if args.command == "deploy":
             from fedshrink.deploy.cli import cmd_deploy
 

@@ -33,6 +33,7 @@ from fedshrink.fragments.settings import FragmentSettings
 from fedshrink.models.settings import ModelSettings
 from fedshrink.privacy.settings import PrivacySettings
 from fedshrink.report.settings import OutputSettings
+from fedshrink.report.tracking import TrackingSettings
 from fedshrink.resources.settings import ResourceSettings
 from fedshrink.robust.settings import RobustSettings
 from fedshrink.settings import Section, Setting, Value
@@ -56,6 +57,7 @@ class RunConfig:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     resources: ResourceSettings = field(default_factory=ResourceSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
     def __post_init__(self) -> None:
         if self.model.model_norm == "batch" and self.data.proxy_fraction == 0:

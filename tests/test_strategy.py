@@ -54,14 +54,33 @@ def test_equals_flower_fedavg_on_same_replies() -> None:
 
 
 def test_sampling_is_deterministic_and_respects_fraction() -> None:
-    nodes = list(range(100, 120))
+    nodes = {n: n - 100 for n in range(100, 120)}  # node id -> partition id
     k = wanted_clients(len(nodes), 0.5, 2)
     a = sample_nodes(nodes, k, 3, 4)
     assert a == sample_nodes(nodes, k, 3, 4) and len(a) == 10 and set(a) <= set(nodes)
     assert a != sample_nodes(nodes, k, 3, 5)
     assert wanted_clients(20, 0.1, 3) == 3 and wanted_clients(1000, 1.0, 2, per_round=50) == 50
-    big = [3509238266224309249, 12395491797872431111, 5]  # 64-bit node ids stay exact
-    assert sample_nodes(big, 3, 0, 1) == sorted(big)
+    big = {3509238266224309249: 1, 12395491797872431111: 2, 5: 0}  # 64-bit node ids stay exact
+    assert sample_nodes(big, 3, 0, 1) == [5, 3509238266224309249, 12395491797872431111]  # partition order
+
+
+def test_sampling_draws_partitions_whatever_the_node_ids() -> None:
+    """Two engines' node ids for the same ten partitions (in process: 1001...; Ray: random 64-bit) sample the
+    same partitions for the same seed, in the pure function and through configure_train."""
+    rng = np.random.default_rng(11)
+    engines = [list(range(1001, 1011)), [int(i) for i in rng.integers(1, 2**63, size=10)]]  # position = partition
+    assert sorted(engines[1]) != engines[1]  # the second engine's id order is not the partition order
+    glob = model_state()
+    for rnd in (1, 2, 3):
+        drawn = [[ids.index(n) for n in sample_nodes({n: ids.index(n) for n in ids}, 4, 5, rnd)] for ids in engines]
+        assert drawn[0] == drawn[1] and len(drawn[0]) == 4
+        sent = []
+        for ids in engines:
+            grid = HelloGrid(ids)
+            msgs = first_round(make_strategy(clients_per_round=4, seed=5), grid, glob, rnd)
+            sent.append(sorted(ids.index(m.metadata.dst_node_id) for m in msgs))
+        assert sent[0] == sent[1] == drawn[0]
+    assert len({tuple(sample_nodes({n: n for n in range(10)}, 4, 5, r)) for r in (1, 2, 3)}) > 1  # rounds differ
 
 
 def _with_metric(key: str, value: object) -> Callable[[Message, dict, int], Message]:

@@ -10,7 +10,8 @@ Writes into the output directory:
 * overlaid accuracy plots whose legend labels are the differing settings.
 
 The baseline is ``--baseline`` (added to the runs if it is not one of them), else the first run; the default
-target is its final accuracy minus 1 point, plus the levels given.
+target is its final accuracy minus 1 point, plus the levels given. Sweep directories are compared by
+:func:`fedshrink.sweep.table.compare_entries` (``fedshrink compare`` picks it when a sweep is among the paths).
 """
 
 from __future__ import annotations
@@ -108,6 +109,10 @@ def order_runs(run_dirs: Sequence[Path | str], baseline: Path | str | None) -> l
     """The runs, the baseline first (``baseline`` or the first run; added if it is not among them)."""
     if not run_dirs:
         raise ConfigError("runs", [], "one or more run directories")
+    for p in run_dirs:
+        if (Path(p) / "plan.json").is_file():
+            raise ConfigError("runs", str(p), "run directories (a sweep directory is compared by "
+                              "fedshrink.sweep.table.compare_entries, as `fedshrink compare` does)")
     runs = [load_run(p) for p in run_dirs]
     if baseline is None:
         return runs

@@ -22,7 +22,9 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 
 from fedshrink.report.console import RunConsole
+from fedshrink.report.determinism import determinism_note
 from fedshrink.report.rundir import RunDirectory
+from fedshrink.report.tracking import RunTrackers, require_trackers
 from fedshrink.resources import ResourceLedger
 from fedshrink.resources.ledger import ClientRound
 from fedshrink.robust.checkpoint import (
@@ -61,10 +63,12 @@ class RunRecorder:
         self.ledger = ResourceLedger()
         self.console = RunConsole(quiet=cfg.output.quiet)
         self.history: list[dict[str, Any]] = []
+        self.trackers = RunTrackers.start(cfg.tracking, rundir.path, cfg.to_mapping())
 
     @classmethod
     def open(cls, cfg: RunConfig, grid: Grid, base_dir: Path | None = None) -> RunRecorder:
         """A new run directory, or the one ``resume`` names."""
+        require_trackers(cfg.tracking)  # before anything is written
         if cfg.robust.resume:
             return cls(cfg, RunDirectory(Path(cfg.robust.resume).expanduser()), grid)
         return cls(cfg, RunDirectory.create(cfg, base=base_dir), grid)
@@ -94,6 +98,7 @@ class RunRecorder:
         if self.cfg.robust.checkpoint:
             self.checkpoint(rnd, arrays, strategy)
         self.console.round(record)
+        self.trackers.round(record, [r.to_row() for r in self.ledger.in_round(rnd)])
         return record
 
     def add_distillation(self, rnd: int, seconds: float) -> None:
@@ -143,13 +148,16 @@ class RunRecorder:
             self.console.finish({})
             self.rundir.write_summary({"status": "failed", "error": f"{type(exc).__name__}: {exc}",
                                        "rounds-completed": len(self.history)})
+            self.trackers.finish({}, failed=True)
             raise
 
     def finish(self, summary: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
         """``clients.csv``, the global model and ``summary.json``; returns the summary as written."""
-        summary = finite({**summary, "resources": self.ledger.summary(), "run-dir": str(self.path)})
+        summary = finite({**summary, **determinism_note(self.cfg), "resources": self.ledger.summary(),
+                          "run-dir": str(self.path)})
         self.ledger.write_csv(self.path)
         torch.save(model.state_dict(), self.path / "global_model.pt")
         self.rundir.write_summary(summary)
         self.console.finish(summary)
+        self.trackers.finish(summary, report=self.cfg.output.report)
         return summary

@@ -3,9 +3,10 @@
 :class:`ShrinkStrategy` is a thin Flower ``Strategy``; the work is in pure
 functions and small objects it is given at construction:
 
-* :meth:`~ShrinkStrategy.configure_train` samples nodes (a pure function of
-  the seed and round), greets the nodes it has not met (``query.hello``: their
-  partition and device profile), applies the run's one-off initialisation of
+* :meth:`~ShrinkStrategy.configure_train` greets the connected nodes it has
+  not met (``query.hello``: their partition and device profile), samples them
+  by partition id (:func:`sample_nodes`: a pure function of the seed, the round
+  and the partitions connected, whatever node ids the engine gave), applies the run's one-off initialisation of
   the global model in round 1 (e.g. nested initialisation), and asks the
   :class:`~.plan.Planner` for each node's
   :class:`~fedshrink.protocol.TrainInstruction` and the
@@ -112,12 +113,18 @@ def wanted_clients(connected: int, fraction: float, minimum: int, per_round: int
     return per_round if per_round else max(minimum, int(round(fraction * connected)))
 
 
-def sample_nodes(node_ids: Sequence[int], count: int, seed: int, server_round: int) -> list[int]:
-    """``count`` of the nodes (all when fewer), drawn from ``(seed, round)``; sorted."""
-    nodes = sorted(node_ids)
+def sample_nodes(partitions: Mapping[int, int], count: int, seed: int, server_round: int) -> list[int]:
+    """``count`` of the nodes (all when fewer), drawn over their partition ids from ``(seed, round)``.
+
+    ``partitions``: node id -> the partition id its hello gave. The draw picks positions in the nodes sorted by
+    partition id (node id breaks a tie), so it does not depend on the node ids an engine assigns: the same seed
+    samples the same partitions in process, under Ray or in a deployment. Returns the picked node ids in
+    partition order.
+    """
+    nodes = sorted(partitions, key=lambda n: (partitions[n], n))
     rng = np.random.default_rng([seed, server_round])
     picked = rng.choice(len(nodes), size=min(count, len(nodes)), replace=False)  # positions: ids are 64-bit
-    return sorted(nodes[int(i)] for i in picked)
+    return [nodes[int(i)] for i in sorted(picked)]
 
 
 class ShrinkStrategy(Strategy):
@@ -209,9 +216,9 @@ class ShrinkStrategy(Strategy):
         connected = self.connected_nodes(grid)
         self._wanted = wanted_clients(len(connected), self.fraction_train, self.min_train_clients,
                                       self.clients_per_round)
-        picked = sample_nodes(connected, self.sample_count(len(connected)), self.seed, server_round)
-        self.greet(picked, grid)
-        picked = [n for n in picked if n in self.nodes]
+        self.greet(connected, grid)  # sampling is by partition id: every node's hello first (once per node)
+        known = {n: self.nodes[n].partition_id for n in connected if n in self.nodes}
+        picked = sample_nodes(known, self.sample_count(len(connected)), self.seed, server_round)
         self._skipped = {}
         if self.fleet is not None:  # offline devices are not reached; too little memory declines
             picked, self._skipped = self.fleet.reachable(server_round, picked, self.nodes)
@@ -373,7 +380,8 @@ class ShrinkStrategy(Strategy):
         return [layout.unflatten(base + row) for row in self._last_batch.values]
 
     def checkpoint_state(self) -> dict[str, object]:
-        """What a resumed run needs (JSON-ready); sampling is a pure function of seed and round."""
+        """What a resumed run needs (JSON-ready); sampling is a pure function of the seed, the round and the
+        partitions connected."""
         return {"nodes": {str(n): {"partition-id": h.partition_id, "num-partitions": h.num_partitions,
                                    "profile": h.profile.to_json() if h.profile is not None else "",
                                    "device": h.device.to_json() if h.device is not None else "",

@@ -1,0 +1,120 @@
+"""One run of a sweep, where it runs: a pool worker on this machine, or a Ray task on a cluster.
+
+:func:`execute_run` removes what a killed attempt left, logs ``start``, makes
+the run in ``<sweep dir>/runs/<hash>`` on the sweep's engine, writes the
+``sweep-run.json`` marker last and logs ``done`` (or ``failed`` with the
+error's line). It runs on one torch thread: the runs themselves are the
+parallelism, and one thread is what repeats exactly
+(:mod:`fedshrink.report.determinism`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedshrink.report.rundir import write_json_atomic
+from fedshrink.sweep.layout import MARKER, SweepDirectory, now
+from fedshrink.sweep.spec import PlannedRun
+
+APP_DIR = Path(__file__).resolve().parents[2]  # the Flower app (pyproject.toml) for engine "flower"
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    """What a worker needs to make one run (picklable)."""
+
+    run: PlannedRun
+    sweep_dir: str
+    num_clients: int
+    engine: str
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run: PlannedRun
+    ok: bool
+    seconds: float  # host wall time of the attempt (measured)
+    accuracy: float | None = None
+    error: str = ""
+
+
+def init_worker(sweep_pid: int) -> None:
+    """A pool worker: one torch thread, no Flower telemetry, and it dies with the sweep process ``sweep_pid``."""
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    threading.Thread(target=_die_with, args=(sweep_pid,), daemon=True, name="fedshrink-sweep-watch").start()
+
+
+def _die_with(pid: int, every: float = 0.5) -> None:
+    """SIGKILL this process once process ``pid`` is gone (or a zombie).
+
+    A killed sweep must not leave a worker finishing its run behind it, writing into the sweep directory
+    while a restarted sweep makes the same run again. The worker's parent is the fork server, which
+    itself waits for the workers, so the parent-death signal cannot be used; the sweep is watched instead.
+    """
+    import psutil
+
+    def alive(created: float | None) -> bool:
+        try:
+            p = psutil.Process(pid)
+            return p.status() != psutil.STATUS_ZOMBIE and (created is None or p.create_time() == created)
+        except psutil.NoSuchProcess:
+            return False
+
+    created = psutil.Process(pid).create_time() if alive(None) else None
+    while created is not None and alive(created):
+        time.sleep(every)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def execute_run(order: RunOrder) -> RunOutcome:
+    """Make one planned run from scratch (see the module doc); never raises for a failed run."""
+    import torch
+
+    torch.set_num_threads(1)
+    sweep = SweepDirectory(order.sweep_dir)
+    run = order.run
+    path = sweep.run_dir(run.key)
+    if path.exists():  # a killed attempt, or a failed one: start again
+        shutil.rmtree(path)
+    sweep.log("start", run)
+    t0 = time.perf_counter()
+    try:
+        summary = _make(order, path)
+    except Exception as exc:  # a run that fails is recorded and the sweep goes on
+        seconds = time.perf_counter() - t0
+        error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+        sweep.log("failed", run, seconds=seconds, error=error)
+        return RunOutcome(run, False, seconds, error=error)
+    seconds = time.perf_counter() - t0
+    write_json_atomic(path / MARKER, {"key": run.key, "config": run.config, "seed": run.seed,
+                                      "engine": order.engine, "num-clients": order.num_clients,
+                                      "host-seconds": seconds, "finished": now()})
+    sweep.log("done", run, seconds=seconds)
+    return RunOutcome(run, True, seconds, accuracy=summary.get("accuracy"))
+
+
+def _make(order: RunOrder, path: Path) -> dict[str, Any]:
+    settings = {**order.run.settings, "output-dir": str(path.parent), "run-name": path.name}
+    if order.engine == "inprocess":
+        from fedshrink.runner import run_inprocess
+
+        return run_inprocess(settings, num_clients=order.num_clients).summary
+    from fedshrink.report import RunDirectory
+    from fedshrink.runner.flower import FlowerRunError, LocalSimulation
+
+    with LocalSimulation() as sim:
+        flower = sim.run(APP_DIR, settings, num_supernodes=order.num_clients, echo=False)
+    if flower.status != "finished:completed":
+        raise FlowerRunError(f"run {flower.run_id} ended with status {flower.status!r}")
+    return RunDirectory(path).read_summary()

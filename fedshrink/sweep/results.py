@@ -1,0 +1,97 @@
+"""Reading a sweep's runs back: by configuration and seed, and the figures of each run (pure).
+
+:func:`open_sweep` gives a :class:`SweepRuns`, what the summary table, ``fedshrink
+compare`` and the analyses under ``simulations/benchmarks/`` read. Only
+finished runs are loaded; a planned run not made (yet) is simply absent.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedshrink.report.rundata import RunData, load_run
+from fedshrink.sweep.layout import SweepDirectory
+from fedshrink.sweep.spec import PlannedRun
+
+DEVICE_KEYS = ("device-time-s", "device-energy-j")  # modelled device figures per round (summed over rounds)
+
+
+@dataclass
+class SweepRuns:
+    """A sweep's plan and its finished runs."""
+
+    path: Path
+    plan: dict[str, Any]
+    planned: list[PlannedRun]
+    runs: dict[str, RunData]  # hash -> finished run
+
+    @property
+    def name(self) -> str:
+        return str(self.plan.get("name", self.path.name))
+
+    @property
+    def targets(self) -> list[float]:
+        return [float(t) for t in self.plan.get("targets", [])]
+
+    def configs(self) -> list[str]:
+        return list(dict.fromkeys(p.config for p in self.planned))
+
+    def planned_of(self, config: str) -> list[PlannedRun]:
+        return [p for p in self.planned if p.config == config]
+
+    def of(self, config: str) -> dict[int, RunData]:
+        """Seed -> finished run of one configuration."""
+        return {p.seed: self.runs[p.key] for p in self.planned_of(config) if p.key in self.runs}
+
+    def rounds(self, config: str) -> dict[int, list[dict[str, Any]]]:
+        """Seed -> the round records (``metrics.jsonl``) of one configuration's finished runs."""
+        return {seed: run.rounds for seed, run in self.of(config).items()}
+
+
+def open_sweep(path: Path | str) -> SweepRuns:
+    sweep = SweepDirectory(path)
+    plan = sweep.read_plan()
+    planned = [PlannedRun.from_json(d) for d in plan["runs"]]
+    runs = {p.key: load_run(sweep.run_dir(p.key)) for p in planned if sweep.finished(p.key)}
+    return SweepRuns(sweep.path, plan, planned, runs)
+
+
+# -- figures of one run (pure) -------------------------------------------------------------
+def bytes_to_reach(rounds: Sequence[Mapping[str, Any]], target: float) -> int | None:
+    """Cumulative uplink bytes at the first round whose accuracy is at least ``target``; None if never."""
+    total = 0
+    for r in rounds:
+        total += int(r.get("bytes-up", 0))
+        if float(r["accuracy"]) >= target:
+            return total
+    return None
+
+
+def run_figures(run: RunData, targets: Sequence[float]) -> dict[str, Any]:
+    """The headline figures of one run: accuracy (from summary.json), bytes, device and host costs.
+
+    ``device-time-s`` and ``device-energy-j`` (modelled) are summed over the rounds and given only
+    when the rounds record them; ``host-seconds`` is the run's measured wall time.
+    """
+    s, rounds = run.summary, run.rounds
+    out: dict[str, Any] = {
+        "accuracy": s.get("accuracy"), "best-accuracy": s.get("best-accuracy"),
+        "bytes-up": s.get("bytes-up"), "bytes-down": s.get("bytes-down"), "host-seconds": s.get("seconds"),
+        "rounds": len(rounds),
+        "bytes-to-target": {f"{t:g}": bytes_to_reach(rounds, t) for t in targets},
+    }
+    for key in DEVICE_KEYS:
+        if rounds and all(key in r for r in rounds):
+            out[key] = sum(float(r[key]) for r in rounds)
+    return out
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (0 for one value); None for none."""
+    if not values:
+        return None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

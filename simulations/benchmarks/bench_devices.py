@@ -1,6 +1,6 @@
 """Benchmark: simulated devices. Parts run with ``--part`` (default: all of them).
 
-Usage: ``python simulations/benchmarks/bench_devices.py [--part memory] [--part profiles]
+Usage: ``python simulations/benchmarks/bench_devices.py [--part memory] [--part profiles] [--part fleet]
 [--out simulations/results/devices.md]``
 
 ``memory``: the training-memory model (:func:`fedshrink.devices.step_memory`,
@@ -40,7 +40,17 @@ error-feedback residual and codec buffers of a round (modelled only).
 model (cnn, digits), per device model: memory by component, bytes, time and
 energy of one round of 2 epochs over 180 examples. Modelled, not measured.
 
-Parts still to come (fleet time-to-accuracy runs) add themselves to ``PARTS``.
+``fleet``: federated runs (``fedshrink.runner.run_inprocess``, one at a
+time, torch on one thread) on ONE simulated fleet (``device-mix`` iot 0.2,
+phone 0.4, laptop 0.4; the profile and budget mixes with the same shares give
+every client the same device): full-width fp32 FedAvg, full-width FedAvg with
+the best of a few uplink chains, the default profile mix and a budget mix,
+then the default mix with a round deadline and with over-selection. Reports
+the modelled device time and energy (the fleet clock's ``device-time-s`` and
+``device-energy-j``, summed over rounds) until accuracy first reaches each
+target, and the final accuracy, mean ± sd over seeds; digits in full, glyphs
+in a reduced scope (``FLEET_OPTIONS``). Each run's record is kept in
+``simulations/results/devices_runs/`` (git-ignored) and reused when present.
 """
 
 from __future__ import annotations
@@ -271,7 +281,354 @@ def part_profiles() -> list[str]:
             "(fedshrink.devices), none measured.", "", *rows, ""]
 
 
-PARTS: dict[str, Callable[[], list[str]]] = {"memory": part_memory, "profiles": part_profiles}
+# ---- part: fleet (federated runs; modelled device time and energy to accuracy) -------------------
+
+FLEET_DEVICES = "iot:0.2,phone:0.4,laptop:0.4"  # the fleet's devices (device-mix) and the proposed default profile mix
+ALT_MIX = "iot:0.1,phone:0.4,laptop:0.5"  # tried when the default mix is more than 1.5 points below fp32 FedAvg
+CHAIN_CANDIDATES = ("topk:0.05|int8|zstd", "topk:0.1|q4|zstd")
+# one budget per device class: the device's memory (MB) and an upload limit (kB) in step with its uplink
+FLEET_BUDGETS = "mem=1,up=10,device=iot:0.2;mem=512,up=50,device=phone:0.4;mem=4096,device=laptop:0.4"
+FLEET_SEEDS = (1, 2, 3)
+FLEET_CLIENTS = 20
+WANTED = 10  # clients-per-round of the over-selection pair (with every client sampled, over-select has no one to add)
+OVER_SELECT = 0.3
+DIGITS_TARGETS = (0.90, 0.95)
+GLYPHS_SHARES = (0.90, 0.95)  # glyphs targets: these shares of fp32 FedAvg's final accuracy (mean over seeds)
+RUNS_DIR = ROOT / "simulations" / "results" / "devices_runs"  # per-run records (git-ignored), reused when present
+# the scope run (cut for time: see the section's text)
+FLEET_OPTIONS: dict[str, Any] = {"rounds": 20, "clock_seeds": (1, 2), "glyphs_rounds": 3, "glyphs_seeds": (1,),
+                                 "glyphs_fleets": ("a", "c")}
+
+
+def fleet_run(dataset: str, seed: int, rounds: int, **extra: Any) -> dict[str, Any]:
+    """One in-process run's per-round record (accuracy, modelled device time/energy, bytes, declines); cached."""
+    import hashlib
+    import tempfile
+    import time
+
+    import torch
+
+    from fedshrink.report import RunDirectory
+    from fedshrink.runner import run_inprocess
+
+    cfg = {"dataset": dataset, "seed": seed, "num-server-rounds": rounds, "distill": False, "report": False,
+           "checkpoint": False, "quiet": True, **extra}
+    key = hashlib.sha256(json.dumps({**cfg, "clients": FLEET_CLIENTS}, sort_keys=True).encode()).hexdigest()[:16]
+    path = RUNS_DIR / f"{dataset}-s{seed}-{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text())  # type: ignore[no-any-return]
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_inprocess({**cfg, "output-dir": tmp}, num_clients=FLEET_CLIENTS)
+        rows = RunDirectory(result.run_dir).read_rounds()
+    keep = ("round", "accuracy", "device-time-s", "device-energy-j", "bytes-up", "bytes-down", "device-accepted",
+            "device-dropped-memory", "device-dropped-deadline", "device-dropped-surplus", "device-dropped-unavailable")
+    record = {"config": cfg, "clients": FLEET_CLIENTS, "host-wall-s": time.perf_counter() - t0,
+              "rounds": [{k: r.get(k, 0) for k in keep} for r in rows],
+              "declined": sorted({u["partition-id"] for r in rows for u in r.get("unreached", [])
+                                  if str(u.get("reason", "")).startswith("declined")})}
+    RUNS_DIR.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    print(f"{dataset} seed {seed} {extra}: final {record['rounds'][-1]['accuracy']:.4f}, "
+          f"{record['host-wall-s']:.0f} s (measured)", flush=True)
+    return record
+
+
+def _to_target(rec: dict[str, Any], target: float, key: str) -> float | None:
+    """Sum of ``key`` over rounds 1..r, r the first round whose accuracy is >= ``target`` (None: never)."""
+    total = 0.0
+    for r in rec["rounds"]:
+        total += float(r[key])
+        if r["accuracy"] >= target:
+            return total
+    return None
+
+
+def _ms(values: list[float], fmt: str = ".2f") -> str:
+    import statistics
+
+    if not values:
+        return "n/a"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):{fmt}} ± {sd:{fmt}}"
+
+
+def _final(recs: list[dict[str, Any]]) -> list[float]:
+    return [100 * r["rounds"][-1]["accuracy"] for r in recs]
+
+
+def _fleet_row(name: str, recs: list[dict[str, Any]], targets: tuple[float, ...]) -> str:
+    cells = [name, _ms(_final(recs))]
+    for t in targets:
+        times = [v for r in recs if (v := _to_target(r, t, "device-time-s")) is not None]
+        energy = [v for r in recs if (v := _to_target(r, t, "device-energy-j")) is not None]
+        cells += [f"{len(times)}/{len(recs)}", _ms(times, ".2f"), _ms(energy, ".1f")]
+    cells += [_ms([sum(x["device-time-s"] for x in r["rounds"]) for r in recs], ".1f"),
+              _ms([sum(x["device-energy-j"] for x in r["rounds"]) for r in recs], ".0f"),
+              _ms([sum(x["bytes-up"] for x in r["rounds"]) / 1e6 for r in recs], ".2f"),
+              _ms([statistics_mean([x["device-accepted"] for x in r["rounds"]]) for r in recs], ".1f"),
+              ", ".join(str(len(r["declined"])) for r in recs),
+              _ms([r["host-wall-s"] for r in recs], ".0f")]
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def _cell(text: str) -> str:
+    """A markdown table cell: a chain's '|' escaped."""
+    return text.replace("|", "\\|")
+
+
+def statistics_mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _fleet_table(runs: dict[str, list[dict[str, Any]]], targets: tuple[float, ...]) -> list[str]:
+    head = ["run", "final accuracy % (measured on the host's test set)"]
+    for t in targets:
+        head += [f"reached {100 * t:.1f}% (seeds)", f"device time to {100 * t:.1f}% (s, modelled)",
+                 f"device energy to {100 * t:.1f}% (J, modelled)"]
+    head += ["device time, whole run (s, modelled)", "device energy, whole run (J, modelled)",
+             "uplink, whole run (MB, measured bytes)", "accepted clients per round (modelled clock)",
+             "clients declined for memory (per seed, modelled)", "host wall per run (s, measured)"]
+    return ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1),
+            *(_fleet_row(name, recs, targets) for name, recs in runs.items() if recs)]
+
+
+def _phone_deadline(dataset: str) -> float:
+    """The phone profile's modelled round time at its device's medians for a typical client (2 significant digits)."""
+    from fedshrink.config import RunConfig
+    from fedshrink.data import make_splits
+    from fedshrink.devices import PROFILES, estimate, get_device
+    from fedshrink.models import ModelSpec
+
+    cfg = RunConfig.from_mapping({"dataset": dataset})
+    splits = make_splits(cfg.split_spec())
+    spec = ModelSpec(cfg.model.model, splits.input_shape, splits.num_classes, cfg.model.model_width,
+                     cfg.model.model_norm)
+    samples = splits.typical_client_samples(FLEET_CLIENTS) * cfg.training.epochs
+    return float(f"{estimate(spec, PROFILES['phone']).cost(get_device('phone'), samples).time_s:.2g}")
+
+
+def _budget_plans(dataset: str) -> list[str]:
+    from fedshrink.config import RunConfig
+    from fedshrink.data import make_splits
+    from fedshrink.errors import ConfigError
+    from fedshrink.models import ModelSpec
+    from fedshrink.server.factory import explain_budgets
+
+    cfg = RunConfig.from_mapping({"dataset": dataset, "budget-mix": FLEET_BUDGETS})
+    splits = make_splits(cfg.split_spec())
+    spec = ModelSpec(cfg.model.model, splits.input_shape, splits.num_classes, cfg.model.model_width,
+                     cfg.model.model_norm)
+    try:
+        return explain_budgets(cfg, spec, splits.typical_client_samples(FLEET_CLIENTS))
+    except ConfigError as exc:
+        return [f"the run cannot start: {exc}"]
+
+
+def _fleets(chain: str) -> dict[str, dict[str, Any]]:
+    return {"a": {"device-mix": FLEET_DEVICES},
+            "b": {"device-mix": FLEET_DEVICES, "uplink-chain": chain},
+            "c": {"profile-mix": FLEET_DEVICES},
+            "d": {"budget-mix": FLEET_BUDGETS}}
+
+
+FLEET_NAMES = {"a": "a. full-width fp32 FedAvg (raw chains)", "b": "b. full-width FedAvg, uplink `{chain}`",
+               "c": f"c. default mix `{FLEET_DEVICES}`", "d": "d. budget mix (below)"}
+
+
+def _pick_chain(rounds: int) -> tuple[str, list[str]]:
+    """The candidate uplink chain with the fewest uplink bytes to 95% on digits, seed 1 (a table row each)."""
+    rows, best = [], (float("inf"), CHAIN_CANDIDATES[0])
+    for chain in CHAIN_CANDIDATES:
+        rec = fleet_run("digits", FLEET_SEEDS[0], rounds, **{"device-mix": FLEET_DEVICES, "uplink-chain": chain})
+        b = _to_target(rec, DIGITS_TARGETS[-1], "bytes-up")
+        rows.append(f"| `{_cell(chain)}` | {'never' if b is None else f'{b / 1e6:.3f}'} | "
+                    f"{100 * rec['rounds'][-1]['accuracy']:.2f} |")
+        best = min(best, (float("inf") if b is None else b, chain))
+    return best[1], rows
+
+
+def _digits(rounds: int) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    chain, _ = _pick_chain(rounds)
+    main: dict[str, list[dict[str, Any]]] = {k: [] for k in _fleets(chain)}
+    for seed in FLEET_SEEDS:
+        for k, extra in _fleets(chain).items():
+            main[k].append(fleet_run("digits", seed, rounds, **extra))
+    return chain, main
+
+
+def _clock_seed(clock: dict[str, list[dict[str, Any]]], seed: int, rounds: int, deadline: float) -> None:
+    mix = {"profile-mix": FLEET_DEVICES}
+    clock["deadline"].append(fleet_run("digits", seed, rounds, **mix, **{"round-deadline": deadline}))
+    clock["wanted"].append(fleet_run("digits", seed, rounds, **mix, **{"clients-per-round": WANTED}))
+    clock["over"].append(fleet_run("digits", seed, rounds, **mix, **{"clients-per-round": WANTED,
+                                                                      "over-select": OVER_SELECT}))
+
+
+def _gap(main: dict[str, list[dict[str, Any]]], key: str) -> float:
+    return statistics_mean(_final(main["a"])) - statistics_mean(_final(main[key]))
+
+
+def part_fleet() -> list[str]:
+    """Runs in order of priority (each run's record is reused when present): the four fleets on digits, the
+    alternative mix when the default one misses FedAvg by more than 1.5 points, the clock's first seed, glyphs,
+    then the clock's other seeds."""
+    rounds, g_rounds = FLEET_OPTIONS["rounds"], FLEET_OPTIONS["glyphs_rounds"]
+    chain, main = _digits(rounds)
+    _, chain_rows = _pick_chain(rounds)
+    if _gap(main, "c") > 1.5:
+        main["alt"] = [fleet_run("digits", s, rounds, **{"profile-mix": ALT_MIX}) for s in FLEET_SEEDS]
+    deadline = _phone_deadline("digits")
+    clock: dict[str, list[dict[str, Any]]] = {"deadline": [], "wanted": [], "over": []}
+    seeds = FLEET_OPTIONS["clock_seeds"]
+    _clock_seed(clock, seeds[0], rounds, deadline)
+    glyphs = {k: [fleet_run("glyphs", s, g_rounds, **_fleets(chain)[k]) for s in FLEET_OPTIONS["glyphs_seeds"]]
+              for k in FLEET_OPTIONS["glyphs_fleets"]}
+    for seed in seeds[1:]:
+        _clock_seed(clock, seed, rounds, deadline)
+    return _fleet_text(chain, chain_rows, main, clock, deadline, glyphs)
+
+
+def _same_devices() -> str:
+    """Check that device-mix, profile-mix and budget-mix give every client the same device model, per seed."""
+    from fedshrink.config import RunConfig
+    from fedshrink.devices import assign_budgets
+    from fedshrink.profiles import PROFILES, assign_profiles
+
+    lines = []
+    for seed in FLEET_SEEDS:
+        cfg = RunConfig.from_mapping({"device-mix": FLEET_DEVICES, "seed": seed})
+        by_mix = [cfg.devices.device_for(c, FLEET_CLIENTS, seed) for c in range(FLEET_CLIENTS)]
+        by_profile = [PROFILES[p].device for p in assign_profiles(FLEET_DEVICES, FLEET_CLIENTS, seed)]
+        by_budget = [b.device for b in assign_budgets(FLEET_BUDGETS, FLEET_CLIENTS, seed)]
+        same = by_mix == by_profile == by_budget
+        lines.append(f"seed {seed}: {'identical' if same else 'DIFFERENT'} "
+                     f"({', '.join(f'{d} {by_mix.count(d)}' for d in ('iot', 'phone', 'laptop'))})")
+    return "; ".join(lines)
+
+
+def _effect(what: str, before: list[dict[str, Any]], after: list[dict[str, Any]]) -> str:
+    """One line: what a setting changed (means over seeds; time to the highest digits target, modelled)."""
+    def to95(recs: list[dict[str, Any]]) -> str:
+        vals = [v for r in recs if (v := _to_target(r, DIGITS_TARGETS[-1], "device-time-s")) is not None]
+        return f"{statistics_mean(vals):.2f} s ({len(vals)}/{len(recs)} seeds)" if vals else "never"
+
+    fb, fa = statistics_mean(_final(before)), statistics_mean(_final(after))
+    return (f"{what}: final accuracy {fb:.2f} % -> {fa:.2f} % ({fa - fb:+.2f} points, measured); device time to "
+            f"{100 * DIGITS_TARGETS[-1]:.0f}% {to95(before)} -> {to95(after)} (modelled).")
+
+
+def _same_seeds(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs of the clock's seeds only."""
+    return [r for r in recs if r["config"]["seed"] in FLEET_OPTIONS["clock_seeds"]]
+
+
+def _clock_rows(main: dict[str, list[dict[str, Any]]], clock: dict[str, list[dict[str, Any]]], deadline: float
+                ) -> list[str]:
+    runs = {"c. default mix, every client sampled, no deadline": _same_seeds(main["c"]),
+            f"c + round-deadline {deadline:g} s": clock["deadline"],
+            f"c, clients-per-round {WANTED}": clock["wanted"],
+            f"c, clients-per-round {WANTED} + over-select {OVER_SELECT:g}": clock["over"]}
+    return _fleet_table(runs, DIGITS_TARGETS)
+
+
+def _glyphs_text(chain: str, glyphs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    if not glyphs or "a" not in glyphs:
+        return ["### glyphs", "", "Not run (see the scope note above)."]
+    base = statistics_mean([r["rounds"][-1]["accuracy"] for r in glyphs["a"]])
+    targets = tuple(round(share * base, 4) for share in GLYPHS_SHARES)
+    names = {k: FLEET_NAMES[k].format(chain=chain) for k in glyphs}
+    opts = FLEET_OPTIONS
+    per_round = statistics_mean([r["host-wall-s"] / len(r["rounds"]) for v in glyphs.values() for r in v])
+    return [
+        "### glyphs (the second data set; nothing was tuned on it)", "",
+        f"Scope, cut for time: **{opts['glyphs_rounds']} rounds, seed(s) {', '.join(map(str, opts['glyphs_seeds']))}, "
+        f"fleets {', '.join(opts['glyphs_fleets'])} only** (glyphs is 28x28 with about 14x the examples per client "
+        f"of digits; a round took about {per_round:.0f} s of host wall time in these runs, measured, so 3 seeds x "
+        "4 fleets x 20 rounds did not fit)." + (" With one seed the ± is 0." if len(opts["glyphs_seeds"]) == 1 else "")
+        + (" These are early-training figures, not converged ones. " if opts["glyphs_rounds"] < 10 else " ") +
+        f"Targets: {', '.join(f'{s:.0%}' for s in GLYPHS_SHARES)} of fp32 FedAvg's final accuracy (mean over the "
+        f"seeds run) = {', '.join(f'{100 * t:.2f}%' for t in targets)}; fixed before the runs, not tuned.", "",
+        *_fleet_table({names[k]: v for k, v in glyphs.items()}, targets), "",
+        "Budget fleet on glyphs: " + "; ".join(_budget_plans("glyphs")) + ".", ""]
+
+
+def _fleet_text(chain: str, chain_rows: list[str], main: dict[str, list[dict[str, Any]]],
+                clock: dict[str, list[dict[str, Any]]], deadline: float,
+                glyphs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    rounds = FLEET_OPTIONS["rounds"]
+    names = {k: FLEET_NAMES[k].format(chain=chain) for k in ("a", "b", "c", "d")}
+    names["alt"] = f"alternative mix `{ALT_MIX}`"
+    gap = _gap(main, "c")
+    verdict = [f"**Default mix vs fp32 FedAvg on digits (point of decision): final accuracy {_ms(_final(main['c']))} % "
+               f"vs {_ms(_final(main['a']))} % (mean ± sd over seeds {list(FLEET_SEEDS)}), a gap of {gap:+.2f} points "
+               f"(positive = the mix is below): {'within' if gap <= 1.5 else 'NOT within'} 1.5 "
+               "points.**"]
+    last5 = {k: _ms([100 * statistics_mean([x["accuracy"] for x in r["rounds"][-5:]]) for r in v])
+             for k, v in main.items()}
+    verdict.append(f"The final round is one noisy point; the mean accuracy over the last 5 rounds (measured) is "
+                   f"{last5['c']} % for the default mix and {last5['a']} % for fp32 FedAvg"
+                   + (f", {last5['alt']} % for the alternative mix." if "alt" in last5 else "."))
+    if "alt" in main:
+        alt = _gap(main, "alt")
+        verdict.append(f"The alternative mix `{ALT_MIX}` ends at {_ms(_final(main['alt']))} %, a gap of "
+                       f"{alt:+.2f} points: {'within' if alt <= 1.5 else 'NOT within'} 1.5 points.")
+    return [
+        "## Fleet: time and energy to accuracy on one simulated fleet", "",
+        "**Units.** *Modelled* (device): `device-time-s` and `device-energy-j` of each round from the fleet "
+        "clock (fedshrink.devices; a round lasts until its last accepted client reports, or the deadline; fleet "
+        "energy counts every device that trained), the accepted and declined counts. *Measured* (host): accuracy "
+        "on the server's test set, uplink bytes (serialized Flower messages), host wall time per run. Time to a "
+        "target = the sum of the rounds' modelled device time up to and including the first round whose accuracy "
+        "reaches it (energy likewise); only seeds that reach it are averaged, and the 'reached' column counts them. "
+        "Each run's record is kept in `simulations/results/devices_runs/` (git-ignored) and reused when present; "
+        "the host wall column is what the run took when it ran (2 shared cores, other work on the machine).",
+        "",
+        f"Setup: digits, {FLEET_CLIENTS} clients (Dirichlet 0.5), cnn with static BatchNorm, **{rounds} rounds**, "
+        f"seeds {list(FLEET_SEEDS)} (the same seeds for every run compared), 2 local epochs, batch 16, every client "
+        "sampled each round (fraction-train 1) unless stated, device availability and device-spread 0.5 on "
+        "(defaults), no distillation. `fedshrink.runner.run_inprocess`, torch on one thread, runs one at a time.",
+        "",
+        f"**One fleet.** Every run uses the same devices per client: `device-mix = {FLEET_DEVICES}` for a and b "
+        "(it gives a client its device when neither a profile nor a budget names one), and the profile mix and "
+        "budget mix with the same shares in the same order for c and d, whose client-to-share draw is the same "
+        "seeded largest-remainder shuffle; checked here: " + _same_devices() + ". Each client then draws its "
+        "device figures around the device's medians from (seed, client), the same in every run.", "",
+        f"Targets on digits: {', '.join(f'{100 * t:.0f}%' for t in DIGITS_TARGETS)} accuracy (fixed in advance).",
+        "",
+        "### Uplink chain for b",
+        "", "Candidates on digits, seed 1, fleet as in a; the one with the fewest uplink bytes (measured) to 95% "
+        f"is used for b: **`{chain}`**.", "",
+        "| uplink chain | uplink MB to 95% (measured) | final accuracy % |", "|---|---:|---:|", *chain_rows, "",
+        "### digits", "",
+        *_fleet_table({names[k]: v for k, v in main.items()}, DIGITS_TARGETS), "",
+        "Clients declined for memory: the fleet clock skips (before sending) a client whose modelled round memory "
+        "exceeds its device's memory and records the reason (`declined: its modelled round memory 2.33 MB is over "
+        "its device's 1 MB` for every iot client under full-width training on digits); they never train, so a and "
+        "b learn from phones and laptops only.", "",
+        f"Budget mix d: `{FLEET_BUDGETS}` (each device class's memory in MB, an upload limit in kB in step with its "
+        "uplink; laptops state only memory). The planner picked (modelled, typical client): "
+        + "; ".join(_budget_plans("digits")) + ".", "",
+        *verdict, "",
+        "### Round deadline and over-selection (digits, default mix)", "",
+        f"Seeds {list(FLEET_OPTIONS['clock_seeds'])}"
+        + (" only (the others were cut for time)" if tuple(FLEET_OPTIONS["clock_seeds"]) != FLEET_SEEDS else "")
+        + "; each row is compared on the same seeds (the first row is c's runs of those seeds).", "",
+        f"Deadline: the phone profile's modelled round time at the phone's medians for a typical client, "
+        f"{deadline:g} s (modelled; stragglers past it are dropped; their energy still counts). Over-selection "
+        f"needs a wanted count below the population (with every client sampled there is no one to add), so it is "
+        f"compared at clients-per-round {WANTED}: without it, and with over-select {OVER_SELECT:g} (sample "
+        f"{WANTED} + ceil({OVER_SELECT:g} x {WANTED}), keep the first {WANTED} to report).", "",
+        *_clock_rows(main, clock, deadline), "",
+        _effect("round-deadline", _same_seeds(main["c"]), clock["deadline"]), "",
+        _effect("over-select", clock["wanted"], clock["over"]), "",
+        *_glyphs_text(chain, glyphs),
+    ]
+
+
+PARTS: dict[str, Callable[[], list[str]]] = {"memory": part_memory, "profiles": part_profiles,
+                                            "fleet": part_fleet}
 
 
 def host() -> str:

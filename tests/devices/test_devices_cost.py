@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -101,7 +102,10 @@ def _measured_step_bytes(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
     step()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    memory = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    # the step's own thread (the one with most events): another test's leftover thread must not count
+    own = Counter(e.start_thread_id() for e in memory).most_common(1)[0][0]
+    events = sorted((e.start_ns(), e.nbytes()) for e in memory if e.start_thread_id() == own)
     live = peak = 0
     for _, nbytes in events:  # frees of the previous step's gradients are not reported: they net out
         live += nbytes

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from fedshrink.cli.common import overrides, prepare, run_config_argument
 from fedshrink.deploy.topology import DEFAULT_PROFILES
 from fedshrink.errors import ConfigError, FedShrinkError
 
@@ -61,13 +62,13 @@ def add_parser(sub: Any) -> None:
     local = dsub.add_parser("local", help="start a local topology, run the app on it, stop it")
     topology_args(local, workdir=True)
     for p in (local, dsub.add_parser("run", help="run the app on the topology `deploy up` started")):
-        p.add_argument("--run-config", "-c", action="append", default=[],
-                       help='settings as "key=value key2=value2" (repeatable)')
+        run_config_argument(p)
         p.add_argument("--app-dir", type=Path, default=APP_DIR, help="the Flower app directory")
         if p is not local:
             p.add_argument("--workdir", type=Path, default=Path("deploy-local"))
     down = dsub.add_parser("down", help="stop the topology `deploy up` started, by PID")
     down.add_argument("--workdir", type=Path, default=Path("deploy-local"))
+    dep.set_defaults(handler=cmd_deploy)
 
 
 def _topology(args: argparse.Namespace, *, local: bool) -> Any:
@@ -102,12 +103,11 @@ def _topology(args: argparse.Namespace, *, local: bool) -> Any:
 
 
 def _run(dep: Any, args: argparse.Namespace) -> int:
-    from fedshrink.cli import _overrides, _prepare
     from fedshrink.report import RunDirectory
     from fedshrink.runner.flower import FlowerRunError
 
-    cfg, overrides = _prepare(_overrides(args.run_config))
-    run = dep.run(args.app_dir.resolve(), overrides)
+    cfg, settings = prepare(overrides(args.run_config))
+    run = dep.run(args.app_dir.resolve(), settings)
     if run.status != "finished:completed":
         raise FlowerRunError(f"run {run.run_id} ended with status {run.status!r} (flwr ls)")
     summary = RunDirectory(RunDirectory.resolve(cfg)).read_summary()

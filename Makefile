@@ -1,5 +1,5 @@
 # fedshrink: two commands on a fresh machine with Python 3.11 and make.
-#   make demo   create .venv, install, run the default simulation end to end
+#   make demo   create .venv, install, run the default simulation end to end (a mixed device fleet)
 #   make test   create or update .venv, run the whole test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -34,12 +34,12 @@ $(DEV): $(STAMP)
 
 install: $(DEV)
 
-# the default job: the real ServerApp, ClientApp and Strategy driven in this process
-# (no Ray: about 70 s here, distillation included)
+# the default job (a mixed fleet of simulated devices training fragments, then distillation): the real
+# ServerApp, ClientApp and Strategy driven in this process, no Ray. Plain FedAvg: add --run-config "profile-mix=''"
 demo: $(STAMP)
 	$(VENV)/bin/fedshrink run --engine inprocess --num-clients 20
 
-# the same job on Flower's simulation engine (Ray) through `flwr run` (about 95 s here)
+# the same job on Flower's simulation engine (Ray) through `flwr run`
 demo-flower: $(STAMP)
 	$(VENV)/bin/fedshrink run --engine flower --num-clients 20
 

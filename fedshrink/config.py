@@ -66,7 +66,8 @@ class RunConfig:
                               "statistics on the server's proxy inputs)")
         if self.fragments.profile_mix and self.devices.budget_mix:
             raise ConfigError("budget-mix", self.devices.budget_mix,
-                              "'' when a profile-mix is set (a client states a profile or a budget, not both)")
+                              "'' when a profile-mix is set (a client states a profile or a budget, not both: "
+                              "add profile-mix='' to give budgets)")
         if self.fragments_enabled and self.fragments.fusion_steps and self.data.proxy_fraction == 0:
             raise ConfigError("fusion-steps", self.fragments.fusion_steps,
                               "0 when proxy-fraction is 0 (fusion distils on the server's proxy inputs)")

@@ -26,4 +26,5 @@ def quick(tmp_path: Path) -> dict[str, Any]:
         "quiet": True,
         "distill": False,  # distillation has its own tests (tests/distill, test_distill_in_run)
         "device-availability": False,  # every sampled client takes part (tests about availability turn it on)
+        "profile-mix": "",  # full-width clients (tests about fragments set a mix)
     }

@@ -66,7 +66,8 @@ def _cells(line: str) -> list[str]:
 def three_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """FedAvg (every client trains the full model), a device mix, and FedAvg with a 4-bit uplink: tiny runs."""
     out = tmp_path_factory.mktemp("cli") / "runs"
-    settings = {"fedavg": "", "mix": "profile-mix=phone:0.5,laptop:0.5", "q4": "uplink-chain='q4|zlib'"}
+    settings = {"fedavg": "profile-mix=''", "mix": "profile-mix=phone:0.5,laptop:0.5",
+                "q4": "profile-mix='' uplink-chain='q4|zlib'"}
     for name, extra in settings.items():
         assert main(["run", "--num-clients", "4", "-c",
                      f"num-server-rounds=2 local-epochs=1 quiet=true distill=false checkpoint=false "

@@ -36,7 +36,9 @@ class FragmentSettings(Section):
     title: ClassVar[str] = "fragments"
 
     profile_mix: str = option(
-        "", "`''`: every client trains the full model; else a mix of device profiles (clients train fragments)",
+        "iot:0.2,phone:0.4,laptop:0.4",
+        "a mix of device profiles (each client trains the fragment its profile sets); `''`: every client trains "
+        "the full model (plain FedAvg)",
         rule=accepted_by(_mix, _mix_words))
     fragment_policy: str = option("static", "which channels a client's fragment keeps: `static` (prefix), "
                                   "`rolling` (a window moving each round), `random` (per client and round)",

@@ -12,7 +12,7 @@ from fedshrink.settings import Section, at_least, between, greater_than, option
 class FederationSettings(Section):
     title: ClassVar[str] = "federation"
 
-    num_server_rounds: int = option(40, "federated rounds", rule=at_least(1))
+    num_server_rounds: int = option(20, "federated rounds", rule=at_least(1))
     fraction_train: float = option(1.0, "share of connected clients sampled each round",
                                    rule=between(0, 1, lo_open=True))
     clients_per_round: int = option(

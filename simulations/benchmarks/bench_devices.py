@@ -313,6 +313,7 @@ def fleet_run(dataset: str, seed: int, rounds: int, **extra: Any) -> dict[str, A
 
     cfg = {"dataset": dataset, "seed": seed, "num-server-rounds": rounds, "distill": False, "report": False,
            "checkpoint": False, "quiet": True, **extra}
+    run_cfg = {"profile-mix": "", **cfg}  # full-width unless the fleet sets a mix (the default is a mix)
     key = hashlib.sha256(json.dumps({**cfg, "clients": FLEET_CLIENTS}, sort_keys=True).encode()).hexdigest()[:16]
     path = RUNS_DIR / f"{dataset}-s{seed}-{key}.json"
     if path.is_file():
@@ -320,7 +321,7 @@ def fleet_run(dataset: str, seed: int, rounds: int, **extra: Any) -> dict[str, A
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_inprocess({**cfg, "output-dir": tmp}, num_clients=FLEET_CLIENTS)
+        result = run_inprocess({**run_cfg, "output-dir": tmp}, num_clients=FLEET_CLIENTS)
         rows = RunDirectory(result.run_dir).read_rounds()
     keep = ("round", "accuracy", "device-time-s", "device-energy-j", "bytes-up", "bytes-down", "device-accepted",
             "device-dropped-memory", "device-dropped-deadline", "device-dropped-surplus", "device-dropped-unavailable")
@@ -416,7 +417,7 @@ def _budget_plans(dataset: str) -> list[str]:
     from fedshrink.models import ModelSpec
     from fedshrink.server.factory import explain_budgets
 
-    cfg = RunConfig.from_mapping({"dataset": dataset, "budget-mix": FLEET_BUDGETS})
+    cfg = RunConfig.from_mapping({"dataset": dataset, "profile-mix": "", "budget-mix": FLEET_BUDGETS})
     splits = make_splits(cfg.split_spec())
     spec = ModelSpec(cfg.model.model, splits.input_shape, splits.num_classes, cfg.model.model_width,
                      cfg.model.model_norm)

@@ -4,8 +4,9 @@ Usage::
 
     python simulations/benchmarks/bench_distill.py [--teacher-run RUN_DIR] [--out simulations/results/distill.md]
 
-Without ``--teacher-run`` it first trains the default demo's global model
-(``run_inprocess({})``: cnn x1.0, 40 rounds, 20 clients, digits, seed 42); with
+Without ``--teacher-run`` it first trains a full-width FedAvg global model
+(``run_inprocess({"profile-mix": "", "num-server-rounds": 40})``: cnn x1.0, full width, 40 rounds, 20 clients,
+digits, seed 42); with
 it, it loads ``RUN_DIR/global_model.pt`` from such a run. Then, on the same
 default splits (``make_splits(SplitSpec())``: 180 proxy images, 360 test):
 
@@ -58,7 +59,8 @@ from fedshrink.training import evaluate  # noqa: E402
 def train_federated(overrides: dict[str, Any], base: Path) -> Path:
     from fedshrink.runner.inprocess import run_inprocess
 
-    res = run_inprocess({"output-dir": str(base), "quiet": True, **overrides})
+    res = run_inprocess({"output-dir": str(base), "quiet": True, "profile-mix": "", "num-server-rounds": 40,
+                         **overrides})  # the teacher these results were measured with: full-width FedAvg
     return res.run_dir
 
 

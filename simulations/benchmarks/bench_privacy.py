@@ -39,7 +39,7 @@ from fedshrink.runner import run_inprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENTS, PER_ROUND, CLIP0 = 1000, 100, 0.3
-MIXES = {"full": {}, "mix": {"profile-mix": DEFAULT_MIX, "pruned-as-zero": False}}
+MIXES = {"full": {"profile-mix": ""}, "mix": {"profile-mix": DEFAULT_MIX, "pruned-as-zero": False}}
 CLIP_ONLY = "clip"
 SPLIT = {"digits": "1-2 of the 1,257 training samples each: the largest fleet digits allows",
          "glyphs": "17-18 of the 17,600 generated training samples each"}

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-RUN = {"num-server-rounds": 2, "local-epochs": 1, "distill": False, "quiet": True, "checkpoint": False}
+RUN = {"num-server-rounds": 2, "local-epochs": 1, "distill": False, "quiet": True, "checkpoint": False,
+       "profile-mix": ""}
 
 
 # -- helpers that run inside the child -------------------------------------------------------------------

@@ -111,7 +111,7 @@ def test_over_selection_keeps_the_first_to_finish() -> None:
 
 def test_a_budget_gets_the_profile_the_planner_picks_or_the_node_is_left_out() -> None:
     spec = ModelSpec("cnn", (1, 8, 8), 10)
-    cfg = RunConfig.from_mapping({"budget-mix": "up=30,device=phone:1.0"})
+    cfg = RunConfig.from_mapping({"profile-mix": "", "budget-mix": "up=30,device=phone:1.0"})
     fits, impossible = Budget(upload_kb=30, device="phone"), Budget(memory_mb=1e-6)
     grid = HelloGrid([1, 2], budgets={1: fits, 2: impossible}, devices={1: device(), 2: device()})
     s = make_strategy(spec, fragments=True, min_train_clients=1, plan_budget=budget_planner(cfg, spec),
@@ -124,13 +124,13 @@ def test_a_budget_gets_the_profile_the_planner_picks_or_the_node_is_left_out() -
 
 
 def test_a_budget_mix_nothing_fits_fails_at_start_with_one_line() -> None:
-    cfg = RunConfig.from_mapping({"budget-mix": "mem=0.000001,device=iot:1.0"})
+    cfg = RunConfig.from_mapping({"profile-mix": "", "budget-mix": "mem=0.000001,device=iot:1.0"})
     splits = make_splits(cfg.split_spec())
     spec = ModelSpec("cnn", splits.input_shape, splits.num_classes)
     with pytest.raises(ConfigError) as err:
         explain_budgets(cfg, spec, 60)
     assert err.value.key == "budget" and "\n" not in str(err.value) and "nearest" in str(err.value)
-    ok = RunConfig.from_mapping({"budget-mix": "up=30,device=phone:1.0"})
+    ok = RunConfig.from_mapping({"profile-mix": "", "budget-mix": "up=30,device=phone:1.0"})
     (line,) = explain_budgets(ok, spec, 60)
     assert line.startswith("budget up=30,device=phone: picked")
 

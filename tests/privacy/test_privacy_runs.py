@@ -19,7 +19,7 @@ from fedshrink.runner.inprocess import RunResult
 def tiny(tmp_path: Path) -> dict[str, Any]:
     return {"num-server-rounds": 3, "local-epochs": 1, "output-dir": str(tmp_path / "runs"), "quiet": True,
             "distill": False, "checkpoint": False, "report": False, "model": "mlp", "model-norm": "none",
-            "dp-reproducible-noise": True, "device-availability": False}
+            "dp-reproducible-noise": True, "device-availability": False, "profile-mix": ""}
 
 
 @pytest.fixture

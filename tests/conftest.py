@@ -26,4 +26,25 @@ def quick(tmp_path: Path) -> dict[str, Any]:
         "quiet": True,
         "distill": False,  # distillation has its own tests (tests/distill, test_distill_in_run)
         "device-availability": False,  # every sampled client takes part (tests about availability turn it on)
+        "report": False,  # drawing the report's plots takes longer than the run; tests about the report turn it on
+        "checkpoint": False,  # checkpoints have their own tests (tests/robust/test_robust_checkpoint.py)
     }
+
+
+@pytest.fixture
+def small_distill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server-side distillation at test size in this process's runs: a transfer set of 512 images (not 16,384),
+    search rungs of 10 and 20 steps (not 100 and 300), 3 latency repeats. Every phase still runs: the transfer set,
+    the race of every candidate, the student's distillation, pruning, fine-tuning and export."""
+    from dataclasses import replace
+
+    from fedshrink.distill.pipeline import DistillConfig
+    from fedshrink.distill.settings import DistillSettings
+
+    full = DistillSettings.config
+
+    def small(self: DistillSettings, *, seed: int, student_norm: str) -> DistillConfig:
+        return replace(full(self, seed=seed, student_norm=student_norm), transfer_size=512, search_rungs=(10, 20),
+                       latency_repeats=3)
+
+    monkeypatch.setattr(DistillSettings, "config", small)

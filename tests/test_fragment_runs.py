@@ -56,7 +56,7 @@ def test_full_width_fragments_equal_flower_fedavg() -> None:
 
 
 def test_mixed_profiles_train_fragments(quick: dict[str, Any]) -> None:
-    result = run_inprocess({**quick, "num-server-rounds": 5, "profile-mix": MIX}, num_clients=10)
+    result = run_inprocess({**quick, "num-server-rounds": 5, "profile-mix": MIX, "report": True}, num_clients=10)
     rounds = RunDirectory(result.run_dir).read_rounds()
     assert all(r["clients-good"] == 10 and r["clients-dropped"] == 0 for r in rounds)
     assert set(rounds[-1]["accuracy-width"]) == {"0.25", "0.5"}  # iot and phone sub-models, evaluated

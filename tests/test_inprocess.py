@@ -169,9 +169,9 @@ def test_resources_are_recorded_per_client_and_round(quick: dict[str, Any]) -> N
 
 
 @pytest.mark.parametrize("teacher", ["global", "ensemble"])
-def test_distillation_at_the_end_of_a_run(quick: dict[str, Any], teacher: str) -> None:
+def test_distillation_at_the_end_of_a_run(quick: dict[str, Any], small_distill: None, teacher: str) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 2, "distill": True, "distill-teacher": teacher,
-                            "distill-steps": 30, "distill-finetune-steps": 10}, num_clients=3)
+                            "distill-steps": 30, "distill-finetune-steps": 10, "report": True}, num_clients=3)
     files = {p.name for p in result.run_dir.iterdir()}
     assert {"student.onnx", "student_state.pt", "student_int8.fsq", "model_card.json", "pareto.json"} <= files
     student = result.summary["student"]
@@ -182,7 +182,7 @@ def test_distillation_at_the_end_of_a_run(quick: dict[str, Any], teacher: str) -
     assert (result.run_dir / "plots" / "pareto.png").is_file()  # the report draws the search's front
 
 
-def test_distillation_every_k_rounds(quick: dict[str, Any]) -> None:
+def test_distillation_every_k_rounds(quick: dict[str, Any], small_distill: None) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 2, "distill": True, "distill-every": 1,
                             "distill-steps": 20, "distill-finetune-steps": 0}, num_clients=3)
     assert (result.run_dir / "student-round-1" / "model_card.json").is_file()  # after round 1

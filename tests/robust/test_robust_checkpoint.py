@@ -122,7 +122,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
 def test_checkpoint_off_writes_none(tmp_path: Path, quick: dict[str, Any]) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 1, "checkpoint": False}, num_clients=2)
     assert not (result.run_dir / CHECKPOINT).exists()
-    on = run_inprocess({**quick, "num-server-rounds": 1}, num_clients=2)
+    on = run_inprocess({**quick, "num-server-rounds": 1, "checkpoint": True}, num_clients=2)
     assert load_checkpoint(on.run_dir).round == 1
     again = ArrayRecord({k: torch.from_numpy(v) for k, v in load_checkpoint(on.run_dir).arrays.items()})
     final = torch.load(on.run_dir / "global_model.pt", weights_only=True)

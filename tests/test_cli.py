@@ -15,7 +15,7 @@ def test_run_inprocess_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixt
     out = tmp_path / "runs"
     rc = main(["run", "--num-clients", "3",
                "-c", f"num-server-rounds=2 local-epochs=1 distill=false output-dir='{out}'",
-               "-c", "run-name=cli"])
+               "-c", "run-name=cli report=false checkpoint=false"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "round   2/2" in text and "fedshrink run summary" in text and "fedshrink: completed, accuracy" in text
@@ -66,7 +66,8 @@ def _cells(line: str) -> list[str]:
 def three_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """FedAvg (every client trains the full model), a device mix, and FedAvg with a 4-bit uplink: tiny runs."""
     out = tmp_path_factory.mktemp("cli") / "runs"
-    settings = {"fedavg": "", "mix": "profile-mix=phone:0.5,laptop:0.5", "q4": "uplink-chain='q4|zlib'"}
+    settings = {"fedavg": "report=false", "mix": "profile-mix=phone:0.5,laptop:0.5",  # the report: only where asked
+                "q4": "uplink-chain='q4|zlib' report=false"}
     for name, extra in settings.items():
         assert main(["run", "--num-clients", "4", "-c",
                      f"num-server-rounds=2 local-epochs=1 quiet=true distill=false checkpoint=false "

@@ -56,7 +56,7 @@ def test_full_width_fragments_equal_flower_fedavg() -> None:
 
 
 def test_mixed_profiles_train_fragments(quick: dict[str, Any]) -> None:
-    result = run_inprocess({**quick, "num-server-rounds": 5, "profile-mix": MIX, "report": True}, num_clients=10)
+    result = run_inprocess({**quick, "num-server-rounds": 3, "profile-mix": MIX, "report": True}, num_clients=10)
     rounds = RunDirectory(result.run_dir).read_rounds()
     assert all(r["clients-good"] == 10 and r["clients-dropped"] == 0 for r in rounds)
     assert set(rounds[-1]["accuracy-width"]) == {"0.25", "0.5"}  # iot and phone sub-models, evaluated
@@ -67,7 +67,7 @@ def test_mixed_profiles_train_fragments(quick: dict[str, Any]) -> None:
     assert {r["profile"] for r in rows} == {"iot", "phone", "laptop"}
     assert (result.run_dir / "plots" / "client_costs.png").is_file()
     assert "| iot |" in (result.run_dir / "report.md").read_text()  # the per-profile table
-    raw = run_inprocess({**quick, "num-server-rounds": 5}, num_clients=10)
+    raw = run_inprocess({**quick, "num-server-rounds": 3}, num_clients=10)
     raw_up = sum(r["bytes-up"] for r in RunDirectory(raw.run_dir).read_rounds())
     assert sum(r["bytes-up"] for r in rounds) * 4 < raw_up
     assert rounds[-1]["loss"] < rounds[0]["loss"]

@@ -54,8 +54,9 @@ deploy-local: $(STAMP)
 test: $(DEV)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
 
+# the fast tier: no Flower engines, no processes of their own (markers e2e and slow)
 test-fast: $(DEV)
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e and not slow"
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check fedshrink tests simulations scripts

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import shrink_distillation
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -31,20 +32,8 @@ def quick(tmp_path: Path) -> dict[str, Any]:
     }
 
 
+
 @pytest.fixture
 def small_distill(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Server-side distillation at test size in this process's runs: a transfer set of 512 images (not 16,384),
-    search rungs of 10 and 20 steps (not 100 and 300), 3 latency repeats. Every phase still runs: the transfer set,
-    the race of every candidate, the student's distillation, pruning, fine-tuning and export."""
-    from dataclasses import replace
-
-    from fedshrink.distill.pipeline import DistillConfig
-    from fedshrink.distill.settings import DistillSettings
-
-    full = DistillSettings.config
-
-    def small(self: DistillSettings, *, seed: int, student_norm: str) -> DistillConfig:
-        return replace(full(self, seed=seed, student_norm=student_norm), transfer_size=512, search_rungs=(10, 20),
-                       latency_repeats=3)
-
-    monkeypatch.setattr(DistillSettings, "config", small)
+    """Server-side distillation at test size in this process's runs (:func:`helpers.shrink_distillation`)."""
+    shrink_distillation(monkeypatch)

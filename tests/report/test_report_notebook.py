@@ -10,6 +10,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+pytestmark = pytest.mark.slow  # a Jupyter kernel: a process of its own
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "tradeoffs.ipynb"
 
 

@@ -78,6 +78,7 @@ def _settings(tmp_path: Path, name: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # the run to kill is a process of its own
 def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     killed = _settings(tmp_path, "killed")
     code = ("import json, sys, torch; torch.set_num_threads(1); from fedshrink.runner import run_inprocess; "

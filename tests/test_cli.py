@@ -11,6 +11,7 @@ import pytest
 from fedshrink.cli import main
 
 
+@pytest.mark.slow
 def test_run_inprocess_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
     rc = main(["run", "--num-clients", "3",
@@ -75,6 +76,7 @@ def three_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: out / name for name in settings}
 
 
+@pytest.mark.slow
 def test_report_command(three_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     run, base = three_runs["mix"], three_runs["fedavg"]
     report = run / "report.md"
@@ -100,6 +102,7 @@ def test_report_command(three_runs: dict[str, Path], capsys: pytest.CaptureFixtu
     assert "run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_against_a_fedavg_baseline(three_runs: dict[str, Path], tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     base = three_runs["fedavg"]

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from fedshrink.report import RunDirectory, build_report
 from fedshrink.robust import malicious_partitions
 from fedshrink.runner import run_inprocess
 
 
+@pytest.mark.slow
 def test_norm_guard_drops_the_gaussian_attacker_and_the_report_says_why(quick: dict[str, Any]) -> None:
     settings = {**quick, "num-server-rounds": 2, "attack": "gaussian", "attack-fraction": 0.2, "norm-guard": 6.0,
                 "defence": "clip+median", "seed": 3}
@@ -25,6 +28,7 @@ def test_norm_guard_drops_the_gaussian_attacker_and_the_report_says_why(quick: d
     assert "## Dropped replies" in report and "robust z-scores above" in report and "## Aggregation stages" in report
 
 
+@pytest.mark.slow
 def test_sign_flip_breaks_fedavg_and_median_holds(quick: dict[str, Any]) -> None:
     """The attack is real (FedAvg's model moves away) and the defence keeps the model near the clean run."""
     common = {**quick, "num-server-rounds": 2, "seed": 4, "checkpoint": False, "partitioner": "iid"}

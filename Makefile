@@ -51,8 +51,9 @@ deploy-local: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/fedshrink deploy local --nodes 3 --workdir deploy-local \
 		--run-config "$(DEPLOY_CONFIG)"
 
+# two workers (pytest-xdist); a test file goes to one worker, so its module fixtures are built once
 test: $(DEV)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -n 2 --dist loadfile
 
 # the fast tier: no Flower engines, no processes of their own (markers e2e and slow)
 test-fast: $(DEV)

@@ -63,11 +63,13 @@ results: $(STAMP)
 		$(PY) simulations/benchmarks/bench_$$name.py --sweep-dir runs/sweeps/$$name; \
 	done
 
+# two workers (pytest-xdist); a test file goes to one worker, so its module fixtures are built once
 test: $(DEV)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -n 2 --dist loadfile
 
+# the fast tier: no Flower engines, no processes of their own (markers e2e and slow)
 test-fast: $(DEV)
-	$(PY) -m pytest -m "not e2e"
+	$(PY) -m pytest -m "not e2e and not slow"
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check fedshrink tests simulations scripts

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import shrink_distillation
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -27,4 +28,13 @@ def quick(tmp_path: Path) -> dict[str, Any]:
         "distill": False,  # distillation has its own tests (tests/distill, test_distill_in_run)
         "device-availability": False,  # every sampled client takes part (tests about availability turn it on)
         "profile-mix": "",  # full-width clients (tests about fragments set a mix)
+        "report": False,  # drawing the report's plots takes longer than the run; tests about the report turn it on
+        "checkpoint": False,  # checkpoints have their own tests (tests/robust/test_robust_checkpoint.py)
     }
+
+
+
+@pytest.fixture
+def small_distill(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server-side distillation at test size in this process's runs (:func:`helpers.shrink_distillation`)."""
+    shrink_distillation(monkeypatch)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 
 class FakeGrid:
     """The one part of Flower's Grid a Strategy's node sampling reads: the connected node ids."""
@@ -21,3 +23,21 @@ def port_open(port: int) -> bool:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
 
+
+
+def shrink_distillation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Server-side distillation at test size in this process's runs: a transfer set of 512 images (not 16,384),
+    search rungs of 10 and 20 steps (not 100 and 300), 3 latency repeats. Every phase still runs: the transfer set,
+    the race of every candidate, the student's distillation, pruning, fine-tuning and export."""
+    from dataclasses import replace
+
+    from fedshrink.distill.pipeline import DistillConfig
+    from fedshrink.distill.settings import DistillSettings
+
+    full = DistillSettings.config
+
+    def small(self: DistillSettings, *, seed: int, student_norm: str) -> DistillConfig:
+        return replace(full(self, seed=seed, student_norm=student_norm), transfer_size=512, search_rungs=(10, 20),
+                       latency_repeats=3)
+
+    monkeypatch.setattr(DistillSettings, "config", small)

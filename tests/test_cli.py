@@ -11,11 +11,12 @@ import pytest
 from fedshrink.cli import main
 
 
+@pytest.mark.slow
 def test_run_inprocess_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "runs"
     rc = main(["run", "--num-clients", "3",
                "-c", f"num-server-rounds=2 local-epochs=1 distill=false output-dir='{out}'",
-               "-c", "run-name=cli"])
+               "-c", "run-name=cli report=false checkpoint=false"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "round   2/2" in text and "fedshrink run summary" in text and "fedshrink: completed, accuracy" in text
@@ -66,8 +67,8 @@ def _cells(line: str) -> list[str]:
 def three_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """FedAvg (every client trains the full model), a device mix, and FedAvg with a 4-bit uplink: tiny runs."""
     out = tmp_path_factory.mktemp("cli") / "runs"
-    settings = {"fedavg": "profile-mix=''", "mix": "profile-mix=phone:0.5,laptop:0.5",
-                "q4": "profile-mix='' uplink-chain='q4|zlib'"}
+    settings = {"fedavg": "profile-mix='' report=false", "mix": "profile-mix=phone:0.5,laptop:0.5",  # report: only where asked
+                "q4": "profile-mix='' uplink-chain='q4|zlib' report=false"}
     for name, extra in settings.items():
         assert main(["run", "--num-clients", "4", "-c",
                      f"num-server-rounds=2 local-epochs=1 quiet=true distill=false checkpoint=false "
@@ -75,6 +76,7 @@ def three_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {name: out / name for name in settings}
 
 
+@pytest.mark.slow
 def test_report_command(three_runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     run, base = three_runs["mix"], three_runs["fedavg"]
     report = run / "report.md"
@@ -100,6 +102,7 @@ def test_report_command(three_runs: dict[str, Path], capsys: pytest.CaptureFixtu
     assert "run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_compare_against_a_fedavg_baseline(three_runs: dict[str, Path], tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     base = three_runs["fedavg"]

@@ -165,8 +165,18 @@ def test_hub_unreachable_fails_clearly(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf" / "datasets"))
-    with pytest.raises(DataError, match="data-dir"):
+    # the libraries read those variables once, at import: where an earlier test imported them, set what they read
+    # (otherwise the hub is tried over the network, and only its timeouts and retries end the attempt)
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf" / "datasets")
+    with pytest.raises(DataError, match="data-dir") as info:
         load_source("mnist")
+    assert "Hugging Face hub" in str(info.value)
 
 
 def test_unknown_source() -> None:

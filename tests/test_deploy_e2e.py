@@ -78,8 +78,10 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
             zip(("code", "log"), dep.try_node(certs.node_keys[3], timeout=120), strict=True)))
         probe.start()
         out = tmp_path / "runs"
-        run = dep.run(APP_DIR, {"num-server-rounds": 2, "local-epochs": 1, "distill": False, "output-dir": str(out),
-                                "run-name": "deploy", "profile-mix": "laptop:1.0",
+        # one round: each message starts a ClientApp process on its SuperNode (torch, fedshrink, the data: about
+        # a minute a round for 3 nodes on 2 loaded cores); several rounds run in tests/test_flwr_e2e.py
+        run = dep.run(APP_DIR, {"num-server-rounds": 1, "local-epochs": 1, "distill": False, "checkpoint": False,
+                                "output-dir": str(out), "run-name": "deploy", "profile-mix": "laptop:1.0",
                                 "device-availability": False}, timeout=900)
         probe.join()
         assert {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"} == online
@@ -92,9 +94,9 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
     assert run.details["network-traffic"]["total-bytes"] > 0
 
     summary = json.loads((out / "deploy" / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["rounds"] == 2 and summary["clients"] == 3
+    assert summary["status"] == "completed" and summary["rounds"] == 1 and summary["clients"] == 3
     rounds = [json.loads(x) for x in (out / "deploy" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["clients-good"] for r in rounds] == [3, 3]
+    assert [r["clients-good"] for r in rounds] == [3]
     assert set(rounds[-1]["accuracy-width"]) == {"0.25", "0.5"}  # iot and phone fragments besides the full model
     with open(out / "deploy" / "clients.csv") as fh:
         rows = list(csv.DictReader(fh))

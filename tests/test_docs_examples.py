@@ -49,6 +49,7 @@ def test_the_page_has_an_example_for_every_extension_point() -> None:
     assert {"A codec", "A fragment policy", "A model", "A defence", "A data source"} <= set(examples())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("heading", sorted(examples()))
 def test_example_runs(heading: str, registries: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # runs write under ./runs

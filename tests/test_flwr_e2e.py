@@ -38,7 +38,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSimulation]:
 def test_flwr_run_completes_and_writes_run_dir(sim: LocalSimulation, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     run = sim.run(APP_DIR, {"num-server-rounds": 2, "local-epochs": 1, "distill": False, "output-dir": str(out),
-                            "profile-mix": "iot:0.5,laptop:0.5",
+                            "report": False, "checkpoint": False, "profile-mix": "iot:0.5,laptop:0.5",
                             "device-availability": False, "run-name": "e2e"}, num_supernodes=4, echo=False)
     assert run.status == "finished:completed", run.output[-3000:]
     summary = json.loads((out / "e2e" / "summary.json").read_text())

@@ -55,8 +55,9 @@ def test_full_width_fragments_equal_flower_fedavg() -> None:
         np.testing.assert_allclose(mine[k].numpy(), theirs[k].numpy(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mixed_profiles_train_fragments(quick: dict[str, Any]) -> None:
-    result = run_inprocess({**quick, "num-server-rounds": 5, "profile-mix": MIX}, num_clients=10)
+    result = run_inprocess({**quick, "num-server-rounds": 3, "profile-mix": MIX, "report": True}, num_clients=10)
     rounds = RunDirectory(result.run_dir).read_rounds()
     assert all(r["clients-good"] == 10 and r["clients-dropped"] == 0 for r in rounds)
     assert set(rounds[-1]["accuracy-width"]) == {"0.25", "0.5"}  # iot and phone sub-models, evaluated
@@ -67,12 +68,13 @@ def test_mixed_profiles_train_fragments(quick: dict[str, Any]) -> None:
     assert {r["profile"] for r in rows} == {"iot", "phone", "laptop"}
     assert (result.run_dir / "plots" / "client_costs.png").is_file()
     assert "| iot |" in (result.run_dir / "report.md").read_text()  # the per-profile table
-    raw = run_inprocess({**quick, "num-server-rounds": 5}, num_clients=10)
+    raw = run_inprocess({**quick, "num-server-rounds": 3}, num_clients=10)
     raw_up = sum(r["bytes-up"] for r in RunDirectory(raw.run_dir).read_rounds())
     assert sum(r["bytes-up"] for r in rounds) * 4 < raw_up
     assert rounds[-1]["loss"] < rounds[0]["loss"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["static", "rolling", "random"])
 def test_every_policy_runs(quick: dict[str, Any], policy: str) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 2, "profile-mix": "iot:0.5,phone:0.5",
@@ -80,6 +82,7 @@ def test_every_policy_runs(quick: dict[str, Any], policy: str) -> None:
     assert result.summary["status"] == "completed" and result.summary["rounds-skipped"] == 0
 
 
+@pytest.mark.slow
 def test_node_config_profile_overrides_the_mix(quick: dict[str, Any]) -> None:
     configs = [{"partition-id": i, "num-partitions": 3, "profile": "iot"} for i in range(3)]
     result = run_inprocess({**quick, "num-server-rounds": 1, "profile-mix": "laptop:1.0"}, node_configs=configs)
@@ -117,6 +120,7 @@ def test_the_instruction_carries_the_profile_itself() -> None:
     assert instruction.uplink == custom.uplink
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nested", [True, False])
 def test_mixed_run_with_and_without_nested_distillation(quick: dict[str, Any], nested: bool) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 2, "profile-mix": "iot:0.5,laptop:0.5",
@@ -163,6 +167,7 @@ def test_a_reply_whose_mask_digest_differs_is_dropped(digest_ok: bool) -> None:
         assert not outcome.accepted and "mask-digest" in outcome.dropped[0].reason
 
 
+@pytest.mark.slow
 def test_derived_masks_save_the_mask_bytes(quick: dict[str, Any]) -> None:
     runs = {derive: run_inprocess({**quick, "num-server-rounds": 1, "profile-mix": "phone:1.0", "derive-masks": derive},
                                   num_clients=3) for derive in (True, False)}

@@ -18,6 +18,7 @@ from fedshrink.report import RunDirectory
 from fedshrink.runner import run_inprocess
 
 
+@pytest.mark.slow
 def test_run_writes_run_directory(quick: dict[str, Any]) -> None:
     result = run_inprocess({**quick, "run-name": "first"}, num_clients=5)
     assert result.run_dir == Path(quick["output-dir"]) / "first"
@@ -35,6 +36,7 @@ def test_run_writes_run_directory(quick: dict[str, Any]) -> None:
     assert result.grid.calls == 20  # 5 hellos, then 5 clients x 3 rounds
 
 
+@pytest.mark.slow
 def test_training_learns(quick: dict[str, Any]) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 6, "partitioner": "iid"}, num_clients=5)
     rounds = RunDirectory(result.run_dir).read_rounds()
@@ -42,6 +44,7 @@ def test_training_learns(quick: dict[str, Any]) -> None:
     assert result.summary["accuracy"] > 0.6  # chance is 0.1
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(quick: dict[str, Any]) -> None:
     a = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
     b = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=4)
@@ -51,6 +54,7 @@ def test_same_seed_same_model(quick: dict[str, Any]) -> None:
     assert not all(torch.equal(sa[k], sc[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_client_identity_is_partition_id(quick: dict[str, Any]) -> None:
     seen: list[int] = []
     spy = ClientApp()
@@ -66,6 +70,7 @@ def test_client_identity_is_partition_id(quick: dict[str, Any]) -> None:
     assert sorted(seen) == list(range(6))
 
 
+@pytest.mark.slow
 def test_crashing_client_does_not_stop_the_run(quick: dict[str, Any]) -> None:
     flaky = ClientApp()
     flaky.query("hello")(hello)
@@ -120,18 +125,21 @@ def test_more_clients_than_samples_fails_before_writing(quick: dict[str, Any]) -
     assert not Path(quick["output-dir"]).exists()
 
 
+@pytest.mark.slow
 def test_run_name_is_not_reused(quick: dict[str, Any]) -> None:
     run_inprocess({**quick, "num-server-rounds": 1, "run-name": "same"}, num_clients=2)
     with pytest.raises(ConfigError, match="run-name"):
         run_inprocess({**quick, "num-server-rounds": 1, "run-name": "same"}, num_clients=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["mlp", "resnet"])
 def test_other_models_run(quick: dict[str, Any], model: str) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 1, "model": model}, num_clients=3)
     assert result.summary["model"] == model and 0.0 <= result.summary["accuracy"] <= 1.0
 
 
+@pytest.mark.slow
 def test_compressed_uplink_cuts_bytes_and_keeps_residuals(quick: dict[str, Any]) -> None:
     raw = run_inprocess({**quick, "num-server-rounds": 2}, num_clients=3)
     small = run_inprocess({**quick, "num-server-rounds": 2, "uplink-chain": "topk:0.1|int8|zlib",
@@ -150,6 +158,7 @@ def test_bad_chain_setting(quick: dict[str, Any]) -> None:
         run_inprocess({**quick, "uplink-chain": "gzip"}, num_clients=2)
 
 
+@pytest.mark.slow
 def test_resources_are_recorded_per_client_and_round(quick: dict[str, Any]) -> None:
     import csv
 
@@ -168,10 +177,11 @@ def test_resources_are_recorded_per_client_and_round(quick: dict[str, Any]) -> N
     assert result.summary["resources"]["clients"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("teacher", ["global", "ensemble"])
-def test_distillation_at_the_end_of_a_run(quick: dict[str, Any], teacher: str) -> None:
+def test_distillation_at_the_end_of_a_run(quick: dict[str, Any], small_distill: None, teacher: str) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 2, "distill": True, "distill-teacher": teacher,
-                            "distill-steps": 30, "distill-finetune-steps": 10}, num_clients=3)
+                            "distill-steps": 30, "distill-finetune-steps": 10, "report": True}, num_clients=3)
     files = {p.name for p in result.run_dir.iterdir()}
     assert {"student.onnx", "student_state.pt", "student_int8.fsq", "model_card.json", "pareto.json"} <= files
     student = result.summary["student"]
@@ -182,7 +192,8 @@ def test_distillation_at_the_end_of_a_run(quick: dict[str, Any], teacher: str) -
     assert (result.run_dir / "plots" / "pareto.png").is_file()  # the report draws the search's front
 
 
-def test_distillation_every_k_rounds(quick: dict[str, Any]) -> None:
+@pytest.mark.slow
+def test_distillation_every_k_rounds(quick: dict[str, Any], small_distill: None) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 2, "distill": True, "distill-every": 1,
                             "distill-steps": 20, "distill-finetune-steps": 0}, num_clients=3)
     assert (result.run_dir / "student-round-1" / "model_card.json").is_file()  # after round 1

@@ -135,6 +135,7 @@ def test_a_budget_mix_nothing_fits_fails_at_start_with_one_line() -> None:
     assert line.startswith("budget up=30,device=phone: picked")
 
 
+@pytest.mark.slow
 def test_a_mixed_run_records_each_clients_device_figures_apart_from_the_host(quick: dict[str, Any]) -> None:
     result = run_inprocess({**quick, "num-server-rounds": 1, "profile-mix": "iot:0.3,phone:0.3,laptop:0.4",
                             "device-availability": False}, num_clients=10)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import shrink_distillation
 
 from fedshrink.config import RunConfig
 from fedshrink.report import RunDirectory
@@ -100,7 +101,8 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("real")
     result = run_inprocess({"num-server-rounds": 2, "local-epochs": 1, "model": "mlp", "quiet": True,
-                            "distill": False, "output-dir": str(out), "run-name": "real"}, num_clients=2)
+                            "distill": False, "report": False, "checkpoint": False, "output-dir": str(out),
+                            "run-name": "real"}, num_clients=2)
     return result.run_dir
 
 
@@ -110,9 +112,11 @@ def distilled_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from fedshrink.runner import run_inprocess
 
     out = tmp_path_factory.mktemp("distilled")
-    result = run_inprocess({"num-server-rounds": 2, "local-epochs": 1, "quiet": True, "output-dir": str(out),
-                            "run-name": "distilled", "distill": True, "distill-steps": 50,
-                            "distill-finetune-steps": 20, "student-max-params": 2200, "student-max-bytes": 2200,
-                            "checkpoint": False, "report": False},
-                           num_clients=4)
+    with pytest.MonkeyPatch.context() as mp:
+        shrink_distillation(mp)
+        result = run_inprocess({"num-server-rounds": 2, "local-epochs": 1, "quiet": True, "output-dir": str(out),
+                                "run-name": "distilled", "distill": True, "distill-steps": 50,
+                                "distill-finetune-steps": 20, "student-max-params": 2200, "student-max-bytes": 2200,
+                                "checkpoint": False, "report": False},
+                               num_clients=4)
     return result.run_dir

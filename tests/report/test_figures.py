@@ -42,6 +42,7 @@ def test_distillation_time_is_the_summarys(synthetic_run: Path) -> None:
     assert row(text, "distillation in all")[1] == f"{summary['distillation-seconds'] + 3.5:.3f}"
 
 
+@pytest.mark.slow
 def test_distillation_time_of_a_real_run(distilled_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "copy"
     shutil.copytree(distilled_run, run)
@@ -70,6 +71,7 @@ def test_uplink_against_both_fp32_references(synthetic_run: Path) -> None:
     assert "full-size" not in text
 
 
+@pytest.mark.slow
 def test_fusion_time_is_reported_apart_from_aggregation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fusion is made to look 1000 s long on the strategy's clock: aggregation-s must not contain it."""
     import time
@@ -120,6 +122,7 @@ def test_search_columns_and_over_budget_candidates(synthetic_run: Path) -> None:
     assert row(text, "w0.25-8bit")[cols.index("test accuracy after its search steps (finalists)")] == "-"
 
 
+@pytest.mark.slow
 def test_search_table_of_a_real_run(distilled_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "copy"
     shutil.copytree(distilled_run, run)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from fedshrink.report import RunDirectory, build_report, compare_runs
 from fedshrink.runner import run_inprocess
@@ -19,6 +20,7 @@ def _save(path: Path, n: int, seed: int) -> None:
                        "category": rng.permutation(np.arange(n) % 3)}).save_to_disk(str(path))
 
 
+@pytest.mark.slow
 def test_own_colour_data_set_with_three_classes_runs_under_its_name(quick: dict[str, Any], tmp_path: Path) -> None:
     _save(tmp_path / "tiles", 120, 0)
     own = {**quick, "dataset": "tiles-16", "data-dir": str(tmp_path / "tiles"), "image-column": "picture",

@@ -66,6 +66,7 @@ def test_no_metrics_is_an_error(tmp_path: Path) -> None:
         build_report(tmp_path)
 
 
+@pytest.mark.slow
 def test_real_run_report(real_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "copy"
     shutil.copytree(real_run, run)
@@ -77,6 +78,7 @@ def test_real_run_report(real_run: Path, tmp_path: Path) -> None:
         assert name in ALL_PLOTS and reason
 
 
+@pytest.mark.slow
 def test_compare(synthetic_run: Path, real_run: Path, tmp_path: Path) -> None:
     cmp = compare_runs([synthetic_run, real_run], tmp_path / "cmp")
     text = cmp.path.read_text()

@@ -12,6 +12,7 @@ from fedshrink.sweep import SweepSpec, run_sweep
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
+pytestmark = pytest.mark.slow  # a Jupyter kernel: a process of its own
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "tradeoffs.ipynb"
 
 

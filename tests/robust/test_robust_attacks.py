@@ -105,6 +105,7 @@ class RecordingClient:
         return reply
 
 
+@pytest.mark.slow
 def test_dropouts_are_recorded_and_residuals_survive_missed_rounds(quick: dict[str, Any]) -> None:
     rec = RecordingClient()
     result = run_inprocess({**quick, "num-server-rounds": 4, "dropout-rate": 0.4, "uplink-chain": "topk:0.1|int8",

@@ -168,6 +168,7 @@ KINDS = {**MAY_PASS, **MUST_DROP}
 WEIGHTS = {"valid": 10.0, "flip": 4.0}  # valid replies make most of every round
 
 
+@pytest.mark.slow
 def test_fuzzed_replies_never_crash_a_round_and_bad_ones_are_dropped_with_a_reason() -> None:
     rng = np.random.default_rng(2026)
     glob = model_state(SPEC)

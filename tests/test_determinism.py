@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from fedshrink.config import RunConfig
@@ -61,7 +60,7 @@ def test_several_threads_are_noted(tmp_path: Path) -> None:
     assert "client-threads = 2" in RunDirectory(tmp_path).read_summary()["determinism"]
 
 
-# -- the Ray engine --------------------------------------------------------------------------
+# -- the Ray engine (tests/test_flwr_e2e.py compares one Ray run with the in-process engine) ------------
 ENVELOPE = ("bytes-up", "bytes-down", "bytes-up-received", "bytes-up-uncompressed")
 MAX_ENVELOPE_BYTES = 96  # per message: node and run ids of other widths, a delivery timestamp (58 B measured)
 
@@ -76,22 +75,3 @@ def engine_view(record: dict[str, Any]) -> dict[str, Any]:
             out[key] = sorted(({k: v for k, v in d.items() if k != "node-id"} for d in out[key]),
                               key=lambda d: d["partition-id"])
     return out
-
-
-@pytest.mark.e2e
-def test_ray_engine_gives_the_inprocess_records(tmp_path: Path) -> None:
-    from fedshrink.runner.flower import LocalSimulation
-
-    cfg = {**TINY, "profile-mix": "phone:0.5,laptop:0.5", "output-dir": str(tmp_path)}
-    local = run_inprocess({**cfg, "run-name": "local"}, num_clients=4).run_dir
-    with LocalSimulation(tmp_path / "flwr-home") as sim:
-        run = sim.run(Path(__file__).resolve().parents[1], {**cfg, "run-name": "ray"}, num_supernodes=4, echo=False)
-    assert run.status == "finished:completed", run.output[-3000:]
-    a, b = rounds(local), rounds(tmp_path / "ray")
-    assert [engine_view(r) for r in a] == [engine_view(r) for r in b]
-    for x, y in zip(a, b, strict=True):
-        messages = x["clients-sent"] + x["clients-good"]
-        for key in ENVELOPE:
-            assert abs(x[key] - y[key]) <= MAX_ENVELOPE_BYTES * messages, (key, x[key], y[key])
-        for key in (k for k in x if k.startswith("device-")):
-            assert y[key] == pytest.approx(x[key], rel=1e-2), key

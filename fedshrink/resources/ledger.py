@@ -56,7 +56,7 @@ CSV_COLUMNS = (*ID_COLUMNS, *FIGURE_COLUMNS, "host-energy-estimated", *DEVICE_CO
 DEFAULT_PROFILE = "default"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClientRound:
     """One client's resource record in one round."""
 

@@ -81,7 +81,7 @@ _HWM = re.compile(rb"VmHWM:\s+(\d+)\s+kB")
 # ---------------------------------------------------------------------------------
 # the record that travels in the reply
 # ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResourceRecord:
     """One client's costs for one round. Units are in the field names' comments."""
 

@@ -21,7 +21,9 @@ functions and small objects it is given at construction:
   default -- and perturbations), then the refiners (e.g. fusion).
 
 With lossless chains and the whole model this is exactly FedAvg. What
-happened in each round is kept in :attr:`ShrinkStrategy.outcomes`.
+happened in the last rounds is kept in :attr:`ShrinkStrategy.outcomes`
+(``OUTCOMES_KEPT`` of them: the recorder writes every round to the run
+directory, so a long run's memory does not grow with its rounds).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -52,6 +55,7 @@ from fedshrink.strategy.plan import Assignment, Planner
 from fedshrink.strategy.stages import RoundContext, Stage, aggregate, check_stages
 
 log = logging.getLogger("fedshrink.strategy")
+OUTCOMES_KEPT = 4  # rounds whose outcome the strategy keeps in memory
 State = dict[str, np.ndarray]
 
 
@@ -153,7 +157,7 @@ class ShrinkStrategy(Strategy):
         self.examples_fence = examples_fence
         self.update_limit = update_limit
         self.nodes: dict[int, Hello] = {}  # what each node said in its hello
-        self.outcomes: list[RoundOutcome] = []
+        self.outcomes: deque[RoundOutcome] = deque(maxlen=OUTCOMES_KEPT)
         self._global: State = {}
         self._assigned: dict[int, Assignment] = {}
         self._bytes_to: dict[int, int] = {}  # node -> bytes of its train message this round

@@ -75,9 +75,14 @@ def _run(client_app: Any = None, **settings: Any) -> dict[str, Any]:
         except ValueError:
             valid = False
     reasons = sorted({d["reason"][:90] for r in rounds for d in r["dropped"]})
-    return {"status": result.summary["status"], "rounds": len(rounds), "accuracy": result.summary["accuracy"],
-            "dropped": sum(r["clients-dropped"] for r in rounds), "reasons": reasons[:2],
-            "metrics-jsonl-valid-json": valid}
+    out = {"status": result.summary["status"], "rounds": len(rounds), "accuracy": result.summary["accuracy"],
+           "dropped": sum(r["clients-dropped"] for r in rounds), "reasons": reasons[:2],
+           "metrics-jsonl-valid-json": valid}
+    capped = [(c, r.get("train", {}).get("num-examples", 0)) for r in rounds for c in r.get("examples-capped", [])]
+    if capped:  # what the server did with outlying sample-count claims, and the weight it gave them
+        out["claims-capped"] = [f"{c['claimed']:.3g} -> {c['accepted']}" for c, _ in capped][:3]
+        out["capped-share-of-round-weight"] = [round(c["accepted"] / total, 3) for c, total in capped if total][:3]
+    return out
 
 
 def _hwm_mb() -> float:
@@ -102,11 +107,11 @@ def attack_inf_partition_id() -> dict[str, Any]:
 
 
 def attack_weight_hijack() -> dict[str, Any]:
-    """One client claims 10**12 examples and sends its update sign-flipped x 10."""
+    """One client of five claims 10**12 examples and sends its update sign-flipped, at its honest size."""
 
     def mutate(reply: Any, context: Any) -> None:
         reply.content["metrics"]["num-examples"] = 10**12
-        _reencode(reply, lambda v: -10 * v)
+        _reencode(reply, lambda v: -v)
 
     clean = _run(**{"profile-mix": ""})
     attacked = _run(_wrap(mutate), **{"profile-mix": ""})
@@ -277,7 +282,7 @@ def attack_malformed_checkpoint() -> dict[str, Any]:
 ATTACKS: dict[str, Callable[[], dict[str, Any]]] = {
     "1 NaN partition-id": attack_nan_partition_id,
     "1 Inf partition-id": attack_inf_partition_id,
-    "2 weight hijack (10^12 examples, update x -10)": attack_weight_hijack,
+    "2 weight hijack (10^12 examples, update sign-flipped)": attack_weight_hijack,
     "2 three claims of 2^63-1 examples": attack_huge_claims,
     "3 allocation before checks (272 B, 2 x 2^26 float64)": attack_allocation_before_checks,
     "5 key files under umask 0": attack_key_files,

@@ -67,7 +67,8 @@ def _cells(line: str) -> list[str]:
 def three_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """FedAvg (every client trains the full model), a device mix, and FedAvg with a 4-bit uplink: tiny runs."""
     out = tmp_path_factory.mktemp("cli") / "runs"
-    settings = {"fedavg": "profile-mix='' report=false", "mix": "profile-mix=phone:0.5,laptop:0.5",  # report: only where asked
+    # the report is drawn only where a test reads it
+    settings = {"fedavg": "profile-mix='' report=false", "mix": "profile-mix=phone:0.5,laptop:0.5",
                 "q4": "profile-mix='' uplink-chain='q4|zlib' report=false"}
     for name, extra in settings.items():
         assert main(["run", "--num-clients", "4", "-c",

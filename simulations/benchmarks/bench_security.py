@@ -353,7 +353,8 @@ def run_fuzz(code: Path, replies: int) -> list[str]:
                            "tests/robust/test_robust_fuzz.py"], env=env, cwd=code, capture_output=True, text=True,
                           timeout=7200)
     summary = [line for line in proc.stdout.splitlines() if "replies in" in line]
-    verdict = "passed" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}): {proc.stdout[-400:]}"
+    failed = [line.strip() for line in proc.stdout.splitlines() if line.startswith("E ")][:4]
+    verdict = "passed" if proc.returncode == 0 else f"FAILED (exit {proc.returncode}): {' / '.join(failed)}"
     return ["## Reply-path fuzz", "",
             f"`FEDSHRINK_FUZZ_REPLIES={replies} python -m pytest -s tests/robust/test_robust_fuzz.py` on "
             f"{describe(code)}: {verdict} in {time.time() - t0:.0f} s (host wall time). The test asserts that no "

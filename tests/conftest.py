@@ -38,3 +38,14 @@ def quick(tmp_path: Path) -> dict[str, Any]:
 def small_distill(monkeypatch: pytest.MonkeyPatch) -> None:
     """Server-side distillation at test size in this process's runs (:func:`helpers.shrink_distillation`)."""
     shrink_distillation(monkeypatch)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with end-to-end or slow tests first, each file kept whole: two xdist workers (``--dist loadfile``) get
+    the long files at the start and the short ones fill in, so they finish together."""
+    rank: dict[str, int] = {}
+    for item in items:
+        r = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+        rank[item.nodeid.split("::")[0]] = min(r, rank.get(item.nodeid.split("::")[0], 2))
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda it: (rank[it.nodeid.split("::")[0]], order[id(it)]))

@@ -26,7 +26,7 @@ from fedshrink.report.determinism import determinism_note
 from fedshrink.report.rundir import RunDirectory
 from fedshrink.report.tracking import RunTrackers, require_trackers
 from fedshrink.resources import ResourceLedger
-from fedshrink.resources.ledger import ClientRound
+from fedshrink.resources.ledger import CLIENTS_CSV, ClientRound
 from fedshrink.robust.checkpoint import (
     CheckpointError,
     ClientStateGrid,
@@ -60,7 +60,7 @@ class RunRecorder:
         self.cfg = cfg
         self.rundir = rundir
         self.grid = grid
-        self.ledger = ResourceLedger()
+        self.ledger = ResourceLedger(spool=rundir.path / CLIENTS_CSV)  # each round's rows go to disk
         self.console = RunConsole(quiet=cfg.output.quiet)
         self.history: list[dict[str, Any]] = []
         self.trackers = RunTrackers.start(cfg.tracking, rundir.path, cfg.to_mapping())
@@ -95,10 +95,12 @@ class RunRecorder:
         record = finite({**record, **self.ledger.round_record(rnd)})
         self.rundir.append_round(record)
         self.history.append(record)
+        rows = self.ledger.in_round(rnd)
+        self.ledger.close_round()  # before the checkpoint, which counts the rows on disk
         if self.cfg.robust.checkpoint:
             self.checkpoint(rnd, arrays, strategy)
         self.console.round(record)
-        self.trackers.round(record, [r.to_row() for r in self.ledger.in_round(rnd)])
+        self.trackers.round(record, [r.to_row() for r in rows])
         return record
 
     def add_distillation(self, rnd: int, seconds: float) -> None:
@@ -109,7 +111,7 @@ class RunRecorder:
         """The server's state after round ``rnd`` (see :mod:`fedshrink.robust.checkpoint`), written atomically."""
         save_checkpoint(self.path, ServerCheckpoint(
             round=rnd, arrays=record_to_numpy(arrays), strategy=strategy.checkpoint_state(), rng=capture_rng(),
-            ledger={"rows": [{k: str(v) for k, v in r.to_row().items()} for r in self.ledger.records],
+            ledger={"clients-csv-rows": self.ledger.spooled,
                     "server": {str(k): [c.aggregation_seconds, c.distillation_seconds, c.bytes_down]
                                for k, c in self.ledger.server.items()}},
             client_states=self.grid.export_client_states() if isinstance(self.grid, ClientStateGrid) else None,
@@ -123,7 +125,12 @@ class RunRecorder:
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"strategy state in {self.path}: {exc}") from exc
         restore_rng(ckpt.rng)
-        self.ledger.records = [ClientRound.from_row(row) for row in ckpt.ledger.get("rows", [])]
+        if "clients-csv-rows" in ckpt.ledger:
+            self.ledger.resume_spool(int(ckpt.ledger["clients-csv-rows"]))
+        else:  # a checkpoint that carries the rows themselves
+            for row in map(ClientRound.from_row, ckpt.ledger.get("rows", [])):
+                self.ledger.add(row.round, row.partition_id, row.resources, profile=row.profile,
+                                node_id=row.node_id, device=row.device)
         for rnd, (agg, dist, down) in ckpt.ledger.get("server", {}).items():
             self.ledger.add_server(int(rnd), aggregation_seconds=agg, distillation_seconds=dist, bytes_down=down)
         if isinstance(self.grid, ClientStateGrid):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,27 +134,83 @@ def uncompressed_bytes(rec: ResourceRecord) -> int:
 
 def totals(rows: Iterable[ClientRound]) -> Totals:
     """Pure sum of :class:`ClientRound` records."""
-    rows = list(rows)
-    recs = [r.resources for r in rows]
-    if not recs:
-        return Totals()
-    return Totals(
-        records=len(recs),
-        rounds=len({r.round for r in rows}),
-        wall_seconds=math.fsum(r.wall_seconds for r in recs),
-        cpu_seconds=math.fsum(r.cpu_seconds for r in recs),
-        peak_rss_bytes=max(r.peak_rss_bytes for r in recs),
-        gpu_peak_bytes=max(r.gpu_peak_bytes for r in recs),
-        bytes_down=sum(r.bytes_received for r in recs),
-        bytes_up=sum(r.bytes_sent for r in recs),
-        bytes_up_uncompressed=sum(uncompressed_bytes(r) for r in recs),
-        parameters=max(r.parameters for r in recs),
-        macs_per_sample=max(r.macs_per_sample for r in recs),
-        samples=sum(r.samples for r in recs),
-        train_flops=math.fsum(r.train_flops for r in recs),
-        energy_joules=math.fsum(r.energy_joules for r in recs),
-        energy_estimated=any(r.energy_estimated for r in recs),
-    )
+    running = RunningTotals()
+    for row in rows:
+        running.add(row)
+    return running.totals()
+
+
+class ExactSum:
+    """A running float sum equal to ``math.fsum`` of everything added (Shewchuk's exact partials).
+
+    Keeps a handful of non-overlapping partials whatever the number of terms,
+    so totals kept while a run goes equal those recomputed from ``clients.csv``.
+    """
+
+    __slots__ = ("_partials",)
+
+    def __init__(self) -> None:
+        self._partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        kept: list[float] = []
+        for y in self._partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                kept.append(lo)
+            x = hi
+        kept.append(x)
+        self._partials = kept
+
+    @property
+    def value(self) -> float:
+        return math.fsum(self._partials)
+
+
+class RunningTotals:
+    """:class:`Totals` kept up to date one record at a time, in memory independent of the count."""
+
+    __slots__ = ("records", "rounds", "wall", "cpu", "peak_rss", "gpu_peak", "bytes_down", "bytes_up",
+                 "bytes_up_fp32", "parameters", "macs", "samples", "flops", "energy", "estimated")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.rounds: set[int] = set()
+        self.wall, self.cpu, self.flops, self.energy = ExactSum(), ExactSum(), ExactSum(), ExactSum()
+        self.peak_rss = self.gpu_peak = self.parameters = self.macs = 0
+        self.bytes_down = self.bytes_up = self.bytes_up_fp32 = self.samples = 0
+        self.estimated = False
+
+    def add(self, row: ClientRound) -> None:
+        r = row.resources
+        self.records += 1
+        self.rounds.add(row.round)
+        self.wall.add(r.wall_seconds)
+        self.cpu.add(r.cpu_seconds)
+        self.flops.add(r.train_flops)
+        self.energy.add(r.energy_joules)
+        self.peak_rss = max(self.peak_rss, r.peak_rss_bytes)
+        self.gpu_peak = max(self.gpu_peak, r.gpu_peak_bytes)
+        self.parameters = max(self.parameters, r.parameters)
+        self.macs = max(self.macs, r.macs_per_sample)
+        self.bytes_down += r.bytes_received
+        self.bytes_up += r.bytes_sent
+        self.bytes_up_fp32 += uncompressed_bytes(r)
+        self.samples += r.samples
+        self.estimated = self.estimated or r.energy_estimated
+
+    def totals(self) -> Totals:
+        if not self.records:
+            return Totals()
+        return Totals(records=self.records, rounds=len(self.rounds), wall_seconds=self.wall.value,
+                      cpu_seconds=self.cpu.value, peak_rss_bytes=self.peak_rss, gpu_peak_bytes=self.gpu_peak,
+                      bytes_down=self.bytes_down, bytes_up=self.bytes_up, bytes_up_uncompressed=self.bytes_up_fp32,
+                      parameters=self.parameters, macs_per_sample=self.macs, samples=self.samples,
+                      train_flops=self.flops.value, energy_joules=self.energy.value,
+                      energy_estimated=self.estimated)
 
 
 @dataclass
@@ -176,19 +232,40 @@ class ServerCosts:
 
 
 class ResourceLedger:
-    """Per-client per-round records and the server's costs, with totals and ``clients.csv``."""
+    """Per-client per-round records and the server's costs, with totals and ``clients.csv``.
 
-    def __init__(self) -> None:
-        self.records: list[ClientRound] = []
+    In memory it keeps running totals (overall, per client, per profile) and
+    the open round's records. With a ``spool`` path, each round's records are
+    appended to that ``clients.csv`` when the round is closed
+    (:meth:`close_round`) and leave memory, so a long run or a large fleet
+    costs disk, not memory; without one, every record stays in memory
+    (:attr:`records`). Records are added round by round.
+    """
+
+    def __init__(self, spool: Path | None = None) -> None:
+        self.spool = None if spool is None else Path(spool)
         self.server: dict[int, ServerCosts] = {}
+        self._kept: list[ClientRound] = []  # every record without a spool; the open round's with one
+        self._spooled = 0  # records written to the spool
+        self._all = RunningTotals()
+        self._by_client: dict[int, RunningTotals] = {}
+        self._by_profile: dict[str, RunningTotals] = {}
+        self._labels: set[str] = set()
 
     # -- adding ---------------------------------------------------------------------
     def add(self, round: int, partition_id: int, record: ResourceRecord, *,
             profile: str = DEFAULT_PROFILE, node_id: int = 0, device: Mapping[str, float] | None = None
             ) -> ClientRound:
         row = ClientRound(round, partition_id, profile, node_id, record, dict(device or {}))
-        self.records.append(row)
+        self._count(row)
+        self._kept.append(row)
         return row
+
+    def _count(self, row: ClientRound) -> None:
+        self._all.add(row)
+        self._by_client.setdefault(row.partition_id, RunningTotals()).add(row)
+        self._by_profile.setdefault(row.profile, RunningTotals()).add(row)
+        self._labels.add(row.resources.energy_label)
 
     def add_reply(self, round: int, metrics: Mapping[str, Any], *, profile: str = DEFAULT_PROFILE,
                   node_id: int = 0) -> ClientRound | None:
@@ -211,9 +288,72 @@ class ResourceLedger:
         costs.add(aggregation_seconds, distillation_seconds, bytes_down)
         return costs
 
+    # -- the spool --------------------------------------------------------------------
+    @property
+    def spooled(self) -> int:
+        """Records written to the spool so far (what a checkpoint keeps to resume from)."""
+        return self._spooled
+
+    def close_round(self) -> None:
+        """Append the records kept in memory to the spool, in (round, partition-id) order; no-op without one."""
+        if self.spool is None or not self._kept:
+            return
+        new = not self.spool.exists() or self._spooled == 0
+        with open(self.spool, "w" if new else "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+            if new:
+                writer.writeheader()
+            for row in sorted(self._kept, key=lambda r: (r.round, r.partition_id)):
+                writer.writerow(row.to_row())
+        self._spooled += len(self._kept)
+        self._kept = []
+
+    def resume_spool(self, rows: int) -> None:
+        """Take the spool's first ``rows`` records as this ledger's (dropping any after them) and count them.
+
+        A resumed run calls this with the count its checkpoint kept; a spool
+        with fewer rows than that raises :class:`ConfigError`.
+        """
+        if self.spool is None:
+            raise ValueError("resume_spool needs a ledger with a spool")
+        kept: list[dict[str, str]] = []
+        if rows:
+            with open(self.spool, newline="") as fh:
+                for i, row in enumerate(csv.DictReader(fh)):
+                    if i == rows:
+                        break
+                    kept.append(row)
+                    self._count(ClientRound.from_row(row))
+        if len(kept) < rows:
+            raise ConfigError(CLIENTS_CSV, f"{len(kept)} rows", f"at least the {rows} rows the checkpoint counted")
+        tmp = self.spool.with_name(f".{self.spool.name}.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(kept)
+        tmp.replace(self.spool)
+        self._spooled = rows
+
     # -- reading ----------------------------------------------------------------------
+    @property
+    def records(self) -> list[ClientRound]:
+        """Every record, in (round, partition-id) order within each round (read back from the spool if any)."""
+        return list(self.rows())
+
+    def rows(self) -> Iterator[ClientRound]:
+        if self.spool is not None and self._spooled:
+            with open(self.spool, newline="") as fh:
+                for i, row in enumerate(csv.DictReader(fh)):
+                    if i == self._spooled:
+                        break
+                    yield ClientRound.from_row(row)
+        yield from self._kept
+
     def in_round(self, round: int) -> list[ClientRound]:
-        return [r for r in self.records if r.round == round]
+        kept = [r for r in self._kept if r.round == round]
+        if kept or self.spool is None:
+            return kept
+        return [r for r in self.rows() if r.round == round]
 
     def round_record(self, round: int) -> dict[str, Any]:
         """Keys to merge into the round's ``metrics.jsonl`` record.
@@ -221,7 +361,8 @@ class ResourceLedger:
         ``bytes-down`` is what the server measured sending when it reported it
         (:meth:`add_server`), else the sum the clients measured receiving.
         """
-        t = totals(self.in_round(round))
+        rows = self.in_round(round)
+        t = totals(rows)
         srv = self.server.get(round, ServerCosts())
         return {
             "bytes-up": t.bytes_up,
@@ -230,19 +371,17 @@ class ResourceLedger:
             "energy-j": t.energy_joules,
             "energy-estimated": t.energy_estimated,
             "train-flops": t.train_flops,
-            "client-wall-s-max": max((r.resources.wall_seconds for r in self.in_round(round)), default=0.0),
+            "client-wall-s-max": max((r.resources.wall_seconds for r in rows), default=0.0),
             "client-peak-rss-bytes-max": t.peak_rss_bytes,
             "aggregation-s": srv.aggregation_seconds,
             "distillation-s": srv.distillation_seconds,
         }
 
     def per_client(self) -> dict[int, Totals]:
-        ids = sorted({r.partition_id for r in self.records})
-        return {pid: totals(r for r in self.records if r.partition_id == pid) for pid in ids}
+        return {pid: self._by_client[pid].totals() for pid in sorted(self._by_client)}
 
     def per_profile(self) -> dict[str, Totals]:
-        names = sorted({r.profile for r in self.records})
-        return {name: totals(r for r in self.records if r.profile == name) for name in names}
+        return {name: self._by_profile[name].totals() for name in sorted(self._by_profile)}
 
     def server_totals(self) -> ServerCosts:
         out = ServerCosts()
@@ -253,39 +392,55 @@ class ResourceLedger:
     def summary(self) -> dict[str, Any]:
         """JSON-ready totals for ``summary.json`` (under a key such as ``"resources"``)."""
         srv = self.server_totals()
-        labels = sorted({r.resources.energy_label for r in self.records})
         return {
-            "clients": totals(self.records).to_json(),
+            "clients": self._all.totals().to_json(),
             "per-profile": {k: v.to_json() for k, v in self.per_profile().items()},
             "per-client": {str(k): v.to_json() for k, v in self.per_client().items()},
             "server": {"aggregation-s": srv.aggregation_seconds, "distillation-s": srv.distillation_seconds,
                        "bytes-down": srv.bytes_down},
-            "energy-methods": labels,
+            "energy-methods": sorted(self._labels),
         }
 
     # -- clients.csv ------------------------------------------------------------------
     def write_csv(self, path: Path) -> Path:
-        """Write every record to ``path`` (a directory means ``<path>/clients.csv``), atomically."""
+        """Write every record to ``path`` (a directory means ``<path>/clients.csv``), atomically.
+
+        When ``path`` is this ledger's spool, the open round is appended to it instead.
+        """
         path = Path(path)
         if path.is_dir():
             path = path / CLIENTS_CSV
+        if self.spool is not None and path.resolve() == self.spool.resolve():
+            self.close_round()
+            if not self._spooled:
+                self._write(path, [])
+            return path
+        self._write(path, sorted(self.rows(), key=lambda r: (r.round, r.partition_id)))
+        return path
+
+    @staticmethod
+    def _write(path: Path, rows: Iterable[ClientRound]) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
             writer.writeheader()
-            for row in sorted(self.records, key=lambda r: (r.round, r.partition_id)):
+            for row in rows:
                 writer.writerow(row.to_row())
         tmp.replace(path)
-        return path
 
     @classmethod
     def read_csv(cls, path: Path) -> ResourceLedger:
-        """A ledger holding the client records of a ``clients.csv`` (no server costs)."""
+        """A ledger holding the client records of a ``clients.csv`` in memory (no server costs)."""
         ledger = cls()
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
-                ledger.records.append(ClientRound.from_row(row))
+                ledger.add(**_fields(ClientRound.from_row(row)))
         return ledger
+
+
+def _fields(row: ClientRound) -> dict[str, Any]:
+    return {"round": row.round, "partition_id": row.partition_id, "record": row.resources,
+            "profile": row.profile, "node_id": row.node_id, "device": row.device}
 
 
 __all__ = [
@@ -293,6 +448,7 @@ __all__ = [
     "CSV_COLUMNS",
     "ClientRound",
     "ResourceLedger",
+    "RunningTotals",
     "ServerCosts",
     "Totals",
     "totals",

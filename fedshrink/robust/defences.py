@@ -4,7 +4,7 @@
 name               kind         what it does (per coordinate, over the values clients sent)
 =================  ===========  ===========================================================
 ``median``         combiner     coordinate-wise median
-``trimmed-mean``   combiner     drop the ``trim`` share of largest and smallest, average the rest
+``trimmed-mean``   combiner     drop ``floor(trim * holders_j)`` largest and smallest, average the rest
 ``bulyan``         combiner     Krum-selected ``n - 2f``, then the ``n_j - 2f`` values nearest the median
 ``clip``           transform    scale each decoded update to a norm bound (adaptive by default)
 ``multi-krum``     transform    keep the ``n - f`` clients with the lowest Krum scores
@@ -12,9 +12,13 @@ name               kind         what it does (per coordinate, over the values cl
 =================  ===========  ===========================================================
 
 ``f`` (assumed Byzantine clients) is ``floor(byzantine_fraction * n)`` of the
-round's ``n`` good replies. A run's ``defence`` setting names one or more,
-joined by ``+`` and applied left to right (``"clip+median"``: clip, then take
-the median); at most one combiner. Every config round-trips through JSON
+round's ``n`` good replies. The three combiners move a coordinate only where
+its senders outnumber twice the attackers there may be among its holders
+(:func:`~.rules.quorum`, with ``trim`` as the fraction for the trimmed mean);
+elsewhere they take the mean of norm-capped updates (see :class:`_VotingCombiner`).
+A run's ``defence`` setting names one or more, joined by ``+`` and applied
+left to right (``"clip+median"``: clip, then take the median); at most one
+combiner. Every config round-trips through JSON
 (:meth:`DefenceConfig.to_json` / :func:`defence_from_json`).
 """
 
@@ -29,21 +33,24 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import numpy.typing as npt
 
 from fedshrink.errors import ConfigError
 from fedshrink.robust.registry import config_from_json
 from fedshrink.robust.rules import (
-    bulyan,
+    bulyan_among,
+    bulyan_select,
     clip_norms,
     coordinate_median,
     fltrust_reweight,
     multi_krum_select,
     norms,
+    quorum,
     trimmed_mean,
 )
 from fedshrink.settings import at_least, between, option, validate_options
 from fedshrink.strategy.batch import BoolArray, FloatArray, UpdateBatch
-from fedshrink.strategy.stages import Combiner, RoundContext, Stage, Transform
+from fedshrink.strategy.stages import Combiner, RoundContext, Stage, Transform, holder_mean
 
 # (global state, round) -> the server's update on its root set, in the global model's shapes
 RootUpdate = Callable[[Mapping[str, np.ndarray], int], Mapping[str, np.ndarray]]
@@ -77,43 +84,87 @@ def _byz(fraction: float, n: int) -> int:
 
 def _byzantine_fraction() -> Any:
     """The setting multi-krum and bulyan share."""
-    return option(0.2, "multi-krum and bulyan: share of the round's replies assumed malicious (f)",
+    return option(0.2, "median, multi-krum and bulyan: share of the round's replies (median, bulyan: of each "
+                  "coordinate's holders) assumed malicious (f)",
                   rule=between(0, 0.5, hi_open=True), key="byzantine-fraction")
 
 
+class _VotingCombiner(Combiner):
+    """A coordinate-wise rule over the values clients sent, trusted only where there is a quorum.
+
+    1. Every update's RMS is capped at the round's median
+       (:func:`~.rules.clip_norms`): no update is worth more than a typical one.
+    2. The rule votes per coordinate on the values clients sent; its value is
+       used only where a coordinate's senders outnumber twice the attackers
+       there may be among its holders (:func:`~.rules.quorum`).
+    3. With top-k uplinks most coordinates have one or two senders in a
+       round, and no coordinate-wise rule can tell an attacker's lone value
+       from an honest one there: those coordinates get the holder mean of the
+       capped updates (of the rows the rule selected, for Bulyan).
+    """
+
+    def __init__(self, byzantine_fraction: float) -> None:
+        self.byzantine_fraction = byzantine_fraction
+
+    def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
+        batch = clip_norms(batch)
+        sent = batch.over_sent()
+        rows = self.select(sent)
+        location, _ = self.locate_among(sent, batch.held.sum(axis=0), rows)
+        moves = quorum(batch.held, batch.sent, self.byzantine_fraction)
+        bounded, voted = holder_mean(batch if rows is None else batch.take(rows))
+        delta: FloatArray = np.where(moves, location * batch.sent_share(), bounded)
+        return delta, np.asarray(batch.held.any(axis=0)) & (voted | moves)
+
+    def locate(self, sent: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
+        return self.locate_among(sent, sent.held.sum(axis=0), self.select(sent))
+
+    def select(self, sent: UpdateBatch) -> list[int] | None:
+        """The replies the rule keeps before voting (None: all); the bounded mean uses only those."""
+        return None
+
+    @abstractmethod
+    def locate_among(self, sent: UpdateBatch, holders: npt.NDArray[np.int64], rows: list[int] | None
+                     ) -> tuple[FloatArray, BoolArray]:
+        """The location of the sent values of ``rows`` (None: all), knowing how many held each coordinate."""
+
+
 # -- median ------------------------------------------------------------------------------
-class _MedianStage(Combiner):
+class _MedianStage(_VotingCombiner):
     name = "median"
 
-    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
-        return coordinate_median(batch)
+    def locate_among(self, sent: UpdateBatch, holders: npt.NDArray[np.int64], rows: list[int] | None
+                     ) -> tuple[FloatArray, BoolArray]:
+        return coordinate_median(sent)
 
 
 @dataclass(frozen=True)
 class MedianConfig(DefenceConfig):
     name: ClassVar[str] = "median"
     combines: ClassVar[bool] = True
+    byzantine_fraction: float = _byzantine_fraction()
+
+    def __post_init__(self) -> None:
+        validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
-        return _MedianStage()
+        return _MedianStage(self.byzantine_fraction)
 
 
 # -- trimmed mean --------------------------------------------------------------------------
-class _TrimmedMeanStage(Combiner):
+class _TrimmedMeanStage(_VotingCombiner):
     name = "trimmed-mean"
 
-    def __init__(self, trim: float) -> None:
-        self.trim = trim
-
-    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
-        return trimmed_mean(batch, self.trim)
+    def locate_among(self, sent: UpdateBatch, holders: npt.NDArray[np.int64], rows: list[int] | None
+                     ) -> tuple[FloatArray, BoolArray]:
+        return trimmed_mean(sent, self.byzantine_fraction, holders)
 
 
 @dataclass(frozen=True)
 class TrimmedMeanConfig(DefenceConfig):
     name: ClassVar[str] = "trimmed-mean"
     combines: ClassVar[bool] = True
-    trim: float = option(0.2, "trimmed-mean: share dropped at each end, per coordinate",
+    trim: float = option(0.2, "trimmed-mean: share of each coordinate's holders dropped at each end",
                          rule=between(0, 0.5, hi_open=True), key="trim-fraction")
 
     def __post_init__(self) -> None:
@@ -124,14 +175,16 @@ class TrimmedMeanConfig(DefenceConfig):
 
 
 # -- bulyan ---------------------------------------------------------------------------------
-class _BulyanStage(Combiner):
+class _BulyanStage(_VotingCombiner):
     name = "bulyan"
 
-    def __init__(self, byzantine_fraction: float) -> None:
-        self.byzantine_fraction = byzantine_fraction
+    def select(self, sent: UpdateBatch) -> list[int] | None:
+        return bulyan_select(sent, _byz(self.byzantine_fraction, len(sent)))
 
-    def locate(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
-        return bulyan(batch, _byz(self.byzantine_fraction, len(batch)))
+    def locate_among(self, sent: UpdateBatch, holders: npt.NDArray[np.int64], rows: list[int] | None
+                     ) -> tuple[FloatArray, BoolArray]:
+        chosen = sent if rows is None else sent.take(rows)
+        return bulyan_among(chosen, _byz(self.byzantine_fraction, len(sent)))
 
 
 @dataclass(frozen=True)

@@ -84,27 +84,60 @@ def _band_mean(s: Values, start: npt.NDArray[np.int64], stop: npt.NDArray[np.int
     return mean
 
 
-def trimmed_mean(batch: UpdateBatch, trim: float) -> tuple[FloatArray, BoolArray]:
-    """Per coordinate: drop the ``floor(trim * n_j)`` largest and smallest of the ``n_j`` holders, average the rest.
+def trimmed_mean(batch: UpdateBatch, trim: float, holders: npt.NDArray[np.int64] | None = None,
+                 ) -> tuple[FloatArray, BoolArray]:
+    """Per coordinate: drop ``k_j`` of the largest and of the smallest of the ``n_j`` voters, average the rest.
 
-    Where trimming would leave nothing (tiny ``n_j``) the median is used.
+    ``k_j = floor(trim * n_j)``; when ``holders`` (``(D,)``, the clients that
+    held each coordinate, of whom the ``n_j`` voters are those that sent it)
+    is given, ``k_j = floor(trim * holders_j)``: as many values as there may be
+    attackers among the holders, since every one of them may have sent it.
+    Where trimming would leave nothing, the median is used without ``holders``,
+    and nothing (not voted, 0) with it.
     """
     if not 0.0 <= trim < 0.5:
         raise ValueError(f"trim must be in [0, 0.5), got {trim}")
     s, count = _sorted_held(batch)
-    k = np.floor(trim * count).astype(np.int64)
-    out = _band_mean(s, k, count - k)
+    k = np.floor(trim * (count if holders is None else np.maximum(holders, count))).astype(np.int64)
+    k = np.minimum(k, count)
+    out = _band_mean(s, k, np.maximum(count - k, k))
+    left = count - 2 * k > 0
+    if holders is not None:
+        return np.where(left, out, 0.0), left
     med, voted = coordinate_median(batch)
-    return np.where(count - 2 * k > 0, out, med), voted
+    return np.where(left, out, med), voted
+
+
+def quorum(held: BoolArray, sent: BoolArray, fraction: float) -> BoolArray:
+    """Coordinates whose senders can outvote the attackers there may be among their holders.
+
+    With ``f_j = floor(fraction * holders_j)`` possibly malicious holders of
+    coordinate ``j``, all of whom may have sent it, a coordinate-wise rule's
+    result is bounded by honest values only if ``senders_j > 2 f_j``. Dense
+    updates (every holder sends) meet it whenever ``fraction < 0.5``; with
+    sparse (top-k) uplinks it keeps a value that one client alone sent from
+    passing through a median unchanged.
+    """
+    holders = held.sum(axis=0)
+    f = np.floor(fraction * holders).astype(np.int64)
+    out: BoolArray = sent.sum(axis=0) > 2 * f
+    return out
 
 
 def bulyan(batch: UpdateBatch, f: int) -> tuple[FloatArray, BoolArray]:
     """Bulyan: select ``n - 2f`` clients by repeated Krum, then per coordinate average the
     ``n_j - 2f`` holders' values closest to their median (the median itself when fewer remain)."""
-    n = len(batch)
-    theta = max(n - 2 * f, 1)
-    chosen = krum_iterative(batch, f, theta)
-    sel = batch.take(chosen)
+    return bulyan_among(batch.take(bulyan_select(batch, f)), f)
+
+
+def bulyan_select(batch: UpdateBatch, f: int) -> list[int]:
+    """Bulyan's first step: the ``n - 2f`` rows chosen by repeated Krum."""
+    return krum_iterative(batch, f, max(len(batch) - 2 * f, 1))
+
+
+def bulyan_among(sel: UpdateBatch, f: int) -> tuple[FloatArray, BoolArray]:
+    """Bulyan's second step over the selected rows: per coordinate, the mean of the ``n_j - 2f`` values nearest
+    the median (the median where fewer remain)."""
     med, voted = coordinate_median(sel)
     count = sel.held.sum(axis=0)
     dist = np.where(sel.held, np.abs(sel.values - med[None, :]), np.inf)

@@ -112,6 +112,12 @@ def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array(np.asarray(v, order="C")) for k, v in arrays.items()})
 
 
+def _squares(v: np.ndarray) -> float:
+    """Sum of squares in float64 (a float32 update of absurd size gives a large number, not an overflow)."""
+    flat = v.reshape(-1).astype(np.float64)
+    return float(np.dot(flat, flat))
+
+
 def wanted_clients(connected: int, fraction: float, minimum: int, per_round: int = 0) -> int:
     """Updates a round wants: ``per_round`` when set, else ``max(minimum, round(fraction * connected))``."""
     return per_round if per_round else max(minimum, int(round(fraction * connected)))
@@ -331,8 +337,8 @@ class ShrinkStrategy(Strategy):
             return
         sent = extract(self._global, self.planner.graph, assignment.fragment).values() \
             if assignment.fragment is not None else self._global.values()
-        base = math.sqrt(sum(float(np.dot(v.reshape(-1), v.reshape(-1))) for v in sent))
-        size = math.sqrt(sum(float(np.dot(v.reshape(-1), v.reshape(-1))) for v in reply.update.values()))
+        base = math.sqrt(sum(_squares(v) for v in sent))
+        size = math.sqrt(sum(_squares(v) for v in reply.update.values()))
         bound = self.update_limit * max(base, 1.0)
         if size > bound:
             raise ReplyError(f"update norm {size:.3g} is over {self.update_limit:g} x the norm of the model it "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from flwr.app import MetricRecord
 from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.resources import CSV_COLUMNS, ResourceLedger, ResourceRecord
 from fedshrink.resources.energy import METHOD_ESTIMATED, METHOD_RAPL
+from fedshrink.resources.ledger import ExactSum
 
 
 def rec(**kw: float) -> ResourceRecord:
@@ -90,3 +92,42 @@ def test_validation() -> None:
         led.add(1, 0, rec(), profile="a,b")
     with pytest.raises(ConfigError):
         led.add_server(1, aggregation_seconds=float("nan"))
+
+
+def test_a_spooled_ledger_keeps_only_the_open_round_and_totals_equal_the_file(tmp_path: Path) -> None:
+    spool = tmp_path / "clients.csv"
+    led, whole = ResourceLedger(spool=spool), filled()
+    for rnd in (1, 2):
+        for row in whole.in_round(rnd)[::-1]:  # out of partition order within the round
+            led.add(row.round, row.partition_id, row.resources, profile=row.profile, node_id=row.node_id)
+        assert len(led.in_round(rnd)) == 2
+        led.close_round()
+        assert led._kept == [] and led.spooled == 2 * rnd  # nothing of a closed round stays in memory
+    assert [r.round for r in led.in_round(1)] == [1, 1]  # read back from the file
+    back = ResourceLedger.read_csv(spool)
+    assert back.records == sorted(whole.records, key=lambda r: (r.round, r.partition_id))
+    assert led.summary()["clients"] == back.summary()["clients"] == whole.summary()["clients"]
+    assert led.per_client() == whole.per_client() and led.per_profile() == whole.per_profile()
+    assert led.write_csv(tmp_path) == spool and ResourceLedger.read_csv(spool).records == back.records
+
+
+def test_a_resumed_spool_drops_rows_after_the_checkpoint(tmp_path: Path) -> None:
+    spool = tmp_path / "clients.csv"
+    led = ResourceLedger(spool=spool)
+    for rnd in (1, 2, 3):
+        led.add(rnd, 0, rec(wall_seconds=float(rnd)))
+        led.close_round()
+    again = ResourceLedger(spool=spool)
+    again.resume_spool(2)  # the checkpoint was written after round 2
+    assert [r.round for r in ResourceLedger.read_csv(spool).records] == [1, 2]
+    assert again.per_client()[0].wall_seconds == 3.0 and again.spooled == 2
+    with pytest.raises(ConfigError, match=r"clients\.csv"):
+        ResourceLedger(spool=spool).resume_spool(5)
+
+
+def test_running_totals_equal_fsum_of_every_term() -> None:
+    terms = [1e16, 1.0, -1e16, 0.1, 0.2, 0.3, 1e-300, 3.5e7]
+    acc = ExactSum()
+    for t in terms:
+        acc.add(t)
+    assert acc.value == math.fsum(terms) != sum(terms)

@@ -18,6 +18,7 @@ from fedshrink.robust.rules import (
     multi_krum_select,
     norms,
     pairwise_distances,
+    quorum,
     rms,
     robust_zscores,
     trimmed_mean,
@@ -130,25 +131,55 @@ def test_aggregate_keeps_unheld_coordinates_and_rounds_integers() -> None:
     np.testing.assert_allclose(out["w"], [3.0, 3.0, 3.0])  # 1 + mean(1, 3); 2 + 1; untouched
     assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64 and int(out["n"]) == 6  # rint(5.5)
     med = _fold(glob, [c0, c1], [MedianConfig().build(DefenceEnv())])
-    np.testing.assert_allclose(med["w"], [3.0, 3.0, 3.0])
+    # the combiner caps each update's RMS (over what it held) at the median: c1's (3, 2) shrinks, c0's does not
+    rms0, rms1 = 1.0, float(np.sqrt((9 + 4) / 2))
+    scale1 = (rms0 + rms1) / 2 / rms1
+    np.testing.assert_allclose(med["w"], [1.0 + (1.0 + 3.0 * scale1) / 2, 3.0, 3.0], rtol=1e-6)
 
 
 def test_sparse_uplinks_vote_only_on_what_was_sent() -> None:
     """Top-k clients hold every coordinate but send a few: the mean counts unsent values as 0 (FedAvg of sparse
-    updates), a coordinate-wise rule votes only on sent values and scales by the share that sent them."""
-    glob = {"w": np.zeros(3, np.float32)}
-    held = np.ones(3, dtype=bool)
-    # five clients; coordinate 0 sent by all (one outlier), coordinate 1 by two, coordinate 2 by none
-    values = [[1.0, 2.0, 0.0], [1.1, 4.0, 0.0], [0.9, 0.0, 0.0], [1.0, 0.0, 0.0], [-50.0, 0.0, 0.0]]
-    sent = [[1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0], [1, 0, 0]]
+    updates); a coordinate-wise rule votes only on sent values and scales by the share that sent them, where its
+    senders outnumber twice the attackers there may be among its holders; elsewhere it takes the holder mean of
+    updates whose RMS is capped at the round's median."""
+    glob = {"w": np.zeros(4, np.float32)}
+    held = np.ones(4, dtype=bool)
+    # five clients (f = floor(0.2 * 5) = 1 per coordinate): coordinate 0 sent by all (one outlier), coordinate 1
+    # by two (no quorum: 2 <= 2f), coordinate 2 by none, coordinate 3 by three (quorum)
+    values = np.asarray([[1.0, 2.0, 0.0, 1.0], [1.1, 4.0, 0.0, 2.0], [0.9, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0],
+                         [-50.0, 0.0, 0.0, -90.0]])
+    sent = [[1, 1, 0, 1], [1, 1, 0, 1], [1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 1]]
     contributions = [Contribution(i, i, 1.0, np.asarray(v, np.float32), held, np.asarray(s, bool))
                      for i, (v, s) in enumerate(zip(values, sent, strict=True))]
     mean = _fold(glob, contributions, [])["w"]
-    np.testing.assert_allclose(mean, [np.mean([1.0, 1.1, 0.9, 1.0, -50.0]), 6.0 / 5, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(mean, [np.mean([1.0, 1.1, 0.9, 1.0, -50.0]), 6.0 / 5, 0.0, -87.0 / 5], rtol=1e-6)
+    # every combiner first caps each update's RMS at the round's median (client 4's, and client 1's, shrink)
+    rms_ = np.sqrt((values**2).mean(axis=1))
+    capped = values * np.minimum(1.0, np.median(rms_) / rms_)[:, None]
+    bounded_1 = capped[:, 1].sum() / 5  # coordinate 1: no quorum, so the mean of capped updates
+    assert bounded_1 < 6.0 / 5
     median = _fold(glob, contributions, [MedianConfig().build(DefenceEnv())])["w"]
-    np.testing.assert_allclose(median, [1.0, 3.0 * 2 / 5, 0.0], rtol=1e-6)  # median over senders x sent share
+    expected = [np.median(capped[:, 0]), bounded_1, 0.0, np.median(capped[[0, 1, 4], 3]) * 3 / 5]
+    np.testing.assert_allclose(median, expected, rtol=1e-5)  # median over senders x sent share
     trimmed = _fold(glob, contributions, [TrimmedMeanConfig(0.2).build(DefenceEnv())])["w"]
-    np.testing.assert_allclose(trimmed, [(0.9 + 1.0 + 1.0) / 3, 3.0 * 2 / 5, 0.0], rtol=1e-6)
+    expected[0] = np.sort(capped[:, 0])[1:4].mean()  # floor(0.2 * 5 holders) = 1 dropped at each end
+    np.testing.assert_allclose(trimmed, expected, rtol=1e-5)
+    # with no attackers assumed, every sent coordinate has a quorum, as before
+    no_quorum = _fold(glob, contributions, [MedianConfig(0.0).build(DefenceEnv())])["w"]
+    expected = [np.median(capped[:, 0]), np.median(capped[[0, 1], 1]) * 2 / 5, 0.0,
+                np.median(capped[[0, 1, 4], 3]) * 3 / 5]
+    np.testing.assert_allclose(no_quorum, expected, rtol=1e-5)
+
+
+def test_a_value_one_client_alone_sent_does_not_pass_a_coordinate_rule() -> None:
+    held = np.ones((10, 3), dtype=bool)
+    sent = np.zeros((10, 3), dtype=bool)
+    sent[0, 0] = True  # one sender of ten holders
+    sent[:5, 1] = True  # five senders: more than 2 * floor(0.2 * 10)
+    sent[:4, 2] = True  # four: not more
+    assert quorum(held, sent, 0.2).tolist() == [False, True, False]
+    assert quorum(held, sent, 0.0).tolist() == [True, True, True]
+    assert quorum(held[:4], sent[:4], 0.2).all()  # four holders: floor(0.8) = 0 attackers possible
 
 
 def test_defence_configs_round_trip_through_json() -> None:

@@ -12,9 +12,9 @@ from helpers import FakeGrid
 from fedshrink.compression import encode_state
 from fedshrink.compression.pruning import encode_masks
 from fedshrink.devices import Budget, DeviceModel
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.fragments import build_graph, make_policy
 from fedshrink.models import ModelSpec, build_model
-from fedshrink.profiles import DeviceProfile
 from fedshrink.protocol import HELLO, MASKS, Hello, TrainInstruction, TrainReply, fragment_digest
 from fedshrink.strategy.plan import Planner, ReplyLimits
 from fedshrink.strategy.rounds import ShrinkStrategy, numpy_to_record

@@ -13,10 +13,10 @@ from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from strategy_harness import HelloGrid, first_round, fragment_shapes, make_strategy, model_state, reply_to
 
+from fedshrink.devices.profiles import DeviceProfile, get_profile
 from fedshrink.fragments import build_graph, make_policy
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.models import ModelSpec, build_model
-from fedshrink.profiles import DeviceProfile, get_profile
 from fedshrink.protocol import TrainInstruction
 from fedshrink.report import RunDirectory
 from fedshrink.runner import run_inprocess

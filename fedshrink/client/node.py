@@ -25,8 +25,8 @@ from fedshrink.devices import (
     load_trace,
 )
 from fedshrink.devices.nodeconfig import DEVICE_KEYS
+from fedshrink.devices.profiles import DeviceProfile, assign_profiles, get_profile
 from fedshrink.errors import ConfigError
-from fedshrink.profiles import DeviceProfile, assign_profiles, get_profile
 
 
 @dataclass(frozen=True)

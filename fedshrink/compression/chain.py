@@ -176,8 +176,8 @@ class ChainConfig:
         stages: list[CodecConfig] = []
         for item in data["chain"]:
             codec_id = item.get("codec") if isinstance(item, Mapping) else None
-            if codec_id not in REGISTRY:
-                raise ConfigError("codec", codec_id, "one of " + ", ".join(sorted(REGISTRY)))
+            if not isinstance(codec_id, str) or codec_id not in REGISTRY:
+                raise ConfigError("codec", codec_id, REGISTRY.allowed())
             stages.append(REGISTRY[codec_id].config_cls.from_dict(item))
         return cls(tuple(stages))
 

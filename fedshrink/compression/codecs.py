@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover
 
 from fedshrink.compression import bitops
 from fedshrink.errors import ConfigError
+from fedshrink.registry import Registry
 from fedshrink.v1 import compression_pb2 as pb
 
 F32 = npt.NDArray[np.float32]
@@ -480,7 +481,7 @@ class EntropyCodec(Codec):
         """Exactly ``expected`` bytes, never more in memory; ValueError otherwise."""
 
 
-REGISTRY: dict[str, type[Codec]] = {}
+REGISTRY: Registry[type[Codec]] = Registry("codec id", setting="codec")
 #: config string aliases: name -> (codec id, preset arguments)
 ALIASES: dict[str, tuple[str, dict[str, str]]] = {
     "int8": ("quant", {"bits": "8"}),
@@ -494,11 +495,8 @@ ALIASES: dict[str, tuple[str, dict[str, str]]] = {
 
 def register(cls: type[Codec]) -> type[Codec]:
     """Class decorator: add a codec to :data:`REGISTRY` under its id."""
-    if cls.codec_id in REGISTRY:
-        raise ValueError(f"codec id {cls.codec_id!r} registered twice")
     assert cls.config_cls.codec_id == cls.codec_id
-    REGISTRY[cls.codec_id] = cls
-    return cls
+    return REGISTRY.add(cls.codec_id, cls)
 
 
 def lookup(codec_id: str, version: int) -> type[Codec]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedshrink.errors import ConfigError, DataError
+from fedshrink.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,8 @@ class PartitionScheme:
 
 
 PartitionerFactory = Callable[[PartitionScheme, int, int, int, int], object]
-PARTITIONERS: dict[str, PartitionerFactory] = {}
-
-
-def _register(name: str) -> Callable[[PartitionerFactory], PartitionerFactory]:
-    def deco(fn: PartitionerFactory) -> PartitionerFactory:
-        PARTITIONERS[name] = fn
-        return fn
-
-    return deco
+PARTITIONERS: Registry[PartitionerFactory] = Registry("partitioner", setting="partitioner")
+_register = PARTITIONERS.register
 
 
 @_register("iid")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fedshrink.errors import DataError
+from fedshrink.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -84,20 +85,13 @@ class SourceRequest:
 
 
 SourceLoader = Callable[[SourceRequest], SourceData]
-SOURCES: dict[str, SourceLoader] = {}
+SOURCES: Registry[SourceLoader] = Registry("data source", setting="dataset")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")  # owner/name on the Hugging Face hub
 
 
 def register_source(name: str) -> Callable[[SourceLoader], SourceLoader]:
     """Register ``loader(request) -> SourceData`` as data set ``name`` (see docs/data.md)."""
-
-    def deco(fn: SourceLoader) -> SourceLoader:
-        if name in SOURCES:
-            raise ValueError(f"data source {name!r} registered twice")
-        SOURCES[name] = fn
-        return fn
-
-    return deco
+    return SOURCES.register(name)
 
 
 def known_dataset(name: str, data_dir: str = "") -> bool:

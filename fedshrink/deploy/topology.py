@@ -43,8 +43,8 @@ import psutil
 
 from fedshrink.data.sources import known_dataset, unknown_words
 from fedshrink.deploy.certs import CertificateSet, check_host
+from fedshrink.devices.profiles import PROFILES
 from fedshrink.errors import ConfigError, FedShrinkError
-from fedshrink.profiles import PROFILES
 from fedshrink.runner.flower import (
     FlowerRun,
     FlowerRunError,
@@ -96,7 +96,7 @@ class NodeSpec:
         if not 0 <= self.partition_id < self.num_partitions:
             raise ConfigError("partition-id", self.partition_id, f"an integer in [0, {self.num_partitions})")
         if self.profile and self.profile not in PROFILES:
-            raise ConfigError("profile", self.profile, "one of " + ", ".join(map(repr, sorted(PROFILES))))
+            raise ConfigError("profile", self.profile, PROFILES.allowed())
         if self.dataset and not known_dataset(self.dataset, self.data_dir):
             raise ConfigError("dataset", self.dataset, unknown_words())
 

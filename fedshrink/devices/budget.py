@@ -70,7 +70,7 @@ class Budget:
         if not self.limits():
             raise ConfigError("budget", self.to_text(), "at least one of " + ", ".join(LIMITS))
         if self.device and self.device not in DEVICE_MODELS:
-            raise ConfigError("budget.device", self.device, "one of " + ", ".join(map(repr, sorted(DEVICE_MODELS))))
+            raise ConfigError("budget.device", self.device, DEVICE_MODELS.allowed())
         if not self.device and (self.time_s is not None or self.energy_j is not None):
             raise ConfigError("budget", self.to_text(), "a device=<name> with a time or energy limit")
 

@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedshrink.errors import ConfigError
+from fedshrink.registry import Registry
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -158,20 +159,15 @@ class DeviceModel:
 
 
 UNITS: dict[str, str] = {key: unit for key, (unit, *_) in _LIMITS.items()}
-DEVICE_MODELS: dict[str, DeviceModel] = {}
+DEVICE_MODELS: Registry[DeviceModel] = Registry("device model", setting="device")
 
 
 def register_device(model: DeviceModel) -> DeviceModel:
-    if model.name in DEVICE_MODELS:
-        raise ValueError(f"device model {model.name!r} registered twice")
-    DEVICE_MODELS[model.name] = model
-    return model
+    return DEVICE_MODELS.add(model.name, model)
 
 
 def get_device(name: str) -> DeviceModel:
-    if name not in DEVICE_MODELS:
-        raise ConfigError("device", name, "one of " + ", ".join(map(repr, sorted(DEVICE_MODELS))))
-    return DEVICE_MODELS[name]
+    return DEVICE_MODELS.lookup(name)
 
 
 # Sources and assumptions: module doc and docs/devices.md.

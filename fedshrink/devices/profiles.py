@@ -65,6 +65,7 @@ from fedshrink.devices.model import DEVICE_MODELS, DeviceModel
 from fedshrink.errors import ConfigError
 from fedshrink.fakequant import OFF, check_bits
 from fedshrink.models.registry import ModelSpec, build_model
+from fedshrink.registry import Registry
 from fedshrink.resources.flops import macs_per_sample, training_flops
 
 PRUNE_KINDS = ("unstructured", "structured", "none")
@@ -131,7 +132,7 @@ class DeviceProfile:
             raise ConfigError(f"profile.{self.name}.batch_size", self.batch_size, "an integer >= 1")
         if self.device not in DEVICE_MODELS:
             raise ConfigError(f"profile.{self.name}.device", self.device,
-                              "one of " + ", ".join(map(repr, sorted(DEVICE_MODELS))))
+                              DEVICE_MODELS.allowed())
         object.__setattr__(self, "width", float(self.width))
         object.__setattr__(self, "sparsity", float(self.sparsity))
 
@@ -163,20 +164,15 @@ class DeviceProfile:
         return cls.from_dict(data)
 
 
-PROFILES: dict[str, DeviceProfile] = {}
+PROFILES: Registry[DeviceProfile] = Registry("profile", setting="profile")
 
 
 def register_profile(profile: DeviceProfile) -> DeviceProfile:
-    if profile.name in PROFILES:
-        raise ValueError(f"profile {profile.name!r} registered twice")
-    PROFILES[profile.name] = profile
-    return profile
+    return PROFILES.add(profile.name, profile)
 
 
 def get_profile(name: str) -> DeviceProfile:
-    if name not in PROFILES:
-        raise ConfigError("profile", name, "one of " + ", ".join(map(repr, sorted(PROFILES))))
-    return PROFILES[name]
+    return PROFILES.lookup(name)
 
 
 register_profile(DeviceProfile("iot", 0.25, 0.5, "unstructured", 4, "topk:0.1|q4|zstd", "int8|zstd", 2, 16, "iot"))

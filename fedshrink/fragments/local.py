@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from fedshrink.compression.pruning import get_masks, prune_model
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.fragments.scaler import build_sub_model
 from fedshrink.models.registry import ModelSpec
-from fedshrink.profiles import DeviceProfile
 
 
 def pruned_sub_model(model_spec: ModelSpec, width: float, received: Mapping[str, torch.Tensor],

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from fedshrink.devices.profiles import PROFILES, parse_mix
 from fedshrink.fragments.fusion import INITS, FusionConfig
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.fragments.policies import POLICIES, FragmentPolicy, make_policy
-from fedshrink.profiles import PROFILES, parse_mix
 from fedshrink.settings import (
     Section,
     Setting,

@@ -20,21 +20,16 @@ import torch
 from torch import nn
 
 from fedshrink.errors import ConfigError
+from fedshrink.registry import Registry
 
 NORMS = ("layer", "batch", "none")
 
 ModelFactory = Callable[["ModelSpec"], nn.Module]
-MODELS: dict[str, ModelFactory] = {}
+MODELS: Registry[ModelFactory] = Registry("model", setting="model")
 
 
 def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    def deco(fn: ModelFactory) -> ModelFactory:
-        if name in MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        MODELS[name] = fn
-        return fn
-
-    return deco
+    return MODELS.register(name)
 
 
 def channels(base: int, width: float) -> int:
@@ -54,7 +49,7 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         if self.name not in MODELS:
-            raise ConfigError("model", self.name, "one of " + ", ".join(map(repr, sorted(MODELS))))
+            raise ConfigError("model", self.name, MODELS.allowed())
         if not 0 < self.width <= 4:
             raise ConfigError("model-width", self.width, "a number in (0, 4]")
         if self.norm not in NORMS:

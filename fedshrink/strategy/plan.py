@@ -33,11 +33,11 @@ from flwr.app import ArrayRecord
 from fedshrink.compression import DecodeLimits, decode_record, encode_state
 from fedshrink.compression.chain import ChainConfig
 from fedshrink.compression.pruning import mask_digest
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.fragments import FragmentPolicy, FragmentSpec, LayerGraph, extract
 from fedshrink.fragments.local import derivable, derive_masks
 from fedshrink.fragments.nested import NestedConfig, nested_widths
 from fedshrink.models import ModelSpec
-from fedshrink.profiles import DeviceProfile
 from fedshrink.protocol import Expected, Hello, TrainInstruction, fragment_digest
 from fedshrink.training import TrainSettings
 

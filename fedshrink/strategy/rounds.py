@@ -44,9 +44,9 @@ from flwr.serverapp.strategy import Strategy
 
 from fedshrink.compression import message_nbytes, recorddict_nbytes
 from fedshrink.devices import Budget, DeviceModel, sample_size
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.fragments import extract
-from fedshrink.profiles import DeviceProfile
 from fedshrink.protocol import CONFIG, TRAIN, AcceptedReply, Hello, read_train_reply
 from fedshrink.strategy.batch import BatchRows, FloatArray, Layout, UpdateBatch
 from fedshrink.strategy.contributions import accepted_weights, contribution
@@ -215,20 +215,23 @@ class ShrinkStrategy(Strategy):
         return hello.profile if hello is not None and self.planner.fragments else None
 
     # -- train ------------------------------------------------------------------------------
-    def sample_count(self, connected: int) -> int:
+    def wanted(self, connected: int) -> int:
+        """How many updates a round with ``connected`` nodes wants."""
+        return wanted_clients(connected, self.fraction_train, self.min_train_clients, self.clients_per_round)
+
+    def sample_count(self, connected: int, wanted: int | None = None) -> int:
         """How many of ``connected`` nodes a round samples: the updates wanted, plus the fleet's over-selection."""
-        wanted = wanted_clients(connected, self.fraction_train, self.min_train_clients, self.clients_per_round)
+        wanted = self.wanted(connected) if wanted is None else wanted
         return min(sample_size(wanted, self.fleet.over_select) if self.fleet is not None else wanted, connected)
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
                         ) -> Iterable[Message]:
         self._global = record_to_numpy(arrays)
         connected = self.connected_nodes(grid)
-        self._wanted = wanted_clients(len(connected), self.fraction_train, self.min_train_clients,
-                                      self.clients_per_round)
+        self._wanted = self.wanted(len(connected))
         self.greet(connected, grid)  # sampling is by partition id: every node's hello first (once per node)
         known = {n: self.nodes[n].partition_id for n in connected if n in self.nodes}
-        picked = sample_nodes(known, self.sample_count(len(connected)), self.seed, server_round)
+        picked = sample_nodes(known, self.sample_count(len(connected), self._wanted), self.seed, server_round)
         self._skipped = {}
         if self.fleet is not None:  # offline devices are not reached; too little memory declines
             picked, self._skipped = self.fleet.reachable(server_round, picked, self.nodes)

@@ -495,7 +495,7 @@ def _same_devices() -> str:
     """Check that device-mix, profile-mix and budget-mix give every client the same device model, per seed."""
     from fedshrink.config import RunConfig
     from fedshrink.devices import assign_budgets
-    from fedshrink.profiles import PROFILES, assign_profiles
+    from fedshrink.devices.profiles import PROFILES, assign_profiles
 
     lines = []
     for seed in FLEET_SEEDS:

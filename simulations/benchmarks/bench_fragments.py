@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedshrink.profiles import get_profile, parse_mix
+from fedshrink.devices.profiles import get_profile, parse_mix
 from fedshrink.report import human_bytes
 from fedshrink.sweep import SweepRuns, open_sweep
 from fedshrink.sweep.results import bytes_to_reach

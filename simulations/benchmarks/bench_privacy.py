@@ -11,7 +11,7 @@ checkpoints off. Each epsilon is a central DP-FedAvg run (``dp-mode = central``)
 calibrated so that its rounds spend exactly that epsilon at delta = 1 / 1,000 (sampling without
 replacement, replace-one), with adaptive clipping (quantile 0.5, from 0.3: the median update norm of a
 client at initialisation, measured on digits); ``inf`` is the run without DP. ``full`` trains the whole
-model with raw uplinks; ``mix`` is ``fedshrink.profiles.DEFAULT_MIX`` (fragments, pruning, top-k + quantized
+model with raw uplinks; ``mix`` is ``fedshrink.devices.profiles.DEFAULT_MIX`` (fragments, pruning, top-k + quantized
 uplinks with error feedback), with ``pruned-as-zero = false`` in every row (DP requires it). ``--clip-only``
 adds the DP runs with no noise (clipping and uniform weights alone); ``--distributed 8`` adds runs in
 distributed mode (clients add the noise before compression) whose z is calibrated as central mode's, so the
@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedshrink.devices.profiles import DEFAULT_MIX
 from fedshrink.privacy.accountant import RoundEvent, calibrate, epsilon_of, poisson_epsilon
-from fedshrink.profiles import DEFAULT_MIX
 from fedshrink.report import RunDirectory
 from fedshrink.runner import run_inprocess
 

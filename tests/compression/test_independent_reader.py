@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from fedshrink.compression import Chain, decode_parsed_with_support, encode_state, parse_tensor
-from fedshrink.profiles import COMPRESSION_LADDER, PROFILES
+from fedshrink.devices.budget import COMPRESSION_LADDER
+from fedshrink.devices.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[2]
 

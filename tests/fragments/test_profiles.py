@@ -11,20 +11,19 @@ from fragment_helpers import MODEL_NAMES
 
 from fedshrink.compression import Chain
 from fedshrink.config import RunConfig
-from fedshrink.errors import ConfigError
-from fedshrink.models import ModelSpec, build_model, count_parameters
-from fedshrink.profiles import (
+from fedshrink.devices.budget import ProfileBudget, pick_profile
+from fedshrink.devices.profiles import (
     DEFAULT_MIX,
     PROFILES,
     DeviceProfile,
-    ProfileBudget,
     assign_profiles,
     chain_bytes,
     estimate,
     get_profile,
     parse_mix,
-    pick_profile,
 )
+from fedshrink.errors import ConfigError
+from fedshrink.models import ModelSpec, build_model, count_parameters
 
 SPEC = ModelSpec("cnn", (3, 32, 32), 10)
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from fedshrink.compression import Chain, ResidualStore, decode_record, encode_state
+from fedshrink.devices.profiles import PROFILES
 from fedshrink.errors import ConfigError
 from fedshrink.privacy.client import ClientPrivacy, private_uplink
 from fedshrink.privacy.clipping import l2_norm
-from fedshrink.profiles import PROFILES
 
 # every codec, the run's default uplink and every shipped profile's uplink
 CHAINS = sorted({"raw", "fp16", "bf16", "int8", "q4", "q2", "q1", "int8:axis=0", "quant:4,stochastic=true", "sign",

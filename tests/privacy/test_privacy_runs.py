@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from fedshrink.config import RunConfig
+from fedshrink.devices.profiles import DEFAULT_MIX
 from fedshrink.errors import ConfigError
-from fedshrink.profiles import DEFAULT_MIX
 from fedshrink.report import RunDirectory, build_report
 from fedshrink.runner import run_inprocess
 from fedshrink.runner.inprocess import RunResult

@@ -10,10 +10,10 @@ import pytest
 from privacy_harness import make_private
 from strategy_harness import TINY, HelloGrid, first_round, fragment_shapes, model_state, reply_to, zero_update
 
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.privacy.controller import PrivacyBudgetSpent, PrivacyController
 from fedshrink.privacy.settings import PrivacySettings
 from fedshrink.privacy.stages import clip_rows, holder_noise_std
-from fedshrink.profiles import DeviceProfile
 from fedshrink.protocol import TrainInstruction
 from fedshrink.runner.inprocess import server_identity
 from fedshrink.strategy.fleet import Fleet

@@ -9,8 +9,8 @@ import pytest
 from flwr.app import ConfigRecord
 from strategy_harness import HelloGrid, first_round, fragment_shapes, make_strategy, model_state, reply_to
 
+from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.models import ModelSpec
-from fedshrink.profiles import DeviceProfile
 from fedshrink.robust.defences import ClipConfig, DefenceEnv, MedianConfig, TrimmedMeanConfig
 from fedshrink.robust.guard import NormGuard
 from fedshrink.runner.inprocess import server_identity

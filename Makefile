@@ -63,9 +63,11 @@ results: $(STAMP)
 		$(PY) simulations/benchmarks/bench_$$name.py --sweep-dir runs/sweeps/$$name; \
 	done
 
-# two workers (pytest-xdist); a test file goes to one worker, so its module fixtures are built once
+# two workers (pytest-xdist); a test file goes to one worker, so its module fixtures are built once; files are
+# handed out in the order tests/conftest.py puts them (end-to-end first); one BLAS/OpenMP thread per process,
+# since two workers and their subprocesses already fill two cores
 test: $(DEV)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m pytest -n 2 --dist loadfile
+	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # the fast tier: no Flower engines, no processes of their own (markers e2e and slow)
 test-fast: $(DEV)

@@ -2,8 +2,9 @@
 
 TLS with fedshrink's own CA, SuperNode authentication with registered node
 keys, mixed device profiles from each node's node-config. The run's status is
-read with ``flwr ls``; every process started is stopped by PID and no port is
-left open. A SuperNode with an unregistered key is refused. The SuperLink,
+read with ``flwr ls`` (a ServerApp that crashes at start is reported failed,
+though ``flwr run`` exits 0); every process started is stopped by PID and no
+port is left open. A SuperNode with an unregistered key is refused. The SuperLink,
 whose Control API has no authentication, listens on loopback only (read from
 its sockets, without sending anything anywhere but 127.0.0.1), and the Fleet
 gateway the SuperNodes dial refuses the Control API.
@@ -81,10 +82,13 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
         # one round: each message starts a ClientApp process on its SuperNode (torch, fedshrink, the data: about
         # a minute a round for 3 nodes on 2 loaded cores); several rounds run in tests/test_flwr_e2e.py
         run = dep.run(APP_DIR, {"num-server-rounds": 1, "local-epochs": 1, "distill": False, "checkpoint": False,
-                                "output-dir": str(out), "run-name": "deploy", "profile-mix": "laptop:1.0",
-                                "device-availability": False}, timeout=900)
+                                "report": False, "output-dir": str(out), "run-name": "deploy",
+                                "profile-mix": "laptop:1.0", "device-availability": False}, timeout=900)
         probe.join()
         assert {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"} == online
+        # a ServerApp that crashes at start: `flwr run` itself exits 0 here; only `flwr ls` tells the truth
+        crashed = dep.run(APP_DIR, {"dataset": "mnist", "data-dir": str(tmp_path / "absent"),
+                                    "output-dir": str(tmp_path / "crashed")}, timeout=300)
         pids = sorted(set(pids) | set(dep.pids()))
     finally:
         dep.stop()
@@ -92,6 +96,7 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
     assert "Exit Code: 305" in str(refused["log"])  # Flower's code for a SuperNode the SuperLink refused
     assert run.status == "finished:completed", run.output[-3000:]  # from `flwr ls`, not the exit code
     assert run.details["network-traffic"]["total-bytes"] > 0
+    assert crashed.status == "finished:failed", crashed.output[-3000:]
 
     summary = json.loads((out / "deploy" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 1 and summary["clients"] == 3
@@ -102,7 +107,6 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert {(int(r["partition-id"]), r["profile"]) for r in rows} == set(enumerate(DEFAULT_PROFILES))
     assert {int(r["node-id"]) for r in rows} == online  # only the registered nodes trained
-    assert (out / "deploy" / "report.md").is_file()
 
     assert pids and not [p for p in pids if _alive(p)], "processes left running"
     assert not [p for p in dep.ports() if port_open(p)], "ports left open"

@@ -173,8 +173,23 @@ class ExactSum:
 class RunningTotals:
     """:class:`Totals` kept up to date one record at a time, in memory independent of the count."""
 
-    __slots__ = ("records", "rounds", "wall", "cpu", "peak_rss", "gpu_peak", "bytes_down", "bytes_up",
-                 "bytes_up_fp32", "parameters", "macs", "samples", "flops", "energy", "estimated")
+    __slots__ = (
+        "bytes_down",
+        "bytes_up",
+        "bytes_up_fp32",
+        "cpu",
+        "energy",
+        "estimated",
+        "flops",
+        "gpu_peak",
+        "macs",
+        "parameters",
+        "peak_rss",
+        "records",
+        "rounds",
+        "samples",
+        "wall",
+    )
 
     def __init__(self) -> None:
         self.records = 0

@@ -23,7 +23,7 @@ SWEEP = """
 name = "resume"
 seeds = [1, 2, 3]
 num-clients = 4
-workers = 2
+workers = 1
 targets = [0.2]
 
 [base]

@@ -187,3 +187,14 @@ def test_unknown_source() -> None:
 def test_labelled_arrays_subset() -> None:
     a = LabelledArrays(np.zeros((5, 1, 2, 2), np.float32), np.arange(5, dtype=np.int64))
     assert list(a.subset(np.array([1, 3])).y) == [1, 3]
+
+
+def test_digits_read_without_sklearn_equal_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    from fedshrink.data.sources import digits_arrays
+
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+    assert images.shape == (1797, 8, 8) and labels.dtype == np.int64

@@ -23,7 +23,6 @@ import functools
 from dataclasses import dataclass, field
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from fedshrink.data.fleet import FLEETS, PROXY, PROXY_WRITERS, TEST, TEST_WRITERS, Fleet, FleetSpec, load_fleet
 from fedshrink.data.partition import PartitionScheme, partition_indices
@@ -86,6 +85,8 @@ def _stratified(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, 
         return idx, idx[:0]
     counts = np.bincount(y)
     stratify = y if counts[counts > 0].min() >= 2 else None
+    from sklearn.model_selection import train_test_split  # here: importing sklearn costs seconds per process
+
     rest, taken = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
     return np.sort(rest), np.sort(taken)
 

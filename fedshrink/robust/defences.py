@@ -12,10 +12,12 @@ name               kind         what it does (per coordinate, over the values cl
 =================  ===========  ===========================================================
 
 ``f`` (assumed Byzantine clients) is ``floor(byzantine_fraction * n)`` of the
-round's ``n`` good replies. The three combiners move a coordinate only where
-its senders outnumber twice the attackers there may be among its holders
+round's ``n`` good replies. The three combiners cap every update's RMS at the
+round's median, and use the rule's value only where a coordinate's senders
+outnumber twice the attackers there may be among its holders
 (:func:`~.rules.quorum`, with ``trim`` as the fraction for the trimmed mean);
-elsewhere they take the mean of norm-capped updates (see :class:`_VotingCombiner`).
+elsewhere the coordinate gets the holder mean of the capped updates (see
+:class:`_VotingCombiner`).
 A run's ``defence`` setting names one or more, joined by ``+`` and applied
 left to right (``"clip+median"``: clip, then take the median); at most one
 combiner. Every config round-trips through JSON

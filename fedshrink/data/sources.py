@@ -145,8 +145,7 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """
     spec = importlib.util.find_spec("sklearn")
     roots = list(spec.submodule_search_locations or []) if spec is not None else []
-    csv = next((Path(r) / "datasets" / "data" / "digits.csv.gz" for r in roots
-                if (Path(r) / "datasets" / "data" / "digits.csv.gz").is_file()), None)
+    csv = next((c for c in (Path(r) / "datasets" / "data" / "digits.csv.gz" for r in roots) if c.is_file()), None)
     if csv is not None:
         data = np.loadtxt(csv, delimiter=",")
         return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)

@@ -128,9 +128,8 @@ class RunRecorder:
         if "clients-csv-rows" in ckpt.ledger:
             self.ledger.resume_spool(int(ckpt.ledger["clients-csv-rows"]))
         else:  # a checkpoint that carries the rows themselves
-            for row in map(ClientRound.from_row, ckpt.ledger.get("rows", [])):
-                self.ledger.add(row.round, row.partition_id, row.resources, profile=row.profile,
-                                node_id=row.node_id, device=row.device)
+            for row in ckpt.ledger.get("rows", []):
+                self.ledger.add_row(ClientRound.from_row(row))
         for rnd, (agg, dist, down) in ckpt.ledger.get("server", {}).items():
             self.ledger.add_server(int(rnd), aggregation_seconds=agg, distillation_seconds=dist, bytes_down=down)
         if isinstance(self.grid, ClientStateGrid):

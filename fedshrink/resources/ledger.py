@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import itertools
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -271,7 +272,10 @@ class ResourceLedger:
     def add(self, round: int, partition_id: int, record: ResourceRecord, *,
             profile: str = DEFAULT_PROFILE, node_id: int = 0, device: Mapping[str, float] | None = None
             ) -> ClientRound:
-        row = ClientRound(round, partition_id, profile, node_id, record, dict(device or {}))
+        return self.add_row(ClientRound(round, partition_id, profile, node_id, record, dict(device or {})))
+
+    def add_row(self, row: ClientRound) -> ClientRound:
+        """Add a record as it stands (read back from ``clients.csv`` or a checkpoint)."""
         self._count(row)
         self._kept.append(row)
         return row
@@ -331,23 +335,20 @@ class ResourceLedger:
         """
         if self.spool is None:
             raise ValueError("resume_spool needs a ledger with a spool")
-        kept: list[dict[str, str]] = []
-        if rows:
-            with open(self.spool, newline="") as fh:
-                for i, row in enumerate(csv.DictReader(fh)):
-                    if i == rows:
-                        break
-                    kept.append(row)
-                    self._count(ClientRound.from_row(row))
+        kept = list(self._read_spool(rows))
         if len(kept) < rows:
             raise ConfigError(CLIENTS_CSV, f"{len(kept)} rows", f"at least the {rows} rows the checkpoint counted")
-        tmp = self.spool.with_name(f".{self.spool.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(kept)
-        tmp.replace(self.spool)
+        for row in kept:
+            self._count(ClientRound.from_row(row))
+        _write_rows(self.spool, kept)
         self._spooled = rows
+
+    def _read_spool(self, limit: int) -> Iterator[dict[str, str]]:
+        """The spool's first ``limit`` rows as read (fewer if it holds fewer)."""
+        if self.spool is None or not limit:
+            return
+        with open(self.spool, newline="") as fh:
+            yield from itertools.islice(csv.DictReader(fh), limit)
 
     # -- reading ----------------------------------------------------------------------
     @property
@@ -356,12 +357,7 @@ class ResourceLedger:
         return list(self.rows())
 
     def rows(self) -> Iterator[ClientRound]:
-        if self.spool is not None and self._spooled:
-            with open(self.spool, newline="") as fh:
-                for i, row in enumerate(csv.DictReader(fh)):
-                    if i == self._spooled:
-                        break
-                    yield ClientRound.from_row(row)
+        yield from map(ClientRound.from_row, self._read_spool(self._spooled))
         yield from self._kept
 
     def in_round(self, round: int) -> list[ClientRound]:
@@ -428,20 +424,10 @@ class ResourceLedger:
         if self.spool is not None and path.resolve() == self.spool.resolve():
             self.close_round()
             if not self._spooled:
-                self._write(path, [])
+                _write_rows(path, [])
             return path
-        self._write(path, sorted(self.rows(), key=lambda r: (r.round, r.partition_id)))
+        _write_rows(path, (r.to_row() for r in sorted(self.rows(), key=lambda r: (r.round, r.partition_id))))
         return path
-
-    @staticmethod
-    def _write(path: Path, rows: Iterable[ClientRound]) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(row.to_row())
-        tmp.replace(path)
 
     @classmethod
     def read_csv(cls, path: Path) -> ResourceLedger:
@@ -449,13 +435,18 @@ class ResourceLedger:
         ledger = cls()
         with open(path, newline="") as fh:
             for row in csv.DictReader(fh):
-                ledger.add(**_fields(ClientRound.from_row(row)))
+                ledger.add_row(ClientRound.from_row(row))
         return ledger
 
 
-def _fields(row: ClientRound) -> dict[str, Any]:
-    return {"round": row.round, "partition_id": row.partition_id, "record": row.resources,
-            "profile": row.profile, "node_id": row.node_id, "device": row.device}
+def _write_rows(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """``clients.csv`` with these rows (column -> value), written to a temporary file and moved into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
 
 
 __all__ = [

@@ -112,11 +112,12 @@ class _VotingCombiner(Combiner):
         batch = clip_norms(batch)
         sent = batch.over_sent()
         rows = self.select(sent)
-        location, _ = self.locate_among(sent, batch.held.sum(axis=0), rows)
-        moves = quorum(batch.held, batch.sent, self.byzantine_fraction)
+        holders = batch.held.sum(axis=0)
+        location, _ = self.locate_among(sent, holders, rows)
+        moves = quorum(holders, batch.sent.sum(axis=0), self.byzantine_fraction)
         bounded, voted = holder_mean(batch if rows is None else batch.take(rows))
         delta: FloatArray = np.where(moves, location * batch.sent_share(), bounded)
-        return delta, np.asarray(batch.held.any(axis=0)) & (voted | moves)
+        return delta, (holders > 0) & (voted | moves)
 
     def locate(self, sent: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return self.locate_among(sent, sent.held.sum(axis=0), self.select(sent))

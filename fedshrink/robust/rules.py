@@ -108,7 +108,7 @@ def trimmed_mean(batch: UpdateBatch, trim: float, holders: npt.NDArray[np.int64]
     return np.where(left, out, med), voted
 
 
-def quorum(held: BoolArray, sent: BoolArray, fraction: float) -> BoolArray:
+def quorum(holders: npt.NDArray[np.int64], senders: npt.NDArray[np.int64], fraction: float) -> BoolArray:
     """Coordinates whose senders can outvote the attackers there may be among their holders.
 
     With ``f_j = floor(fraction * holders_j)`` possibly malicious holders of
@@ -116,11 +116,11 @@ def quorum(held: BoolArray, sent: BoolArray, fraction: float) -> BoolArray:
     result is bounded by honest values only if ``senders_j > 2 f_j``. Dense
     updates (every holder sends) meet it whenever ``fraction < 0.5``; with
     sparse (top-k) uplinks it keeps a value that one client alone sent from
-    passing through a median unchanged.
+    passing through a median unchanged. ``holders`` and ``senders`` are
+    per-coordinate counts ``(D,)``.
     """
-    holders = held.sum(axis=0)
     f = np.floor(fraction * holders).astype(np.int64)
-    out: BoolArray = sent.sum(axis=0) > 2 * f
+    out: BoolArray = senders > 2 * f
     return out
 
 

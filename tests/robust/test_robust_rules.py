@@ -177,9 +177,9 @@ def test_a_value_one_client_alone_sent_does_not_pass_a_coordinate_rule() -> None
     sent[0, 0] = True  # one sender of ten holders
     sent[:5, 1] = True  # five senders: more than 2 * floor(0.2 * 10)
     sent[:4, 2] = True  # four: not more
-    assert quorum(held, sent, 0.2).tolist() == [False, True, False]
-    assert quorum(held, sent, 0.0).tolist() == [True, True, True]
-    assert quorum(held[:4], sent[:4], 0.2).all()  # four holders: floor(0.8) = 0 attackers possible
+    assert quorum(held.sum(axis=0), sent.sum(axis=0), 0.2).tolist() == [False, True, False]
+    assert quorum(held.sum(axis=0), sent.sum(axis=0), 0.0).tolist() == [True, True, True]
+    assert quorum(held[:4].sum(axis=0), sent[:4].sum(axis=0), 0.2).all()  # four holders: floor(0.8) = 0 attackers
 
 
 def test_defence_configs_round_trip_through_json() -> None:

@@ -12,8 +12,11 @@ name               kind         what it does (per coordinate, over the values cl
 =================  ===========  ===========================================================
 
 ``f`` (assumed Byzantine clients) is ``floor(byzantine_fraction * n)`` of the
-round's ``n`` good replies. The three combiners cap every update's RMS at the
-round's median, and use the rule's value only where a coordinate's senders
+round's ``n`` good replies. The three combiners first drop a reply whose
+update RMS is more than ``rule-screen-z`` robust z-scores above the round's
+(the norm guard's test, :class:`~.guard.NormGuard`: a scaled update is
+evidence enough, and capping it would still let its direction in), then cap
+every remaining update's RMS at the round's median, and use the rule's value only where a coordinate's senders
 outnumber twice the attackers there may be among its holders
 (:func:`~.rules.quorum`, with ``trim`` as the fraction for the trimmed mean);
 elsewhere the coordinate gets the holder mean of the capped updates (see
@@ -38,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedshrink.errors import ConfigError
+from fedshrink.robust.guard import NormGuard
 from fedshrink.robust.registry import config_from_json
 from fedshrink.robust.rules import (
     bulyan_among,
@@ -79,9 +83,31 @@ class DefenceConfig(ABC):
     @abstractmethod
     def build(self, env: DefenceEnv) -> Stage: ...
 
+    def stages(self, env: DefenceEnv) -> list[Stage]:
+        """The stages this defence puts in a run, in order (one for most; a screen first for the combiners)."""
+        return [self.build(env)]
+
 
 def _byz(fraction: float, n: int) -> int:
     return int(math.floor(fraction * n))
+
+
+def _screen_z() -> Any:
+    """The setting the three combiners share: their norm screen."""
+    return option(5.0, "median, trimmed-mean and bulyan: drop a reply whose update RMS is more than this many "
+                  "robust z-scores above the round's before voting (the norm guard's test)",
+                  rule=at_least(0).noting("0 = off"), key="rule-screen-z")
+
+
+class _ScreenedCombinerConfig(DefenceConfig):
+    """A combiner's config: a norm screen (``rule-screen-z``) runs before its vote."""
+
+    combines: ClassVar[bool] = True
+    screen_z: float
+
+    def stages(self, env: DefenceEnv) -> list[Stage]:
+        screen: list[Stage] = [NormGuard(self.screen_z, setting="rule-screen-z")] if self.screen_z > 0 else []
+        return [*screen, self.build(env)]
 
 
 def _byzantine_fraction() -> Any:
@@ -142,10 +168,10 @@ class _MedianStage(_VotingCombiner):
 
 
 @dataclass(frozen=True)
-class MedianConfig(DefenceConfig):
+class MedianConfig(_ScreenedCombinerConfig):
     name: ClassVar[str] = "median"
-    combines: ClassVar[bool] = True
     byzantine_fraction: float = _byzantine_fraction()
+    screen_z: float = _screen_z()
 
     def __post_init__(self) -> None:
         validate_options(self)
@@ -164,11 +190,11 @@ class _TrimmedMeanStage(_VotingCombiner):
 
 
 @dataclass(frozen=True)
-class TrimmedMeanConfig(DefenceConfig):
+class TrimmedMeanConfig(_ScreenedCombinerConfig):
     name: ClassVar[str] = "trimmed-mean"
-    combines: ClassVar[bool] = True
     trim: float = option(0.2, "trimmed-mean: share of each coordinate's holders dropped at each end",
                          rule=between(0, 0.5, hi_open=True), key="trim-fraction")
+    screen_z: float = _screen_z()
 
     def __post_init__(self) -> None:
         validate_options(self)
@@ -191,10 +217,10 @@ class _BulyanStage(_VotingCombiner):
 
 
 @dataclass(frozen=True)
-class BulyanConfig(DefenceConfig):
+class BulyanConfig(_ScreenedCombinerConfig):
     name: ClassVar[str] = "bulyan"
-    combines: ClassVar[bool] = True
     byzantine_fraction: float = _byzantine_fraction()
+    screen_z: float = _screen_z()
 
     def __post_init__(self) -> None:
         validate_options(self)

@@ -20,10 +20,11 @@ from fedshrink.strategy.stages import RoundContext, Screen
 class NormGuard(Screen):
     name = "norm-guard"
 
-    def __init__(self, z: float) -> None:
+    def __init__(self, z: float, *, setting: str = "norm-guard") -> None:
         if not z > 0:
             raise ValueError(f"norm guard z must be > 0, got {z}")
         self.z = z
+        self.setting = setting  # named in each drop's reason
 
     def screen(self, batch: UpdateBatch, ctx: RoundContext) -> dict[int, str]:
         if len(batch) < 3:
@@ -33,6 +34,6 @@ class NormGuard(Screen):
         median = float(np.median(values))
         return {
             int(i): (f"update norm {values[i]:.3g} (RMS per held coordinate) is {z[i]:.1f} robust z-scores above "
-                     f"the round's median {median:.3g} (norm-guard {self.z:g})")
+                     f"the round's median {median:.3g} ({self.setting} {self.z:g})")
             for i in np.flatnonzero(z > self.z)
         }

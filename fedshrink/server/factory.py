@@ -61,7 +61,7 @@ def build_stages(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> list[Stage]
     defences = cfg.robust.defences()
     env = DefenceEnv(root_update=root_trainer(cfg, spec, splits)) if any(d.name == "fltrust" for d in defences) \
         else DefenceEnv()
-    stages += [d.build(env) for d in defences]
+    stages += [stage for d in defences for stage in d.stages(env)]
     return stages
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -11,7 +12,14 @@ from strategy_harness import HelloGrid, first_round, fragment_shapes, make_strat
 
 from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.models import ModelSpec
-from fedshrink.robust.defences import ClipConfig, DefenceEnv, MedianConfig, TrimmedMeanConfig
+from fedshrink.robust.defences import (
+    BulyanConfig,
+    ClipConfig,
+    DefenceConfig,
+    DefenceEnv,
+    MedianConfig,
+    TrimmedMeanConfig,
+)
 from fedshrink.robust.guard import NormGuard
 from fedshrink.runner.inprocess import server_identity
 
@@ -39,6 +47,26 @@ def test_median_stage_resists_one_scaled_reply() -> None:
     for k in glob:
         want = glob[k] + np.median(np.stack([u[k] * c for u, c in zip(updates, scale, strict=True)]), axis=0)
         np.testing.assert_allclose(out[k].numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", [MedianConfig(), TrimmedMeanConfig(), BulyanConfig()], ids=lambda c: c.name)
+def test_combiners_screen_scaled_replies_before_voting(config: DefenceConfig) -> None:
+    """A combiner's stages start with a norm screen (rule-screen-z): a scaled update is dropped, with a reason
+    naming the setting, and the vote runs over the others; rule-screen-z 0 leaves only the combiner."""
+    stages = config.stages(DefenceEnv())
+    assert [type(st) for st in stages] == [NormGuard, type(config.build(DefenceEnv()))]
+    assert [type(st) for st in dataclasses.replace(config, screen_z=0.0).stages(DefenceEnv())] == \
+        [type(config.build(DefenceEnv()))]
+    glob = model_state()
+    s = make_strategy(min_train_clients=2, stages=stages)
+    msgs = first_round(s, HelloGrid(list(range(1, 8))), glob)
+    rng = np.random.default_rng(1)
+    updates = [{k: rng.normal(0, 0.1, v.shape).astype(np.float32) for k, v in glob.items()} for _ in msgs]
+    updates[6] = {k: v * -10 for k, v in updates[6].items()}  # sign-flip x10
+    out, _ = s.aggregate_train(1, [reply_to(m, u, pid=i) for i, (m, u) in enumerate(zip(msgs, updates, strict=True))])
+    dropped = s.outcomes[-1].dropped
+    assert out is not None and [d.partition_id for d in dropped] == [6]
+    assert "rule-screen-z 5" in dropped[0].reason
 
 
 def test_two_combining_rules_are_refused() -> None:

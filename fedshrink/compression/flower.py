@@ -15,7 +15,7 @@ Public API::
     read_update(record, *, limits=DEFAULT_LIMITS) -> DecodedUpdate   # header + tensors
     decode_reply(message: Message, *, key: str = "arrays", limits=DEFAULT_LIMITS) -> dict[str, Tensor]
     message_nbytes(message: Message, *, mode: str = "proto") -> int
-    recorddict_nbytes(content: RecordDict) -> int
+    recorddict_nbytes(content: RecordDict) -> int ; arrayrecord_nbytes(record) ; array_nbytes(array)
 
 Each tensor is one ``flwr.app.Array(dtype=<original dtype>, shape=<original shape>,
 stype="fedshrink.v1", data=<serialized CompressedTensor>)`` keyed by its name;
@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import torch
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import serde as flwr_serde
-from flwr.common.serde import message_to_proto, recorddict_to_proto
+from flwr.common.serde import config_record_to_proto, message_to_proto, metric_record_to_proto
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from fedshrink.compression.chain import Chain, ChainConfig
@@ -238,8 +238,50 @@ def decode_reply(
 
 
 def recorddict_nbytes(content: RecordDict) -> int:
-    """Serialized size of a RecordDict (Flower's own protobuf serde)."""
-    return int(recorddict_to_proto(content).ByteSize())
+    """Serialized size of a RecordDict (Flower's own protobuf serde), exactly.
+
+    ArrayRecords are sized from their arrays' lengths (protobuf's field arithmetic, no copy of the
+    payloads); the small metric and config records are serialized. Equal to
+    ``recorddict_to_proto(content).ByteSize()`` (tested).
+    """
+    total = 0
+    for key, record in content.items():
+        if isinstance(record, ArrayRecord):
+            body = arrayrecord_nbytes(record)
+        elif isinstance(record, MetricRecord):
+            body = int(metric_record_to_proto(record).ByteSize())
+        elif isinstance(record, ConfigRecord):
+            body = int(config_record_to_proto(record).ByteSize())
+        else:
+            raise ValueError(f"Unsupported record type: {type(record)}")
+        total += recorddict_item_nbytes(key, body)
+    return total
+
+
+def recorddict_item_nbytes(key: str, record_nbytes: int) -> int:
+    """Bytes of one ``RecordDict.Item`` (key + one record of ``record_nbytes``) as a field of the RecordDict."""
+    return _field_nbytes(_string_nbytes(key) + _field_nbytes(record_nbytes))
+
+
+def arrayrecord_nbytes(record: ArrayRecord) -> int:
+    """Serialized size of an ArrayRecord: per item, the key and the Array (dtype, packed shape, stype, data)."""
+    return sum(_field_nbytes(_string_nbytes(key) + _field_nbytes(array_nbytes(a))) for key, a in record.items())
+
+
+def array_nbytes(array: Array) -> int:
+    """Serialized size of one Flower ``Array`` (proto3: empty fields are not written)."""
+    n = _string_nbytes(array.dtype) + _string_nbytes(array.stype)
+    if array.shape:
+        n += _field_nbytes(sum(10 if d < 0 else _varint_nbytes(d) for d in array.shape))  # packed int32
+    if array.data:
+        n += _field_nbytes(len(array.data))
+    return n
+
+
+def _string_nbytes(text: str) -> int:
+    """A string field with a one-byte tag (absent when empty)."""
+    size = len(text.encode("utf-8"))
+    return _field_nbytes(size) if size else 0
 
 
 def _field_nbytes(payload: int) -> int:
@@ -256,18 +298,22 @@ def message_nbytes(message: Message, *, mode: str = "proto", content_nbytes: int
     """Bytes of a whole Flower Message.
 
     ``mode="proto"``: the size of Flower's protobuf ``Message`` (metadata +
-    content + error) from ``flwr.common.serde.message_to_proto``. With
+    content + error) from ``flwr.common.serde.message_to_proto``, computed
+    without serializing the arrays (:func:`recorddict_nbytes`). With
     ``content_nbytes`` (the content's serialized size, measured once for
-    messages that share it) only the metadata is serialized here.
+    messages that share it) the content is not sized again.
     ``mode="objects"``: the sum of the deflated objects Flower 1.42's transport
     pushes for it (message, records, arrays and array chunks, each unique object
     once); a few hundred bytes more than ``"proto"`` per message.
     """
     if mode == "proto":
-        if content_nbytes is None or message.has_error():
+        if message.has_error():
             return int(message_to_proto(message).ByteSize())
         to_proto = flwr_serde.metadata_to_proto  # type: ignore[attr-defined]  # public in serde, not in its __all__
-        return _field_nbytes(int(to_proto(message.metadata).ByteSize())) + _field_nbytes(content_nbytes)
+        size = _field_nbytes(int(to_proto(message.metadata).ByteSize()))
+        if message.has_content():
+            size += _field_nbytes(recorddict_nbytes(message.content) if content_nbytes is None else content_nbytes)
+        return size
     if mode == "objects":
         from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 

@@ -58,8 +58,7 @@ from typing import Any
 
 import psutil
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import message_to_proto, recorddict_to_proto
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.resources.energy import (
@@ -413,14 +412,34 @@ def fp32_equivalent_nbytes(message: Message, arrays_key: str, state: Mapping[str
     """Encoded size of ``message`` if ``content[arrays_key]`` held ``state`` as plain fp32 arrays.
 
     The counterfactual "uncompressed" uplink: same metadata and other records,
-    Flower's own serialization (``message_to_proto``), floating tensors as fp32.
+    Flower's own serialization (``message_to_proto`` sizes), floating tensors as
+    fp32 ``numpy.ndarray`` Arrays (``ArrayRecord(state)``). Sized by protobuf's
+    field arithmetic (:func:`fedshrink.compression.flower.recorddict_nbytes`);
+    each distinct (dtype, shape) is serialized once per process.
     """
-    proto = message_to_proto(message)
-    content = RecordDict(dict(message.content.items()))
-    fp32 = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in state.items()}
-    content[arrays_key] = ArrayRecord(fp32)
-    proto.content.CopyFrom(recorddict_to_proto(content))
-    return int(proto.ByteSize())
+    from fedshrink.compression.flower import (
+        arrayrecord_nbytes,
+        message_nbytes,
+        recorddict_item_nbytes,
+        recorddict_nbytes,
+    )
+
+    content = message.content
+    fp32 = _fp32_record_nbytes(tuple((k, torch.float32 if v.is_floating_point() else v.dtype, tuple(v.shape))
+                                     for k, v in state.items()))
+    sent = content.array_records[arrays_key] if arrays_key in content.array_records else None
+    size = recorddict_nbytes(content) + recorddict_item_nbytes(arrays_key, fp32)
+    if sent is not None:
+        size -= recorddict_item_nbytes(arrays_key, arrayrecord_nbytes(sent))
+    return message_nbytes(message, content_nbytes=size)
+
+
+@lru_cache(maxsize=64)
+def _fp32_record_nbytes(items: tuple[tuple[str, torch.dtype, tuple[int, ...]], ...]) -> int:
+    """Serialized size of the ``ArrayRecord`` of tensors of these (name, dtype, shape), made once."""
+    from fedshrink.compression.flower import arrayrecord_nbytes
+
+    return arrayrecord_nbytes(ArrayRecord({k: torch.zeros(shape, dtype=dtype) for k, dtype, shape in items}))
 
 
 __all__ = [

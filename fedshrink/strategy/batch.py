@@ -146,8 +146,14 @@ class UpdateBatch:
         return int(self.values.shape[1])
 
     def take(self, rows: npt.ArrayLike) -> UpdateBatch:
-        """The batch restricted to the given client rows (in the given order)."""
+        """The batch restricted to the given client rows (in the given order).
+
+        Taking every row in order returns this batch itself: no copy of the ``(n, D)`` arrays (batches are not
+        changed in place; every stage makes new ones).
+        """
         idx = np.asarray(rows, dtype=np.int64)
+        if len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
+            return self
         return UpdateBatch(self.values[idx], self.held[idx], self.sent[idx], self.weights[idx],
                            tuple(self.clients[int(i)] for i in idx))
 

@@ -332,7 +332,8 @@ class ShrinkStrategy(Strategy):
         outcome.device_clients = verdict.client_metrics
         rows = [i for i, r in enumerate(outcome.accepted) if r.node_id in verdict.dropped]
         self._drop_rows(outcome, rows, [verdict.dropped[outcome.accepted[i].node_id] for i in rows])
-        return batch.take([i for i in range(len(batch)) if i not in set(rows)])
+        dropped = set(rows)
+        return batch.take([i for i in range(len(batch)) if i not in dropped])
 
     def _check_size(self, reply: AcceptedReply, assignment: Assignment) -> None:
         """Refuse an update whose L2 norm is over ``update_limit`` times that of the fragment it updates."""
@@ -372,7 +373,8 @@ class ShrinkStrategy(Strategy):
         for row, reason in zip(rows, reasons, strict=True):
             r = outcome.accepted[row]
             outcome.dropped.append(Dropped(r.node_id, r.partition_id, reason))
-        keep = [i for i in range(len(outcome.accepted)) if i not in set(rows)]
+        dropped = set(rows)
+        keep = [i for i in range(len(outcome.accepted)) if i not in dropped]
         outcome.accepted = [outcome.accepted[i] for i in keep]
         if outcome.weights:
             outcome.weights = [outcome.weights[i] for i in keep]

@@ -33,6 +33,7 @@ an error message or lacks the record raises :class:`~fedshrink.errors.ReplyError
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -244,18 +245,18 @@ def recorddict_nbytes(content: RecordDict) -> int:
     payloads); the small metric and config records are serialized. Equal to
     ``recorddict_to_proto(content).ByteSize()`` (tested).
     """
-    total = 0
-    for key, record in content.items():
-        if isinstance(record, ArrayRecord):
-            body = arrayrecord_nbytes(record)
-        elif isinstance(record, MetricRecord):
-            body = int(metric_record_to_proto(record).ByteSize())
-        elif isinstance(record, ConfigRecord):
-            body = int(config_record_to_proto(record).ByteSize())
-        else:
-            raise ValueError(f"Unsupported record type: {type(record)}")
-        total += recorddict_item_nbytes(key, body)
-    return total
+    return sum(recorddict_item_nbytes(key, record_nbytes(record)) for key, record in content.items())
+
+
+def record_nbytes(record: ArrayRecord | MetricRecord | ConfigRecord) -> int:
+    """Serialized size of one record of a RecordDict (see :func:`recorddict_nbytes`)."""
+    if isinstance(record, ArrayRecord):
+        return arrayrecord_nbytes(record)
+    if isinstance(record, MetricRecord):
+        return int(metric_record_to_proto(record).ByteSize())
+    if isinstance(record, ConfigRecord):
+        return int(config_record_to_proto(record).ByteSize())
+    raise ValueError(f"Unsupported record type: {type(record)}")
 
 
 def recorddict_item_nbytes(key: str, record_nbytes: int) -> int:
@@ -265,16 +266,29 @@ def recorddict_item_nbytes(key: str, record_nbytes: int) -> int:
 
 def arrayrecord_nbytes(record: ArrayRecord) -> int:
     """Serialized size of an ArrayRecord: per item, the key and the Array (dtype, packed shape, stype, data)."""
-    return sum(_field_nbytes(_string_nbytes(key) + _field_nbytes(array_nbytes(a))) for key, a in record.items())
+    total = 0
+    for key, a in record.items():
+        total += _field_nbytes(_string_nbytes(key) + _field_nbytes(array_nbytes(a)))
+    return total
 
 
 def array_nbytes(array: Array) -> int:
     """Serialized size of one Flower ``Array`` (proto3: empty fields are not written)."""
-    n = _string_nbytes(array.dtype) + _string_nbytes(array.stype)
-    if array.shape:
-        n += _field_nbytes(sum(10 if d < 0 else _varint_nbytes(d) for d in array.shape))  # packed int32
-    if array.data:
-        n += _field_nbytes(len(array.data))
+    dtype, stype, shape, data = array.dtype, array.stype, tuple(array.shape), array.data
+    small = len(dtype) + len(stype) + len(shape) <= _CACHED_HEAD  # a reply is not trusted: large heads not kept
+    head = _array_head_nbytes(dtype, stype, shape) if small else _array_head_nbytes.__wrapped__(dtype, stype, shape)
+    return head + (_field_nbytes(len(data)) if data else 0)
+
+
+_CACHED_HEAD = 64  # characters of dtype + stype plus dimensions up to which an Array's head size is cached
+
+
+@functools.lru_cache(maxsize=1024)
+def _array_head_nbytes(dtype: str, stype: str, shape: tuple[int, ...]) -> int:
+    """An Array's bytes but its data: dtype, stype and packed shape (the same few per model, so cached)."""
+    n = _string_nbytes(dtype) + _string_nbytes(stype)
+    if shape:
+        n += _field_nbytes(sum(10 if d < 0 else _varint_nbytes(d) for d in shape))  # packed int32
     return n
 
 

@@ -393,18 +393,23 @@ def message_size(message: Message) -> int:
 def reply_with_record(reply: Message, record: ResourceRecord, *, metrics_key: str = "metrics") -> ResourceRecord:
     """Put ``record`` into ``reply.content[metrics_key]`` with ``bytes_sent`` = the reply's own size.
 
-    The record's keys are merged into the MetricRecord already under
+    The record's keys are added to the MetricRecord already under
     ``metrics_key`` (created when absent); the reply is changed in place and
     the settled record returned. One serialization: ``bytes_sent`` travels as
     a double (:data:`FIXED_WIDTH_KEYS`), always 8 bytes on the wire, so the
-    reply's size does not depend on the number written into it.
+    reply's size does not depend on the number written into it; it is sized
+    with 0 there, then the size is written in its place.
     """
-    base: dict[str, Any] = {}
-    if metrics_key in reply.content:
-        base = dict(reply.content.metric_records[metrics_key])
-    reply.content[metrics_key] = MetricRecord({**base, **record.replace(bytes_sent=0).to_metrics()})
+    if metrics_key not in reply.content:
+        reply.content[metrics_key] = MetricRecord()
+    metrics = reply.content[metrics_key]
+    if not isinstance(metrics, MetricRecord):
+        raise TypeError(f"reply record {metrics_key!r} is a {type(metrics).__name__}, not a MetricRecord")
+    for key, value in record.to_metrics().items():
+        metrics[key] = value
+    metrics[METRIC_KEYS["bytes_sent"]] = 0.0
     settled = record.replace(bytes_sent=message_size(reply))
-    reply.content[metrics_key] = MetricRecord({**base, **settled.to_metrics()})
+    metrics[METRIC_KEYS["bytes_sent"]] = float(settled.bytes_sent)
     return settled
 
 
@@ -417,20 +422,14 @@ def fp32_equivalent_nbytes(message: Message, arrays_key: str, state: Mapping[str
     field arithmetic (:func:`fedshrink.compression.flower.recorddict_nbytes`);
     each distinct (dtype, shape) is serialized once per process.
     """
-    from fedshrink.compression.flower import (
-        arrayrecord_nbytes,
-        message_nbytes,
-        recorddict_item_nbytes,
-        recorddict_nbytes,
-    )
+    from fedshrink.compression.flower import message_nbytes, record_nbytes, recorddict_item_nbytes
 
-    content = message.content
     fp32 = _fp32_record_nbytes(tuple((k, torch.float32 if v.is_floating_point() else v.dtype, tuple(v.shape))
                                      for k, v in state.items()))
-    sent = content.array_records[arrays_key] if arrays_key in content.array_records else None
-    size = recorddict_nbytes(content) + recorddict_item_nbytes(arrays_key, fp32)
-    if sent is not None:
-        size -= recorddict_item_nbytes(arrays_key, arrayrecord_nbytes(sent))
+    size = recorddict_item_nbytes(arrays_key, fp32)
+    for key, other in message.content.items():  # the other records as they are (the arrays are not sized)
+        if key != arrays_key:
+            size += recorddict_item_nbytes(key, record_nbytes(other))
     return message_nbytes(message, content_nbytes=size)
 
 

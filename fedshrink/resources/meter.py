@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import threading
 import time
@@ -230,6 +231,12 @@ class MeterReading:
         return max(0, self.peak_rss_bytes - self.rss_start_bytes)
 
 
+@lru_cache(maxsize=4)
+def _process(pid: int) -> psutil.Process:
+    """This process's psutil handle, made once per pid (a fork gets its own): making one costs tens of us."""
+    return psutil.Process(pid)
+
+
 @lru_cache(maxsize=8)
 def default_probe(watts_per_core: float = DEFAULT_WATTS_PER_CORE) -> EnergyProbe:
     """One EnergyProbe per per-core figure, discovered once per process."""
@@ -257,7 +264,7 @@ class ResourceMeter:
         self.reset_high_water = reset_high_water
         self.sample = sample
         self.reading: MeterReading | None = None
-        self._proc = psutil.Process()
+        self._proc = _process(os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._max_rss = 0
@@ -288,7 +295,7 @@ class ResourceMeter:
             outermost = _active == 0
             _active += 1
         self._did_reset = self.reset_high_water and outermost and reset_hwm()
-        self._hwm_start = read_hwm_bytes()
+        self._hwm_start = None if self._did_reset else read_hwm_bytes()  # compared only when not reset
         self.reading = None
         self._max_rss, self._nsamples = 0, 0
         self._rss_start = int(self._proc.memory_info().rss)

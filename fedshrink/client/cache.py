@@ -6,8 +6,8 @@ exact content it stands for, so a hit returns what a fresh computation would:
 
 * :func:`run_config` -- the parsed, validated :class:`~fedshrink.config.RunConfig` of a run-config mapping;
 * :func:`whole_model` -- the model object of a :class:`~fedshrink.models.ModelSpec`, built once per
-  thread; the caller loads every parameter and buffer into it (``load_state_dict``), so nothing of a
-  previous client survives but the object;
+  thread, with every parameter and buffer of the state given loaded into it, so nothing of a previous
+  client survives but the object;
 * :func:`decoded_downlink` -- the decoded global model of a round: every client of a round receives the
   same bytes, which are decoded (and checked) once per process; a later record is compared byte for
   byte with the one decoded (``bytes ==``: exact, no hash).
@@ -45,15 +45,41 @@ def _parsed(items: tuple[tuple[str, Any], ...]) -> RunConfig:
     return RunConfig.from_mapping({k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
 
-def whole_model(spec: ModelSpec) -> nn.Module:
-    """This thread's model of ``spec`` (built on first use), gradients cleared; load the weights into it."""
-    models: dict[ModelSpec, nn.Module] = _local.__dict__.setdefault("models", {})
-    model = models.get(spec)
-    if model is None:
-        model = models[spec] = build_model(spec)
+def whole_model(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """This thread's model of ``spec`` (built on first use) with ``state`` loaded, gradients cleared.
+
+    ``state`` must hold every parameter and buffer (as strict ``load_state_dict``). Loading copies into the
+    model's tensors, which is what ``load_state_dict`` does for modules without load hooks of their own, less
+    its walk over the modules; a model with such hooks (e.g. batch norm), or a ``state`` whose keys or shapes
+    differ, is loaded by ``load_state_dict`` itself (which names what differs).
+    """
+    models: dict[ModelSpec, tuple[nn.Module, dict[str, torch.Tensor] | None]] = _local.__dict__.setdefault("models",
+                                                                                                          {})
+    if spec not in models:
+        model = build_model(spec)
+        models[spec] = (model, _load_targets(model))
+    model, targets = models[spec]
+    if targets is None or targets.keys() != state.keys() or \
+            any(targets[k].shape != v.shape for k, v in state.items()):
+        model.load_state_dict(state)
+    else:
+        with torch.no_grad():
+            for key, value in state.items():
+                targets[key].copy_(value)
     for p in model.parameters():
         p.grad = None
     return model
+
+
+def _load_targets(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The tensors ``load_state_dict`` fills, by key; None when a module loads with hooks or code of its own."""
+    for module in model.modules():
+        kind = type(module)
+        if kind._load_from_state_dict is not nn.Module._load_from_state_dict or \
+                kind.get_extra_state is not nn.Module.get_extra_state or \
+                module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks:
+            return None
+    return dict(model.state_dict(keep_vars=True))
 
 
 Signature = list[tuple[str, str, tuple[int, ...], str, bytes]]

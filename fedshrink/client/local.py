@@ -46,9 +46,7 @@ def build_local_model(instruction: TrainInstruction, received: Mapping[str, torc
     """The model this client trains: the whole model, or its fragment with the profile's pruning and fake-quant."""
     profile = instruction.profile
     if instruction.fragment is None and profile is None:
-        model = whole_model(instruction.model_spec)  # built once per process: every value is loaded here
-        model.load_state_dict(received)
-        return model
+        return whole_model(instruction.model_spec, received)  # built once per thread: every value is loaded
     assert profile is not None, "a fragment comes with the profile it is trained under"
     model = pruned_sub_model(instruction.model_spec, instruction.width, received, profile,
                              scaled=instruction.input_scaling)

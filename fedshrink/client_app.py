@@ -25,15 +25,14 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
-from fedshrink.client.cache import run_config
+from fedshrink.client.cache import model_costs, run_config
 from fedshrink.client.local import Poison, local_round, train_update
 from fedshrink.client.node import NodeIdentity, node_budget, node_device, node_profile
 from fedshrink.compression import Chain, ResidualStore
 from fedshrink.config import RunConfig
 from fedshrink.data import LabelledArrays, client_data, node_split_spec
-from fedshrink.models import count_parameters
 from fedshrink.protocol import ARRAYS, Hello, TrainInstruction
-from fedshrink.resources import ResourceMeter, fp32_equivalent_nbytes, macs_per_sample, message_size, reply_with_record
+from fedshrink.resources import ResourceMeter, fp32_equivalent_nbytes, message_size, reply_with_record
 from fedshrink.robust.attacks import AttackConfig, AttackContext, malicious_partitions
 from fedshrink.robust.faults import ClientDropout, drops_out
 from fedshrink.runner.state import state_slot
@@ -121,9 +120,9 @@ def train(msg: Message, context: Context) -> Message:
             residuals.save(state)
             slot.save(rnd, state)
     reply = result.reply(node.partition_id).to_message(msg)
+    parameters, macs = model_costs(result.model, instruction.model_spec)
     resources = meter.record(
-        bytes_received=bytes_in, parameters=count_parameters(result.model),
-        macs_per_sample=macs_per_sample(result.model, instruction.model_spec.input_shape),
+        bytes_received=bytes_in, parameters=parameters, macs_per_sample=macs,
         samples=result.result.num_examples * instruction.training.epochs,
         bytes_sent_fp32=fp32_equivalent_nbytes(reply, ARRAYS, result.trained),
     )

@@ -7,7 +7,7 @@ exact content it stands for, so a hit returns what a fresh computation would:
 * :func:`run_config` -- the parsed, validated :class:`~fedshrink.config.RunConfig` of a run-config mapping;
 * :func:`whole_model` -- the model object of a :class:`~fedshrink.models.ModelSpec`, built once per
   thread, with every parameter and buffer of the state given loaded into it, so nothing of a previous
-  client survives but the object;
+  client survives but the object; :func:`model_costs` -- its parameter and MAC counts, counted once;
 * :func:`decoded_downlink` -- the decoded global model of a round: every client of a round receives the
   same bytes, which are decoded (and checked) once per process; a later record is compared byte for
   byte with the one decoded (``bytes ==``: exact, no hash).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -26,7 +27,8 @@ from torch import nn
 
 from fedshrink.compression import decode_record
 from fedshrink.config import RunConfig
-from fedshrink.models import ModelSpec, build_model
+from fedshrink.models import ModelSpec, build_model, count_parameters
+from fedshrink.resources import macs_per_sample
 
 _local = threading.local()
 
@@ -45,6 +47,15 @@ def _parsed(items: tuple[tuple[str, Any], ...]) -> RunConfig:
     return RunConfig.from_mapping({k: list(v) if isinstance(v, tuple) else v for k, v in items})
 
 
+@dataclass
+class _Whole:
+    """A thread's whole model of one spec, the tensors it loads into, and its costs once counted."""
+
+    model: nn.Module
+    targets: dict[str, torch.Tensor] | None  # None: loaded by load_state_dict
+    costs: tuple[int, int] | None = None  # (parameters, MACs per sample)
+
+
 def whole_model(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> nn.Module:
     """This thread's model of ``spec`` (built on first use) with ``state`` loaded, gradients cleared.
 
@@ -53,12 +64,11 @@ def whole_model(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> nn.Module
     its walk over the modules; a model with such hooks (e.g. batch norm), or a ``state`` whose keys or shapes
     differ, is loaded by ``load_state_dict`` itself (which names what differs).
     """
-    models: dict[ModelSpec, tuple[nn.Module, dict[str, torch.Tensor] | None]] = _local.__dict__.setdefault("models",
-                                                                                                          {})
+    models: dict[ModelSpec, _Whole] = _local.__dict__.setdefault("models", {})
     if spec not in models:
         model = build_model(spec)
-        models[spec] = (model, _load_targets(model))
-    model, targets = models[spec]
+        models[spec] = _Whole(model, _load_targets(model))
+    model, targets = models[spec].model, models[spec].targets
     if targets is None or targets.keys() != state.keys() or \
             any(targets[k].shape != v.shape for k, v in state.items()):
         model.load_state_dict(state)
@@ -69,6 +79,18 @@ def whole_model(spec: ModelSpec, state: Mapping[str, torch.Tensor]) -> nn.Module
     for p in model.parameters():
         p.grad = None
     return model
+
+
+def model_costs(model: nn.Module, spec: ModelSpec) -> tuple[int, int]:
+    """``(parameters, MACs per sample)`` of ``model`` (``spec``'s input shape); counted once for this thread's
+    whole model of ``spec`` (its architecture never changes), every time for any other model."""
+    models: dict[ModelSpec, _Whole] = _local.__dict__.get("models", {})
+    whole = models.get(spec)
+    if whole is not None and whole.model is model:
+        if whole.costs is None:
+            whole.costs = (count_parameters(model), macs_per_sample(model, spec.input_shape))
+        return whole.costs
+    return count_parameters(model), macs_per_sample(model, spec.input_shape)
 
 
 def _load_targets(model: nn.Module) -> dict[str, torch.Tensor] | None:

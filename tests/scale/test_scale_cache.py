@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedshrink.client.cache import whole_model
-from fedshrink.models import ModelSpec, build_model
+from fedshrink.client.cache import model_costs, whole_model
+from fedshrink.models import ModelSpec, build_model, count_parameters
+from fedshrink.resources import macs_per_sample
 
 
 def _state(spec: ModelSpec, seed: int) -> dict[str, torch.Tensor]:
@@ -38,3 +39,13 @@ def test_whole_model_refuses_a_state_that_does_not_fit() -> None:
     key = next(k for k, v in state.items() if v.dim() == 2)
     with pytest.raises(RuntimeError, match="size mismatch"):
         whole_model(spec, {**state, key: state[key][:, :-1]})
+
+
+def test_model_costs_of_the_whole_model_are_counted_once_and_right() -> None:
+    spec = ModelSpec("cnn", (1, 28, 28), 10)
+    model = whole_model(spec, _state(spec, 4))
+    fresh = build_model(spec)
+    expected = (count_parameters(fresh), macs_per_sample(fresh, spec.input_shape, cache=False))
+    assert model_costs(model, spec) == expected
+    assert model_costs(model, spec) == expected  # from the cache
+    assert model_costs(fresh, spec) == expected  # another object: counted

@@ -180,14 +180,16 @@ class BatchRows:
     """Fills an :class:`UpdateBatch` one contribution at a time (at most ``capacity`` of them).
 
     Nothing but the batch is kept: a caller can decode a reply, add it, and let
-    the decoded arrays go before the next.
+    the decoded arrays go before the next. While every contribution holds and
+    sent every coordinate (the whole model, a dense uplink) no ``held``/``sent``
+    arrays are made: the batch gets one read-only all-True view for both.
     """
 
     def __init__(self, dim: int, capacity: int) -> None:
         self.dim = dim
         self.values = np.zeros((capacity, dim), dtype=np.float32)
-        self.held = np.ones((capacity, dim), dtype=bool)
-        self.sent = np.ones((capacity, dim), dtype=bool)
+        self.held: BoolArray | None = None  # made (all True) when a contribution first needs one
+        self.sent: BoolArray | None = None
         self.weights = np.zeros(capacity, dtype=np.float64)
         self.clients: list[int] = []
 
@@ -198,9 +200,12 @@ class BatchRows:
         if i >= len(self.weights):
             raise ValueError(f"more than {len(self.weights)} contributions")
         self.values[i] = c.values
-        if c.held is not None:
-            self.held[i] = c.held
         if c.sent is not None or c.held is not None:
+            if self.held is None or self.sent is None:
+                self.held = np.ones(self.values.shape, dtype=bool)
+                self.sent = np.ones(self.values.shape, dtype=bool)
+            if c.held is not None:
+                self.held[i] = c.held
             self.sent[i] = c.sent_mask()
             self.values[i][~self.sent[i]] = 0.0
         self.weights[i] = c.weight
@@ -208,4 +213,7 @@ class BatchRows:
 
     def batch(self) -> UpdateBatch:
         n = len(self.clients)
+        if self.held is None or self.sent is None:
+            everywhere = np.broadcast_to(np.True_, (n, self.dim))  # no memory; stages never write to a batch
+            return UpdateBatch(self.values[:n], everywhere, everywhere, self.weights[:n], tuple(self.clients))
         return UpdateBatch(self.values[:n], self.held[:n], self.sent[:n], self.weights[:n], tuple(self.clients))

@@ -57,11 +57,11 @@ class Layout:
             start += size
         return out
 
-    def flatten(self, state: State, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
-        """``state`` as one vector ``(D,)`` in this layout's order."""
+    def flatten(self, state: State, dtype: npt.DTypeLike = np.float64, out: np.ndarray | None = None) -> np.ndarray:
+        """``state`` as one vector ``(D,)`` in this layout's order (written into ``out`` when given)."""
         if not self.keys:
-            return np.zeros(0, dtype=dtype)
-        return np.concatenate([np.asarray(state[k], dtype=dtype).reshape(-1) for k in self.keys])
+            return np.zeros(0, dtype=dtype) if out is None else out
+        return np.concatenate([np.asarray(state[k], dtype=dtype).reshape(-1) for k in self.keys], out=out)
 
     def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Inverse of :meth:`flatten`, cast to each tensor's dtype (integer tensors rounded)."""
@@ -193,13 +193,21 @@ class BatchRows:
         self.weights = np.zeros(capacity, dtype=np.float64)
         self.clients: list[int] = []
 
+    def next_row(self) -> npt.NDArray[np.float32]:
+        """The row the next :meth:`add` fills: a contribution's values built in it are not copied again."""
+        i = len(self.clients)
+        if i >= len(self.weights):
+            raise ValueError(f"more than {len(self.weights)} contributions")
+        row: npt.NDArray[np.float32] = self.values[i]
+        return row
+
     def add(self, c: Contribution) -> None:
         i = len(self.clients)
         if c.values.shape != (self.dim,):
             raise ValueError(f"contribution of shape {c.values.shape} for {self.dim} coordinates")
-        if i >= len(self.weights):
-            raise ValueError(f"more than {len(self.weights)} contributions")
-        self.values[i] = c.values
+        row = self.next_row()
+        if c.values.dtype != row.dtype or c.values.ctypes.data != row.ctypes.data:  # else built in the row
+            row[...] = c.values
         if c.sent is not None or c.held is not None:
             if self.held is None or self.sent is None:
                 self.held = np.ones(self.values.shape, dtype=bool)

@@ -1,13 +1,17 @@
-"""Per-process client caches return what a fresh computation would."""
+"""Per-process caches return what a fresh computation would."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from flwr.app import ArrayRecord, ConfigRecord
 
 from fedshrink.client.cache import model_costs, whole_model
+from fedshrink.errors import ConfigError
 from fedshrink.models import ModelSpec, build_model, count_parameters
+from fedshrink.protocol import CONFIG, TrainInstruction
 from fedshrink.resources import macs_per_sample
+from fedshrink.training import TrainSettings
 
 
 def _state(spec: ModelSpec, seed: int) -> dict[str, torch.Tensor]:
@@ -49,3 +53,15 @@ def test_model_costs_of_the_whole_model_are_counted_once_and_right() -> None:
     assert model_costs(model, spec) == expected
     assert model_costs(model, spec) == expected  # from the cache
     assert model_costs(fresh, spec) == expected  # another object: counted
+
+
+def test_instruction_parsed_once_per_record_and_still_checked() -> None:
+    sent = TrainInstruction(3, ModelSpec("cnn", (1, 28, 28), 10), TrainSettings(), "raw", ArrayRecord())
+    content = sent.to_records()
+    first, second = TrainInstruction.from_records(content), TrainInstruction.from_records(content)
+    assert first == sent and second == sent and second.model is content.array_records["arrays"]
+    config = dict(content.config_records[CONFIG])
+    for key, bad in (("server-round", True), ("server-round", 3.0), ("input-scaling", 0)):  # == a valid value
+        content[CONFIG] = ConfigRecord({**config, key: bad})
+        with pytest.raises(ConfigError):
+            TrainInstruction.from_records(content)

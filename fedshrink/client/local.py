@@ -67,6 +67,13 @@ def finish_local_model(model: nn.Module, instruction: TrainInstruction) -> dict[
 def train_update(instruction: TrainInstruction, received: Mapping[str, torch.Tensor], data: LabelledArrays,
                  seed: int) -> tuple[nn.Module, TrainResult, Update, dict[str, torch.Tensor]]:
     """Train the instruction's model on ``data``: (model, result, update = trained - received, prune masks)."""
+    model, result, _, update, masks = _train(instruction, received, data, seed)
+    return model, result, update, masks
+
+
+def _train(instruction: TrainInstruction, received: Mapping[str, torch.Tensor], data: LabelledArrays, seed: int
+           ) -> tuple[nn.Module, TrainResult, dict[str, torch.Tensor], Update, dict[str, torch.Tensor]]:
+    """:func:`train_update`, with the trained state as well (its state dict, made once)."""
     model = build_local_model(instruction, received)
     nested = None
     if instruction.nested is not None:
@@ -76,8 +83,8 @@ def train_update(instruction: TrainInstruction, received: Mapping[str, torch.Ten
     result = train_local(model, data, instruction.training, seed=seed,
                          extra_loss=nested.loss if nested is not None else None)
     masks = finish_local_model(model, instruction)
-    trained = model.state_dict()
-    return model, result, {k: trained[k] - received[k] for k in received}, masks
+    trained = dict(model.state_dict())
+    return model, result, trained, {k: trained[k] - received[k] for k in received}, masks
 
 
 @dataclass(frozen=True)
@@ -103,8 +110,7 @@ def local_round(instruction: TrainInstruction, data: LabelledArrays, *, seed: in
     """Decode, train, encode (see the module doc); ``residuals`` is the node's error-feedback store,
     ``noise_rng`` draws a distributed-DP noise share (default: ``rng``)."""
     received = decoded_downlink(instruction.model)
-    model, result, update, masks = train_update(instruction, received, data, seed)
-    trained = dict(model.state_dict())
+    model, result, trained, update, masks = _train(instruction, received, data, seed)
     if poison is not None:  # an attack may train again, in the same (cached) model object
         trained = {k: v.clone() for k, v in trained.items()}
         update = poison(update)

@@ -7,7 +7,12 @@
   round (:mod:`fedshrink.client.local`) under a
   :class:`~fedshrink.resources.ResourceMeter`, and replies with a
   :class:`~fedshrink.protocol.TrainReply` plus its resource record. A lossy
-  uplink keeps its error-feedback residual in ``context.state``.
+  uplink keeps its error-feedback residual between rounds in the run's
+  client state (:mod:`fedshrink.runner.state`: on disk by default, or
+  ``context.state``).
+
+What does not change between calls (the parsed settings, the model object,
+the round's decoded global model) is kept per process (:mod:`fedshrink.client.cache`).
 
 Simulated faults and attacks (research) act here: a node that drops out this
 round sends nothing; a malicious partition poisons its data or its update.
@@ -20,16 +25,17 @@ import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from fedshrink.client.cache import model_costs, run_config
 from fedshrink.client.local import Poison, local_round, train_update
 from fedshrink.client.node import NodeIdentity, node_budget, node_device, node_profile
 from fedshrink.compression import Chain, ResidualStore
 from fedshrink.config import RunConfig
 from fedshrink.data import LabelledArrays, client_data, node_split_spec
-from fedshrink.models import count_parameters
 from fedshrink.protocol import ARRAYS, Hello, TrainInstruction
-from fedshrink.resources import ResourceMeter, fp32_equivalent_nbytes, macs_per_sample, message_size, reply_with_record
+from fedshrink.resources import ResourceMeter, fp32_equivalent_nbytes, message_size, reply_with_record
 from fedshrink.robust.attacks import AttackConfig, AttackContext, malicious_partitions
 from fedshrink.robust.faults import ClientDropout, drops_out
+from fedshrink.runner.state import state_slot
 from fedshrink.training import seed_for
 
 app = ClientApp()
@@ -38,7 +44,7 @@ app = ClientApp()
 @app.query("hello")
 def hello(msg: Message, context: Context) -> Message:
     """Tell the server this node's partition, profile or budget, device and sample count (asked once)."""
-    cfg = RunConfig.from_mapping(context.run_config)
+    cfg = run_config(context.run_config)
     node = NodeIdentity.from_node_config(context.node_config)
     budget = node_budget(cfg, node, context.node_config)
     profile = node_profile(cfg, node, context.node_config, budget)
@@ -87,7 +93,7 @@ def dp_noise_rng(cfg: RunConfig, rnd: int, partition_id: int) -> np.random.Gener
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg = RunConfig.from_mapping(context.run_config)
+    cfg = run_config(context.run_config)
     node = NodeIdentity.from_node_config(context.node_config)
     instruction = TrainInstruction.from_records(msg.content)
     rnd = instruction.server_round
@@ -99,7 +105,10 @@ def train(msg: Message, context: Context) -> Message:
     if attack is not None:
         data = attack.poison_data(data, instruction.model_spec.num_classes)
     torch.set_num_threads(cfg.resources.client_threads)
-    residuals = ResidualStore.load(context.state) if Chain.parse(instruction.uplink).lossy else None
+    slot = state_slot(cfg.resources.client_state, cfg.resources.client_state_compress, context,
+                      str(node.partition_id)) if Chain.parse(instruction.uplink).lossy else None
+    state = slot.load(rnd) if slot is not None else None
+    residuals = ResidualStore.load(state) if state is not None else None
     bytes_in = message_size(msg)
     with ResourceMeter(watts_per_core=cfg.resources.watts_per_core) as meter:  # decode, train, encode
         result = local_round(instruction, data, seed=seed_for(cfg.seed, rnd, node.partition_id),
@@ -107,12 +116,13 @@ def train(msg: Message, context: Context) -> Message:
                                                                                      1)),
                              poison=poisoner(attack, cfg, node, instruction, data) if attack is not None else None,
                              noise_rng=dp_noise_rng(cfg, rnd, node.partition_id))
-        if residuals is not None:
-            residuals.save(context.state)
+        if slot is not None and state is not None and residuals is not None:
+            residuals.save(state)
+            slot.save(rnd, state)
     reply = result.reply(node.partition_id).to_message(msg)
+    parameters, macs = model_costs(result.model, instruction.model_spec)
     resources = meter.record(
-        bytes_received=bytes_in, parameters=count_parameters(result.model),
-        macs_per_sample=macs_per_sample(result.model, instruction.model_spec.input_shape),
+        bytes_received=bytes_in, parameters=parameters, macs_per_sample=macs,
         samples=result.result.num_examples * instruction.training.epochs,
         bytes_sent_fp32=fp32_equivalent_nbytes(reply, ARRAYS, result.trained),
     )

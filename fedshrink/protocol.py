@@ -25,6 +25,8 @@ a dropped reply, never a crash.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Mapping
@@ -207,27 +209,42 @@ class TrainInstruction:
 
     @classmethod
     def from_records(cls, content: RecordDict) -> TrainInstruction:
-        """Read what :meth:`to_records` wrote; a fault raises :class:`ConfigError` naming the key."""
+        """Read what :meth:`to_records` wrote; a fault raises :class:`ConfigError` naming the key.
+
+        The settings are parsed once per distinct ConfigRecord in this process (every client of a round gets
+        the same one): they are keyed by each value's type and ``repr`` as well, so a hit is exactly the
+        record parsed before; the parsed objects are immutable.
+        """
         if CONFIG not in content.config_records or ARRAYS not in content.array_records:
             raise instruction_error("records", sorted(content), f"a ConfigRecord {CONFIG!r} and an ArrayRecord "
                                     f"{ARRAYS!r}")
-        cfg = dict(content.config_records[CONFIG])
-        spec = ModelSpec.from_json(_str(cfg, "model-spec", "a model spec as JSON"))
-        training = TrainSettings.from_values({s.key: cfg.get(s.key) for s in TrainSettings.settings()})
-        chain = ChainConfig.parse(_str(cfg, "uplink-chain", "a codec chain")).to_string()
-        try:
-            fragment = FragmentSpec.from_json(_str(cfg, "fragment-spec", "a fragment spec as JSON")) \
-                if "fragment-spec" in cfg else None
-        except DecodeError as exc:
-            raise instruction_error("fragment-spec", "(not shown)", f"a valid fragment spec ({exc})") from None
-        profile = DeviceProfile.from_json(_str(cfg, "profile", "a profile as JSON")) if "profile" in cfg else None
-        return cls(_int(cfg, "server-round"), spec, training, chain, content.array_records[ARRAYS], fragment,
-                   profile, _bool(cfg, "input-scaling"), _read_nested(cfg), _bool(cfg, "derive-masks"),
-                   ClientPrivacy.from_values(cfg))
+        config = content.config_records[CONFIG]
+        parsed = _parse_instruction(tuple((k, type(v).__name__, repr(v), tuple(v) if isinstance(v, list) else v)
+                                          for k, v in config.items()))
+        return dataclasses.replace(parsed, model=content.array_records[ARRAYS])
 
     def fragment_digest(self) -> str:
         """What the reply's update header names as its fragment ('' for the whole model)."""
         return fragment_digest(self.fragment)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_instruction(items: tuple[tuple[str, str, str, Any], ...]) -> TrainInstruction:
+    """A TrainInstruction of a ConfigRecord's ``(key, type name, repr, value)`` items, lists as tuples, with an
+    empty model (see :meth:`TrainInstruction.from_records`)."""
+    cfg = {k: list(v) if kind == "list" else v for k, kind, _, v in items}
+    spec = ModelSpec.from_json(_str(cfg, "model-spec", "a model spec as JSON"))
+    training = TrainSettings.from_values({s.key: cfg.get(s.key) for s in TrainSettings.settings()})
+    chain = ChainConfig.parse(_str(cfg, "uplink-chain", "a codec chain")).to_string()
+    try:
+        fragment = FragmentSpec.from_json(_str(cfg, "fragment-spec", "a fragment spec as JSON")) \
+            if "fragment-spec" in cfg else None
+    except DecodeError as exc:
+        raise instruction_error("fragment-spec", "(not shown)", f"a valid fragment spec ({exc})") from None
+    profile = DeviceProfile.from_json(_str(cfg, "profile", "a profile as JSON")) if "profile" in cfg else None
+    return TrainInstruction(_int(cfg, "server-round"), spec, training, chain, ArrayRecord(), fragment, profile,
+                            _bool(cfg, "input-scaling"), _read_nested(cfg), _bool(cfg, "derive-masks"),
+                            ClientPrivacy.from_values(cfg))
 
 
 def fragment_digest(fragment: FragmentSpec | None) -> str:
@@ -349,6 +366,7 @@ def _check_headers(record: ArrayRecord, expected: Expected) -> list[ParsedTensor
         raise ReplyError(f"update encoded with chain {header.chain[:80]!r}, the instruction said {expected.chain!r}")
     if header.fragment != expected.fragment:
         raise ReplyError("update header names another fragment than the one sent")
+    chain = ChainConfig.parse(expected.chain)  # once per reply, not per tensor
     got = {p.name: p for p in parsed}
     if set(got) != set(expected.shapes):
         missing, extra = sorted(set(expected.shapes) - set(got)), sorted(set(got) - set(expected.shapes))
@@ -357,7 +375,7 @@ def _check_headers(record: ArrayRecord, expected: Expected) -> list[ParsedTensor
         if p.shape != tuple(expected.shapes[key]) or p.dtype != expected.dtypes[key]:
             raise ReplyError(f"tensor {key!r} is {p.dtype}{list(p.shape)}, sent {expected.dtypes[key]}"
                              f"{list(expected.shapes[key])}")
-        check_chain(p, expected.chain)  # every stage and option, as the chain applies to this dtype
+        check_chain(p, chain)  # every stage and option, as the chain applies to this dtype
     return parsed
 
 

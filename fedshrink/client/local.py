@@ -27,13 +27,13 @@ import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
-from fedshrink.compression import Chain, ResidualStore, decode_record, encode_state
+from fedshrink.client.cache import decoded_downlink, whole_model
+from fedshrink.compression import Chain, ResidualStore, encode_state
 from fedshrink.compression.pruning import encode_masks, get_masks, mask_digest, remove_pruning
 from fedshrink.data import LabelledArrays
 from fedshrink.fakequant import fake_quantize_, remove_fake_quant
 from fedshrink.fragments.local import pruned_sub_model
 from fedshrink.fragments.nested import NestedDistiller
-from fedshrink.models import build_model
 from fedshrink.privacy.client import private_uplink
 from fedshrink.protocol import TrainInstruction, TrainReply, fragment_digest
 from fedshrink.training import TrainResult, train_local
@@ -46,9 +46,7 @@ def build_local_model(instruction: TrainInstruction, received: Mapping[str, torc
     """The model this client trains: the whole model, or its fragment with the profile's pruning and fake-quant."""
     profile = instruction.profile
     if instruction.fragment is None and profile is None:
-        model = build_model(instruction.model_spec)
-        model.load_state_dict(received)
-        return model
+        return whole_model(instruction.model_spec, received)  # built once per thread: every value is loaded
     assert profile is not None, "a fragment comes with the profile it is trained under"
     model = pruned_sub_model(instruction.model_spec, instruction.width, received, profile,
                              scaled=instruction.input_scaling)
@@ -69,6 +67,13 @@ def finish_local_model(model: nn.Module, instruction: TrainInstruction) -> dict[
 def train_update(instruction: TrainInstruction, received: Mapping[str, torch.Tensor], data: LabelledArrays,
                  seed: int) -> tuple[nn.Module, TrainResult, Update, dict[str, torch.Tensor]]:
     """Train the instruction's model on ``data``: (model, result, update = trained - received, prune masks)."""
+    model, result, _, update, masks = _train(instruction, received, data, seed)
+    return model, result, update, masks
+
+
+def _train(instruction: TrainInstruction, received: Mapping[str, torch.Tensor], data: LabelledArrays, seed: int
+           ) -> tuple[nn.Module, TrainResult, dict[str, torch.Tensor], Update, dict[str, torch.Tensor]]:
+    """:func:`train_update`, with the trained state as well (its state dict, made once)."""
     model = build_local_model(instruction, received)
     nested = None
     if instruction.nested is not None:
@@ -78,8 +83,8 @@ def train_update(instruction: TrainInstruction, received: Mapping[str, torch.Ten
     result = train_local(model, data, instruction.training, seed=seed,
                          extra_loss=nested.loss if nested is not None else None)
     masks = finish_local_model(model, instruction)
-    trained = model.state_dict()
-    return model, result, {k: trained[k] - received[k] for k in received}, masks
+    trained = dict(model.state_dict())
+    return model, result, trained, {k: trained[k] - received[k] for k in received}, masks
 
 
 @dataclass(frozen=True)
@@ -104,9 +109,10 @@ def local_round(instruction: TrainInstruction, data: LabelledArrays, *, seed: in
                 noise_rng: np.random.Generator | None = None) -> LocalRound:
     """Decode, train, encode (see the module doc); ``residuals`` is the node's error-feedback store,
     ``noise_rng`` draws a distributed-DP noise share (default: ``rng``)."""
-    received = decode_record(instruction.model)
-    model, result, update, masks = train_update(instruction, received, data, seed)
-    if poison is not None:
+    received = decoded_downlink(instruction.model)
+    model, result, trained, update, masks = _train(instruction, received, data, seed)
+    if poison is not None:  # an attack may train again, in the same (cached) model object
+        trained = {k: v.clone() for k, v in trained.items()}
         update = poison(update)
     within = None
     if instruction.privacy is not None:
@@ -123,4 +129,4 @@ def local_round(instruction: TrainInstruction, data: LabelledArrays, *, seed: in
         digest = mask_digest(masks)  # the server rebuilds the masks from what it sent
     elif masks:
         mask_record, _ = encode_masks(masks)
-    return LocalRound(model, result, record, dict(model.state_dict()), mask_record, digest, within)
+    return LocalRound(model, result, record, trained, mask_record, digest, within)

@@ -15,7 +15,7 @@ Public API::
     read_update(record, *, limits=DEFAULT_LIMITS) -> DecodedUpdate   # header + tensors
     decode_reply(message: Message, *, key: str = "arrays", limits=DEFAULT_LIMITS) -> dict[str, Tensor]
     message_nbytes(message: Message, *, mode: str = "proto") -> int
-    recorddict_nbytes(content: RecordDict) -> int
+    recorddict_nbytes(content: RecordDict) -> int ; arrayrecord_nbytes(record) ; array_nbytes(array)
 
 Each tensor is one ``flwr.app.Array(dtype=<original dtype>, shape=<original shape>,
 stype="fedshrink.v1", data=<serialized CompressedTensor>)`` keyed by its name;
@@ -33,15 +33,16 @@ an error message or lacks the record raises :class:`~fedshrink.errors.ReplyError
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import serde as flwr_serde
-from flwr.common.serde import message_to_proto, recorddict_to_proto
+from flwr.common.serde import config_record_to_proto, message_to_proto, metric_record_to_proto
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from fedshrink.compression.chain import Chain, ChainConfig
@@ -238,8 +239,63 @@ def decode_reply(
 
 
 def recorddict_nbytes(content: RecordDict) -> int:
-    """Serialized size of a RecordDict (Flower's own protobuf serde)."""
-    return int(recorddict_to_proto(content).ByteSize())
+    """Serialized size of a RecordDict (Flower's own protobuf serde), exactly.
+
+    ArrayRecords are sized from their arrays' lengths (protobuf's field arithmetic, no copy of the
+    payloads); the small metric and config records are serialized. Equal to
+    ``recorddict_to_proto(content).ByteSize()`` (tested).
+    """
+    return sum(recorddict_item_nbytes(key, record_nbytes(record)) for key, record in content.items())
+
+
+def record_nbytes(record: ArrayRecord | MetricRecord | ConfigRecord) -> int:
+    """Serialized size of one record of a RecordDict (see :func:`recorddict_nbytes`)."""
+    if isinstance(record, ArrayRecord):
+        return arrayrecord_nbytes(record)
+    if isinstance(record, MetricRecord):
+        return int(metric_record_to_proto(record).ByteSize())
+    if isinstance(record, ConfigRecord):
+        return int(config_record_to_proto(record).ByteSize())
+    raise ValueError(f"Unsupported record type: {type(record)}")
+
+
+def recorddict_item_nbytes(key: str, record_nbytes: int) -> int:
+    """Bytes of one ``RecordDict.Item`` (key + one record of ``record_nbytes``) as a field of the RecordDict."""
+    return _field_nbytes(_string_nbytes(key) + _field_nbytes(record_nbytes))
+
+
+def arrayrecord_nbytes(record: ArrayRecord) -> int:
+    """Serialized size of an ArrayRecord: per item, the key and the Array (dtype, packed shape, stype, data)."""
+    total = 0
+    for key, a in record.items():
+        total += _field_nbytes(_string_nbytes(key) + _field_nbytes(array_nbytes(a)))
+    return total
+
+
+def array_nbytes(array: Array) -> int:
+    """Serialized size of one Flower ``Array`` (proto3: empty fields are not written)."""
+    dtype, stype, shape, data = array.dtype, array.stype, tuple(array.shape), array.data
+    small = len(dtype) + len(stype) + len(shape) <= _CACHED_HEAD  # a reply is not trusted: large heads not kept
+    head = _array_head_nbytes(dtype, stype, shape) if small else _array_head_nbytes.__wrapped__(dtype, stype, shape)
+    return head + (_field_nbytes(len(data)) if data else 0)
+
+
+_CACHED_HEAD = 64  # characters of dtype + stype plus dimensions up to which an Array's head size is cached
+
+
+@functools.lru_cache(maxsize=1024)
+def _array_head_nbytes(dtype: str, stype: str, shape: tuple[int, ...]) -> int:
+    """An Array's bytes but its data: dtype, stype and packed shape (the same few per model, so cached)."""
+    n = _string_nbytes(dtype) + _string_nbytes(stype)
+    if shape:
+        n += _field_nbytes(sum(10 if d < 0 else _varint_nbytes(d) for d in shape))  # packed int32
+    return n
+
+
+def _string_nbytes(text: str) -> int:
+    """A string field with a one-byte tag (absent when empty)."""
+    size = len(text.encode("utf-8"))
+    return _field_nbytes(size) if size else 0
 
 
 def _field_nbytes(payload: int) -> int:
@@ -256,18 +312,22 @@ def message_nbytes(message: Message, *, mode: str = "proto", content_nbytes: int
     """Bytes of a whole Flower Message.
 
     ``mode="proto"``: the size of Flower's protobuf ``Message`` (metadata +
-    content + error) from ``flwr.common.serde.message_to_proto``. With
+    content + error) from ``flwr.common.serde.message_to_proto``, computed
+    without serializing the arrays (:func:`recorddict_nbytes`). With
     ``content_nbytes`` (the content's serialized size, measured once for
-    messages that share it) only the metadata is serialized here.
+    messages that share it) the content is not sized again.
     ``mode="objects"``: the sum of the deflated objects Flower 1.42's transport
     pushes for it (message, records, arrays and array chunks, each unique object
     once); a few hundred bytes more than ``"proto"`` per message.
     """
     if mode == "proto":
-        if content_nbytes is None or message.has_error():
+        if message.has_error():
             return int(message_to_proto(message).ByteSize())
         to_proto = flwr_serde.metadata_to_proto  # type: ignore[attr-defined]  # public in serde, not in its __all__
-        return _field_nbytes(int(to_proto(message.metadata).ByteSize())) + _field_nbytes(content_nbytes)
+        size = _field_nbytes(int(to_proto(message.metadata).ByteSize()))
+        if message.has_content():
+            size += _field_nbytes(recorddict_nbytes(message.content) if content_nbytes is None else content_nbytes)
+        return size
     if mode == "objects":
         from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 

@@ -231,9 +231,13 @@ def blur(grid: np.ndarray, kernels: np.ndarray) -> np.ndarray:
     t = KERNEL_TAPS
     out = grid
     for axis in (1, 2):
-        pad = [(0, 0), (0, 0), (0, 0)]
-        pad[axis] = (t, t)
-        padded = np.pad(out, pad)
+        shape = list(out.shape)
+        shape[axis] += 2 * t
+        padded = np.zeros(shape, dtype=out.dtype)  # zero padding (np.pad's, without its per-call set-up)
+        if axis == 1:
+            padded[:, t : t + out.shape[1], :] = out
+        else:
+            padded[:, :, t : t + out.shape[2]] = out
         acc = np.zeros_like(out)
         for j in range(2 * t + 1):
             window = padded[:, j : j + SIZE, :] if axis == 1 else padded[:, :, j : j + SIZE]

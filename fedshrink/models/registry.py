@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import math
 from collections.abc import Callable
@@ -64,6 +65,11 @@ class ModelSpec:
         return dataclasses.replace(self, width=width)
 
     def to_json(self) -> str:
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> str:
+        """The JSON text, made once per object (a spec goes into every train instruction of a run)."""
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod

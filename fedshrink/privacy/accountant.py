@@ -28,19 +28,30 @@ mechanism, Balle and Wang, ICML 2018: ``dp_accounting.get_epsilon_gaussian``).
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting
 import numpy as np
-from dp_accounting.rdp import rdp_privacy_accountant as rdp
+
+if TYPE_CHECKING:
+    import dp_accounting
 
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting warns per RDP order that does not converge
 
-REPLACE_ONE = dp_accounting.NeighboringRelation.REPLACE_ONE
+
+def _dp() -> ModuleType:
+    """``dp_accounting``, imported on first use: it pulls in scipy's stats (seconds) and most runs have no DP."""
+    return importlib.import_module("dp_accounting")
+
+
+def _rdp() -> ModuleType:
+    """``dp_accounting.rdp.rdp_privacy_accountant``, imported on first use (see :func:`_dp`)."""
+    return importlib.import_module("dp_accounting.rdp.rdp_privacy_accountant")
 
 
 @dataclass(frozen=True)
@@ -59,10 +70,11 @@ class RoundEvent:
 
     def dp_event(self) -> dp_accounting.DpEvent:
         """The event ``dp-accounting`` composes (replace-one relation)."""
+        dp = _dp()
         if self.multiplier == 0:
-            return dp_accounting.NonPrivateDpEvent()
-        gaussian = dp_accounting.GaussianDpEvent(self.multiplier / 2)
-        return dp_accounting.SampledWithoutReplacementDpEvent(self.population, self.sampled, gaussian)
+            return dp.NonPrivateDpEvent()
+        gaussian = dp.GaussianDpEvent(self.multiplier / 2)
+        return dp.SampledWithoutReplacementDpEvent(self.population, self.sampled, gaussian)
 
     def to_list(self) -> list[float]:
         return [self.population, self.sampled, self.multiplier]
@@ -78,7 +90,7 @@ ORDERS: tuple[float, ...] = (1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 3.0, 3.5, 4.0, 4.5
 @functools.lru_cache(maxsize=512)
 def round_rdp(event: RoundEvent) -> tuple[float, ...]:
     """Renyi divergences of one round at :data:`ORDERS` (inf for no noise)."""
-    accountant = rdp.RdpAccountant(orders=ORDERS, neighboring_relation=REPLACE_ONE)
+    accountant = _rdp().RdpAccountant(orders=ORDERS, neighboring_relation=_dp().NeighboringRelation.REPLACE_ONE)
     accountant.compose(event.dp_event())
     return tuple(float(v) for v in accountant.rdp)
 
@@ -92,7 +104,7 @@ def epsilon_of(counts: Mapping[RoundEvent, int], delta: float) -> float:
         total += count * np.asarray(round_rdp(event))
     if not np.all(np.isfinite(total)):
         return math.inf
-    return float(rdp.compute_epsilon(ORDERS, total, delta)[0])
+    return float(_rdp().compute_epsilon(ORDERS, total, delta)[0])
 
 
 @dataclass
@@ -154,13 +166,13 @@ def local_epsilon(inverse_variance: float, delta: float) -> float:
         return 0.0
     if math.isinf(inverse_variance):
         return math.inf
-    return float(dp_accounting.get_epsilon_gaussian(inverse_variance ** -0.5, delta))
+    return float(_dp().get_epsilon_gaussian(inverse_variance ** -0.5, delta))
 
 
 def poisson_epsilon(sampling_probability: float, multiplier: float, steps: int, delta: float) -> float:
     """Epsilon of ``steps`` Poisson-sampled Gaussian steps (add-or-remove neighbours): DP-SGD's accounting, as in
     the published figures the accountant is checked against (fedshrink itself samples without replacement)."""
-    accountant = rdp.RdpAccountant(orders=ORDERS)
-    accountant.compose(dp_accounting.PoissonSampledDpEvent(sampling_probability,
-                                                           dp_accounting.GaussianDpEvent(multiplier)), steps)
+    dp = _dp()
+    accountant = _rdp().RdpAccountant(orders=ORDERS)
+    accountant.compose(dp.PoissonSampledDpEvent(sampling_probability, dp.GaussianDpEvent(multiplier)), steps)
     return float(accountant.get_epsilon(delta))

@@ -36,6 +36,7 @@ from fedshrink.robust.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from fedshrink.runner.state import STATE_DIR, STORE_FILE, open_store, store_dir
 from fedshrink.strategy.rounds import RoundOutcome, ShrinkStrategy, numpy_to_record, record_to_numpy
 
 if TYPE_CHECKING:
@@ -71,7 +72,13 @@ class RunRecorder:
         require_trackers(cfg.tracking)  # before anything is written
         if cfg.robust.resume:
             return cls(cfg, RunDirectory(Path(cfg.robust.resume).expanduser()), grid)
-        return cls(cfg, RunDirectory.create(cfg, base=base_dir), grid)
+        recorder = cls(cfg, RunDirectory.create(cfg, base=base_dir), grid)
+        if cfg.resources.client_state == "disk" and not cfg.output.run_name and not cfg.resources.client_state_dir:
+            # a bare `flwr run` without a run-name: clients keep their state under the Flower run id; link it
+            # from the run directory, where a resume looks for it
+            target = store_dir(cfg.to_mapping(), {}, grid.run.run_id)
+            (recorder.path / STATE_DIR).symlink_to(target, target_is_directory=True)
+        return recorder
 
     @property
     def path(self) -> Path:
@@ -136,6 +143,7 @@ class RunRecorder:
             if ckpt.client_states is None:
                 raise CheckpointError(f"{self.path}: the checkpoint holds no simulated clients' states")
             self.grid.import_client_states(ckpt.client_states)
+        self._rewind_client_store(ckpt.round)
         metrics = self.path / self.rundir.METRICS
         history = [r for r in self.rundir.read_rounds() if r["round"] <= ckpt.round] if metrics.exists() else []
         if [r["round"] for r in history] != list(range(1, ckpt.round + 1)):
@@ -143,6 +151,15 @@ class RunRecorder:
         self.rundir.rewrite_rounds(history)  # drop rounds recorded after the checkpoint
         self.history = history
         return numpy_to_record(ckpt.arrays)
+
+    def _rewind_client_store(self, rnd: int) -> None:
+        """Drop client states written after round ``rnd`` from the run's on-disk store, where this process can
+        reach it (simulation); clients elsewhere read only versions from before the round they play anyway."""
+        if self.cfg.resources.client_state != "disk":
+            return
+        path = store_dir(self.cfg.to_mapping(), {}, self.grid.run.run_id) / STORE_FILE
+        if path.is_file():
+            open_store(path, self.cfg.resources.client_state_compress).discard_after(rnd)
 
     # -- the end ------------------------------------------------------------------------------------
     @contextmanager

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import threading
 import time
@@ -58,8 +59,7 @@ from typing import Any
 
 import psutil
 import torch
-from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.common.serde import message_to_proto, recorddict_to_proto
+from flwr.app import ArrayRecord, Message, MetricRecord
 
 from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.resources.energy import (
@@ -231,6 +231,12 @@ class MeterReading:
         return max(0, self.peak_rss_bytes - self.rss_start_bytes)
 
 
+@lru_cache(maxsize=4)
+def _process(pid: int) -> psutil.Process:
+    """This process's psutil handle, made once per pid (a fork gets its own): making one costs tens of us."""
+    return psutil.Process(pid)
+
+
 @lru_cache(maxsize=8)
 def default_probe(watts_per_core: float = DEFAULT_WATTS_PER_CORE) -> EnergyProbe:
     """One EnergyProbe per per-core figure, discovered once per process."""
@@ -258,7 +264,7 @@ class ResourceMeter:
         self.reset_high_water = reset_high_water
         self.sample = sample
         self.reading: MeterReading | None = None
-        self._proc = psutil.Process()
+        self._proc = _process(os.getpid())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._max_rss = 0
@@ -289,7 +295,7 @@ class ResourceMeter:
             outermost = _active == 0
             _active += 1
         self._did_reset = self.reset_high_water and outermost and reset_hwm()
-        self._hwm_start = read_hwm_bytes()
+        self._hwm_start = None if self._did_reset else read_hwm_bytes()  # compared only when not reset
         self.reading = None
         self._max_rss, self._nsamples = 0, 0
         self._rss_start = int(self._proc.memory_info().rss)
@@ -394,18 +400,23 @@ def message_size(message: Message) -> int:
 def reply_with_record(reply: Message, record: ResourceRecord, *, metrics_key: str = "metrics") -> ResourceRecord:
     """Put ``record`` into ``reply.content[metrics_key]`` with ``bytes_sent`` = the reply's own size.
 
-    The record's keys are merged into the MetricRecord already under
+    The record's keys are added to the MetricRecord already under
     ``metrics_key`` (created when absent); the reply is changed in place and
     the settled record returned. One serialization: ``bytes_sent`` travels as
     a double (:data:`FIXED_WIDTH_KEYS`), always 8 bytes on the wire, so the
-    reply's size does not depend on the number written into it.
+    reply's size does not depend on the number written into it; it is sized
+    with 0 there, then the size is written in its place.
     """
-    base: dict[str, Any] = {}
-    if metrics_key in reply.content:
-        base = dict(reply.content.metric_records[metrics_key])
-    reply.content[metrics_key] = MetricRecord({**base, **record.replace(bytes_sent=0).to_metrics()})
+    if metrics_key not in reply.content:
+        reply.content[metrics_key] = MetricRecord()
+    metrics = reply.content[metrics_key]
+    if not isinstance(metrics, MetricRecord):
+        raise TypeError(f"reply record {metrics_key!r} is a {type(metrics).__name__}, not a MetricRecord")
+    for key, value in record.to_metrics().items():
+        metrics[key] = value
+    metrics[METRIC_KEYS["bytes_sent"]] = 0.0
     settled = record.replace(bytes_sent=message_size(reply))
-    reply.content[metrics_key] = MetricRecord({**base, **settled.to_metrics()})
+    metrics[METRIC_KEYS["bytes_sent"]] = float(settled.bytes_sent)
     return settled
 
 
@@ -413,14 +424,28 @@ def fp32_equivalent_nbytes(message: Message, arrays_key: str, state: Mapping[str
     """Encoded size of ``message`` if ``content[arrays_key]`` held ``state`` as plain fp32 arrays.
 
     The counterfactual "uncompressed" uplink: same metadata and other records,
-    Flower's own serialization (``message_to_proto``), floating tensors as fp32.
+    Flower's own serialization (``message_to_proto`` sizes), floating tensors as
+    fp32 ``numpy.ndarray`` Arrays (``ArrayRecord(state)``). Sized by protobuf's
+    field arithmetic (:func:`fedshrink.compression.flower.recorddict_nbytes`);
+    each distinct (dtype, shape) is serialized once per process.
     """
-    proto = message_to_proto(message)
-    content = RecordDict(dict(message.content.items()))
-    fp32 = {k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu() for k, v in state.items()}
-    content[arrays_key] = ArrayRecord(fp32)
-    proto.content.CopyFrom(recorddict_to_proto(content))
-    return int(proto.ByteSize())
+    from fedshrink.compression.flower import message_nbytes, record_nbytes, recorddict_item_nbytes
+
+    fp32 = _fp32_record_nbytes(tuple((k, torch.float32 if v.is_floating_point() else v.dtype, tuple(v.shape))
+                                     for k, v in state.items()))
+    size = recorddict_item_nbytes(arrays_key, fp32)
+    for key, other in message.content.items():  # the other records as they are (the arrays are not sized)
+        if key != arrays_key:
+            size += recorddict_item_nbytes(key, record_nbytes(other))
+    return message_nbytes(message, content_nbytes=size)
+
+
+@lru_cache(maxsize=64)
+def _fp32_record_nbytes(items: tuple[tuple[str, torch.dtype, tuple[int, ...]], ...]) -> int:
+    """Serialized size of the ``ArrayRecord`` of tensors of these (name, dtype, shape), made once."""
+    from fedshrink.compression.flower import arrayrecord_nbytes
+
+    return arrayrecord_nbytes(ArrayRecord({k: torch.zeros(shape, dtype=dtype) for k, dtype, shape in items}))
 
 
 __all__ = [

@@ -32,6 +32,7 @@ from fedshrink.errors import ConfigError
 from fedshrink.report.rundir import RunDirectory, unique_run_name
 from fedshrink.robust.checkpoint import resumed_config
 from fedshrink.robust.faults import ClientDropout
+from fedshrink.runner.state import close_stores, store_dir
 
 CLIENT_EXCEPTION = 10  # mirrors the code Flower's runtime uses for a ClientApp exception
 
@@ -50,13 +51,10 @@ class InProcessGrid(Grid):
     ) -> None:
         self._app = client_app
         self._run = Run.create_empty(run_id)
-        self._contexts: dict[int, Context] = {}
-        for i, node_config in enumerate(node_configs):
-            nid = first_node_id + i
-            self._contexts[nid] = Context(
-                run_id=run_id, node_id=nid, node_config=dict(node_config),
-                state=RecordDict(), run_config=dict(run_config),
-            )
+        self._run_id = run_id
+        self._node_configs = {first_node_id + i: dict(c) for i, c in enumerate(node_configs)}
+        self._run_config = dict(run_config)  # one mapping, shared by every node's Context
+        self._contexts: dict[int, Context] = {}  # made when a node is first called: a population costs no memory
         self._inbox: dict[str, Message] = {}
         self.calls = 0
         self.dropouts = 0  # deliveries a ClientApp refused as a simulated dropout (no reply sent)
@@ -75,16 +73,18 @@ class InProcessGrid(Grid):
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
-        return list(self._contexts)
+        return list(self._node_configs)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         ids = []
         for msg in messages:
             nid = msg.metadata.dst_node_id
-            if nid not in self._contexts:
+            if nid not in self._node_configs:
                 raise ValueError(f"message for unknown node {nid}")
             mid = uuid.uuid4().hex
-            reply = self._deliver(msg, self._contexts[nid])
+            reply = self._deliver(msg, self.context(nid))
+            if not len(self._contexts[nid].state):  # nothing to keep: memory stays flat over a population
+                del self._contexts[nid]
             if reply is not None:
                 self._inbox[mid] = reply
             ids.append(mid)
@@ -96,17 +96,31 @@ class InProcessGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.pull_messages(self.push_messages(messages))
 
+    def context(self, node_id: int) -> Context:
+        """Node ``node_id``'s persistent Context (made on first use)."""
+        ctx = self._contexts.get(node_id)
+        if ctx is None:
+            ctx = self._contexts[node_id] = Context(run_id=self._run_id, node_id=node_id,
+                                                    node_config=self._node_configs[node_id], state=RecordDict(),
+                                                    run_config=self._run_config)
+        return ctx
+
     # -- checkpoints (fedshrink.robust.checkpoint.ClientStateGrid) --------------------------
     def export_client_states(self) -> dict[int, RecordDict]:
-        """Every simulated node's ``context.state`` (a live reference; the checkpoint serialises it)."""
-        return {nid: ctx.state for nid, ctx in self._contexts.items()}
+        """Every simulated node's non-empty ``context.state`` (live references; the checkpoint serialises them).
+
+        With ``client-state = "disk"`` these are empty: the state lives in the run's store, which is
+        versioned by round and needs no copy in the checkpoint (:mod:`fedshrink.runner.state`).
+        """
+        return {nid: ctx.state for nid, ctx in self._contexts.items() if len(ctx.state)}
 
     def import_client_states(self, states: dict[int, RecordDict]) -> None:
-        if set(states) != set(self._contexts):
-            raise ConfigError("resume", sorted(states)[:5],
-                              f"a checkpoint of the same {len(self._contexts)} simulated nodes")
+        unknown = sorted(set(states) - set(self._node_configs))
+        if unknown:
+            raise ConfigError("resume", unknown[:5], f"a checkpoint of the same {len(self._node_configs)} simulated "
+                              "nodes")
         for nid, state in states.items():
-            self._contexts[nid].state = state
+            self.context(nid).state = state
 
     def _deliver(self, msg: Message, context: Context) -> Message | None:
         self.calls += 1
@@ -175,9 +189,12 @@ def run_inprocess(
     grid = InProcessGrid(client_app or default_client_app, configs, run_config, run_id=run_id)
     context = Context(run_id=run_id, node_id=SUPERLINK_NODE_ID, node_config={},
                       state=RecordDict(), run_config=run_config)
-    with server_identity(run_id):
-        (server_app or default_server_app)(grid, context)
     path = Path(cfg.robust.resume).expanduser() if cfg.robust.resume else RunDirectory.resolve(cfg)
+    try:
+        with server_identity(run_id):
+            (server_app or default_server_app)(grid, context)
+    finally:
+        close_stores(store_dir(run_config, {}, run_id))  # this process's connections to the run's client state
     return RunResult(run_dir=path, summary=RunDirectory(path).read_summary(), grid=grid)
 
 

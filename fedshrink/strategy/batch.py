@@ -57,11 +57,11 @@ class Layout:
             start += size
         return out
 
-    def flatten(self, state: State, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
-        """``state`` as one vector ``(D,)`` in this layout's order."""
+    def flatten(self, state: State, dtype: npt.DTypeLike = np.float64, out: np.ndarray | None = None) -> np.ndarray:
+        """``state`` as one vector ``(D,)`` in this layout's order (written into ``out`` when given)."""
         if not self.keys:
-            return np.zeros(0, dtype=dtype)
-        return np.concatenate([np.asarray(state[k], dtype=dtype).reshape(-1) for k in self.keys])
+            return np.zeros(0, dtype=dtype) if out is None else out
+        return np.concatenate([np.asarray(state[k], dtype=dtype).reshape(-1) for k in self.keys], out=out)
 
     def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Inverse of :meth:`flatten`, cast to each tensor's dtype (integer tensors rounded)."""
@@ -146,8 +146,14 @@ class UpdateBatch:
         return int(self.values.shape[1])
 
     def take(self, rows: npt.ArrayLike) -> UpdateBatch:
-        """The batch restricted to the given client rows (in the given order)."""
+        """The batch restricted to the given client rows (in the given order).
+
+        Taking every row in order returns this batch itself: no copy of the ``(n, D)`` arrays (batches are not
+        changed in place; every stage makes new ones).
+        """
         idx = np.asarray(rows, dtype=np.int64)
+        if len(idx) == len(self) and np.array_equal(idx, np.arange(len(self))):
+            return self
         return UpdateBatch(self.values[idx], self.held[idx], self.sent[idx], self.weights[idx],
                            tuple(self.clients[int(i)] for i in idx))
 
@@ -174,27 +180,40 @@ class BatchRows:
     """Fills an :class:`UpdateBatch` one contribution at a time (at most ``capacity`` of them).
 
     Nothing but the batch is kept: a caller can decode a reply, add it, and let
-    the decoded arrays go before the next.
+    the decoded arrays go before the next. While every contribution holds and
+    sent every coordinate (the whole model, a dense uplink) no ``held``/``sent``
+    arrays are made: the batch gets one read-only all-True view for both.
     """
 
     def __init__(self, dim: int, capacity: int) -> None:
         self.dim = dim
         self.values = np.zeros((capacity, dim), dtype=np.float32)
-        self.held = np.ones((capacity, dim), dtype=bool)
-        self.sent = np.ones((capacity, dim), dtype=bool)
+        self.held: BoolArray | None = None  # made (all True) when a contribution first needs one
+        self.sent: BoolArray | None = None
         self.weights = np.zeros(capacity, dtype=np.float64)
         self.clients: list[int] = []
+
+    def next_row(self) -> npt.NDArray[np.float32]:
+        """The row the next :meth:`add` fills: a contribution's values built in it are not copied again."""
+        i = len(self.clients)
+        if i >= len(self.weights):
+            raise ValueError(f"more than {len(self.weights)} contributions")
+        row: npt.NDArray[np.float32] = self.values[i]
+        return row
 
     def add(self, c: Contribution) -> None:
         i = len(self.clients)
         if c.values.shape != (self.dim,):
             raise ValueError(f"contribution of shape {c.values.shape} for {self.dim} coordinates")
-        if i >= len(self.weights):
-            raise ValueError(f"more than {len(self.weights)} contributions")
-        self.values[i] = c.values
-        if c.held is not None:
-            self.held[i] = c.held
+        row = self.next_row()
+        if c.values.dtype != row.dtype or c.values.ctypes.data != row.ctypes.data:  # else built in the row
+            row[...] = c.values
         if c.sent is not None or c.held is not None:
+            if self.held is None or self.sent is None:
+                self.held = np.ones(self.values.shape, dtype=bool)
+                self.sent = np.ones(self.values.shape, dtype=bool)
+            if c.held is not None:
+                self.held[i] = c.held
             self.sent[i] = c.sent_mask()
             self.values[i][~self.sent[i]] = 0.0
         self.weights[i] = c.weight
@@ -202,4 +221,7 @@ class BatchRows:
 
     def batch(self) -> UpdateBatch:
         n = len(self.clients)
+        if self.held is None or self.sent is None:
+            everywhere = np.broadcast_to(np.True_, (n, self.dim))  # no memory; stages never write to a batch
+            return UpdateBatch(self.values[:n], everywhere, everywhere, self.weights[:n], tuple(self.clients))
         return UpdateBatch(self.values[:n], self.held[:n], self.sent[:n], self.weights[:n], tuple(self.clients))

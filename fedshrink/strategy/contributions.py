@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from fedshrink.fragments import FragmentSpec, LayerGraph, scatter
 from fedshrink.strategy.batch import BoolArray, Contribution, FloatArray, Layout
@@ -42,10 +43,13 @@ def _to_global(values: Mapping[str, np.ndarray], layout: Layout, graph: LayerGra
 def contribution(*, node_id: int, partition_id: int, weight: float, update: Mapping[str, np.ndarray],
                  support: Mapping[str, np.ndarray], prune_masks: Mapping[str, np.ndarray] | None,
                  fragment: FragmentSpec | None, layout: Layout, graph: LayerGraph, global_flat: FloatArray,
-                 pruned_as_zero: bool) -> Contribution:
-    """One reply in global coordinates (see the module doc); ``support`` and ``prune_masks`` are fragment-shaped."""
+                 pruned_as_zero: bool, out: npt.NDArray[np.float32] | None = None) -> Contribution:
+    """One reply in global coordinates (see the module doc); ``support`` and ``prune_masks`` are fragment-shaped.
+
+    ``out``: a float32 ``(D,)`` vector to write the values into (a batch's next row, :meth:`BatchRows.next_row`).
+    """
     values, inside = _to_global(update, layout, graph, fragment)
-    flat = layout.flatten(values, dtype=np.float32)
+    flat = layout.flatten(values, dtype=np.float32, out=out)
     held = None if inside is None else _flat_masks(layout, inside, fill=False)
     sent = None
     if support:

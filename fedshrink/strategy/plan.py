@@ -77,6 +77,8 @@ class _Encoded:
     record: ArrayRecord
     masks: dict[str, np.ndarray] | None
     digest: int | None
+    shapes: dict[str, tuple[int, ...]]  # of the tensors encoded (what a reply must match)
+    dtypes: dict[str, str]
 
 
 class Planner:
@@ -122,11 +124,11 @@ class Planner:
         derived = encoded.digest is not None
         instruction = TrainInstruction(server_round, self.model_spec, training, uplink, encoded.record, fragment,
                                        profile, self.input_scaling, nested, derived)
-        shapes = {k: tuple(np.shape(v)) for k, v in sub.items()}
+        shapes = encoded.shapes
         fp32 = sum(4 * max(1, math.prod(s)) for s in shapes.values())
         cap = self.reply_limits.cap(fp32 + (fp32 // 32 if profile is not None else 0))  # + room for mask bitmaps
         expected = Expected(
-            server_round, node.partition_id, shapes, {k: str(np.asarray(v).dtype) for k, v in sub.items()}, uplink,
+            server_round, node.partition_id, shapes, encoded.dtypes, uplink,
             fragment_digest(fragment), cap, self.reply_limits.decode_limits(shapes, cap), encoded.digest,
             masks_allowed=profile is not None and profile.pruning_method is not None and not derived)
         return Assignment(instruction, expected, fragment, encoded.masks)
@@ -152,5 +154,6 @@ class Planner:
                 width = fragment.width if fragment is not None and fragment.width is not None else profile.width
                 derived = derive_masks(self.model_spec, width, received, profile, scaled=self.input_scaling)
                 masks, digest = {k: m.numpy().astype(bool) for k, m in derived.items()}, mask_digest(derived)
-            self._cache[key] = _Encoded(record, masks, digest)
+            self._cache[key] = _Encoded(record, masks, digest, {k: tuple(np.shape(v)) for k, v in sub.items()},
+                                        {k: str(np.asarray(v).dtype) for k, v in sub.items()})
         return self._cache[key]

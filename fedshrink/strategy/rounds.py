@@ -46,7 +46,7 @@ from fedshrink.compression import message_nbytes, recorddict_nbytes
 from fedshrink.devices import Budget, DeviceModel, sample_size
 from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.errors import ConfigError, ReplyError
-from fedshrink.fragments import extract
+from fedshrink.fragments import FragmentSpec, extract
 from fedshrink.protocol import CONFIG, TRAIN, AcceptedReply, Hello, read_train_reply
 from fedshrink.strategy.batch import BatchRows, FloatArray, Layout, UpdateBatch
 from fedshrink.strategy.contributions import accepted_weights, contribution
@@ -171,6 +171,7 @@ class ShrinkStrategy(Strategy):
         self._wanted = 0
         self._bytes_down = 0
         self._last_batch: UpdateBatch | None = None
+        self._sent_norms: dict[FragmentSpec | None, float] = {}  # this round's L2 norm of what each fragment sent
 
     # -- nodes -----------------------------------------------------------------------------
     def connected_nodes(self, grid: Grid) -> list[int]:
@@ -260,6 +261,7 @@ class ShrinkStrategy(Strategy):
         self.outcomes.append(outcome)
         layout = Layout.of(self._global)
         global_flat = layout.flatten(self._global)
+        self._sent_norms = {}
         batch = self._read_replies(outcome, list(replies), layout, global_flat)
         outcome.unreached = [Dropped(n, self.nodes[n].partition_id, why) for n, why in self._skipped.items()]
         if self.fleet is not None:
@@ -308,7 +310,7 @@ class ShrinkStrategy(Strategy):
                                       update=reply.update, support=reply.support,
                                       prune_masks=reply.masks or assignment.masks, fragment=assignment.fragment,
                                       layout=layout, graph=self.planner.graph, global_flat=global_flat,
-                                      pruned_as_zero=self.pruned_as_zero))
+                                      pruned_as_zero=self.pruned_as_zero, out=rows.next_row()))
                 outcome.accepted.append(dataclasses.replace(reply, update={}, support={}, masks={}))
             except ReplyError as exc:
                 hello = self.nodes.get(node)
@@ -332,15 +334,18 @@ class ShrinkStrategy(Strategy):
         outcome.device_clients = verdict.client_metrics
         rows = [i for i, r in enumerate(outcome.accepted) if r.node_id in verdict.dropped]
         self._drop_rows(outcome, rows, [verdict.dropped[outcome.accepted[i].node_id] for i in rows])
-        return batch.take([i for i in range(len(batch)) if i not in set(rows)])
+        dropped = set(rows)
+        return batch.take([i for i in range(len(batch)) if i not in dropped])
 
     def _check_size(self, reply: AcceptedReply, assignment: Assignment) -> None:
         """Refuse an update whose L2 norm is over ``update_limit`` times that of the fragment it updates."""
         if self.update_limit <= 0:
             return
-        sent = extract(self._global, self.planner.graph, assignment.fragment).values() \
-            if assignment.fragment is not None else self._global.values()
-        base = math.sqrt(sum(_squares(v) for v in sent))
+        base = self._sent_norms.get(assignment.fragment)
+        if base is None:  # once per round and fragment: every whole-model reply updates the same model
+            sent = extract(self._global, self.planner.graph, assignment.fragment).values() \
+                if assignment.fragment is not None else self._global.values()
+            base = self._sent_norms[assignment.fragment] = math.sqrt(sum(_squares(v) for v in sent))
         size = math.sqrt(sum(_squares(v) for v in reply.update.values()))
         bound = self.update_limit * max(base, 1.0)
         if size > bound:
@@ -372,7 +377,8 @@ class ShrinkStrategy(Strategy):
         for row, reason in zip(rows, reasons, strict=True):
             r = outcome.accepted[row]
             outcome.dropped.append(Dropped(r.node_id, r.partition_id, reason))
-        keep = [i for i in range(len(outcome.accepted)) if i not in set(rows)]
+        dropped = set(rows)
+        keep = [i for i in range(len(outcome.accepted)) if i not in dropped]
         outcome.accepted = [outcome.accepted[i] for i in keep]
         if outcome.weights:
             outcome.weights = [outcome.weights[i] for i in keep]

@@ -22,6 +22,7 @@ from fedshrink.robust import ATTACKS, attack_from_json, drops_out, malicious_par
 from fedshrink.robust.attacks import AlieConfig, AttackContext, GaussianConfig, LabelFlipConfig, SignFlipConfig, alie_z
 from fedshrink.robust.faults import ClientDropout
 from fedshrink.runner import run_inprocess
+from fedshrink.runner.state import state_slot
 
 
 def _ctx(retrain: Any = None) -> AttackContext:
@@ -86,16 +87,17 @@ def test_dropout_draws_are_seeded_and_near_the_rate() -> None:
 class RecordingClient:
     """Wraps the ClientApp: the residual each node holds before every delivery, and whether it dropped."""
 
-    def __init__(self) -> None:
+    def __init__(self, client_state: str) -> None:
+        self.client_state = client_state
         self.log: list[tuple[int, int, bool, dict[str, torch.Tensor]]] = []
 
     def __call__(self, msg: Message, context: Context) -> Message:
-        store = ResidualStore.load(context.state)
-        before = {k: store.get(k).clone() for k in store}  # type: ignore[union-attr]
         pid = int(context.node_config["partition-id"])  # type: ignore[call-overload]
         if msg.metadata.message_type != "train":
             return client_app(msg, context)
         rnd = int(msg.content.config_records["config"]["server-round"])
+        store = ResidualStore.load(state_slot(self.client_state, "none", context, str(pid)).load(rnd))
+        before = {k: store.get(k).clone() for k in store}  # type: ignore[union-attr]
         try:
             reply = client_app(msg, context)
         except ClientDropout:
@@ -106,10 +108,12 @@ class RecordingClient:
 
 
 @pytest.mark.slow
-def test_dropouts_are_recorded_and_residuals_survive_missed_rounds(quick: dict[str, Any]) -> None:
-    rec = RecordingClient()
+@pytest.mark.parametrize("client_state", ["disk", "memory"])
+def test_dropouts_are_recorded_and_residuals_survive_missed_rounds(quick: dict[str, Any], client_state: str) -> None:
+    rec = RecordingClient(client_state)
     result = run_inprocess({**quick, "num-server-rounds": 4, "dropout-rate": 0.4, "uplink-chain": "topk:0.1|int8",
-                            "min-train-clients": 1}, num_clients=5, client_app=rec)  # type: ignore[arg-type]
+                            "min-train-clients": 1, "client-state": client_state}, num_clients=5,
+                           client_app=rec)  # type: ignore[arg-type]
     rounds = RunDirectory(result.run_dir).read_rounds()
     assert result.grid.dropouts == sum(d for _, _, d, _ in rec.log) > 0
     for r in rounds:  # every dropout is recorded with the client (node 1001 + partition) and the reason

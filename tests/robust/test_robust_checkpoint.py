@@ -30,6 +30,7 @@ from fedshrink.robust.checkpoint import (
     save_checkpoint,
 )
 from fedshrink.runner import run_inprocess
+from fedshrink.runner.state import STATE_DIR, STORE_FILE, ClientStateStore
 
 MIX = "iot:0.4,phone:0.4,laptop:0.2"
 
@@ -118,6 +119,13 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
     assert [r["accuracy"] for r in ra] == [r["accuracy"] for r in rb]
     assert [r["dropped"] for r in ra] == [r["dropped"] for r in rb]
     assert sum(r["clients-dropped"] for r in rb) > 0  # the dropouts were exercised
+    # the residuals lived in the run's on-disk store (client-state = disk), not in the checkpoint
+    store = ClientStateStore(run_dir / STATE_DIR / STORE_FILE)
+    try:
+        assert store.stats().clients > 0
+    finally:
+        store.close()
+    assert not load_checkpoint(run_dir).client_states
 
 
 def test_checkpoint_off_writes_none(tmp_path: Path, quick: dict[str, Any]) -> None:

@@ -60,7 +60,7 @@ def test_a_damaged_or_foreign_blob_is_a_clear_error(tmp_path: Path) -> None:
     store.close()
     with sqlite3.connect(path) as db:
         db.execute("UPDATE state SET blob = ?", (b"FSCS1\x00garbage",))
-    with pytest.raises(StateStoreError, match="client 1 from round 1.*damaged"):
+    with pytest.raises(StateStoreError, match=r"client 1 from round 1.*damaged"):
         ClientStateStore(path).load("1", 2)
     with pytest.raises(StateStoreError, match="not a fedshrink client state"):
         unpack_state(b"pickle")

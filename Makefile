@@ -67,7 +67,7 @@ results: $(STAMP)
 # handed out in the order tests/conftest.py puts them (end-to-end first); one BLAS/OpenMP thread per process,
 # since two workers and their subprocesses already fill two cores
 test: $(DEV)
-	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # the fast tier: no Flower engines, no processes of their own (markers e2e and slow)
 test-fast: $(DEV)

@@ -14,9 +14,10 @@ name               kind         what it does (per coordinate, over the values cl
 ``f`` (assumed Byzantine clients) is ``floor(byzantine_fraction * n)`` of the
 round's ``n`` good replies. The three combiners first drop a reply whose
 update RMS is more than ``rule-screen-z`` robust z-scores above the round's
-(the norm guard's test, :class:`~.guard.NormGuard`: a scaled update is
-evidence enough, and capping it would still let its direction in), then cap
-every remaining update's RMS at the round's median, and use the rule's value only where a coordinate's senders
+(the norm guard's test, :class:`~.guard.NormGuard`, as a stage before the
+combiner: a scaled update is evidence enough, and capping it would still let
+its direction in), then cap every remaining update's RMS at the round's
+median, and use the rule's value only where a coordinate's senders
 outnumber twice the attackers there may be among its holders
 (:func:`~.rules.quorum`, with ``trim`` as the fraction for the trimmed mean);
 elsewhere the coordinate gets the holder mean of the capped updates (see

@@ -94,26 +94,22 @@ def child_inprocess(spec: dict[str, Any]) -> dict[str, Any]:
         row = spent.setdefault(current[0], {"train": 0.0, "data": 0.0})
         row[kind] += seconds
 
-    train_local, local_round, client_data = local_mod.train_local, client_mod.local_round, client_mod.client_data
+    def timed(kind: str, fn: Any) -> Any:
+        def wrapper(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                account(kind, time.perf_counter() - t)
+        return wrapper
 
-    def timed_train(*a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return train_local(*a, **k)
-        finally:
-            account("train", time.perf_counter() - t)
+    local_round = client_mod.local_round
 
     def timed_round(instruction: Any, *a: Any, **k: Any) -> Any:
         current[0] = instruction.server_round
         return local_round(instruction, *a, **k)
 
-    def timed_data(*a: Any, **k: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return client_data(*a, **k)
-        finally:
-            account("data", time.perf_counter() - t)
-
+    timed_train, timed_data = timed("train", local_mod.train_local), timed("data", client_mod.client_data)
     local_mod.train_local, client_mod.local_round, client_mod.client_data = timed_train, timed_round, timed_data
     settings = {**spec["settings"], "output-dir": spec["out"]}
     t0 = time.perf_counter()

@@ -25,5 +25,5 @@ class ResourceSettings(Section):
         "", "directory of the on-disk client state ('' = the run directory's client-state/); a SuperNode's "
         "node-config client-state-dir wins")
     client_state_compress: str = option(
-        "none", "lossless compression of each stored client state ('zstd': 10-30 % smaller float32 "
-        "residuals, ~1 ms per client)", rule=one_of(("none", "zstd")))
+        "none", "lossless compression of each stored client state ('zstd': about 9 % smaller on a top-k "
+        "residual, about 2.6 ms more per client)", rule=one_of(("none", "zstd")))

@@ -40,8 +40,9 @@ checkpoint (:meth:`ClientStateStore.discard_after`).
 zstd (``client-state-compress = "zstd"``). Both are exact: the residual's
 float32 bits come back unchanged. Nothing lossy is applied: a top-k residual
 is dense in general (only the sent coordinates are zero), a quantizer's too,
-and a lower precision would change the next round's update; zstd saves
-10-30 % on float32 residuals.
+and a lower precision would change the next round's update. zstd gains
+little on float32 residuals: on the default CNN's top-k residual (110,922
+values) 9 % smaller for about 2.6 ms more per client to pack and unpack.
 """
 
 from __future__ import annotations

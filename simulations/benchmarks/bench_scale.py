@@ -61,6 +61,8 @@ from typing import Any
 
 import psutil
 
+from fedshrink.runner.flower import process_tree
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "simulations" / "results"
 PLAIN_APP = Path(__file__).resolve().parent / "plainflower"
@@ -134,7 +136,8 @@ class TreeMemory:
     """The largest sum of PSS over a process and its descendants, sampled every ``interval`` s."""
 
     def __init__(self, pid: int, interval: float = 1.0) -> None:
-        self.root, self.interval, self.peak_mb, self.samples = psutil.Process(pid), interval, 0.0, 0
+        self.pid, self.created = pid, psutil.Process(pid).create_time()
+        self.interval, self.peak_mb, self.samples = interval, 0.0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -150,7 +153,7 @@ class TreeMemory:
         while not self._stop.wait(self.interval):
             total = 0
             try:
-                procs = [self.root, *self.root.children(recursive=True)]
+                procs = process_tree(self.pid, self.created)  # fedshrink's own walk (PID reuse checked)
             except psutil.Error:
                 continue
             for p in procs:

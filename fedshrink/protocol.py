@@ -40,7 +40,7 @@ from fedshrink.compression import DecodeLimits
 from fedshrink.compression.chain import ChainConfig
 from fedshrink.compression.flower import UPDATE_KEY, check_chain, parse_record
 from fedshrink.compression.pruning import decode_masks
-from fedshrink.compression.wire import ParsedTensor, decode_parsed_with_support
+from fedshrink.compression.wire import ParsedTensor, decode_parsed_array
 from fedshrink.devices.budget import Budget
 from fedshrink.devices.model import DeviceModel
 from fedshrink.devices.profiles import DeviceProfile
@@ -366,7 +366,7 @@ def _check_headers(record: ArrayRecord, expected: Expected) -> list[ParsedTensor
         raise ReplyError(f"update encoded with chain {header.chain[:80]!r}, the instruction said {expected.chain!r}")
     if header.fragment != expected.fragment:
         raise ReplyError("update header names another fragment than the one sent")
-    chain = ChainConfig.parse(expected.chain)  # once per reply, not per tensor
+    chain = expected.chain
     got = {p.name: p for p in parsed}
     if set(got) != set(expected.shapes):
         missing, extra = sorted(set(expected.shapes) - set(got)), sorted(set(got) - set(expected.shapes))
@@ -384,8 +384,7 @@ def _decode(record: ArrayRecord, expected: Expected) -> tuple[dict[str, np.ndarr
     support: dict[str, np.ndarray] = {}
     try:
         for p in _check_headers(record, expected):
-            tensor, sent = decode_parsed_with_support(p)  # the decoder refuses non-finite floats
-            update[p.name] = tensor.numpy()
+            update[p.name], sent = decode_parsed_array(p)  # the decoder refuses non-finite floats
             if sent is not None:
                 support[p.name] = sent
     except DecodeError as exc:

@@ -60,6 +60,7 @@ from fedshrink.compression.wire import (
     DecodeLimits,
     EncodedTensor,
     decode_tensor,
+    plain_header,
     serialize_tensor,
 )
 from fedshrink.errors import ConfigError, EncodeError
@@ -275,6 +276,11 @@ class Chain:
         if dtype in FLOAT_DTYPES and not _all_finite(t):
             raise EncodeError(name, "non-finite values")
         shape = tuple(int(d) for d in t.shape)
+        if self.entropy is None and not self._transforms(dtype):  # sent as it is: a header made once
+            parts: list[bytes | memoryview] = [_raw_bytes(t, dtype)]
+            header: pb.CompressedTensor | bytes = plain_header(name, shape, dtype)
+            raw_nbytes = len(parts[0])
+            return EncodedTensor(name, shape, dtype, (), serialize_tensor(header, parts, raw_nbytes), raw_nbytes)
         ct = pb.CompressedTensor(name=name, shape=shape, dtype=dtype)
         rng = np.random.default_rng() if rng is None else rng
         parts = self._payload(ct, name, t, dtype, rng)  # [index section,] value section
@@ -293,6 +299,13 @@ class Chain:
             raw_nbytes=t.numel() * itemsize,
         )
 
+    def _transforms(self, dtype: str) -> bool:
+        """Whether the sparsifier or the value codec applies to a tensor of ``dtype`` (see :meth:`_payload`)."""
+        is_float = dtype in FLOAT_DTYPES
+        value = self.value
+        return (value is not None and (is_float or (dtype == "bool" and value.accepts_bool))) or \
+            (self.sparsifier is not None and is_float)
+
     def _payload(
         self, ct: pb.CompressedTensor, name: str, t: torch.Tensor, dtype: str, rng: np.random.Generator
     ) -> list[bytes | memoryview]:
@@ -300,7 +313,7 @@ class Chain:
         is_float = dtype in FLOAT_DTYPES
         value = self.value
         use_value = value is not None and (is_float or (dtype == "bool" and value.accepts_bool))
-        if not use_value and not (self.sparsifier is not None and is_float):
+        if not self._transforms(dtype):
             return [_raw_bytes(t, dtype)]
         x = t.to(torch.float32).contiguous().numpy().reshape(-1)  # (n,)
         parts: list[bytes | memoryview] = []

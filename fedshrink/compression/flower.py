@@ -42,7 +42,7 @@ import numpy.typing as npt
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common import serde as flwr_serde
-from flwr.common.serde import config_record_to_proto, message_to_proto, metric_record_to_proto
+from flwr.common.serde import message_to_proto
 from google.protobuf.message import DecodeError as ProtoDecodeError
 
 from fedshrink.compression.chain import Chain, ChainConfig
@@ -208,10 +208,16 @@ def decode_all_with_support(
 def check_chain(parsed: ParsedTensor, chain: Chain | ChainConfig | str) -> None:
     """Raise DecodeError unless ``parsed`` was encoded with ``chain`` (as applied to its dtype and dims)."""
     config = chain.config if isinstance(chain, Chain) else chain
-    config = ChainConfig.parse(config) if isinstance(config, str) else config
-    expected = config.for_tensor(parsed.dtype, len(parsed.shape)).to_string()
+    expected = _applied_chain(config, parsed.dtype, len(parsed.shape))
     if parsed.chain != expected:
         raise DecodeError(parsed.name, f"encoded with chain {parsed.chain!r}, expected {expected!r}")
+
+
+@functools.lru_cache(maxsize=1024)
+def _applied_chain(config: ChainConfig | str, dtype: str, ndim: int) -> str:
+    """``config`` as applied to a tensor of ``dtype`` and ``ndim`` dims, as the wire names it (made once)."""
+    config = ChainConfig.parse(config) if isinstance(config, str) else config
+    return config.for_tensor(dtype, ndim).to_string()
 
 
 def read_update(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> DecodedUpdate:
@@ -253,10 +259,73 @@ def record_nbytes(record: ArrayRecord | MetricRecord | ConfigRecord) -> int:
     if isinstance(record, ArrayRecord):
         return arrayrecord_nbytes(record)
     if isinstance(record, MetricRecord):
-        return int(metric_record_to_proto(record).ByteSize())
+        return _values_nbytes(record, _METRIC_TYPES)
     if isinstance(record, ConfigRecord):
-        return int(config_record_to_proto(record).ByteSize())
+        return _values_nbytes(record, _CONFIG_TYPES)
     raise ValueError(f"Unsupported record type: {type(record)}")
+
+
+# Flower's serde (flwr.common.serde_utils) writes each value of a MetricRecord or ConfigRecord as the first of
+# these types it is an instance of (bool first in a ConfigRecord; in a MetricRecord a bool is an int), a list
+# as a list of the first type all its items are; an int above int64's range as uint64, else as sint64.
+_METRIC_TYPES: tuple[type, ...] = (float, int)
+_CONFIG_TYPES: tuple[type, ...] = (bool, float, int, str, bytes)
+_INT64_MAX = 2**63 - 1
+
+
+def _values_nbytes(record: MetricRecord | ConfigRecord, types: tuple[type, ...]) -> int:
+    """Serialized size of a MetricRecord or ConfigRecord by protobuf's arithmetic (no serialization):
+    ``repeated Item items = 1`` with ``Item {string key = 1; Value value = 2}``, the value a oneof."""
+    total = 0
+    for key, value in record.items():
+        item = _string_nbytes(key) + _field_nbytes(_value_nbytes(value, types))
+        total += _field_nbytes(item)
+    return total
+
+
+def _value_nbytes(value: object, types: tuple[type, ...]) -> int:
+    """One ``*RecordValue``: a oneof, written even when it holds a default (0, False, "", an empty list)."""
+    for t in types:
+        if isinstance(value, t):
+            return 1 + _scalar_nbytes(value, t)
+        if isinstance(value, list) and all(isinstance(v, t) for v in value):
+            return 1 + _field_nbytes(_list_nbytes(value, t))  # ``*List {repeated vals = 1}``, field 21+: 2-byte tag
+    raise TypeError(f"a record value of type {type(value).__name__} has no protobuf form")
+
+
+def _scalar_nbytes(value: object, t: type) -> int:
+    """Bytes of a scalar's body (after its one-byte tag)."""
+    if t is float:
+        return 8  # double
+    if t is bool:
+        return 1
+    if t is int:
+        n = int(value)  # type: ignore[call-overload]  # an int by the caller's isinstance
+        return _varint_nbytes(n if n > _INT64_MAX else _zigzag(n))  # uint64 or sint64
+    data = value.encode("utf-8") if isinstance(value, str) else value
+    return _varint_nbytes(len(data)) + len(data)  # type: ignore[arg-type]  # str or bytes
+
+
+def _list_nbytes(values: list[object], t: type) -> int:
+    """Bytes of a ``*List`` message: scalars packed into one field, strings and bytes one field each."""
+    if not values:
+        return 0
+    if t is str or t is bytes:
+        return sum(1 + _scalar_nbytes(v, t) for v in values)
+    if t is float:
+        body = 8 * len(values)
+    elif t is bool:
+        body = len(values)
+    else:
+        ints = [int(v) for v in values]  # type: ignore[call-overload]  # ints by the caller's isinstance
+        unsigned = any(n > _INT64_MAX for n in ints)  # then the whole list is a UintList
+        body = sum(_varint_nbytes(n if unsigned else _zigzag(n)) for n in ints)
+    return _field_nbytes(body)
+
+
+def _zigzag(n: int) -> int:
+    """sint64's zigzag map (0, -1, 1, -2 -> 0, 1, 2, 3)."""
+    return (n << 1) ^ (n >> 63)
 
 
 def recorddict_item_nbytes(key: str, record_nbytes: int) -> int:

@@ -10,7 +10,9 @@ Public API::
     parse_tensor(data, *, name=None, limits=DEFAULT_LIMITS) -> ParsedTensor  # header only
     decode_parsed(parsed) -> torch.Tensor
     decode_parsed_with_support(parsed) -> (torch.Tensor, bool ndarray | None)   # sent elements
+    decode_parsed_array(parsed) -> (ndarray, bool ndarray | None)   # the same as numpy, no torch tensor
     serialize_tensor(header, parts, raw_nbytes) -> bytes   # what SerializeToString writes, one copy
+    plain_header(name, shape, dtype) -> bytes   # the serialized header of a stage-less tensor (cached)
 
 Decoding is two-phase. :func:`parse_tensor` parses the header (which cannot
 allocate more than its input; the payload is cut out of the top-level fields and
@@ -28,7 +30,9 @@ unpickled: payloads are raw little-endian bytes read with ``np.frombuffer``.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -162,16 +166,17 @@ def _varint(value: int) -> bytes:
 
 
 def serialize_tensor(
-    header: pb.CompressedTensor, parts: Sequence[bytes | memoryview], raw_nbytes: int
+    header: pb.CompressedTensor | bytes, parts: Sequence[bytes | memoryview], raw_nbytes: int
 ) -> bytes:
     """``header`` (no payload, no raw_nbytes) with ``payload = b"".join(parts)``, serialized.
 
     Byte for byte what ``SerializeToString`` writes for the whole message (fields in
     number order; proto3 omits an empty payload and a zero raw_nbytes), with the
-    payload copied once instead of three times.
+    payload copied once instead of three times. ``header`` may be given already
+    serialized (:func:`plain_header`).
     """
     size = sum(len(p) for p in parts)
-    out: list[bytes | memoryview] = [header.SerializeToString()]
+    out: list[bytes | memoryview] = [header if isinstance(header, bytes) else header.SerializeToString()]
     if size:
         out += [_varint(PAYLOAD_FIELD << 3 | 2), _varint(size), *parts]
     if raw_nbytes:
@@ -179,7 +184,15 @@ def serialize_tensor(
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=4096)
+def plain_header(name: str, shape: tuple[int, ...], dtype: str) -> bytes:
+    """The serialized header of a tensor sent as it is (no codec stage): the same every round, made once."""
+    return pb.CompressedTensor(name=name, shape=shape, dtype=dtype).SerializeToString()
+
+
 def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    if pos < len(data) and data[pos] < 0x80:  # tags and short lengths: one byte
+        return data[pos], pos + 1
     value = shift = 0
     for i in range(pos, min(pos + 10, len(data))):
         byte = data[i]
@@ -227,9 +240,9 @@ def _split_payload(data: memoryview) -> tuple[bytes, memoryview] | None:
     return b"".join(kept), payload
 
 
-def _parse_proto(data: bytes | bytearray | memoryview, label: str) -> tuple[pb.CompressedTensor, memoryview]:
+def _parse_proto(data: bytes | bytearray | memoryview, label: str,
+                 split: tuple[bytes, memoryview] | None) -> tuple[pb.CompressedTensor, memoryview]:
     ct = pb.CompressedTensor()
-    split = _split_payload(memoryview(data).cast("B"))
     try:
         if split is None:  # the slow way: protobuf parses (and copies) everything
             ct.ParseFromString(bytes(data))
@@ -259,16 +272,46 @@ def parse_tensor(
         raise _fault(label, f"payload is {type(data).__name__}, not bytes")
     if len(data) > limits.max_tensor_bytes:
         raise _fault(label, f"{len(data)} bytes exceed the cap of {limits.max_tensor_bytes}")
-    ct, payload = _parse_proto(data, label)
+    split = _split_payload(memoryview(data).cast("B"))
+    key = (split[0], name, limits) if split is not None else None
+    seen = _VALIDATED.get(key) if key is not None else None
+    if seen is not None and split is not None:  # this very header passed before: only the payload is new
+        return _with_payload(seen, split[1])
+    ct, payload = _parse_proto(data, label, split)
     if len(ct.name) > limits.max_name_len:
         raise _fault(label, f"name longer than {limits.max_name_len}")
     if name is not None and ct.name != name:
         raise _fault(label, f"header names tensor {ct.name[:80]!r}")
     label = ct.name if name is None else name
     try:
-        return _validate(ct, payload, label, limits)
+        parsed = _validate(ct, payload, label, limits)
     except ValueError as exc:
         raise _fault(label, str(exc)) from None
+    if key is not None and len(key[0]) <= MAX_REMEMBERED_HEADER:
+        if len(_VALIDATED) >= MAX_REMEMBERED:
+            _VALIDATED.clear()
+        _VALIDATED[key] = dataclasses.replace(parsed, payload=memoryview(b""))  # holds no message's bytes
+    return parsed
+
+
+#: headers that passed :func:`_validate`, by (header bytes without the payload, name asked for, limits). A
+#: header is a pure function of those, so a repeat (a raw tensor's header is the same every round) skips the
+#: parse and the checks; the payload's length is still checked against what the header implies.
+_VALIDATED: dict[tuple[bytes, str | None, DecodeLimits], ParsedTensor] = {}
+MAX_REMEMBERED = 4096
+MAX_REMEMBERED_HEADER = 1024  # bytes: per-channel scales make long headers that rarely repeat
+
+
+def _with_payload(seen: ParsedTensor, payload: memoryview) -> ParsedTensor:
+    """A validated header with this message's payload (checked against the length the header implies)."""
+    if seen.entropy is None:
+        expected = seen.index_nbytes + seen.value_nbytes
+        if len(payload) != expected:
+            kind = "truncated" if len(payload) < expected else "oversized"
+            raise _fault(seen.name, f"{kind} payload: {len(payload)} bytes, header implies {expected}")
+    parsed = copy.copy(seen)
+    parsed.payload = payload
+    return parsed
 
 
 def _check_shape(ct: pb.CompressedTensor, limits: DecodeLimits) -> tuple[tuple[int, ...], int]:
@@ -436,10 +479,39 @@ def _values(p: ParsedTensor, section: memoryview) -> np.ndarray:
 
 
 def _all_finite(values: np.ndarray) -> bool:
-    return bool(np.isfinite(values).all()) if values.dtype.kind == "f" else True
+    """NaN and infinities propagate through a sum: a finite sum proves every value finite in one pass."""
+    if values.dtype.kind != "f":
+        return True
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = values.sum()
+    return bool(np.isfinite(total)) or bool(np.isfinite(values).all())
+
+
+def decode_parsed_array(p: ParsedTensor) -> tuple[np.ndarray, npt.NDArray[np.bool_] | None]:
+    """:func:`decode_parsed_with_support` as a numpy array of the declared dtype and shape (no torch
+    tensor is made); bfloat16, which numpy lacks, comes as float32."""
+    try:
+        if p.dtype == "bfloat16":
+            tensor, sent = _decode(p, support=True)
+            return tensor.float().numpy(), sent
+        values, sent = _decode_flat(p, support=True)
+        target = np.dtype(DTYPES[p.dtype][0])
+        if values.dtype != target:  # a value codec's float32 for a float16 or float64 tensor
+            values = values.astype(target)
+            if not _all_finite(values):
+                raise ValueError("non-finite values")
+        return values.reshape(p.shape), sent
+    except ValueError as exc:
+        raise _fault(p.name, str(exc)) from None
 
 
 def _decode(p: ParsedTensor, *, support: bool) -> tuple[torch.Tensor, npt.NDArray[np.bool_] | None]:
+    values, sent = _decode_flat(p, support=support)
+    return _as_dtype(values, p).reshape(p.shape), sent
+
+
+def _decode_flat(p: ParsedTensor, *, support: bool) -> tuple[np.ndarray, npt.NDArray[np.bool_] | None]:
+    """The tensor's values, flat (float32 after a value codec, else the raw dtype), and what was sent."""
     payload = p.payload
     if p.entropy is not None:
         codec, stage = p.entropy
@@ -458,7 +530,7 @@ def _decode(p: ParsedTensor, *, support: bool) -> tuple[torch.Tensor, npt.NDArra
             sent = np.zeros(p.numel, dtype=bool)
             sent[idx] = True
             sent = sent.reshape(p.shape)
-    return _as_dtype(values, p).reshape(p.shape), sent
+    return values, sent
 
 
 def _as_dtype(values: np.ndarray, p: ParsedTensor) -> torch.Tensor:

@@ -185,9 +185,15 @@ class BatchRows:
     arrays are made: the batch gets one read-only all-True view for both.
     """
 
-    def __init__(self, dim: int, capacity: int) -> None:
+    def __init__(self, dim: int, capacity: int, reuse: npt.NDArray[np.float32] | None = None) -> None:
+        """``reuse``: an earlier batch's ``values`` to fill again when it is big enough (its rows are
+        overwritten: nothing may still read that batch). Pages touched before cost nothing to write again."""
         self.dim = dim
-        self.values = np.zeros((capacity, dim), dtype=np.float32)
+        if reuse is not None and reuse.ndim == 2 and reuse.shape[1] == dim and reuse.shape[0] >= capacity \
+                and reuse.dtype == np.float32:
+            self.values = reuse[:capacity]  # every row a batch shows is written whole by add()
+        else:
+            self.values = np.zeros((capacity, dim), dtype=np.float32)
         self.held: BoolArray | None = None  # made (all True) when a contribution first needs one
         self.sent: BoolArray | None = None
         self.weights = np.zeros(capacity, dtype=np.float64)

@@ -171,6 +171,7 @@ class ShrinkStrategy(Strategy):
         self._wanted = 0
         self._bytes_down = 0
         self._last_batch: UpdateBatch | None = None
+        self._rows: np.ndarray | None = None  # the batches' buffer, filled again each round
         self._sent_norms: dict[FragmentSpec | None, float] = {}  # this round's L2 norm of what each fragment sent
 
     # -- nodes -----------------------------------------------------------------------------
@@ -291,7 +292,8 @@ class ShrinkStrategy(Strategy):
                       ) -> UpdateBatch:
         """Check every reply; each accepted one goes straight into a row of the round's batch (its decoded
         tensors are not kept), so memory holds one batch, not every reply's arrays too."""
-        rows = BatchRows(layout.size, len(replies))
+        rows = BatchRows(layout.size, len(replies), reuse=self._rows)
+        self._rows = rows.values if rows.values.base is None else self._rows  # a new, bigger buffer is kept
         seen: set[int] = set()
         for msg in replies:
             node = msg.metadata.src_node_id

@@ -294,6 +294,21 @@ def mean_seconds(run: dict[str, Any]) -> tuple[float, float]:
     return statistics.mean(s), statistics.stdev(s) if len(s) > 1 else 0.0
 
 
+def checkout_commit() -> str:
+    """This checkout's commit, marked ``+changes`` when fedshrink/ or the benchmarks differ from it."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+changes" if git("status", "--porcelain", "fedshrink", "simulations/benchmarks") else "")
+
+
+def provenance(rows: list[dict[str, Any]]) -> str:
+    """When and at which commit a part's rows were measured (rows from before this was recorded say so)."""
+    seen = sorted({f"{r['measured']} at commit {r['commit']}" if "commit" in r else "an earlier commit (not "
+                   "recorded)" for r in rows})
+    return "Measured " + "; ".join(seen) + "."
+
+
 def report(runs: list[dict[str, Any]], out: Path) -> str:
     by = {p: [r for r in runs if r["part"] == p] for p in PARTS}
     cpu = f"{psutil.cpu_count(logical=True)} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, " \
@@ -325,6 +340,8 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
         lines += ["", f"In process, per client-round over rounds 2-3: local training and data generation "
                   f"{1000 * train_per_client(ip):.1f} ms, everything else {framework_ms(ip):.1f} ms (decode, "
                   "encode, metering, reply checks, aggregation, evaluation, records)."]
+    if by["inprocess"] or by["flower"]:
+        lines += ["", provenance(by["inprocess"] + by["flower"])]
     pop = by["population"]
     if pop:
         lines += ["", "## Population", "",
@@ -339,7 +356,7 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
                          f"{r['rounds'][0]['seconds']:.1f} | {m:.1f} ± {sd:.1f} | {r['peak-rss-mb']:,.0f} MB | "
                          f"{r['store-mb']:,.0f} MB on disk |")
         plot_population([r for r in pop if r["settings"]["client-state"] == "disk"], out.with_suffix(".png"))
-        lines += ["", f"![time and memory against population]({out.with_suffix('.png').name})"]
+        lines += ["", f"![time and memory against population]({out.with_suffix('.png').name})", "", provenance(pop)]
     pfl = by["pfl"]
     if len(pfl) == 2:
         fs, pl = pfl
@@ -357,7 +374,8 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
         lines += ["", f"fedshrink / plain Flower, time per round: **{ratio:.2f}x** (target 1.1x: "
                   f"{'met' if ratio <= 1.1 else 'not met'}). The accuracies differ because the apps sample "
                   "differently: fedshrink draws each round's clients from the seed, Flower's FedAvg draws them "
-                  "at random; after 5 rounds both models are still near the start of training."]
+                  "at random; after 5 rounds both models are still near the start of training.", "",
+                  provenance(pfl)]
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
@@ -402,7 +420,8 @@ def main() -> None:
             print(f"part {part} ...", flush=True)
             fresh = {"inprocess": part_inprocess, "flower": part_flower, "pfl": part_pfl,
                      "population": lambda n: part_population(args.populations, n)}[part](args.clients)
-            runs = [r for r in runs if r["part"] != part] + fresh
+            when = {"measured": time.strftime("%Y-%m-%d"), "commit": checkout_commit()}
+            runs = [r for r in runs if r["part"] != part] + [{**r, **when} for r in fresh]
             raw.write_text(json.dumps(runs, indent=1) + "\n")
     print(report(runs, args.out))
 

@@ -126,3 +126,39 @@ def test_dense_tensors_have_no_support() -> None:
         assert s is not None and s.shape == tuple(plain[name].shape)
     dense = decode_all_with_support(parse_record(encode_state(_state(), "int8|zlib")[0])[1])
     assert set(dense) == set(_state()) and all(s is None for _, s in dense.values())
+
+
+def test_a_header_seen_before_still_checks_its_payload_and_keeps_no_bytes() -> None:
+    """Validated headers are remembered (a raw tensor's is the same every round), but each payload is checked
+    against the length its header implies, a changed header is validated afresh, and nothing of a payload stays."""
+    from fedshrink.compression import wire
+
+    t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    data = Chain("raw").encode("w", t).data
+    first = wire.parse_tensor(data, name="w")
+    again = wire.parse_tensor(Chain("raw").encode("w", t + 1).data, name="w")
+    assert again.shape == first.shape and torch.equal(wire.decode_parsed(again), t + 1)
+    assert all(len(p.payload) == 0 for p in wire._VALIDATED.values())
+    short = wire.serialize_tensor(wire.plain_header("w", (3, 4), "float32"), [bytes(44)], 48)
+    with pytest.raises(DecodeError, match="truncated payload"):
+        wire.parse_tensor(short, name="w")  # the header seen before, a payload 4 bytes short
+    with pytest.raises(DecodeError, match="header names tensor"):
+        wire.parse_tensor(data, name="v")  # the name asked for is part of what was checked
+    wide = Chain("raw").encode("w", torch.zeros(3, 5)).data
+    assert wire.parse_tensor(wide, name="w").shape == (3, 5)
+
+
+def test_the_numpy_decode_equals_the_torch_decode() -> None:
+    from fedshrink.compression.wire import decode_parsed_array, decode_parsed_with_support, parse_tensor
+
+    rng = np.random.default_rng(3)
+    for chain, dtype in [("raw", torch.float32), ("raw", torch.float16), ("topk:0.2|int8", torch.float32),
+                         ("q4|zlib", torch.float64), ("raw", torch.int64), ("raw", torch.bfloat16)]:
+        t = torch.from_numpy(rng.standard_normal((4, 6))).to(dtype) if dtype.is_floating_point \
+            else torch.arange(24).reshape(4, 6)
+        p = parse_tensor(Chain(chain).encode("x", t, rng=rng).data)
+        array, sent = decode_parsed_array(p)
+        tensor, sent_t = decode_parsed_with_support(p)
+        assert array.shape == (4, 6) and (sent is None) == (sent_t is None)
+        assert np.array_equal(array, tensor.float().numpy() if dtype == torch.bfloat16 else tensor.numpy())
+        assert array.dtype == (np.float32 if dtype == torch.bfloat16 else tensor.numpy().dtype)

@@ -32,3 +32,22 @@ def test_a_sparse_contribution_makes_the_masks() -> None:
     batch = rows.batch()
     assert batch.held.all() and batch.sent.tolist() == [[True] * 4, [True, False, True, False]]
     assert batch.values.tolist() == [[1, 1, 1, 1], [1, 0, 1, 0]]
+
+
+def test_a_reused_buffer_gives_the_batch_a_fresh_one_would() -> None:
+    """The round's rows are written into the last round's buffer; whatever it held does not leak through."""
+    rng = np.random.default_rng(1)
+    old = np.full((4, 6), np.nan, dtype=np.float32)  # an earlier round's rows, bigger than this round
+    contributions = [Contribution(0, 0, 2.0, rng.standard_normal(6).astype(np.float32)),
+                     Contribution(1, 1, 1.0, rng.standard_normal(6).astype(np.float32),
+                                  held=np.array([True] * 5 + [False]), sent=np.array([True, False] * 3))]
+    fresh, reused = BatchRows(6, 3), BatchRows(6, 3, reuse=old)
+    for c in contributions:
+        fresh.add(c)
+        reused.add(c)
+    a, b = fresh.batch(), reused.batch()
+    assert np.shares_memory(b.values, old) and len(b) == 2
+    for field in ("values", "held", "sent", "weights"):
+        assert np.array_equal(getattr(a, field), getattr(b, field))
+    for wrong in (np.zeros((2, 6), dtype=np.float32), np.zeros((4, 5), dtype=np.float32), np.zeros((4, 6))):
+        assert not np.shares_memory(BatchRows(6, 3, reuse=wrong).values, wrong)  # too small, other width or dtype

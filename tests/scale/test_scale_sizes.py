@@ -57,3 +57,21 @@ def test_fp32_equivalent_is_the_size_with_plain_fp32_arrays() -> None:
     proto.content.CopyFrom(recorddict_to_proto(plain))
     assert fp32_equivalent_nbytes(reply, "arrays", trained) == proto.ByteSize()
     assert fp32_equivalent_nbytes(reply, "arrays", trained) > message_nbytes(reply)  # q4 is smaller
+
+
+def test_metric_and_config_record_sizes_follow_flower_for_every_value_type() -> None:
+    """Each value type Flower's serde knows, with the edges of its encoding: zigzag, uint64, empty lists, unicode."""
+    from flwr.common.serde import config_record_to_proto, metric_record_to_proto
+
+    from fedshrink.compression.flower import record_nbytes
+
+    ints = [0, 1, -1, 63, -64, 64, 2**31, -(2**31), 2**63 - 1, -(2**63), 2**63, 2**64 - 1]
+    metrics = MetricRecord({f"i{n}": n for n in ints} | {"f": 0.0, "g": -3.5, "empty": [], "fl": [1.5, 2.0],
+                                                          "il": [0, -1, 300, -(2**40)], "ul": [1, 2**63 + 5],
+                                                          "ключ": 7, "long" * 40: 1})
+    assert record_nbytes(metrics) == metric_record_to_proto(metrics).ByteSize()
+    config = ConfigRecord({"t": True, "f": False, "s": "", "u": "ünï" * 50, "by": b"", "bb": b"x" * 200,
+                           "empty": [], "bl": [True, False], "sl": ["a", "", "ß" * 70], "byl": [b"", b"12"],
+                           "il": [3, -3], "fl": [0.25], "n": -(2**63), "big": 2**64 - 1, "x": 2.0})
+    assert record_nbytes(config) == config_record_to_proto(config).ByteSize()
+    assert record_nbytes(MetricRecord()) == 0 == metric_record_to_proto(MetricRecord()).ByteSize()

@@ -45,6 +45,7 @@ from fedshrink.errors import ConfigError
 from fedshrink.robust.guard import NormGuard
 from fedshrink.robust.registry import config_from_json
 from fedshrink.robust.rules import (
+    bucket_means,
     bulyan_among,
     bulyan_select,
     clip_norms,
@@ -68,6 +69,7 @@ class DefenceEnv:
     """What the server provides to defences that need more than the replies."""
 
     root_update: RootUpdate | None = None
+    seed: int = 0  # the run's seed (bucketing draws its groups from it)
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,16 @@ class _ScreenedCombinerConfig(DefenceConfig):
         return [*screen, self.build(env)]
 
 
+def _bucket() -> Any:
+    """The setting the median and the trimmed mean share: the size of the groups they vote over."""
+    return option(1, "median and trimmed-mean: vote over the means of random groups of this many replies "
+                  "(bucketing, Karimireddy et al. 2022), assuming this many times the attackers' share of the "
+                  "groups spoilt; 1 = vote over the replies themselves",
+                  rule=between(1, 8), key="rule-bucket")
+
+
+
+
 def _byzantine_fraction() -> Any:
     """The setting multi-krum and bulyan share."""
     return option(0.2, "median, multi-krum and bulyan: share of the round's replies (median, bulyan: of each "
@@ -132,19 +144,25 @@ class _VotingCombiner(Combiner):
        capped updates (of the rows the rule selected, for Bulyan).
     """
 
-    def __init__(self, byzantine_fraction: float) -> None:
+    def __init__(self, byzantine_fraction: float, bucket: int = 1, seed: int = 0) -> None:
         self.byzantine_fraction = byzantine_fraction
+        self.bucket, self.seed = bucket, seed
+        # voting over groups: a group with an attacker in it is spoilt, so up to `bucket` times the share may be
+        self.vote_fraction = min(byzantine_fraction * bucket, 0.49) if bucket > 1 else byzantine_fraction
 
     def combine(self, batch: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         batch = clip_norms(batch)
         sent = batch.over_sent()
         rows = self.select(sent)
-        holders = batch.held.sum(axis=0)
+        holders, senders = batch.held.sum(axis=0), batch.sent.sum(axis=0)
+        if self.bucket > 1:  # the vote is over group means, counted in groups
+            rng = np.random.default_rng([self.seed, ctx.server_round, 0xB0C])
+            sent, holders, senders = bucket_means(batch, self.bucket, rng)
         location, _ = self.locate_among(sent, holders, rows)
-        moves = quorum(holders, batch.sent.sum(axis=0), self.byzantine_fraction)
+        moves = quorum(holders, senders, self.vote_fraction)
         bounded, voted = holder_mean(batch if rows is None else batch.take(rows))
         delta: FloatArray = np.where(moves, location * batch.sent_share(), bounded)
-        return delta, (holders > 0) & (voted | moves)
+        return delta, (batch.held.sum(axis=0) > 0) & (voted | moves)
 
     def locate(self, sent: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return self.locate_among(sent, sent.held.sum(axis=0), self.select(sent))
@@ -173,12 +191,13 @@ class MedianConfig(_ScreenedCombinerConfig):
     name: ClassVar[str] = "median"
     byzantine_fraction: float = _byzantine_fraction()
     screen_z: float = _screen_z()
+    bucket: int = _bucket()
 
     def __post_init__(self) -> None:
         validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
-        return _MedianStage(self.byzantine_fraction)
+        return _MedianStage(self.byzantine_fraction, self.bucket, env.seed)
 
 
 # -- trimmed mean --------------------------------------------------------------------------
@@ -187,21 +206,23 @@ class _TrimmedMeanStage(_VotingCombiner):
 
     def locate_among(self, sent: UpdateBatch, holders: npt.NDArray[np.int64], rows: list[int] | None
                      ) -> tuple[FloatArray, BoolArray]:
-        return trimmed_mean(sent, self.byzantine_fraction, holders)
+        return trimmed_mean(sent, self.vote_fraction, holders)
 
 
 @dataclass(frozen=True)
 class TrimmedMeanConfig(_ScreenedCombinerConfig):
     name: ClassVar[str] = "trimmed-mean"
-    trim: float = option(0.2, "trimmed-mean: share of each coordinate's holders dropped at each end",
+    trim: float = option(0.2, "trimmed-mean: share of each coordinate's holders dropped at each end (of the "
+                         "groups' when rule-bucket > 1: this times rule-bucket, at most 0.49)",
                          rule=between(0, 0.5, hi_open=True), key="trim-fraction")
     screen_z: float = _screen_z()
+    bucket: int = _bucket()
 
     def __post_init__(self) -> None:
         validate_options(self)
 
     def build(self, env: DefenceEnv) -> Stage:
-        return _TrimmedMeanStage(self.trim)
+        return _TrimmedMeanStage(self.trim, self.bucket, env.seed)
 
 
 # -- bulyan ---------------------------------------------------------------------------------

@@ -108,6 +108,31 @@ def trimmed_mean(batch: UpdateBatch, trim: float, holders: npt.NDArray[np.int64]
     return np.where(left, out, med), voted
 
 
+def bucket_means(batch: UpdateBatch, size: int, rng: np.random.Generator
+                 ) -> tuple[UpdateBatch, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Replies in random groups of ``size`` (bucketing, Karimireddy et al., ICLR 2022), for a vote over groups.
+
+    Returns the groups as voters -- per coordinate the sample-weighted mean of the values the members *sent*,
+    marked held (and sent) where any member sent it -- and, per coordinate, how many groups held it (any member
+    held it) and how many sent it. Averaging honest replies shrinks the spread non-IID data gives them, which a
+    coordinate-wise vote otherwise reads as disagreement; a group with an attacker in it is one spoilt voter.
+    """
+    order = rng.permutation(len(batch))
+    groups = [order[i:i + size] for i in range(0, len(batch), size)]
+    values = np.zeros((len(groups), batch.dim), dtype=np.float64)
+    sent = np.zeros((len(groups), batch.dim), dtype=bool)
+    held = np.zeros(batch.dim, dtype=np.int64)
+    for g, rows in enumerate(groups):
+        w = batch.weights[rows][:, None] * batch.sent[rows]  # (s, D): the members' weights where they sent
+        total = w.sum(axis=0)
+        sent[g] = total > 0
+        np.divide((w * batch.values[rows]).sum(axis=0), total, out=values[g], where=sent[g])
+        held += batch.held[rows].any(axis=0)
+    weights = np.asarray([batch.weights[rows].sum() for rows in groups], dtype=np.float64)
+    voters = UpdateBatch(values, sent, sent, weights, tuple(batch.clients[int(rows[0])] for rows in groups))
+    return voters, held, sent.sum(axis=0)
+
+
 def quorum(holders: npt.NDArray[np.int64], senders: npt.NDArray[np.int64], fraction: float) -> BoolArray:
     """Coordinates whose senders can outvote the attackers there may be among their holders.
 

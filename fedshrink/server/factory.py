@@ -59,8 +59,8 @@ def build_stages(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> list[Stage]
     if cfg.robust.norm_guard > 0:
         stages.append(NormGuard(cfg.robust.norm_guard))
     defences = cfg.robust.defences()
-    env = DefenceEnv(root_update=root_trainer(cfg, spec, splits)) if any(d.name == "fltrust" for d in defences) \
-        else DefenceEnv()
+    env = DefenceEnv(root_update=root_trainer(cfg, spec, splits) if any(d.name == "fltrust" for d in defences)
+                     else None, seed=cfg.seed)
     stages += [stage for d in defences for stage in d.stages(env)]
     return stages
 

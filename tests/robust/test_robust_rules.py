@@ -130,7 +130,7 @@ def test_aggregate_keeps_unheld_coordinates_and_rounds_integers() -> None:
     out = _fold(glob, [c0, c1], [])
     np.testing.assert_allclose(out["w"], [3.0, 3.0, 3.0])  # 1 + mean(1, 3); 2 + 1; untouched
     assert out["w"].dtype == np.float32 and out["n"].dtype == np.int64 and int(out["n"]) == 6  # rint(5.5)
-    med = _fold(glob, [c0, c1], [MedianConfig().build(DefenceEnv())])
+    med = _fold(glob, [c0, c1], [MedianConfig(bucket=1).build(DefenceEnv())])
     # the combiner caps each update's RMS (over what it held) at the median: c1's (3, 2) shrinks, c0's does not
     rms0, rms1 = 1.0, float(np.sqrt((9 + 4) / 2))
     scale1 = (rms0 + rms1) / 2 / rms1
@@ -158,14 +158,14 @@ def test_sparse_uplinks_vote_only_on_what_was_sent() -> None:
     capped = values * np.minimum(1.0, np.median(rms_) / rms_)[:, None]
     bounded_1 = capped[:, 1].sum() / 5  # coordinate 1: no quorum, so the mean of capped updates
     assert bounded_1 < 6.0 / 5
-    median = _fold(glob, contributions, [MedianConfig().build(DefenceEnv())])["w"]
+    median = _fold(glob, contributions, [MedianConfig(bucket=1).build(DefenceEnv())])["w"]
     expected = [np.median(capped[:, 0]), bounded_1, 0.0, np.median(capped[[0, 1, 4], 3]) * 3 / 5]
     np.testing.assert_allclose(median, expected, rtol=1e-5)  # median over senders x sent share
-    trimmed = _fold(glob, contributions, [TrimmedMeanConfig(0.2).build(DefenceEnv())])["w"]
+    trimmed = _fold(glob, contributions, [TrimmedMeanConfig(0.2, bucket=1).build(DefenceEnv())])["w"]
     expected[0] = np.sort(capped[:, 0])[1:4].mean()  # floor(0.2 * 5 holders) = 1 dropped at each end
     np.testing.assert_allclose(trimmed, expected, rtol=1e-5)
     # with no attackers assumed, every sent coordinate has a quorum, as before
-    no_quorum = _fold(glob, contributions, [MedianConfig(0.0).build(DefenceEnv())])["w"]
+    no_quorum = _fold(glob, contributions, [MedianConfig(0.0, bucket=1).build(DefenceEnv())])["w"]
     expected = [np.median(capped[:, 0]), np.median(capped[[0, 1], 1]) * 2 / 5, 0.0,
                 np.median(capped[[0, 1, 4], 3]) * 3 / 5]
     np.testing.assert_allclose(no_quorum, expected, rtol=1e-5)
@@ -204,3 +204,46 @@ def test_parse_defence() -> None:
             parse_defence(bad)
     with pytest.raises(ConfigError, match="root set"):
         DEFENCES["fltrust"]().build(DefenceEnv())
+
+
+def test_bucket_means_average_what_members_sent_and_count_groups() -> None:
+    """Groups of two: each group's value is the weighted mean of what its members sent (not of their zeros),
+    held where any member held, sent where any sent; the counts are in groups."""
+    from fedshrink.robust.rules import bucket_means
+
+    values = np.asarray([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0], [5.0, 6.0, 0.0], [7.0, 0.0, 0.0]], np.float32)
+    held = np.asarray([[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 1, 0]], bool)
+    sent = np.asarray([[1, 1, 0], [1, 0, 0], [1, 1, 0], [1, 0, 0]], bool)
+    batch = UpdateBatch(values, held, sent, np.asarray([1.0, 3.0, 1.0, 1.0]), (10, 11, 12, 13))
+    voters, holders, senders = bucket_means(batch, 2, np.random.default_rng(0))
+    order = np.random.default_rng(0).permutation(4)
+    groups = [sorted(order[:2].tolist()), sorted(order[2:].tolist())]
+    for g, rows in enumerate(groups):
+        w = batch.weights[rows][:, None] * sent[rows]
+        want = np.divide((w * values[rows]).sum(axis=0), w.sum(axis=0), out=np.zeros(3), where=w.sum(axis=0) > 0)
+        np.testing.assert_allclose(voters.values[g], want)
+        assert voters.held[g].tolist() == voters.sent[g].tolist() == sent[rows].any(axis=0).tolist()
+        assert voters.weights[g] == batch.weights[rows].sum()
+    assert holders.tolist() == [2, 2, 1] and senders.tolist() == [2, sum(sent[r][:, 1].any() for r in groups), 0]
+
+
+def test_bucketing_votes_over_group_means_drawn_from_the_seed() -> None:
+    """rule-bucket 2: the median is taken over the means of random pairs (drawn from the run's seed and the
+    round), with twice the attackers' share assumed spoilt; the same seed gives the same result, bucket 1 the
+    vote over replies, and a bad size fails at start naming the setting."""
+    rng = np.random.default_rng(5)
+    glob = {"w": np.zeros(6, np.float32)}
+    contributions = [Contribution(i, i, 1.0, rng.normal(1.0, 0.5, 6).astype(np.float32)) for i in range(7)]
+    contributions.append(Contribution(7, 7, 1.0, np.full(6, -3.0, np.float32)))  # one attacker of eight
+    per_reply = _fold(glob, contributions, [MedianConfig(bucket=1).build(DefenceEnv())])["w"]
+    paired = _fold(glob, contributions, [MedianConfig(bucket=2).build(DefenceEnv(seed=3))])["w"]
+    again = _fold(glob, contributions, [MedianConfig(bucket=2).build(DefenceEnv(seed=3))])["w"]
+    other = _fold(glob, contributions, [MedianConfig(bucket=2).build(DefenceEnv(seed=4))])["w"]
+    np.testing.assert_array_equal(paired, again)
+    assert not np.array_equal(paired, per_reply) and not np.array_equal(paired, other)
+    assert (paired > 0).all() and (per_reply > 0).all()  # the attacker moves neither far
+    stage = MedianConfig(0.2, bucket=2).build(DefenceEnv())
+    assert stage.vote_fraction == pytest.approx(0.4)  # one spoilt voter per attacker's group
+    assert TrimmedMeanConfig(0.3, bucket=2).build(DefenceEnv()).vote_fraction == pytest.approx(0.49)
+    with pytest.raises(ConfigError, match="rule-bucket"):
+        MedianConfig(bucket=0)

@@ -32,7 +32,7 @@ def _identity() -> Iterator[None]:
 
 def test_median_stage_resists_one_scaled_reply() -> None:
     glob = model_state()
-    s = make_strategy(min_train_clients=2, stages=[MedianConfig().build(DefenceEnv())])
+    s = make_strategy(min_train_clients=2, stages=[MedianConfig(bucket=1).build(DefenceEnv())])
     msgs = first_round(s, HelloGrid([1, 2, 3, 4, 5]), glob)
     rng = np.random.default_rng(0)
     updates = [{k: rng.normal(0, 0.1, v.shape).astype(np.float32) for k, v in glob.items()} for _ in msgs]

@@ -337,9 +337,11 @@ def report(runs: list[dict[str, Any]], out: Path) -> str:
         lines.append(f"| Flower Ray engine | {fl['rounds'][0]['seconds']:.1f} | {m:.1f} ± {sd:.1f} | {ms} | "
                      f"{fl['peak-pss-mb']:,.0f} MB (PSS sum, sampled) |")
     if ip:
+        each = ", ".join(f"{1000 * (r['seconds'] - r['train-s'] - r['data-s']) / r['clients']:.1f}"
+                         for r in later(ip["rounds"]))
         lines += ["", f"In process, per client-round over rounds 2-3: local training and data generation "
                   f"{1000 * train_per_client(ip):.1f} ms, everything else {framework_ms(ip):.1f} ms (decode, "
-                  "encode, metering, reply checks, aggregation, evaluation, records)."]
+                  f"encode, metering, reply checks, aggregation, evaluation, records; round by round: {each} ms)."]
     if by["inprocess"] or by["flower"]:
         lines += ["", provenance(by["inprocess"] + by["flower"])]
     pop = by["population"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
+from typing import Any
 
 from fedshrink.report.rundata import RunData
 from fedshrink.sweep import open_sweep
@@ -85,7 +86,7 @@ def main() -> None:
              "among its holders (`floor(byzantine-fraction x holders)`; trim-fraction for the trimmed mean); "
              "elsewhere the coordinate gets the holder mean of the capped updates (of Krum's selection, for "
              "Bulyan).", "",
-             f"Clean run (no attack, no defence): **{clean:.2f}%** ± {clean_sd:.2f}.", "",
+             *_buckets(sweep), f"Clean run (no attack, no defence): **{clean:.2f}%** ± {clean_sd:.2f}.", "",
              "| attack | rule | final accuracy % | gap to clean (points) | within 2 points | per seed |",
              "|---|---|---|---|---|---|"]
     cells = [(a, r) for a in ATTACKS for r in RULES if main_sweep or (a, r) in groups] \
@@ -106,6 +107,17 @@ def main() -> None:
         lines += _history()
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _buckets(sweep: Any) -> list[str]:
+    """A line naming the bucket size when the sweep's rules voted over groups (``rule-bucket`` > 1)."""
+    sizes = sorted({int(r.config.get("rule-bucket", 1)) for r in sweep.runs.values()})
+    if sizes == [1]:
+        return []
+    return [f"The median and the trimmed mean vote over the means of random groups of "
+            f"{', '.join(map(str, sizes))} replies (`rule-bucket`), assuming that many times the attackers' share "
+            "of the groups spoilt; compare each cell with the same cell of "
+            "[robust_rules.md](robust_rules.md), which votes over replies (the clean runs are the same).", ""]
 
 
 def _history() -> list[str]:

@@ -1,6 +1,6 @@
 """Client-level differential privacy: accuracy against epsilon, full-width FedAvg and the default profile mix.
 
-    python simulations/benchmarks/bench_privacy.py [--dataset digits] [--seeds 0 1 2] [--rounds 25]
+    python simulations/benchmarks/bench_privacy.py [--dataset digits] [--seeds 0 1 2] [--rounds 20]
                                                    [--eps inf 8 4 1] [--mixes full mix] [--clip-only]
                                                    [--distributed 8] [--cache DIR] [--report-only]
 
@@ -211,7 +211,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dataset", default="digits", choices=list(SPLIT))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--rounds", type=int, default=25)
+    ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--eps", nargs="+", default=["inf", "8", "4", "1"])
     ap.add_argument("--mixes", nargs="+", default=list(MIXES), choices=list(MIXES))
     ap.add_argument("--clip-only", action="store_true", help="also the DP runs without noise")

@@ -495,7 +495,7 @@ def decode_parsed_array(p: ParsedTensor) -> tuple[np.ndarray, npt.NDArray[np.boo
             tensor, sent = _decode(p, support=True)
             return tensor.float().numpy(), sent
         values, sent = _decode_flat(p, support=True)
-        target = np.dtype(DTYPES[p.dtype][0])
+        target = np.dtype(bool) if p.dtype == "bool" else np.dtype(DTYPES[p.dtype][0])  # bool travels as u1
         if values.dtype != target:  # a value codec's float32 for a float16 or float64 tensor
             values = values.astype(target)
             if not _all_finite(values):

@@ -121,8 +121,6 @@ def _bucket() -> Any:
                   rule=between(1, 8), key="rule-bucket")
 
 
-
-
 def _byzantine_fraction() -> Any:
     """The setting multi-krum and bulyan share."""
     return option(0.2, "median, multi-krum and bulyan: share of the round's replies (median, bulyan: of each "

@@ -420,9 +420,9 @@ def main() -> None:
     if not args.report_only:
         for part in PARTS if args.part == "all" else (args.part,):
             print(f"part {part} ...", flush=True)
+            when = {"measured": time.strftime("%Y-%m-%d"), "commit": checkout_commit()}  # the code it starts with
             fresh = {"inprocess": part_inprocess, "flower": part_flower, "pfl": part_pfl,
                      "population": lambda n: part_population(args.populations, n)}[part](args.clients)
-            when = {"measured": time.strftime("%Y-%m-%d"), "commit": checkout_commit()}
             runs = [r for r in runs if r["part"] != part] + [{**r, **when} for r in fresh]
             raw.write_text(json.dumps(runs, indent=1) + "\n")
     print(report(runs, args.out))

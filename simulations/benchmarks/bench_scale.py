@@ -304,9 +304,13 @@ def checkout_commit() -> str:
 
 def provenance(rows: list[dict[str, Any]]) -> str:
     """When and at which commit a part's rows were measured (rows from before this was recorded say so)."""
-    seen = sorted({f"{r['measured']} at commit {r['commit']}" if "commit" in r else "an earlier commit (not "
-                   "recorded)" for r in rows})
-    return "Measured " + "; ".join(seen) + "."
+    def one(r: dict[str, Any]) -> str:
+        if "commit" not in r:
+            return "at an earlier commit (not recorded)"
+        load = f", 1-minute load average {r['load-start']:g} at the start and {r['load-end']:g} at the end" \
+            if "load-start" in r else ""
+        return f"{r['measured']} at commit {r['commit']}{load}" + (f" ({r['shared']})" if "shared" in r else "")
+    return "Measured " + "; ".join(sorted({one(r) for r in rows})) + "."
 
 
 def report(runs: list[dict[str, Any]], out: Path) -> str:
@@ -420,9 +424,11 @@ def main() -> None:
     if not args.report_only:
         for part in PARTS if args.part == "all" else (args.part,):
             print(f"part {part} ...", flush=True)
-            when = {"measured": time.strftime("%Y-%m-%d"), "commit": checkout_commit()}  # the code it starts with
+            when: dict[str, Any] = {"measured": time.strftime("%Y-%m-%d"), "commit": checkout_commit(),
+                                    "load-start": round(os.getloadavg()[0], 2)}  # the code it starts with
             fresh = {"inprocess": part_inprocess, "flower": part_flower, "pfl": part_pfl,
                      "population": lambda n: part_population(args.populations, n)}[part](args.clients)
+            when["load-end"] = round(os.getloadavg()[0], 2)
             runs = [r for r in runs if r["part"] != part] + [{**r, **when} for r in fresh]
             raw.write_text(json.dumps(runs, indent=1) + "\n")
     print(report(runs, args.out))

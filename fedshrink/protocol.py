@@ -366,7 +366,6 @@ def _check_headers(record: ArrayRecord, expected: Expected) -> list[ParsedTensor
         raise ReplyError(f"update encoded with chain {header.chain[:80]!r}, the instruction said {expected.chain!r}")
     if header.fragment != expected.fragment:
         raise ReplyError("update header names another fragment than the one sent")
-    chain = expected.chain
     got = {p.name: p for p in parsed}
     if set(got) != set(expected.shapes):
         missing, extra = sorted(set(expected.shapes) - set(got)), sorted(set(got) - set(expected.shapes))
@@ -375,7 +374,7 @@ def _check_headers(record: ArrayRecord, expected: Expected) -> list[ParsedTensor
         if p.shape != tuple(expected.shapes[key]) or p.dtype != expected.dtypes[key]:
             raise ReplyError(f"tensor {key!r} is {p.dtype}{list(p.shape)}, sent {expected.dtypes[key]}"
                              f"{list(expected.shapes[key])}")
-        check_chain(p, chain)  # every stage and option, as the chain applies to this dtype
+        check_chain(p, expected.chain)  # every stage and option, as the chain applies to this dtype
     return parsed
 
 

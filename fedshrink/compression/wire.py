@@ -305,10 +305,10 @@ MAX_REMEMBERED_HEADER = 1024  # bytes: per-channel scales make long headers that
 def _with_payload(seen: ParsedTensor, payload: memoryview) -> ParsedTensor:
     """A validated header with this message's payload (checked against the length the header implies)."""
     if seen.entropy is None:
-        expected = seen.index_nbytes + seen.value_nbytes
-        if len(payload) != expected:
-            kind = "truncated" if len(payload) < expected else "oversized"
-            raise _fault(seen.name, f"{kind} payload: {len(payload)} bytes, header implies {expected}")
+        try:
+            _check_payload_length(payload, seen.index_nbytes + seen.value_nbytes)
+        except ValueError as exc:
+            raise _fault(seen.name, str(exc)) from None
     parsed = copy.copy(seen)
     parsed.payload = payload
     return parsed
@@ -400,6 +400,13 @@ def _check_groups(
     return groups, per_group, group_axis, codec.check_stage(stage, groups, per_group)
 
 
+def _check_payload_length(payload: memoryview, expected: int) -> None:
+    """A payload without an entropy stage is exactly as long as its header implies; ValueError otherwise."""
+    if len(payload) != expected:
+        kind = "truncated" if len(payload) < expected else "oversized"
+        raise ValueError(f"{kind} payload: {len(payload)} bytes, header implies {expected}")
+
+
 def _validate(ct: pb.CompressedTensor, payload: memoryview, label: str, limits: DecodeLimits) -> ParsedTensor:
     shape, numel = _check_shape(ct, limits)
     sparsifier, value, entropy, chain = _check_stages(ct)
@@ -419,9 +426,8 @@ def _validate(ct: pb.CompressedTensor, payload: memoryview, label: str, limits: 
     expected = index_nbytes + value_nbytes
     if ct.raw_nbytes != expected:
         raise ValueError(f"raw_nbytes {ct.raw_nbytes} but the header implies {expected}")
-    if entropy is None and len(payload) != expected:
-        kind = "truncated" if len(payload) < expected else "oversized"
-        raise ValueError(f"{kind} payload: {len(payload)} bytes, header implies {expected}")
+    if entropy is None:
+        _check_payload_length(payload, expected)
     codecs = tuple(stage.codec for stage in ct.stages)
     return ParsedTensor(
         ct, payload, label, shape, ct.dtype, numel, codecs, chain, sparsifier, value, entropy,
@@ -478,7 +484,7 @@ def _values(p: ParsedTensor, section: memoryview) -> np.ndarray:
     return np.frombuffer(section, dtype=DTYPES[p.dtype][0]).copy()
 
 
-def _all_finite(values: np.ndarray) -> bool:
+def all_finite(values: np.ndarray) -> bool:
     """NaN and infinities propagate through a sum: a finite sum proves every value finite in one pass."""
     if values.dtype.kind != "f":
         return True
@@ -498,7 +504,7 @@ def decode_parsed_array(p: ParsedTensor) -> tuple[np.ndarray, npt.NDArray[np.boo
         target = np.dtype(bool) if p.dtype == "bool" else np.dtype(DTYPES[p.dtype][0])  # bool travels as u1
         if values.dtype != target:  # a value codec's float32 for a float16 or float64 tensor
             values = values.astype(target)
-            if not _all_finite(values):
+            if not all_finite(values):
                 raise ValueError("non-finite values")
         return values.reshape(p.shape), sent
     except ValueError as exc:
@@ -519,7 +525,7 @@ def _decode_flat(p: ParsedTensor, *, support: bool) -> tuple[np.ndarray, npt.NDA
     idx = _indices(p, payload[: p.index_nbytes]) if p.sparsifier is not None else None
     values = _values(p, payload[p.index_nbytes :])
     # float32 and float64 values are what the tensor holds: check them before the scatter (fewer)
-    if not _all_finite(values):
+    if not all_finite(values):
         raise ValueError("non-finite values")
     sent: npt.NDArray[np.bool_] | None = None
     if idx is not None:

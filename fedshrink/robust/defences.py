@@ -152,7 +152,8 @@ class _VotingCombiner(Combiner):
         batch = clip_norms(batch)
         sent = batch.over_sent()
         rows = self.select(sent)
-        holders, senders = batch.held.sum(axis=0), batch.sent.sum(axis=0)
+        held = batch.held.sum(axis=0)
+        holders, senders = held, batch.sent.sum(axis=0)
         if self.bucket > 1:  # the vote is over group means, counted in groups
             rng = np.random.default_rng([self.seed, ctx.server_round, 0xB0C])
             sent, holders, senders = bucket_means(batch, self.bucket, rng)
@@ -160,7 +161,7 @@ class _VotingCombiner(Combiner):
         moves = quorum(holders, senders, self.vote_fraction)
         bounded, voted = holder_mean(batch if rows is None else batch.take(rows))
         delta: FloatArray = np.where(moves, location * batch.sent_share(), bounded)
-        return delta, (batch.held.sum(axis=0) > 0) & (voted | moves)
+        return delta, (held > 0) & (voted | moves)
 
     def locate(self, sent: UpdateBatch, ctx: RoundContext) -> tuple[FloatArray, BoolArray]:
         return self.locate_among(sent, sent.held.sum(axis=0), self.select(sent))

@@ -14,7 +14,7 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY proto ./proto
 COPY fedshrink ./fedshrink
-RUN pip install .
+RUN pip install ".[simulation]"
 
 ENTRYPOINT ["fedshrink", "run"]
 CMD ["--engine", "inprocess", "--num-clients", "20"]

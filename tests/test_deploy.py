@@ -490,6 +490,23 @@ def test_simulation_joins_a_ray_cluster_by_address(tmp_path: Path, capsys: pytes
     assert "--ray-address" in capsys.readouterr().err
 
 
+def test_what_needs_ray_fails_at_start_in_one_line_without_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    sweep = tmp_path / "s.toml"
+    sweep.write_text('name = "s"\nengine = "flower"\n')
+    for argv, key in ((["run", "--engine", "flower"], "--engine"), (["sweep", str(sweep)], "engine"),
+                      (["sweep", str(sweep.with_name("none.toml")), "--ray-address", "auto"], "--ray-address")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"fedshrink: invalid setting {key}=") and "\n" not in err
+        assert "pip install 'fedshrink[simulation]'" in err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_workdir_of_a_running_deployment_is_refused_and_kept(tmp_path: Path) -> None:
     import json
     import os

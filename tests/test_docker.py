@@ -58,7 +58,11 @@ def test_superlink_image_is_flowers_at_our_version() -> None:
     ins = _instructions(DOCKER / "superlink.Dockerfile")
     assert ins[0] == ("FROM", f"flwr/superlink:{flwr.__version__}")
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert f"flwr[simulation]=={flwr.__version__}" in pyproject["project"]["dependencies"]
+    assert f"flwr=={flwr.__version__}" in pyproject["project"]["dependencies"]
+    # Ray (Flower's simulation engine) is an extra, at the same Flower version, in the simulation image and in dev
+    extras = pyproject["project"]["optional-dependencies"]
+    assert f"flwr[simulation]=={flwr.__version__}" in extras["simulation"]
+    assert f"flwr[simulation]=={flwr.__version__}" in extras["dev"]
     env = " ".join(v for k, v in ins if k == "ENV")
     assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in env
 

@@ -48,8 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         from fedshrink.data.federated import max_clients
         from fedshrink.report import RunDirectory
-        from fedshrink.runner.flower import FlowerRunError, LocalSimulation
+        from fedshrink.runner.flower import FlowerRunError, LocalSimulation, require_ray
 
+        require_ray("--engine", args.engine)
         pool = max_clients(cfg.split_spec(), cfg.partition_scheme())
         if args.num_clients > pool:
             raise ConfigError("--num-clients", args.num_clients, f"an integer in [1, {pool}] (the clients the data "

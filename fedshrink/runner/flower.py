@@ -11,6 +11,7 @@ process it started, by PID, when the ``with`` block ends.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from typing import Any
 
 import psutil
 
-from fedshrink.errors import FedShrinkError
+from fedshrink.errors import ConfigError, FedShrinkError
 
 FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -38,8 +39,19 @@ FLOWER_ENV = {
 }
 
 
+# Flower's simulation engine runs on Ray, a large install that the in-process engine and deployment do
+# without; it comes with this extra (as with Flower's own ``flwr[simulation]``)
+SIMULATION_EXTRA = "pip install 'fedshrink[simulation]'"
+
+
 class FlowerRunError(FedShrinkError):
     """``flwr run`` did not finish with status ``finished:completed``."""
+
+
+def require_ray(key: str, value: object) -> None:
+    """Fail at start with one line naming ``key`` when what it asks for needs Ray and Ray is not installed."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(key, value, f"only with Flower's simulation engine (Ray) installed: {SIMULATION_EXTRA}")
 
 
 def free_port() -> int:

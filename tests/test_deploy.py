@@ -496,6 +496,7 @@ def test_what_needs_ray_fails_at_start_in_one_line_without_it(tmp_path: Path, mo
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    monkeypatch.chdir(tmp_path)  # runs and sweeps would write under ./runs
     sweep = tmp_path / "s.toml"
     sweep.write_text('name = "s"\nengine = "flower"\n')
     for argv, key in ((["run", "--engine", "flower"], "--engine"), (["sweep", str(sweep)], "engine"),

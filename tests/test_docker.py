@@ -63,6 +63,8 @@ def test_superlink_image_is_flowers_at_our_version() -> None:
     extras = pyproject["project"]["optional-dependencies"]
     assert f"flwr[simulation]=={flwr.__version__}" in extras["simulation"]
     assert f"flwr[simulation]=={flwr.__version__}" in extras["dev"]
+    runs = [v for k, v in _instructions(DOCKER / "simulation.Dockerfile") if k == "RUN"]
+    assert any('pip install ".[simulation]"' in v for v in runs)
     env = " ".join(v for k, v in ins if k == "ENV")
     assert "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1" in env
 

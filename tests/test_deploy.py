@@ -497,10 +497,11 @@ def test_what_needs_ray_fails_at_start_in_one_line_without_it(tmp_path: Path, mo
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
     monkeypatch.chdir(tmp_path)  # runs and sweeps would write under ./runs
-    sweep = tmp_path / "s.toml"
+    sweep, local = tmp_path / "s.toml", tmp_path / "l.toml"
     sweep.write_text('name = "s"\nengine = "flower"\n')
+    local.write_text('name = "l"\n')  # the in-process engine, but its runs sent to a Ray cluster
     for argv, key in ((["run", "--engine", "flower"], "--engine"), (["sweep", str(sweep)], "engine"),
-                      (["sweep", str(sweep.with_name("none.toml")), "--ray-address", "auto"], "--ray-address")):
+                      (["sweep", str(local), "--ray-address", "auto"], "--ray-address")):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"fedshrink: invalid setting {key}=") and "\n" not in err

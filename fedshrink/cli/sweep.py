@@ -24,10 +24,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.workers < 0:
         raise ConfigError("--workers", args.workers, "an integer >= 0 (0 = the sweep file's, else one per core)")
-    if args.ray_address:
-        from fedshrink.runner.flower import require_ray
-
-        require_ray("--ray-address", args.ray_address)
     spec = load_sweep(args.file)
     words = [str(args.file), *(["--out", str(args.out)] if args.out else [])]
     result = run_sweep(spec, args.out, workers=args.workers, ray_address=args.ray_address,

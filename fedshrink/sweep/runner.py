@@ -46,8 +46,13 @@ def default_sweep_dir(spec: SweepSpec) -> Path:
 def run_sweep(spec: SweepSpec, out_dir: Path | str | None = None, *, workers: int = 0, ray_address: str = "",
               command: str = "", say: Callable[[str], None] = print) -> SweepResult:
     """Make every run of ``spec`` that ``out_dir`` does not hold finished, then write the summary."""
+    from fedshrink.runner.flower import require_ray
     from fedshrink.sweep.table import write_summary
 
+    if ray_address:  # before anything is written: both ways to Ray fail at start where it is not installed
+        require_ray("--ray-address", ray_address)
+    if spec.engine == "flower":
+        require_ray("engine", spec.engine)
     sweep = SweepDirectory(Path(out_dir) if out_dir is not None else default_sweep_dir(spec))
     sweep.write_plan(spec, command or f"fedshrink sweep {spec.source}")
     unique = spec.unique_runs()

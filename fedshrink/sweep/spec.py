@@ -122,10 +122,6 @@ class SweepSpec:
         engine = data.get("engine", "inprocess")
         if engine not in ENGINES:
             raise ConfigError("engine", engine, "one of " + ", ".join(repr(e) for e in ENGINES))
-        if engine == "flower":
-            from fedshrink.runner.flower import require_ray
-
-            require_ray("engine", engine)
         targets = data.get("targets", [])
         if not isinstance(targets, list) or not all(_number(t) and 0 < t <= 1 for t in targets):
             raise ConfigError("targets", targets, "a list of accuracies in (0, 1]")

@@ -155,8 +155,9 @@ def test_the_numpy_decode_equals_the_torch_decode() -> None:
     for chain, dtype in [("raw", torch.float32), ("raw", torch.float16), ("topk:0.2|int8", torch.float32),
                          ("q4|zlib", torch.float64), ("raw", torch.int64), ("raw", torch.bfloat16),
                          ("raw", torch.bool), ("bitmap", torch.bool)]:
+        ints = torch.arange(24).reshape(4, 6)
         t = torch.from_numpy(rng.standard_normal((4, 6))).to(dtype) if dtype.is_floating_point \
-            else torch.arange(24).reshape(4, 6) % 3 == 0 if dtype == torch.bool else torch.arange(24).reshape(4, 6)
+            else ints % 3 == 0 if dtype == torch.bool else ints
         p = parse_tensor(Chain(chain).encode("x", t, rng=rng).data)
         array, sent = decode_parsed_array(p)
         tensor, sent_t = decode_parsed_with_support(p)

@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from fedshrink.report.console import human_bytes
@@ -73,6 +75,29 @@ def _figure(width: float = 6.4, height: float = 4.0, nrows: int = 1, ncols: int 
     return fig, axes
 
 
+LEGEND_INSIDE = 6  # more series than this: the legend goes beside the plot, and the figure widens for it
+_MARKERS = ("o", "s", "^", "v", "D", "P")
+
+
+def _series_styles(count: int) -> list[dict[str, Any]]:
+    """A colour and marker per series, no two alike: tab10's colours up to 10 series, tab20's up to 20, then
+    tab20's again with the next marker."""
+    palette: list[Any] = [f"C{i}" for i in range(10)] if count <= 10 else [colormaps["tab20"](i) for i in range(20)]
+    return [{"color": palette[i % len(palette)], "marker": _MARKERS[(i // len(palette)) % len(_MARKERS)],
+             "markersize": 3} for i in range(count)]
+
+
+def _legend(fig: Figure, ax: Axes, count: int, handles: Sequence[Any] = ()) -> None:
+    """The legend inside the axes for a few series; beside them, on a figure widened to hold it, for many."""
+    everything = [*ax.get_legend_handles_labels()[0], *handles]
+    if count <= LEGEND_INSIDE:
+        ax.legend(handles=everything, fontsize="small")
+        return
+    width, height = fig.get_size_inches()
+    fig.set_size_inches(width + 4.8, max(height, 0.19 * len(everything) + 1.0))
+    fig.legend(handles=everything, loc="outside right upper", fontsize="x-small")
+
+
 def _target_lines(ax: Axes, targets: Sequence[float]) -> None:
     """A thin horizontal line at each target accuracy, labelled at the right."""
     for level in targets:
@@ -87,8 +112,8 @@ def plot_accuracy_vs_round(curves: Mapping[str, Curve], *, targets: Sequence[flo
         raise MissingData("no rounds in metrics.jsonl")
     fig, axes = _figure()
     ax = axes[0][0]
-    for label, c in curves.items():
-        ax.plot(list(c.rounds), list(c.accuracy), marker="o", markersize=3, label=label)
+    for (label, c), style in zip(curves.items(), _series_styles(len(curves)), strict=True):
+        ax.plot(list(c.rounds), list(c.accuracy), label=label, **style)
     _target_lines(ax, targets)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
@@ -96,7 +121,7 @@ def plot_accuracy_vs_round(curves: Mapping[str, Curve], *, targets: Sequence[flo
     ax.set_title("Accuracy against round")
     ax.grid(alpha=0.3)
     if len(curves) > 1:
-        ax.legend(fontsize="small")
+        _legend(fig, ax, len(curves))
     return fig
 
 
@@ -110,17 +135,21 @@ def plot_accuracy_vs_bytes(curves: Mapping[str, Curve], *, references: bool = Tr
     fig, axes = _figure()
     ax = axes[0][0]
     xs: list[float] = []
-    for label, c in usable.items():
+    drawn: set[str] = set()  # the reference styles some series has
+    for (label, c), style in zip(usable.items(), _series_styles(len(usable)), strict=True):
         assert c.bytes_up is not None
-        (line,) = ax.plot(list(c.bytes_up), list(c.accuracy), marker="o", markersize=3,
-                          label=f"{label}: sent" if references else label)
+        ax.plot(list(c.bytes_up), list(c.accuracy), label=label, **style)
         xs += list(c.bytes_up)
-        for seq, style, what in ((c.bytes_up_uncompressed, "--", "same fragments in fp32"),
-                                 (c.bytes_up_full_fp32, ":", "full model in fp32")):
+        for seq, linestyle in ((c.bytes_up_uncompressed, "--"), (c.bytes_up_full_fp32, ":")):
             if references and seq is not None:
-                ax.plot(list(seq), list(c.accuracy), linestyle=style, color=line.get_color(), alpha=0.7,
-                        label=f"{label}: {what}")
+                ax.plot(list(seq), list(c.accuracy), linestyle=linestyle, color=style["color"], alpha=0.7)
                 xs += list(seq)
+                drawn.add(linestyle)
+    # one legend entry per line style, not per series: solid is what was sent
+    meanings: tuple[tuple[Literal["-", "--", ":"], str], ...] = (
+        ("-", "sent"), ("--", "the same fragments in fp32"), (":", "the full model in fp32 per reply"))
+    keys = [Line2D([], [], color="0.3", linestyle=ls, label=what) for ls, what in meanings
+            if ls in drawn | {"-"}] if drawn else []
     _target_lines(ax, targets)
     if xs and min(xs) > 0 and max(xs) / min(xs) > 20:
         ax.set_xscale("log")
@@ -129,7 +158,7 @@ def plot_accuracy_vs_bytes(curves: Mapping[str, Curve], *, references: bool = Tr
     ax.set_ylabel("test accuracy")
     ax.set_title("Accuracy against cumulative uplink bytes")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
+    _legend(fig, ax, len(usable), keys)
     return fig
 
 
@@ -142,9 +171,9 @@ def plot_accuracy_vs_device(curves: Mapping[str, tuple[Sequence[float], Sequence
     if not curves:
         raise MissingData("no 'device-time-s' in the round records (no simulated devices)")
     fig, axes = _figure(width=10.0, height=4.0, ncols=2)
-    for label, (secs, joules, acc) in curves.items():
-        axes[0][0].plot(list(secs), list(acc), marker="o", markersize=3, label=label)
-        axes[0][1].plot(list(joules), list(acc), marker="o", markersize=3, label=label)
+    for (label, (secs, joules, acc)), style in zip(curves.items(), _series_styles(len(curves)), strict=True):
+        axes[0][0].plot(list(secs), list(acc), label=label, **style)
+        axes[0][1].plot(list(joules), list(acc), label=label, **style)
     for ax, what in zip(axes[0], ("cumulative simulated fleet time, s (modelled)",
                                   "cumulative fleet energy, J (modelled)"), strict=True):
         _target_lines(ax, targets)
@@ -154,7 +183,7 @@ def plot_accuracy_vs_device(curves: Mapping[str, tuple[Sequence[float], Sequence
     axes[0][0].set_title("Accuracy against simulated time")
     axes[0][1].set_title("Accuracy against fleet energy")
     if len(curves) > 1:
-        axes[0][0].legend(fontsize="small")
+        _legend(fig, axes[0][0], len(curves))
     return fig
 
 

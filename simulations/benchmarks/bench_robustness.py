@@ -33,6 +33,7 @@ from fedshrink.sweep import SweepRuns, open_sweep
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_FILE = "simulations/sweeps/robustness.toml"
 TARGET_ATTACKS = ("sign-flip", "gaussian")
+RULES = ("median", "trimmed-mean", "bulyan")  # each must end within 2 points of the clean run under both attacks
 
 
 def defence_name(cfg: dict[str, Any]) -> str:
@@ -145,7 +146,10 @@ def header(cache: dict[str, dict[str, Any]], lay: Layout, cells: Cells) -> list[
         f"trains on labels 9 - y, `alie` sends mean - z std (z = the paper's z_max = {z:.3f} for n = {lay.clients}, "
         f"m = {m}; mean and std estimated by each attacker from its own honest update and "
         f"{samples - 1} bootstrap retrainings). Defences (per coordinate over the clients that held it): "
-        "`median`, `trimmed-mean` (20% each side), `clip` (adaptive: RMS per held coordinate capped at the "
+        "`median`, `trimmed-mean` (20% each side; these two and `bulyan` first drop a reply whose update RMS is more "
+        "than `rule-screen-z` = 5 robust z-scores above the round's, cap every update's RMS at the round's median, "
+        "and vote only where a coordinate's senders outnumber twice the attackers there may be among its holders: "
+        "docs/robustness.md), `clip` (adaptive: RMS per held coordinate capped at the "
         "round's median), `multi-krum` and `bulyan` (f = 20% of the round's replies, distances over shared "
         "coordinates), `fltrust` (root set: 100 labelled proxy samples on the server), `clip+median`. "
         "`guard` is the server's norm guard (`norm-guard = 5` in the sweep file: a reply whose update RMS is more "
@@ -179,6 +183,37 @@ def attack_table(lay: Layout, cells: Cells) -> tuple[list[str], list[str]]:
                 f"{'fails (more than 10 points below clean)' if fed < clean - 0.10 else 'does NOT fail clearly'}. "
                 f"On the last-5-round means instead: `{best_name}` {pct(cells.get(attack, best_name, 0.0, 'last5'))} "
                 f"vs clean {pct(clean5)}.")
+    return lines, verdicts
+
+
+def rules_table(lay: Layout, cells: Cells) -> tuple[list[str], list[str]]:
+    """The coordinate-wise rules on every seed, next to the norm guard alone: mean, sd, gap and each seed."""
+    clean = cells._runs("none", "none", 0.0)
+    if len(clean) != len(lay.seeds):
+        return [], []
+    clean_mean = statistics.mean(v["final"] for v in clean.values())
+    lines = ["", "## The coordinate-wise rules, every seed", "",
+             "| attack | defence | final accuracy % (mean ± sd) | gap to clean (points) | within 2 points | per seed |",
+             "|---|---|---:|---:|---|---|"]
+    verdicts = []
+    for attack in TARGET_ATTACKS:
+        for defence in (*RULES, "guard"):
+            runs = cells._runs(attack, defence, 0.0)
+            if len(runs) != len(lay.seeds):
+                continue
+            acc = [100 * v["final"] for v in runs.values()]
+            gap = 100 * clean_mean - statistics.mean(acc)
+            ok = gap <= 2.0
+            seeds = ", ".join(f"{s}: {100 * v['final']:.2f}" for s, v in sorted(runs.items()))
+            sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+            lines.append(f"| {attack} | {defence} | {statistics.mean(acc):.2f} ± {sd:.2f} | "
+                         f"{gap:.2f} | {'yes' if ok else '**no**'} | {seeds} |")
+            if defence in RULES:
+                verdicts.append(f"- {attack}, `{defence}`: {statistics.mean(acc):.2f} vs clean {100 * clean_mean:.2f}, "
+                                f"{gap:.2f} points below: {'MET' if ok else 'NOT MET'} (target: within 2 points).")
+    lines.append("")
+    lines.append("Clean run per seed: " + ", ".join(f"{s}: {100 * v['final']:.2f}" for s, v in sorted(clean.items()))
+                 + ".")
     return lines, verdicts
 
 
@@ -216,9 +251,10 @@ def curves_table(cache: dict[str, dict[str, Any]], lay: Layout) -> list[str]:
 def write_report(cache: dict[str, dict[str, Any]], lay: Layout, out: Path) -> list[str]:
     cells = Cells(cache, lay.seeds)
     attacks, verdicts = attack_table(lay, cells)
+    rules, rule_verdicts = rules_table(lay, cells)
     dropout, drop_verdicts = dropout_table(cells)
-    verdicts += drop_verdicts
-    lines = [*header(cache, lay, cells), *attacks, *dropout, "", "## Targets", "", *verdicts, "",
+    verdicts += rule_verdicts + drop_verdicts
+    lines = [*header(cache, lay, cells), *attacks, *rules, *dropout, "", "## Targets", "", *verdicts, "",
              *curves_table(cache, lay)]
     out.write_text("\n".join(lines) + "\n")
     return verdicts

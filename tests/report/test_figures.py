@@ -172,3 +172,29 @@ def test_modelled_device_figures_when_the_rounds_carry_them(synthetic_run: Path)
         f"{sum(10.0 + i for i in range(len(recs))):.4g} s"
     summary = json.loads((synthetic_run / "summary.json").read_text())
     assert summary["targets"]["levels"][0]["device-energy-j"] == 2.5 * (first + 1)
+
+
+def test_many_series_get_distinct_styles_and_a_legend_beside_the_plot() -> None:
+    """A sweep's plots hold one line per configuration: past a few, the legend moves beside the axes on a wider
+    figure, no two series share a colour and marker, and the bytes plot names its line styles once, not once
+    per series."""
+    from fedshrink.report.plots import LEGEND_INSIDE, Curve, plot_accuracy_vs_bytes, plot_accuracy_vs_round
+
+    def curves(n: int) -> dict[str, Curve]:
+        return {f"run {i}": Curve([1, 2], [0.1 * i, 0.2], [1e3, 2e3], [4e3, 8e3], [1e4, 2e4]) for i in range(n)}
+
+    few = plot_accuracy_vs_round(curves(2))
+    assert few.axes[0].get_legend() is not None and not few.legends
+    for n in (LEGEND_INSIDE + 1, 21):
+        fig = plot_accuracy_vs_round(curves(n))
+        assert fig.axes[0].get_legend() is None and len(fig.legends) == 1
+        assert fig.get_size_inches()[0] > few.get_size_inches()[0]
+        styles = {(str(line.get_color()), line.get_marker()) for line in fig.axes[0].get_lines()}
+        assert len(styles) == n
+    fig = plot_accuracy_vs_bytes(curves(12))
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == [f"run {i}" for i in range(12)] + ["sent", "the same fragments in fp32",
+                                                         "the full model in fp32 per reply"]
+    assert len(fig.axes[0].get_lines()) == 36  # every series with both references
+    only_sent = plot_accuracy_vs_bytes(curves(2), references=False)
+    assert [t.get_text() for t in only_sent.axes[0].get_legend().get_texts()] == ["run 0", "run 1"]

@@ -26,7 +26,7 @@ def test_every_sweep_file_is_valid_and_has_an_analysis() -> None:
         spec = load_sweep(f)
         assert spec.name == f.stem and (BENCH / f"bench_{f.stem}.py").is_file()
     assert len(load_sweep(SWEEPS / "fragments.toml").runs) == 18
-    assert len(load_sweep(SWEEPS / "robustness.toml").runs) == 33
+    assert len(load_sweep(SWEEPS / "robustness.toml").runs) == 49
 
 
 def tiny(name: str, keep: Callable[[dict[str, Any]], dict[str, Any] | None]) -> SweepSpec:
@@ -68,7 +68,8 @@ def test_robustness_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         if run["name"] in ("clean", "dropout"):
             return run
         if run["name"] == "attacked":
-            return {**run, "grid": {"attack": ["sign-flip"], "defence": run["grid"]["defence"][:2]}}
+            defences = [d for d in run["grid"]["defence"] if d["name"] in ("none", "guard", "median")]
+            return {**run, "grid": {"attack": ["sign-flip"], "defence": defences}}
         return None
 
     run_sweep(tiny("robustness", keep), tmp_path / "sweep", say=lambda _: None)
@@ -77,7 +78,11 @@ def test_robustness_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert text.startswith("# Robust aggregation under attack, and dropouts, on fragments\n")
     assert "from the sweep `simulations/sweeps/robustness.toml`" in text
     assert f"Clean run (no attack, no defence): **{100 * clean:.2f}**" in text
-    assert "| attack | FedAvg | guard | best defence | best - clean |" in text and "| sign-flip | " in text
-    for section in ("## Dropout", "## Targets", "- sign-flip: best defence `guard`",
+    assert "| attack | FedAvg | guard | median | best defence | best - clean |" in text and "| sign-flip | " in text
+    median = next(r for r in open_sweep(tmp_path / "sweep").runs.values() if r.config["defence"] == "median")
+    rules = [line for line in text.splitlines() if line.startswith("| sign-flip | median | ")]
+    assert len(rules) == 1 and f"| 1: {100 * median.summary['accuracy']:.2f} |" in rules[0]
+    for section in ("## Dropout", "## Targets", "## The coordinate-wise rules, every seed",
+                    "- sign-flip, `median`: ", "- sign-flip: best defence `",
                     "## Accuracy per round (seed 1, %)"):
         assert section in text

@@ -108,19 +108,19 @@ class Cells:
     def __init__(self, cache: dict[str, dict[str, Any]], seeds: list[int]) -> None:
         self.cache, self.seeds = cache, seeds
 
-    def _runs(self, attack: str, defence: str, dropout: float) -> dict[int, dict[str, Any]]:
+    def runs(self, attack: str, defence: str, dropout: float) -> dict[int, dict[str, Any]]:
         return {s: self.cache[f"seed={s} " + label(attack, defence, dropout)] for s in self.seeds
                 if f"seed={s} " + label(attack, defence, dropout) in self.cache}
 
     def get(self, attack: str, defence: str, dropout: float, key: str = "final") -> float | None:
-        runs = self._runs(attack, defence, dropout)
+        runs = self.runs(attack, defence, dropout)
         return mean([v[key] for v in runs.values()]) if len(runs) == len(self.seeds) else None
 
     def cell(self, attack: str, defence: str, dropout: float) -> str:
         v = self.get(attack, defence, dropout)
         if v is not None:
             return f"{pct(v)} ({pct(self.get(attack, defence, dropout, 'last5'))})"
-        runs = self._runs(attack, defence, dropout)
+        runs = self.runs(attack, defence, dropout)
         if not runs:
             return "n/a"
         return (f"{pct(mean([v['final'] for v in runs.values()]))} "
@@ -188,7 +188,7 @@ def attack_table(lay: Layout, cells: Cells) -> tuple[list[str], list[str]]:
 
 def rules_table(lay: Layout, cells: Cells) -> tuple[list[str], list[str]]:
     """The coordinate-wise rules on every seed, next to the norm guard alone: mean, sd, gap and each seed."""
-    clean = cells._runs("none", "none", 0.0)
+    clean = cells.runs("none", "none", 0.0)
     if len(clean) != len(lay.seeds):
         return [], []
     clean_mean = statistics.mean(v["final"] for v in clean.values())
@@ -198,7 +198,7 @@ def rules_table(lay: Layout, cells: Cells) -> tuple[list[str], list[str]]:
     verdicts = []
     for attack in TARGET_ATTACKS:
         for defence in (*RULES, "guard"):
-            runs = cells._runs(attack, defence, 0.0)
+            runs = cells.runs(attack, defence, 0.0)
             if len(runs) != len(lay.seeds):
                 continue
             acc = [100 * v["final"] for v in runs.values()]
@@ -224,7 +224,7 @@ def dropout_table(cells: Cells) -> tuple[list[str], list[str]]:
     lines = ["", "## Dropout", "", "| run | final accuracy % | last-5 mean % | replies dropped |",
              "|---|---:|---:|---:|"]
     for name, dr in (("no dropout", 0.0), ("30% random dropout per round", 0.3)):
-        dropped = mean([v["dropped"] for v in cells._runs("none", "none", dr).values()]) or 0
+        dropped = mean([v["dropped"] for v in cells.runs("none", "none", dr).values()]) or 0
         lines.append(f"| {name} | {pct(cells.get('none', 'none', dr))} | {pct(cells.get('none', 'none', dr, 'last5'))} "
                      f"| {dropped:.0f} |")
     verdict = (f"- 30% dropout: {pct(drop)} vs {pct(clean)} without: "

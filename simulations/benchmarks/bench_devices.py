@@ -1,7 +1,7 @@
 """Benchmark: simulated devices. Parts run with ``--part`` (default: all of them).
 
 Usage: ``python simulations/benchmarks/bench_devices.py [--part memory] [--part profiles] [--part fleet]
-[--part demo] [--out simulations/results/devices.md]``
+[--part demo] [--sweep-dir runs/sweeps/devices] [--out simulations/results/devices.md]``
 
 ``demo``: what ``make demo`` trains (the embedded default) against plain FedAvg one setting away
 (``profile-mix = ''``), digits, seeds 42 (the demo's), 1 and 2: final accuracy per seed and the gap.
@@ -43,8 +43,8 @@ error-feedback residual and codec buffers of a round (modelled only).
 model (cnn, digits), per device model: memory by component, bytes, time and
 energy of one round of 2 epochs over 180 examples. Modelled, not measured.
 
-``fleet``: federated runs (``fedshrink.runner.run_inprocess``, one at a
-time, torch on one thread) on ONE simulated fleet (``device-mix`` iot 0.2,
+``fleet``: federated runs (the sweep's, in-process engine, torch on one
+thread per run) on ONE simulated fleet (``device-mix`` iot 0.2,
 phone 0.4, laptop 0.4; the profile and budget mixes with the same shares give
 every client the same device): full-width fp32 FedAvg, full-width FedAvg with
 the best of a few uplink chains, the default profile mix and a budget mix,
@@ -52,8 +52,15 @@ then the default mix with a round deadline and with over-selection. Reports
 the modelled device time and energy (the fleet clock's ``device-time-s`` and
 ``device-energy-j``, summed over rounds) until accuracy first reaches each
 target, and the final accuracy, mean ± sd over seeds; digits in full, glyphs
-in a reduced scope (``FLEET_OPTIONS``). Each run's record is kept in
-``simulations/results/devices_runs/`` (git-ignored) and reused when present.
+in a reduced scope (``FLEET_OPTIONS``).
+
+The ``fleet`` and ``demo`` parts train nothing themselves: they read the runs
+of the sweep ``simulations/sweeps/devices.toml`` (``--sweep-dir``, default
+``runs/sweeps/devices``), each found by the hash of the settings the part asks
+for, and stop with one line naming a configuration the sweep has not finished::
+
+    fedshrink sweep simulations/sweeps/devices.toml --out runs/sweeps/devices
+    python simulations/benchmarks/bench_devices.py --sweep-dir runs/sweeps/devices
 """
 
 from __future__ import annotations
@@ -297,46 +304,52 @@ WANTED = 10  # clients-per-round of the over-selection pair (with every client s
 OVER_SELECT = 0.3
 DIGITS_TARGETS = (0.90, 0.95)
 GLYPHS_SHARES = (0.90, 0.95)  # glyphs targets: these shares of fp32 FedAvg's final accuracy (mean over seeds)
-RUNS_DIR = ROOT / "simulations" / "results" / "devices_runs"  # per-run records (git-ignored), reused when present
-# the scope run (cut for time: see the section's text)
+SWEEP_FILE = "simulations/sweeps/devices.toml"  # the runs of the fleet and demo parts
+SWEEP_DIR = ROOT / "runs" / "sweeps" / "devices"  # where `fedshrink sweep SWEEP_FILE` writes them (--sweep-dir)
+# the scope the sweep file runs (cut for time: see the section's text)
 FLEET_OPTIONS: dict[str, Any] = {"rounds": 20, "clock_seeds": (1, 2), "glyphs_rounds": 3, "glyphs_seeds": (1,),
                                  "glyphs_fleets": ("a", "c")}
+ROUND_KEYS = ("round", "accuracy", "device-time-s", "device-energy-j", "bytes-up", "bytes-down", "device-accepted",
+              "device-dropped-memory", "device-dropped-deadline", "device-dropped-surplus",
+              "device-dropped-unavailable")
 
 
-def fleet_run(dataset: str, seed: int, rounds: int, **extra: Any) -> dict[str, Any]:
-    """One in-process run's per-round record (accuracy, modelled device time/energy, bytes, declines); cached."""
-    import hashlib
-    import tempfile
-    import time
+class FleetRuns:
+    """The sweep's finished runs, found by the hash of the settings a part asks for (``fedshrink.sweep``)."""
 
-    import torch
+    def __init__(self, sweep_dir: Path) -> None:
+        from fedshrink.sweep import open_sweep
 
-    from fedshrink.report import RunDirectory
-    from fedshrink.runner import run_inprocess
+        self.sweep_dir = sweep_dir
+        if not (sweep_dir / "plan.json").is_file():
+            raise SystemExit(f"bench_devices: {sweep_dir} is not a sweep directory; run "
+                             f"`fedshrink sweep {SWEEP_FILE} --out {sweep_dir}` first")
+        self.sweep = open_sweep(sweep_dir)
+        self.clients = int(self.sweep.plan.get("num-clients", FLEET_CLIENTS))
 
-    cfg = {"dataset": dataset, "seed": seed, "num-server-rounds": rounds, "distill": False, "report": False,
-           "checkpoint": False, "quiet": True, **extra}
-    run_cfg = {"profile-mix": "", **cfg}  # full-width unless the fleet sets a mix (the default is a mix)
-    key = hashlib.sha256(json.dumps({**cfg, "clients": FLEET_CLIENTS}, sort_keys=True).encode()).hexdigest()[:16]
-    path = RUNS_DIR / f"{dataset}-s{seed}-{key}.json"
-    if path.is_file():
-        return json.loads(path.read_text())  # type: ignore[no-any-return]
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run_inprocess({**run_cfg, "output-dir": tmp}, num_clients=FLEET_CLIENTS)
-        rows = RunDirectory(result.run_dir).read_rounds()
-    keep = ("round", "accuracy", "device-time-s", "device-energy-j", "bytes-up", "bytes-down", "device-accepted",
-            "device-dropped-memory", "device-dropped-deadline", "device-dropped-surplus", "device-dropped-unavailable")
-    record = {"config": cfg, "clients": FLEET_CLIENTS, "host-wall-s": time.perf_counter() - t0,
-              "rounds": [{k: r.get(k, 0) for k in keep} for r in rows],
-              "declined": sorted({u["partition-id"] for r in rows for u in r.get("unreached", [])
-                                  if str(u.get("reason", "")).startswith("declined")})}
-    RUNS_DIR.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record))
-    print(f"{dataset} seed {seed} {extra}: final {record['rounds'][-1]['accuracy']:.4f}, "
-          f"{record['host-wall-s']:.0f} s (measured)", flush=True)
-    return record
+    def get(self, dataset: str, seed: int, rounds: int, **extra: Any) -> dict[str, Any]:
+        """One run's per-round record (accuracy, modelled device time/energy, bytes, declines) from the sweep."""
+        from fedshrink.config import RunConfig
+        from fedshrink.sweep.hashing import settings_hash
+
+        cfg = {"dataset": dataset, "seed": seed, "num-server-rounds": rounds, "distill": False, **extra}
+        settings = {"profile-mix": "", **cfg}  # full-width unless the fleet sets a mix (the default is a mix)
+        key = settings_hash(RunConfig.from_mapping(settings), self.clients)
+        run = self.sweep.runs.get(key)
+        if run is None:
+            raise SystemExit(f"bench_devices: {self.sweep_dir} has no finished run with {settings} "
+                             f"({self.clients} clients); `fedshrink sweep {SWEEP_FILE} --out {self.sweep_dir}` "
+                             "makes (or finishes) them")
+        rows = run.rounds
+        return {"config": cfg, "clients": self.clients, "host-wall-s": float(run.summary.get("seconds", 0.0)),
+                "rounds": [{k: r.get(k, 0) for k in ROUND_KEYS} for r in rows],
+                "declined": sorted({u["partition-id"] for r in rows for u in r.get("unreached", [])
+                                    if str(u.get("reason", "")).startswith("declined")})}
+
+
+def open_fleet(sweep_dir: Path) -> FleetRuns:
+    """The fleet and demo parts' runs (a function, so a test can check what they ask for against the plan)."""
+    return FleetRuns(sweep_dir)
 
 
 def _to_target(rec: dict[str, Any], target: float, key: str) -> float | None:
@@ -441,11 +454,11 @@ FLEET_NAMES = {"a": "a. full-width fp32 FedAvg (raw chains)", "b": "b. full-widt
                "c": f"c. default mix `{FLEET_DEVICES}`", "d": "d. budget mix (below)"}
 
 
-def _pick_chain(rounds: int) -> tuple[str, list[str]]:
+def _pick_chain(runs: FleetRuns, rounds: int) -> tuple[str, list[str]]:
     """The candidate uplink chain with the fewest uplink bytes to 95% on digits, seed 1 (a table row each)."""
     rows, best = [], (float("inf"), CHAIN_CANDIDATES[0])
     for chain in CHAIN_CANDIDATES:
-        rec = fleet_run("digits", FLEET_SEEDS[0], rounds, **{"device-mix": FLEET_DEVICES, "uplink-chain": chain})
+        rec = runs.get("digits", FLEET_SEEDS[0], rounds, **{"device-mix": FLEET_DEVICES, "uplink-chain": chain})
         b = _to_target(rec, DIGITS_TARGETS[-1], "bytes-up")
         rows.append(f"| `{_cell(chain)}` | {'never' if b is None else f'{b / 1e6:.3f}'} | "
                     f"{100 * rec['rounds'][-1]['accuracy']:.2f} |")
@@ -453,20 +466,21 @@ def _pick_chain(rounds: int) -> tuple[str, list[str]]:
     return best[1], rows
 
 
-def _digits(rounds: int) -> tuple[str, dict[str, list[dict[str, Any]]]]:
-    chain, _ = _pick_chain(rounds)
+def _digits(runs: FleetRuns, rounds: int) -> tuple[str, dict[str, list[dict[str, Any]]]]:
+    chain, _ = _pick_chain(runs, rounds)
     main: dict[str, list[dict[str, Any]]] = {k: [] for k in _fleets(chain)}
     for seed in FLEET_SEEDS:
         for k, extra in _fleets(chain).items():
-            main[k].append(fleet_run("digits", seed, rounds, **extra))
+            main[k].append(runs.get("digits", seed, rounds, **extra))
     return chain, main
 
 
-def _clock_seed(clock: dict[str, list[dict[str, Any]]], seed: int, rounds: int, deadline: float) -> None:
+def _clock_seed(runs: FleetRuns, clock: dict[str, list[dict[str, Any]]], seed: int, rounds: int, deadline: float
+                ) -> None:
     mix = {"profile-mix": FLEET_DEVICES}
-    clock["deadline"].append(fleet_run("digits", seed, rounds, **mix, **{"round-deadline": deadline}))
-    clock["wanted"].append(fleet_run("digits", seed, rounds, **mix, **{"clients-per-round": WANTED}))
-    clock["over"].append(fleet_run("digits", seed, rounds, **mix, **{"clients-per-round": WANTED,
+    clock["deadline"].append(runs.get("digits", seed, rounds, **mix, **{"round-deadline": deadline}))
+    clock["wanted"].append(runs.get("digits", seed, rounds, **mix, **{"clients-per-round": WANTED}))
+    clock["over"].append(runs.get("digits", seed, rounds, **mix, **{"clients-per-round": WANTED,
                                                                       "over-select": OVER_SELECT}))
 
 
@@ -474,23 +488,23 @@ def _gap(main: dict[str, list[dict[str, Any]]], key: str) -> float:
     return statistics_mean(_final(main["a"])) - statistics_mean(_final(main[key]))
 
 
-def part_fleet() -> list[str]:
-    """Runs in order of priority (each run's record is reused when present): the four fleets on digits, the
-    alternative mix when the default one misses FedAvg by more than 1.5 points, the clock's first seed, glyphs,
-    then the clock's other seeds."""
+def part_fleet(sweep_dir: Path) -> list[str]:
+    """The four fleets on digits, the alternative mix when the default one misses FedAvg by more than 1.5 points,
+    the fleet clock and glyphs: the runs of the sweep in ``sweep_dir``."""
+    runs = open_fleet(sweep_dir)
     rounds, g_rounds = FLEET_OPTIONS["rounds"], FLEET_OPTIONS["glyphs_rounds"]
-    chain, main = _digits(rounds)
-    _, chain_rows = _pick_chain(rounds)
+    chain, main = _digits(runs, rounds)
+    _, chain_rows = _pick_chain(runs, rounds)
     if _gap(main, "c") > 1.5:
-        main["alt"] = [fleet_run("digits", s, rounds, **{"profile-mix": ALT_MIX}) for s in FLEET_SEEDS]
+        main["alt"] = [runs.get("digits", s, rounds, **{"profile-mix": ALT_MIX}) for s in FLEET_SEEDS]
     deadline = _phone_deadline("digits")
     clock: dict[str, list[dict[str, Any]]] = {"deadline": [], "wanted": [], "over": []}
     seeds = FLEET_OPTIONS["clock_seeds"]
-    _clock_seed(clock, seeds[0], rounds, deadline)
-    glyphs = {k: [fleet_run("glyphs", s, g_rounds, **_fleets(chain)[k]) for s in FLEET_OPTIONS["glyphs_seeds"]]
+    _clock_seed(runs, clock, seeds[0], rounds, deadline)
+    glyphs = {k: [runs.get("glyphs", s, g_rounds, **_fleets(chain)[k]) for s in FLEET_OPTIONS["glyphs_seeds"]]
               for k in FLEET_OPTIONS["glyphs_fleets"]}
     for seed in seeds[1:]:
-        _clock_seed(clock, seed, rounds, deadline)
+        _clock_seed(runs, clock, seed, rounds, deadline)
     return _fleet_text(chain, chain_rows, main, clock, deadline, glyphs)
 
 
@@ -586,13 +600,13 @@ def _fleet_text(chain: str, chain_rows: list[str], main: dict[str, list[dict[str
         "on the server's test set, uplink bytes (serialized Flower messages), host wall time per run. Time to a "
         "target = the sum of the rounds' modelled device time up to and including the first round whose accuracy "
         "reaches it (energy likewise); only seeds that reach it are averaged, and the 'reached' column counts them. "
-        "Each run's record is kept in `simulations/results/devices_runs/` (git-ignored) and reused when present; "
-        "the host wall column is what the run took when it ran (2 shared cores, other work on the machine).",
+        f"The runs are those of the sweep `{SWEEP_FILE}`, each found by the hash of its settings; the host wall "
+        "column is what the run took when it ran (the sweep runs two at once on 2 cores).",
         "",
         f"Setup: digits, {FLEET_CLIENTS} clients (Dirichlet 0.5), cnn with static BatchNorm, **{rounds} rounds**, "
         f"seeds {list(FLEET_SEEDS)} (the same seeds for every run compared), 2 local epochs, batch 16, every client "
         "sampled each round (fraction-train 1) unless stated, device availability and device-spread 0.5 on "
-        "(defaults), no distillation. `fedshrink.runner.run_inprocess`, torch on one thread, runs one at a time.",
+        "(defaults), no distillation. In-process engine, torch on one thread per run.",
         "",
         f"**One fleet.** Every run uses the same devices per client: `device-mix = {FLEET_DEVICES}` for a and b "
         "(it gives a client its device when neither a profile nor a budget names one), and the profile mix and "
@@ -635,15 +649,16 @@ DEMO_SEEDS = (42, 1, 2)  # the demo's own seed (the embedded default), then two 
 DEMO_TARGET = 1.5  # points below FedAvg's final accuracy the demo may end
 
 
-def part_demo() -> list[str]:
+def part_demo(sweep_dir: Path) -> list[str]:
     """The demo's job (the embedded default's fleet and rounds) against FedAvg one setting away, 3 seeds."""
     import statistics
     import tomllib
 
     app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     mix, rounds = str(app["profile-mix"]), int(app["num-server-rounds"])
-    demo = [fleet_run("digits", s, rounds, **{"profile-mix": mix}) for s in DEMO_SEEDS]
-    fedavg = [fleet_run("digits", s, rounds) for s in DEMO_SEEDS]
+    runs = open_fleet(sweep_dir)
+    demo = [runs.get("digits", s, rounds, **{"profile-mix": mix}) for s in DEMO_SEEDS]
+    fedavg = [runs.get("digits", s, rounds) for s in DEMO_SEEDS]
     gaps = [f - d for f, d in zip(_final(fedavg), _final(demo), strict=True)]
     marks = (*(m for m in (5, 10, 15) if m < rounds), rounds)
     rows = [f"| {name} | {_ms(_final(recs))} | {' / '.join(f'{v:.2f}' for v in _final(recs))} | "
@@ -666,8 +681,10 @@ def part_demo() -> list[str]:
     ]
 
 
-PARTS: dict[str, Callable[[], list[str]]] = {"memory": part_memory, "profiles": part_profiles,
-                                            "fleet": part_fleet, "demo": part_demo}
+PARTS: dict[str, Callable[[Path], list[str]]] = {"memory": lambda _: part_memory(),
+                                                "profiles": lambda _: part_profiles(),
+                                                "fleet": part_fleet, "demo": part_demo}
+SWEPT = ("fleet", "demo")  # the parts that read the sweep's runs
 
 
 def host() -> str:
@@ -677,6 +694,14 @@ def host() -> str:
 
     return (f"{cpu}, {os.cpu_count()} logical cores, {platform.machine()} / Python {platform.python_version()} / "
             f"torch {torch.__version__}, torch threads = 1")
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def merge(current: str, part: str, block: list[str]) -> str:
@@ -696,6 +721,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", action="append", choices=sorted(PARTS), help="parts to run (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "devices.md")
+    ap.add_argument("--sweep-dir", type=Path, default=SWEEP_DIR,
+                    help=f"the fleet and demo parts' runs: the directory `fedshrink sweep {SWEEP_FILE}` wrote")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -703,9 +730,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text = args.out.read_text() if args.out.exists() else ""
     for part in args.part or list(PARTS):
-        stamp = (f"Generated by `python simulations/benchmarks/bench_devices.py --part {part}` on "
-                 f"{datetime.date.today().isoformat()}; host: {host()}.")
-        block = PARTS[part]()
+        made = f"`python simulations/benchmarks/bench_devices.py --part {part}"
+        if part in SWEPT:
+            made = (f"`fedshrink sweep {SWEEP_FILE} --out {_shown(args.sweep_dir)}`, then {made} "
+                    f"--sweep-dir {_shown(args.sweep_dir)}")
+        stamp = f"Generated by {made}` on {datetime.date.today().isoformat()}; host: {host()}."
+        block = PARTS[part](args.sweep_dir)
         text = merge(text, part, [block[0], "", stamp, *block[1:]])
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import independent_reader as ir
 import numpy as np
@@ -17,12 +18,27 @@ from fedshrink.devices.profiles import PROFILES
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _bench_chains() -> list[str]:
+def _bench_module() -> Any:
     spec = importlib.util.spec_from_file_location("bench_codecs", ROOT / "simulations/benchmarks/bench_codecs.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return list(mod.CHAINS)
+    return mod
+
+
+def _bench_chains() -> list[str]:
+    return list(_bench_module().CHAINS)
+
+
+def test_the_codec_benchmark_holds_the_profiles_chains_to_the_speed_target() -> None:
+    """The chains codecs.md marks as shipped (and holds to 1 GB/s) are exactly the profiles' non-raw chains."""
+    mod = _bench_module()
+    mod.check_shipped()
+    assert set(mod.SHIPPED) <= set(mod.CHAINS)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(mod, "SHIPPED", mod.SHIPPED[:-1])
+        with pytest.raises(SystemExit, match="is not the profiles' chains"):
+            mod.check_shipped()
 
 
 SHIPPED = ["topk:0.1|q4|zlib", "topk:0.05|int8|zlib", "int8|zlib", "raw"]

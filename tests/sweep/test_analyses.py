@@ -21,12 +21,13 @@ BENCH = ROOT / "simulations" / "benchmarks"
 
 def test_every_sweep_file_is_valid_and_has_an_analysis() -> None:
     files = sorted(SWEEPS.glob("*.toml"))
-    assert {f.stem for f in files} >= {"fragments", "robustness"}
+    assert {f.stem for f in files} >= {"fragments", "robustness", "devices", "privacy"}
     for f in files:
         spec = load_sweep(f)
         assert spec.name == f.stem and (BENCH / f"bench_{f.stem}.py").is_file()
     assert len(load_sweep(SWEEPS / "fragments.toml").runs) == 18
     assert len(load_sweep(SWEEPS / "robustness.toml").runs) == 49
+    assert len(load_sweep(SWEEPS / "privacy.toml").runs) == 48
 
 
 def tiny(name: str, keep: Callable[[dict[str, Any]], dict[str, Any] | None]) -> SweepSpec:
@@ -38,13 +39,18 @@ def tiny(name: str, keep: Callable[[dict[str, Any]], dict[str, Any] | None]) -> 
     return SweepSpec.from_mapping(data, name=name, source=str(path.relative_to(ROOT)))
 
 
-def analyse(script: str, sweep_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+def load_script(script: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     spec = importlib.util.spec_from_file_location(script, BENCH / f"{script}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, script, module)  # its dataclasses look their module up
     spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", [script, "--sweep-dir", str(sweep_dir), "--out", str(out)])
+    return module
+
+
+def analyse(script: str, sweep_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch, *extra: str) -> str:
+    module = load_script(script, monkeypatch)
+    monkeypatch.setattr(sys, "argv", [script, "--sweep-dir", str(sweep_dir), "--out", str(out), *extra])
     module.main()
     return out.read_text()
 
@@ -86,3 +92,57 @@ def test_robustness_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
                     "- sign-flip, `median`: ", "- sign-flip: best defence `",
                     "## Accuracy per round (seed 1, %)"):
         assert section in text
+
+
+def test_privacy_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tomllib.loads((SWEEPS / "privacy.toml").read_text())
+    data.update({"num-clients": 4, "seeds": [1], "workers": 1})
+    data["base"] = {**data["base"], "num-server-rounds": 2, "local-epochs": 1, "model": "mlp",
+                    "clients-per-round": 4, "dp-count-noise": 1.0}
+    data["grid"] = {**data["grid"], "dataset": ["digits"], "epsilon": data["grid"]["epsilon"][:2]}  # inf, 8
+    run_sweep(SweepSpec.from_mapping(data, name="privacy"), tmp_path / "sweep", say=lambda _: None)
+    text = analyse("bench_privacy", tmp_path / "sweep", tmp_path / "privacy.md", monkeypatch, "--dataset", "digits")
+    sweep = open_sweep(tmp_path / "sweep")
+    assert text.startswith("# Client-level differential privacy: accuracy against epsilon\n")
+    assert "`fedshrink sweep simulations/sweeps/privacy.toml --out " in text
+    assert "Coverage: 4 of the 4 (setting, epsilon, seed) runs the sweep plans" in text
+    for p in sweep.planned:
+        run = sweep.runs[p.key]
+        row = f"| {p.axes['setting']} | {p.axes['epsilon']} | {100 * run.summary['accuracy']:.1f} (1 seed) |"
+        assert row in text
+        if p.axes["epsilon"] == "8":
+            assert 7.5 < run.summary["epsilon"] <= 8.0  # calibrated to spend the target, not more
+    with pytest.raises(SystemExit, match="is not a sweep directory"):
+        analyse("bench_privacy", tmp_path, tmp_path / "x.md", monkeypatch, "--dataset", "digits")
+
+
+def test_devices_sweep_plans_every_run_its_analysis_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run the fleet and demo parts ask for (by the hash of its settings) is one devices.toml plans."""
+    bench = load_script("bench_devices", monkeypatch)
+    planned = {p.key for p in load_sweep(SWEEPS / "devices.toml").runs}
+    asked: list[str] = []
+
+    class Planned(bench.FleetRuns):  # type: ignore[name-defined,misc]  # the script's class, loaded above
+        def __init__(self, sweep_dir: Path) -> None:
+            self.sweep_dir, self.clients = sweep_dir, 20
+            self.sweep = type("Sweep", (), {"runs": {k: self.fake(k) for k in planned}})()
+
+        @staticmethod
+        def fake(key: str) -> Any:  # a run that reaches 95% in round 2
+            rounds = [{"round": r, "accuracy": 0.5 if r == 1 else 0.96, "device-time-s": 1.0, "device-energy-j": 2.0,
+                       "bytes-up": 1000} for r in range(1, 21)]
+            return type("Run", (), {"rounds": rounds, "summary": {"seconds": 1.0}})()
+
+        def get(self, dataset: str, seed: int, rounds: int, **extra: Any) -> dict[str, Any]:
+            record: dict[str, Any] = super().get(dataset, seed, rounds, **extra)
+            asked.append(dataset)
+            return record
+
+    monkeypatch.setattr(bench, "open_fleet", Planned)
+    monkeypatch.setattr(bench, "_budget_plans", lambda dataset: [f"plans for {dataset}"])  # no glyphs data made
+    fleet = "\n".join(bench.part_fleet(Path("unused")))
+    demo = "\n".join(bench.part_demo(Path("unused")))
+    assert asked.count("glyphs") == 2 and len(asked) > 25
+    assert "### Round deadline and over-selection" in fleet and "Target: within 1.5 points" in demo
+    with pytest.raises(SystemExit, match=r"has no finished run with .*'profile-mix': 'laptop:1.0'"):
+        Planned(Path("unused")).get("digits", 1, 20, **{"profile-mix": "laptop:1.0"})

@@ -466,13 +466,14 @@ def _pick_chain(runs: FleetRuns, rounds: int) -> tuple[str, list[str]]:
     return best[1], rows
 
 
-def _digits(runs: FleetRuns, rounds: int) -> tuple[str, dict[str, list[dict[str, Any]]]]:
-    chain, _ = _pick_chain(runs, rounds)
+def _digits(runs: FleetRuns, rounds: int) -> tuple[str, list[str], dict[str, list[dict[str, Any]]]]:
+    """The chosen uplink chain, the candidates' table rows, and the four fleets' runs per seed."""
+    chain, chain_rows = _pick_chain(runs, rounds)
     main: dict[str, list[dict[str, Any]]] = {k: [] for k in _fleets(chain)}
     for seed in FLEET_SEEDS:
         for k, extra in _fleets(chain).items():
             main[k].append(runs.get("digits", seed, rounds, **extra))
-    return chain, main
+    return chain, chain_rows, main
 
 
 def _clock_seed(runs: FleetRuns, clock: dict[str, list[dict[str, Any]]], seed: int, rounds: int, deadline: float
@@ -493,8 +494,7 @@ def part_fleet(sweep_dir: Path) -> list[str]:
     the fleet clock and glyphs: the runs of the sweep in ``sweep_dir``."""
     runs = open_fleet(sweep_dir)
     rounds, g_rounds = FLEET_OPTIONS["rounds"], FLEET_OPTIONS["glyphs_rounds"]
-    chain, main = _digits(runs, rounds)
-    _, chain_rows = _pick_chain(runs, rounds)
+    chain, chain_rows, main = _digits(runs, rounds)
     if _gap(main, "c") > 1.5:
         main["alt"] = [runs.get("digits", s, rounds, **{"profile-mix": ALT_MIX}) for s in FLEET_SEEDS]
     deadline = _phone_deadline("digits")

@@ -55,11 +55,6 @@ def record(run: Any) -> dict[str, Any]:
             "seconds": float(s.get("seconds", 0.0))}
 
 
-def rows_of(args: argparse.Namespace) -> list[str]:
-    """The rows asked for: the epsilons, clipping only, distributed mode at some epsilons."""
-    return [*args.eps, *([CLIP_ONLY] if args.clip_only else []), *(DISTRIBUTED + e for e in args.distributed)]
-
-
 def key(mix: str, eps: str, seed: int, rounds: int) -> str:
     return f"mix={mix} eps={eps} seed={seed} rounds={rounds}"
 
@@ -126,7 +121,7 @@ def reading(cache: dict[str, dict[str, Any]], args: argparse.Namespace, rows: li
 
 
 def write_report(cache: dict[str, dict[str, Any]], args: argparse.Namespace, out: Path) -> None:
-    rows = rows_of(args)
+    rows = args.rows
     runs = list(cache.values())
     covered = sum(key(m, e, sd, args.rounds) in cache for m in args.mixes for e in rows for sd in args.seeds)
     lines = ["# Client-level differential privacy: accuracy against epsilon", "",
@@ -223,11 +218,7 @@ def main() -> None:
             model=str(sweep.runs[done[0].key].config["model"]),
             epochs=int(sweep.runs[done[0].key].config["local-epochs"]),
             mixes=list(dict.fromkeys(p.axes["setting"] for p in planned)),
-            eps=[e for e in dict.fromkeys(p.axes["epsilon"] for p in planned)
-                 if e != CLIP_ONLY and not e.startswith(DISTRIBUTED)],
-            clip_only=any(p.axes["epsilon"] == CLIP_ONLY for p in planned),
-            distributed=[e.removeprefix(DISTRIBUTED) for e in dict.fromkeys(p.axes["epsilon"] for p in planned)
-                         if e.startswith(DISTRIBUTED)])
+            rows=list(dict.fromkeys(p.axes["epsilon"] for p in planned)))  # the epsilon axis, in plan order
         ns.mix_text = next((str(sweep.runs[p.key].config["profile-mix"]) for p in done
                             if p.axes["setting"] == "mix"), DEFAULT_MIX)
         cache = {key(p.axes["setting"], p.axes["epsilon"], p.seed, ns.rounds): record(sweep.runs[p.key])

@@ -22,7 +22,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 # fedshrink's own modules (an editable install) are byte-compiled on first import
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: demo demo-flower deploy-local test test-fast lint install proto clean results
+.PHONY: demo demo-flower deploy-local test test-fast lint install proto clean results results-sweeps results-measure
 
 # runtime install (what `make demo` needs) ...
 $(STAMP): pyproject.toml
@@ -63,17 +63,44 @@ deploy-local: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/fedshrink deploy local --nodes 3 --workdir deploy-local \
 		--run-config "$(DEPLOY_CONFIG)"
 
-# every figure a sweep makes: each sweep file simulations/sweeps/NAME.toml is run into runs/sweeps/NAME
-# (finished runs are skipped, so an interrupted `make results` resumes) and its analysis
-# simulations/benchmarks/bench_NAME.py writes simulations/results/NAME.md. Hours on a 2-core machine
-# (docs/sweeps.md gives the estimate per sweep); SWEEP_WORKERS runs at once (default: one per core)
+# every published figure (simulations/results/ and the README's table), in two parts; docs/sweeps.md gives
+# the time of each step (hours on a 2-core machine). SWEEP_WORKERS runs at once (default: one per core).
 SWEEP_WORKERS ?= 0
-results: $(SIM)
+SWEEP  := $(VENV)/bin/fedshrink sweep
+BENCH  := $(PY) simulations/benchmarks
+results: results-sweeps results-measure
+
+# the sweeps: each sweep file simulations/sweeps/NAME.toml is run into runs/sweeps/NAME (finished runs are
+# skipped, so an interrupted `make results` resumes) and its analysis simulations/benchmarks/bench_NAME.py
+# writes simulations/results/NAME.md; then the three reruns under simulations/sweeps/reruns/
+results-sweeps: $(SIM)
 	@set -e; for f in simulations/sweeps/*.toml; do \
 		name=$$(basename $$f .toml); \
-		$(VENV)/bin/fedshrink sweep $$f --out runs/sweeps/$$name --workers $(SWEEP_WORKERS); \
-		$(PY) simulations/benchmarks/bench_$$name.py --sweep-dir runs/sweeps/$$name; \
+		$(SWEEP) $$f --out runs/sweeps/$$name --workers $(SWEEP_WORKERS); \
+		$(BENCH)/bench_$$name.py --sweep-dir runs/sweeps/$$name; \
 	done
+	$(SWEEP) simulations/sweeps/reruns/fragments_seed1.toml --out runs/sweeps/fragments-seed1 --workers $(SWEEP_WORKERS)
+	$(BENCH)/bench_fragments.py --sweep-dir runs/sweeps/fragments-seed1 --out simulations/results/fragments_seed1.md
+	@set -e; for name in robust_rules_bucket robust_rules_glyphs; do \
+		$(SWEEP) simulations/sweeps/reruns/$$name.toml --out runs/sweeps/$$name --workers $(SWEEP_WORKERS); \
+		$(BENCH)/bench_robust_rules.py --sweep-dir runs/sweeps/$$name \
+			--sweep-file simulations/sweeps/reruns/$$name.toml --out simulations/results/$$name.md; \
+	done
+
+# the one-off measurements of the host (speed, memory, wall time: run them with nothing else on the machine),
+# each with the command its results file names; security attacks the commit the security review examined
+# (473a17d, checked out into a temporary git worktree) and this checkout
+results-measure: $(SIM)
+	OMP_NUM_THREADS=1 $(BENCH)/bench_codecs.py --repeats 15 --baseline simulations/results/codecs_before.json
+	$(BENCH)/bench_data.py centralised --epochs 5
+	$(BENCH)/bench_data.py generate
+	$(BENCH)/bench_data.py fleet --writers 100000 --clients 100
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(BENCH)/bench_deploy.py
+	$(BENCH)/bench_distill.py
+	$(BENCH)/bench_fusion.py --out simulations/results/fusion.md
+	$(BENCH)/bench_overhead.py --repeats 40
+	$(BENCH)/bench_scale.py
+	$(BENCH)/bench_security.py --code-at 473a17d --code . --fuzz 100000 --out simulations/results/security.md
 
 # two workers (pytest-xdist); a test file goes to one worker, so its module fixtures are built once; files are
 # handed out in the order tests/conftest.py puts them (end-to-end first); one BLAS/OpenMP thread per process,

@@ -4,14 +4,17 @@ The round loop (:func:`fedshrink.server.loop.serve`) hands each finished
 round to :meth:`RunRecorder.round`, which appends it to ``metrics.jsonl``,
 adds the clients' resource records to the ledger, writes the checkpoint and
 prints the round; :meth:`RunRecorder.finish` writes ``clients.csv``, the
-global model and ``summary.json``; :meth:`RunRecorder.fail` records a failed
-run. Reports and plots are built afterwards from the directory
+global model and ``summary.json``, and deletes the clients' on-disk state
+(only a resume reads it, and a finished run is not resumed: a 1,000-client
+run's residuals take about half a GB); :meth:`RunRecorder.failing` records a
+failed run and keeps that state for the resume. Reports and plots are built afterwards from the directory
 (:func:`fedshrink.report.build_report`).
 """
 
 from __future__ import annotations
 
 import math
+import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,7 +39,7 @@ from fedshrink.robust.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from fedshrink.runner.state import STATE_DIR, STORE_FILE, open_store, store_dir
+from fedshrink.runner.state import STATE_DIR, STORE_FILE, close_stores, open_store, store_dir
 from fedshrink.strategy.rounds import RoundOutcome, ShrinkStrategy, numpy_to_record, record_to_numpy
 
 if TYPE_CHECKING:
@@ -183,4 +186,17 @@ class RunRecorder:
         self.rundir.write_summary(summary)
         self.console.finish(summary)
         self.trackers.finish(summary, report=self.cfg.output.report)
+        self._drop_client_store()
         return summary
+
+    def _drop_client_store(self) -> None:
+        """Delete the run's on-disk client state where this process can reach it (simulation, or a SuperNode on
+        this machine); stores on other machines are their SuperNodes' to manage."""
+        if self.cfg.resources.client_state != "disk":
+            return
+        where = store_dir(self.cfg.to_mapping(), {}, self.grid.run.run_id)
+        close_stores(where)
+        shutil.rmtree(where, ignore_errors=True)
+        link = self.path / STATE_DIR
+        if link.is_symlink():
+            link.unlink()

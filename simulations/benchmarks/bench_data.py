@@ -22,8 +22,9 @@ data from a fleet of ``--writers`` (and of 1,000), and the median host wall
 and process CPU time to generate one writer's data (50 images); the CPU time
 is the steadier figure on a shared machine.
 
-Every figure is measured on the host that runs it; results are appended to
-``simulations/results/data.md`` with the command.
+Every figure is measured on the host that runs it; each command writes its
+section of ``simulations/results/data.md`` with the command, replacing that
+command's previous section (sections under other headings are kept).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import platform
+import re
 import statistics
 import sys
 import time
@@ -110,10 +112,22 @@ def main(argv: list[str] | None = None) -> int:
         lines = fleet(args.writers, args.clients)
     cmd = "python simulations/benchmarks/bench_data.py " + " ".join(sys.argv[1:] if argv is None else argv)
     stamp = datetime.date.today().isoformat()
+    section = f"## {args.cmd} ({stamp}; host: {host()})\n\n`{cmd}`\n\n" + "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with RESULTS.open("a") as fh:
-        fh.write(f"\n## {args.cmd} ({stamp}; host: {host()})\n\n`{cmd}`\n\n" + "\n".join(lines) + "\n")
+    RESULTS.write_text(put_section(RESULTS.read_text() if RESULTS.exists() else "", args.cmd, section))
     return 0
+
+
+def put_section(text: str, cmd: str, section: str) -> str:
+    """``text`` with its last ``## cmd (...)`` section replaced by ``section``, or ``section`` appended."""
+    heads = [m for m in re.finditer(r"^## (.*)$", text, flags=re.M)]
+    mine = [i for i, m in enumerate(heads) if m.group(1).startswith(f"{cmd} (")]
+    if not mine:
+        return text.rstrip("\n") + "\n\n" + section
+    i = mine[-1]
+    end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+    rest = text[end:]
+    return text[:heads[i].start()] + section + ("\n" + rest if rest else "")
 
 
 def fleet(writers: int, clients: int) -> list[str]:

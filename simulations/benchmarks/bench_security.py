@@ -8,8 +8,12 @@ through ``fedshrink.runner.run_inprocess`` (the real ServerApp, ClientApp and
 Strategy); the others call the deployment and checkpoint code directly. Nothing is
 sent to any address but loopback: no network at all, in fact.
 
-    python simulations/benchmarks/bench_security.py --code /tmp/fedshrink-before --code . \\
+    python simulations/benchmarks/bench_security.py --code-at 473a17d --code . \\
         --out simulations/results/security.md
+
+``--code-at REV`` attacks a commit of this repository, checked out for the
+run with ``git worktree`` into a temporary directory and removed afterwards
+(473a17d is the version the review examined).
 
 Each attack prints one JSON object (its measured outcome); the table puts the
 versions side by side. ``--fuzz N`` also runs the reply-path fuzz test of the
@@ -20,13 +24,15 @@ newest version (``tests/robust/test_robust_fuzz.py``) with N mutated replies
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -320,11 +326,33 @@ def run_child(code: Path, name: str) -> dict[str, Any]:
 
 def describe(code: Path) -> str:
     rev = subprocess.run(["git", "-C", str(code), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return f"{code} @ {rev.stdout.strip() or '?'}"
+    rev_text = rev.stdout.strip() or "?"
+    if code.is_relative_to(tempfile.gettempdir()):  # --code-at
+        return f"commit {rev_text}"
+    return f"{'this checkout' if code == ROOT else code} @ {rev_text}"
+
+
+@contextlib.contextmanager
+def worktrees(revs: list[str]) -> Iterator[list[Path]]:
+    """A temporary ``git worktree`` of this repository at each of ``revs``, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="fedshrink-security-") as tmp:
+        paths: list[Path] = []
+        try:
+            for i, rev in enumerate(revs):
+                path = Path(tmp) / f"code-{i}"
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--quiet", "--detach", str(path), rev],
+                               check=True)
+                paths.append(path)
+            yield paths
+        finally:
+            for path in paths:
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], check=False)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--code-at", action="append", default=[],
+                    help="a commit of this repository to attack, before the --code checkouts (repeatable)")
     ap.add_argument("--code", type=Path, action="append", help="a fedshrink checkout to attack (repeatable)")
     ap.add_argument("--attacks", nargs="*", default=list(ATTACKS))
     ap.add_argument("--out", type=Path)
@@ -334,7 +362,12 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
-    codes = [c.resolve() for c in (args.code or [ROOT])]
+    with worktrees(args.code_at) as at:
+        attack([*at, *(c.resolve() for c in (args.code or [ROOT]))], args)
+
+
+def attack(codes: list[Path], args: argparse.Namespace) -> None:
+    """Run every attack against every version in ``codes``; print, and write ``--out``."""
     results = {name: {str(c): run_child(c, name) for c in codes} for name in args.attacks}
     for name, by_code in results.items():
         for code, res in by_code.items():
@@ -342,7 +375,7 @@ def main() -> None:
     fuzz = run_fuzz(codes[-1], args.fuzz) if args.fuzz else []
     print("\n".join(fuzz))
     if args.out:
-        write(args.out, codes, results, " ".join(sys.argv[1:]), fuzz)
+        write(args.out, codes, results, shlex.join(sys.argv[1:]), fuzz)
 
 
 def run_fuzz(code: Path, replies: int) -> list[str]:

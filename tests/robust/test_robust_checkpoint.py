@@ -104,6 +104,12 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
     assert not (run_dir / "summary.json").exists() and not (run_dir / "global_model.pt").exists()
     at_kill = json.loads(marker.read_text())["round"]
     assert 2 <= at_kill < 4
+    # the residuals live in the run's on-disk store (client-state = disk), not in the checkpoint
+    store = ClientStateStore(run_dir / STATE_DIR / STORE_FILE)
+    try:
+        assert store.stats().clients > 0
+    finally:
+        store.close()
 
     resumed = run_inprocess({"resume": str(run_dir), "quiet": True}, num_clients=4)
     straight = run_inprocess(_settings(tmp_path, "straight"), num_clients=4)
@@ -119,13 +125,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
     assert [r["accuracy"] for r in ra] == [r["accuracy"] for r in rb]
     assert [r["dropped"] for r in ra] == [r["dropped"] for r in rb]
     assert sum(r["clients-dropped"] for r in rb) > 0  # the dropouts were exercised
-    # the residuals lived in the run's on-disk store (client-state = disk), not in the checkpoint
-    store = ClientStateStore(run_dir / STATE_DIR / STORE_FILE)
-    try:
-        assert store.stats().clients > 0
-    finally:
-        store.close()
     assert not load_checkpoint(run_dir).client_states
+    assert not (run_dir / STATE_DIR).exists()  # a finished run is not resumed: its client state is deleted
 
 
 def test_checkpoint_off_writes_none(tmp_path: Path, quick: dict[str, Any]) -> None:

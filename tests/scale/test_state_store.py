@@ -79,3 +79,14 @@ def test_slots_and_where_the_store_lives(tmp_path: Path) -> None:
     assert _w(slot.load(2)).tobytes() == _w(_state(1.5)).tobytes()
     with pytest.raises(ConfigError, match="client-state"):
         state_slot("cloud", "none", ctx, "0")
+
+
+def test_a_finished_run_deletes_its_client_state(tmp_path: Path, quick: dict[str, object]) -> None:
+    from fedshrink.runner.inprocess import run_inprocess
+
+    root = tmp_path / "state"
+    result = run_inprocess({**quick, "num-server-rounds": 2, "uplink-chain": "topk:0.1|int8",
+                            "client-state-dir": str(root)}, num_clients=2)
+    assert result.summary["status"] == "completed"
+    # the store was made under client-state-dir/<run> (the residuals of a lossy uplink), then deleted at the end
+    assert root.is_dir() and not any(root.iterdir())

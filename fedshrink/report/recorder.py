@@ -179,6 +179,9 @@ class RunRecorder:
 
     def finish(self, summary: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
         """``clients.csv``, the global model and ``summary.json``; returns the summary as written."""
+        store = self._client_store()
+        if store is not None and store.is_dir():  # its size on disk (host), before it is deleted below
+            summary = {**summary, "client-state-bytes": sum(f.stat().st_size for f in store.rglob("*") if f.is_file())}
         summary = finite({**summary, **determinism_note(self.cfg), "resources": self.ledger.summary(),
                           "run-dir": str(self.path)})
         self.ledger.write_csv(self.path)
@@ -189,12 +192,18 @@ class RunRecorder:
         self._drop_client_store()
         return summary
 
+    def _client_store(self) -> Path | None:
+        """The directory of the run's on-disk client state as this process finds it, or None (state in memory)."""
+        if self.cfg.resources.client_state != "disk":
+            return None
+        return store_dir(self.cfg.to_mapping(), {}, self.grid.run.run_id)
+
     def _drop_client_store(self) -> None:
         """Delete the run's on-disk client state where this process can reach it (simulation, or a SuperNode on
         this machine); stores on other machines are their SuperNodes' to manage."""
-        if self.cfg.resources.client_state != "disk":
+        where = self._client_store()
+        if where is None:
             return
-        where = store_dir(self.cfg.to_mapping(), {}, self.grid.run.run_id)
         close_stores(where)
         shutil.rmtree(where, ignore_errors=True)
         link = self.path / STATE_DIR

@@ -125,10 +125,9 @@ def child_inprocess(spec: dict[str, Any]) -> dict[str, Any]:
         per_round.append({"round": r["round"], "seconds": r["seconds"], "clients": r["clients-good"],
                           "train-s": s["train"], "data-s": s["data"], "aggregation-s": r["aggregation-s"],
                           "accuracy": r["accuracy"]})
-    store = result.run_dir / "client-state" / "state.sqlite"
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
     return {"wall-s": wall, "rounds": per_round, "peak-rss-mb": peak_mb,
-            "store-mb": store.stat().st_size / 1e6 if store.exists() else 0.0,
+            "store-mb": float(result.summary.get("client-state-bytes", 0)) / 1e6,  # measured before it is deleted
             "accuracy": rounds[-1]["accuracy"]}
 
 

@@ -88,5 +88,6 @@ def test_a_finished_run_deletes_its_client_state(tmp_path: Path, quick: dict[str
     result = run_inprocess({**quick, "num-server-rounds": 2, "uplink-chain": "topk:0.1|int8",
                             "client-state-dir": str(root)}, num_clients=2)
     assert result.summary["status"] == "completed"
+    assert result.summary["client-state-bytes"] > 0  # its size, recorded before it went
     # the store was made under client-state-dir/<run> (the residuals of a lossy uplink), then deleted at the end
     assert root.is_dir() and not any(root.iterdir())

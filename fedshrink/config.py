@@ -127,9 +127,8 @@ class RunConfig:
         return self.data.partition_scheme()
 
     def distill_config(self) -> DistillConfig:
-        # static BatchNorm needs batch statistics, which a batch-of-1 edge runtime lacks
-        norm = "layer" if self.model.model_norm == "batch" else ""
-        return self.distill.config(seed=self.federation.seed, student_norm=norm)
+        # the student's norm follows the teacher's (fedshrink.distill.search.student_norm: static BatchNorm -> layer)
+        return self.distill.config(seed=self.federation.seed, student_norm="")
 
 
 SECTIONS: dict[str, type[Section]] = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # type: ignore[misc]  # every field has a Section factory

@@ -84,7 +84,7 @@ class DistillConfig:
     # search
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     student: str = ""  # "<model>:<width>" skips the search
-    student_norm: str = ""  # "" = the teacher's
+    student_norm: str = ""  # "" = the teacher's, layer for a static-BatchNorm teacher (search.student_norm)
     search_rungs: tuple[int, ...] = (100, 300)
     search_eta: int = 3
     search_holdout: float = 0.2

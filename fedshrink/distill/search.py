@@ -107,9 +107,17 @@ def parse_candidate(text: str, key: str = "distill.candidates") -> tuple[str, fl
     return name, w
 
 
+def student_norm(teacher: ModelSpec, norm: str = "") -> str:
+    """The student's norm: ``norm`` when given, else the teacher's, except that a static-BatchNorm teacher gets
+    a layer-norm student: a batch-of-1 edge runtime has no batch statistics (nor can ONNX export them)."""
+    if norm:
+        return norm
+    return "layer" if teacher.norm == "batch" else teacher.norm
+
+
 def candidate_spec(text: str, base: ModelSpec, norm: str = "") -> ModelSpec:
     name, width = parse_candidate(text)
-    return ModelSpec(name, base.input_shape, base.num_classes, width, norm or base.norm)
+    return ModelSpec(name, base.input_shape, base.num_classes, width, student_norm(base, norm))
 
 
 def measure_figures(spec: ModelSpec, prune_amount: float, *, repeats: int = 20) -> Figures:

@@ -79,3 +79,20 @@ def test_refusals(teacher: torch.nn.Module, teacher_spec: ModelSpec, proxy_x: np
     with pytest.raises(DistillError, match="labels"):
         distill_and_export(teacher, teacher_spec, proxy_x, test_set,
                            DistillConfig(**{**TINY, "alpha": 0.5}), tmp_path)  # type: ignore[arg-type]
+
+
+def test_a_static_batchnorm_teacher_gets_an_exportable_layer_norm_student(
+        teacher_spec: ModelSpec, proxy_x: np.ndarray, test_set: LabelledArrays, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from fedshrink.models import build_model, freeze_batch_stats
+
+    spec = replace(teacher_spec, norm="batch")
+    torch.manual_seed(0)
+    teacher = freeze_batch_stats(build_model(spec), torch.from_numpy(proxy_x))
+    cfg = DistillConfig(**{**TINY, "student": "cnn:0.125"})  # type: ignore[arg-type]
+    rep = distill_and_export(teacher, spec, proxy_x, test_set, cfg, tmp_path)
+    assert rep.student_spec.norm == "layer"  # a batch-of-1 runtime has no batch statistics
+    assert json.loads((tmp_path / "model_card.json").read_text())["student"]["onnx_max_abs_diff"] <= 1e-4
+    explicit = DistillConfig(**{**TINY, "student": "cnn:0.125", "student_norm": "none"})  # type: ignore[arg-type]
+    assert distill_and_export(teacher, spec, proxy_x, test_set, explicit, tmp_path / "b").student_spec.norm == "none"

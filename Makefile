@@ -92,7 +92,6 @@ results-sweeps: $(SIM)
 # (473a17d, checked out into a temporary git worktree) and this checkout
 results-measure: $(SIM)
 	OMP_NUM_THREADS=1 $(BENCH)/bench_codecs.py --repeats 15 --baseline simulations/results/codecs_before.json
-	$(BENCH)/bench_data.py centralised --epochs 5
 	$(BENCH)/bench_data.py generate
 	$(BENCH)/bench_data.py fleet --writers 100000 --clients 100
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(BENCH)/bench_deploy.py
@@ -101,6 +100,7 @@ results-measure: $(SIM)
 	$(BENCH)/bench_overhead.py --repeats 40
 	$(BENCH)/bench_scale.py
 	$(BENCH)/bench_security.py --code-at 473a17d --code . --fuzz 100000 --out simulations/results/security.md
+	$(BENCH)/bench_data.py centralised --epochs 5
 
 # two workers (pytest-xdist); a test file goes to one worker, so its module fixtures are built once; files are
 # handed out in the order tests/conftest.py puts them (end-to-end first); one BLAS/OpenMP thread per process,

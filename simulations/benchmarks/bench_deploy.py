@@ -10,7 +10,7 @@ by PID, and splits each round's wall time (``seconds`` in metrics.jsonl,
 measured by the ServerApp) into:
 
 * ClientApp work: the slowest client's metered span that round (decode,
-  build the model, train, encode; ``wall-s`` in clients.csv);
+  build the model, train, encode; ``host-wall-s`` in clients.csv);
 * ClientApp process overhead: Flower starts a fresh ``flwr-clientapp``
   process per message, which imports torch, Flower and fedshrink again and
   rebuilds the node's data split. Measured as the mean ClientApp lifetime
@@ -135,13 +135,13 @@ def main() -> int:
     ]
     messages = len(topo.nodes) * (args.rounds + 1)  # a train message per node and round, plus the profile query
     lifetime = float(run.details["compute-time"]["clientapp-seconds"]) / messages
-    overhead = lifetime - sum(float(c["wall-s"]) for c in clients) / messages
+    overhead = lifetime - sum(float(c["host-wall-s"]) for c in clients) / messages
     for r in rounds:
         n = int(r["round"])
-        work = max(float(c["wall-s"]) for c in clients if int(c["round"]) == n)
+        busy = max(float(c["host-wall-s"]) for c in clients if int(c["round"]) == n)
         proc = overhead * (2 if n == 1 else 1)  # round 1: the profile query runs one more ClientApp per node
-        rest = float(r["seconds"]) - work - proc - float(r["aggregation-s"])
-        lines.append(f"| {n} | {r['seconds']:.1f} | {work:.1f} | {proc:.1f} | {r['aggregation-s']:.2f} | "
+        rest = float(r["seconds"]) - busy - proc - float(r["aggregation-s"])
+        lines.append(f"| {n} | {r['seconds']:.1f} | {busy:.1f} | {proc:.1f} | {r['aggregation-s']:.2f} | "
                      f"{rest:.1f} |")
     lines += ["", f"Mean ClientApp process lifetime {lifetime:.1f} s over {messages} messages. Process start-up "
               "and polling are fixed costs of Flower's deployment runtime (a fresh ClientApp process per message, "

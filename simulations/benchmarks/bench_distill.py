@@ -7,7 +7,8 @@ Usage::
 Without ``--teacher-run`` it first trains a full-width FedAvg global model
 (``run_inprocess({"profile-mix": "", "num-server-rounds": 40})``: cnn x1.0, full width, 40 rounds, 20 clients,
 digits, seed 42); with
-it, it loads ``RUN_DIR/global_model.pt`` from such a run. Then, on the same
+it, it loads ``RUN_DIR/global_model.pt`` from such a run, built from that run's own model settings (model,
+width, norm) and evaluated as the server evaluates it (static batch statistics frozen on the proxy). Then, on the same
 default splits (``make_splits(SplitSpec())``: 180 proxy images, 360 test):
 
 * **KD (searched)**: ``distill_and_export`` with the default ``DistillConfig``:
@@ -18,8 +19,8 @@ default splits (``make_splits(SplitSpec())``: 180 proxy images, 360 test):
   their labels* (``alpha = 1``: cross-entropy only, no teacher), same augmentation,
   steps, pruning and int8: what the server could do if it had labels.
 * **federated, no KD**: the searched architecture trained federatedly from scratch
-  on the clients' data with the demo's settings (``run_inprocess`` with that model
-  and width; ``--fl-rounds`` rounds, 40 by default as in the demo), then pruned and
+  on the clients' data with the teacher's settings (``run_inprocess`` with that model
+  and width; ``--fl-rounds`` rounds, 40 by default as for the teacher), then pruned and
   int8-quantized with the same code but no fine-tuning (fine-tuning would need
   either labels or a teacher on the server).
 
@@ -53,6 +54,7 @@ from fedshrink.distill.compress import finalize_pruning, pack_int8, prune_studen
 from fedshrink.distill.export import measure_latency_ms  # noqa: E402
 from fedshrink.distill.macs import count_macs  # noqa: E402
 from fedshrink.models import ModelSpec, build_model, count_parameters  # noqa: E402
+from fedshrink.server.evaluation import for_evaluation  # noqa: E402
 from fedshrink.training import evaluate  # noqa: E402
 
 
@@ -62,6 +64,17 @@ def train_federated(overrides: dict[str, Any], base: Path) -> Path:
     res = run_inprocess({"output-dir": str(base), "quiet": True, "profile-mix": "", "num-server-rounds": 40,
                          **overrides})  # the teacher these results were measured with: full-width FedAvg
     return res.run_dir
+
+
+def load_run_model(run_dir: Path, splits: Any) -> tuple[ModelSpec, torch.nn.Module]:
+    """The global model of a run directory, built from the run's own settings (model, width, norm) and made
+    ready for evaluation as the server evaluates it (static batch statistics frozen on the proxy inputs)."""
+    settings = json.loads((run_dir / "config.json").read_text())
+    spec = ModelSpec(settings["model"], splits.input_shape, splits.num_classes, float(settings["model-width"]),
+                     settings["model-norm"])
+    model = build_model(spec)
+    model.load_state_dict(torch.load(run_dir / "global_model.pt", weights_only=True))
+    return spec, for_evaluation(model, splits)
 
 
 def row_from_card(label: str, card: dict[str, Any]) -> dict[str, Any]:
@@ -86,14 +99,11 @@ def main() -> None:
     t_all = time.perf_counter()
 
     splits = make_splits(SplitSpec())
-    tspec = ModelSpec("cnn", splits.input_shape, splits.num_classes, 1.0, "layer")
     teacher_run = args.teacher_run
     if teacher_run is None:
-        print("training the teacher (default demo run) ...", flush=True)
+        print("training the teacher (full-width FedAvg, 40 rounds) ...", flush=True)
         teacher_run = train_federated({}, work / "runs")
-    teacher = build_model(tspec)
-    teacher.load_state_dict(torch.load(teacher_run / "global_model.pt", weights_only=True))
-    teacher.eval()
+    tspec, teacher = load_run_model(teacher_run, splits)
 
     cfg = DistillConfig()
     print("KD with search ...", flush=True)
@@ -117,9 +127,7 @@ def main() -> None:
     t0 = time.perf_counter()
     fl_run = train_federated({"model": kd.student_spec.name, "model-width": kd.student_spec.width,
                               "num-server-rounds": args.fl_rounds}, work / "runs")
-    fl = build_model(kd.student_spec)
-    fl.load_state_dict(torch.load(fl_run / "global_model.pt", weights_only=True))
-    fl.eval()
+    _, fl = load_run_model(fl_run, splits)
     fl_acc = evaluate(fl, splits.test).accuracy
     prune_student(fl, cfg.prune_amount)
     finalize_pruning(fl)
@@ -142,7 +150,8 @@ def main() -> None:
 
     t = card["teacher"]
     rows = [
-        {"model": "cnn x1", "how": "teacher: federated global model (fp32)", "params": t["params"],
+        {"model": f"{tspec.name} x{tspec.width:g}", "how": "teacher: federated global model (fp32)",
+         "params": t["params"],
          "nonzeros": None, "macs": t["macs"], "bytes": t["bytes_fp32"], "acc_fp32": t["test_accuracy"],
          "acc_int8": None, "lat1": t["latency_ms_batch1"], "lat64": t["latency_ms_batch64"], "ort1": None,
          "seconds": None},
@@ -165,7 +174,9 @@ def main() -> None:
         + f" on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s) for latency; total {time.perf_counter() - t_all:.0f}s.",
         "",
-        f"Teacher: the default demo's global model, `{teacher_run.name}`. Proxy: {len(splits.proxy)} images "
+        f"Teacher: the global model of `{teacher_run.name}` ({tspec.name} x{tspec.width:g}, {tspec.norm} norm; "
+        "full-width FedAvg, 40 rounds, 20 clients, unless --teacher-run names another run). "
+        f"Proxy: {len(splits.proxy)} images "
         f"(digits, proxy-fraction 0.1), used **without labels** except in the 'proxy with labels' row. "
         f"Test: {len(splits.test)} images, used only for these figures.",
         "",
@@ -227,7 +238,7 @@ def main() -> None:
         "* **latency**: median wall-clock ms of one forward call on one CPU thread after warm-up "
         "(batch 64: per batch). The int8 student runs as a simulation (dequantize-then-compute), so no int8 "
         "latency is claimed; its accuracy is that of the packed file's model, re-read from disk.",
-        "* **federated, no KD**: the same architecture trained with the demo's federated settings; its "
+        "* **federated, no KD**: the same architecture trained federatedly as the teacher was (full-width FedAvg); its "
         "pruning + int8 is post-hoc without fine-tuning, since the server holds neither labels nor (in this "
         "baseline) a teacher. Its fp32 accuracy before pruning was "
         f"{100 * fl_acc:.2f}%.",

@@ -54,8 +54,9 @@ def test_several_threads_are_noted(tmp_path: Path) -> None:
     assert determinism_note(RunConfig()) == {}
     note = determinism_note(RunConfig.from_mapping({"client-threads": 2}))["determinism"]
     assert "client-threads = 2" in note
-    cfg = RunConfig.from_mapping({"client-threads": 2, "quiet": True})
-    recorder = RunRecorder(cfg, RunDirectory(tmp_path), grid=None)  # type: ignore[arg-type]  # no rounds played
+    # no rounds played and no grid: no client state on disk to look for either
+    cfg = RunConfig.from_mapping({"client-threads": 2, "quiet": True, "client-state": "memory"})
+    recorder = RunRecorder(cfg, RunDirectory(tmp_path), grid=None)  # type: ignore[arg-type]
     recorder.finish({"status": "completed"}, torch.nn.Linear(1, 1))
     assert "client-threads = 2" in RunDirectory(tmp_path).read_summary()["determinism"]
 

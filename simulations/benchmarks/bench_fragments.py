@@ -30,6 +30,7 @@ from fedshrink.sweep.results import bytes_to_reach
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP_FILE = "simulations/sweeps/fragments.toml"
+DEFAULT_OUT = ROOT / "simulations" / "results" / "fragments.md"
 POLICIES = ("static", "rolling", "random")
 MAIN = ("fedavg", *POLICIES)
 THRESHOLDS = (80, 85, 90, 95)
@@ -65,7 +66,8 @@ def header(sweep: SweepRuns, runs: dict[str, dict[int, Rounds]], command: str) -
     host = sum(float(r.summary.get("seconds", 0.0)) for r in sweep.runs.values())
     return [
         "# Heterogeneous fragments against full-width FedAvg", "",
-        f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by `{command}` from the sweep `{SWEEP_FILE}`, whose runs "
+        f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by `{command}` from the sweep "
+        f"`{sweep.plan.get('source') or SWEEP_FILE}`, whose runs "
         f"were made by `{sweep.plan.get('command', '')}` ({len(sweep.runs)} runs, {host:.0f} s of measured host "
         f"wall time summed over runs; torch 1 thread per run, {sweep.plan.get('engine')} engine).", "",
         f"{cfg.get('dataset')}, {sweep.plan.get('num-clients')} clients, {cfg.get('partitioner')} "
@@ -212,11 +214,14 @@ def collect(sweep: SweepRuns) -> tuple[dict[str, dict[int, Rounds]], dict[str, R
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "fragments")
-    ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "fragments.md")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     sweep = open_sweep(args.sweep_dir)
     runs, ablations, seed = collect(sweep)
     command = f"python simulations/benchmarks/bench_fragments.py --sweep-dir {args.sweep_dir}"
+    if args.out.resolve() != DEFAULT_OUT:
+        shown = args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out
+        command += f" --out {shown}"
     num_rounds = min(len(r) for per_seed in runs.values() for r in per_seed.values())
     lines = [*header(sweep, runs, command), *summary_table(runs), *per_seed_table(runs),
              *curves_tables(runs, num_rounds), *widths_table(runs)]

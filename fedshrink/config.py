@@ -127,8 +127,7 @@ class RunConfig:
         return self.data.partition_scheme()
 
     def distill_config(self) -> DistillConfig:
-        # the student's norm follows the teacher's (fedshrink.distill.search.student_norm: static BatchNorm -> layer)
-        return self.distill.config(seed=self.federation.seed, student_norm="")
+        return self.distill.config(seed=self.federation.seed)
 
 
 SECTIONS: dict[str, type[Section]] = {f.name: f.default_factory for f in dataclasses.fields(RunConfig)}  # type: ignore[misc]  # every field has a Section factory

@@ -36,8 +36,8 @@ def shrink_distillation(monkeypatch: pytest.MonkeyPatch) -> None:
 
     full = DistillSettings.config
 
-    def small(self: DistillSettings, *, seed: int, student_norm: str) -> DistillConfig:
-        return replace(full(self, seed=seed, student_norm=student_norm), transfer_size=512, search_rungs=(10, 20),
+    def small(self: DistillSettings, *, seed: int) -> DistillConfig:
+        return replace(full(self, seed=seed), transfer_size=512, search_rungs=(10, 20),
                        latency_repeats=3)
 
     monkeypatch.setattr(DistillSettings, "config", small)

@@ -34,13 +34,12 @@ class DistillSettings(Section):
                                            rule=at_least(0).noting(NO_LIMIT))
     distill_threads: int = option(1, "torch threads while distilling", rule=at_least(1))
 
-    def config(self, *, seed: int, student_norm: str) -> DistillConfig:
-        """The distillation pipeline's config (``student_norm``: '' = the teacher's)."""
+    def config(self, *, seed: int) -> DistillConfig:
+        """The distillation pipeline's config; the student's norm follows the teacher's (``search.student_norm``)."""
         return DistillConfig(
             enabled=self.distill, every_k_rounds=self.distill_every, teacher=self.distill_teacher,
             temperature=self.distill_temperature, alpha=self.distill_alpha, steps=self.distill_steps,
             finetune_steps=self.distill_finetune_steps, max_params=self.student_max_params,
             max_macs=self.student_max_macs, max_bytes=self.student_max_bytes,
             max_latency_ms=self.student_max_latency_ms, threads=self.distill_threads, seed=seed,
-            student_norm=student_norm,
         )

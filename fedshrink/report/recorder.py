@@ -7,8 +7,8 @@ prints the round; :meth:`RunRecorder.finish` writes ``clients.csv``, the
 global model and ``summary.json``, and deletes the clients' on-disk state
 (only a resume reads it, and a finished run is not resumed: a 1,000-client
 run's residuals take about half a GB); :meth:`RunRecorder.failing` records a
-failed run and keeps that state for the resume. Reports and plots are built afterwards from the directory
-(:func:`fedshrink.report.build_report`).
+failed run and keeps that state for the resume. Reports and plots are built
+afterwards from the directory (:func:`fedshrink.report.build_report`).
 """
 
 from __future__ import annotations
@@ -189,7 +189,7 @@ class RunRecorder:
         self.rundir.write_summary(summary)
         self.console.finish(summary)
         self.trackers.finish(summary, report=self.cfg.output.report)
-        self._drop_client_store()
+        self._drop_client_store(store)
         return summary
 
     def _client_store(self) -> Path | None:
@@ -198,10 +198,9 @@ class RunRecorder:
             return None
         return store_dir(self.cfg.to_mapping(), {}, self.grid.run.run_id)
 
-    def _drop_client_store(self) -> None:
-        """Delete the run's on-disk client state where this process can reach it (simulation, or a SuperNode on
+    def _drop_client_store(self, where: Path | None) -> None:
+        """Delete the run's on-disk client state ``where`` this process finds it (simulation, or a SuperNode on
         this machine); stores on other machines are their SuperNodes' to manage."""
-        where = self._client_store()
         if where is None:
             return
         close_stores(where)

@@ -148,10 +148,20 @@ def varint_encode(indices: I64) -> bytes:
     """Delta-varint code of strictly increasing non-negative ``indices`` (< 2**35)."""
     if indices.size == 0:
         return b""
-    gaps = _gaps(np.asarray(indices, dtype=np.int64))
-    top = int(gaps.max())
+    indices = np.asarray(indices, dtype=np.int64)
+    steps = np.diff(indices)  # the gaps after the first, plus 1
+    top = max(int(indices[0]), int(steps.max()) - 1 if steps.size else 0)
     if top < 0x80:  # every gap fits one byte
-        return gaps.astype(np.uint8).tobytes()
+        out = np.empty(indices.size, dtype=np.uint8)
+        out[0] = indices[0]
+        np.subtract(steps, 1, out=out[1:], casting="unsafe")
+        return out.tobytes()
+    gaps = np.empty(indices.size, dtype=np.int64)
+    gaps[0] = indices[0]
+    np.subtract(steps, 1, out=gaps[1:])
+    long = np.flatnonzero(gaps >= 0x80)
+    if 8 * long.size <= gaps.size:
+        return _varint_encode_few_long(gaps, long, top)
     nb = _varint_lengths(gaps, top)
     starts = np.cumsum(nb, dtype=np.int64)
     total = int(starts[-1])
@@ -170,6 +180,29 @@ def varint_encode(indices: I64) -> bytes:
         out[starts[rest] + j] = byte
         rest = rest[nb[rest] > j + 1]
     return out.tobytes()
+
+
+def _varint_encode_few_long(gaps: I64, long: I64, top: int) -> bytes:
+    """:func:`varint_encode` of ``gaps`` whose multi-byte varints (at positions ``long``) are few:
+    the one-byte stream, with the continuation bytes inserted after their gaps' first bytes."""
+    first = gaps.astype(np.uint8)  # low 8 bits
+    first &= 0x7F
+    first[long] |= 0x80
+    lg = gaps[long]  # (L,)
+    nb = _varint_lengths(lg, top)
+    at: list[I64] = []
+    extra: list[U8] = []
+    rest = np.arange(long.size)
+    for j in range(1, MAX_VARINT_BYTES):
+        if rest.size == 0:
+            break
+        byte = ((lg[rest] >> (7 * j)) & 0x7F).astype(np.uint8)
+        byte |= (nb[rest] > j + 1).view(np.uint8) << 7
+        at.append(long[rest] + 1)
+        extra.append(byte)
+        rest = rest[nb[rest] > j + 1]
+    # np.insert sorts the positions stably: a gap's continuation bytes keep their order
+    return np.insert(first, np.concatenate(at), np.concatenate(extra)).tobytes()
 
 
 def varint_decode(data: bytes | memoryview, count: int, n: int) -> I64:

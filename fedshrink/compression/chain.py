@@ -267,7 +267,9 @@ class Chain:
         dtype = TORCH_TO_NAME.get(t.dtype)
         if dtype is None:
             raise EncodeError(name, f"unsupported dtype {t.dtype}")
-        if dtype in FLOAT_DTYPES and not _all_finite(t):
+        # top-k keeps the largest magnitude, NaN and infinity included: checking the kept values suffices
+        check_kept = dtype == "float32" and self.sparsifier is not None and self.sparsifier.keeps_largest
+        if dtype in FLOAT_DTYPES and not check_kept and not _all_finite(t):
             raise EncodeError(name, "non-finite values")
         shape = tuple(int(d) for d in t.shape)
         if self.entropy is None and not self._transforms(dtype):  # sent as it is: a header made once
@@ -277,7 +279,7 @@ class Chain:
             return EncodedTensor(name, shape, dtype, (), serialize_tensor(header, parts, raw_nbytes), raw_nbytes)
         ct = pb.CompressedTensor(name=name, shape=shape, dtype=dtype)
         rng = np.random.default_rng() if rng is None else rng
-        parts = self._payload(ct, name, t, dtype, rng)  # [index section,] value section
+        parts = self._payload(ct, name, t, dtype, rng, check_kept)  # [index section,] value section
         raw_nbytes = sum(len(part) for part in parts)
         if self.entropy is not None:
             compressed, estage = self.entropy.compress(parts)
@@ -301,9 +303,18 @@ class Chain:
             (self.sparsifier is not None and is_float)
 
     def _payload(
-        self, ct: pb.CompressedTensor, name: str, t: torch.Tensor, dtype: str, rng: np.random.Generator
+        self,
+        ct: pb.CompressedTensor,
+        name: str,
+        t: torch.Tensor,
+        dtype: str,
+        rng: np.random.Generator,
+        check_kept: bool = False,
     ) -> list[bytes | memoryview]:
-        """Apply the sparsifier and value codec (recording their stages in ``ct``); the payload's parts."""
+        """Apply the sparsifier and value codec (recording their stages in ``ct``); the payload's parts.
+
+        ``check_kept``: raise EncodeError if a value the sparsifier keeps is not finite (the
+        tensor's finiteness check when the sparsifier keeps the largest magnitude)."""
         is_float = dtype in FLOAT_DTYPES
         value = self.value
         use_value = value is not None and (is_float or (dtype == "bool" and value.accepts_bool))
@@ -311,20 +322,25 @@ class Chain:
             return [_raw_bytes(t, dtype)]
         x = t.to(torch.float32).contiguous().numpy().reshape(-1)  # (n,)
         parts: list[bytes | memoryview] = []
-        idx = None
+        idx = values = None
         if self.sparsifier is not None and is_float:
-            idx = self.sparsifier.select(x, rng)
+            idx, values = self.sparsifier.select_values(x, rng)  # values: x[idx]
+            if check_kept and not all_finite(values):
+                raise EncodeError(name, "non-finite values")
             ct.stages.append(self.sparsifier.stage())
             index_bytes, encoding = self._encode_indices(idx, x.size)
             ct.sparse.CopyFrom(pb.SparseIndex(encoding=encoding, count=idx.size, nbytes=len(index_bytes)))
             parts.append(index_bytes)
         if value is None or not use_value:
-            assert idx is not None
-            parts.append(_raw_bytes(t.reshape(-1)[torch.from_numpy(idx)], dtype))
+            assert idx is not None and values is not None
+            if dtype == "float32":  # the values as they are
+                parts.append(_buffer(values.astype("<f4", copy=False)))
+            else:  # x is the float32 copy of another dtype: take the values from the tensor itself
+                parts.append(_raw_bytes(t.reshape(-1)[torch.from_numpy(idx)], dtype))
             return parts
         shape = tuple(ct.shape)
         axis = None if idx is not None else value.group_axis(len(shape))
-        grouped = x[idx].reshape(1, -1) if idx is not None else _grouped(x, shape, axis)  # (G, N)
+        grouped = values.reshape(1, -1) if values is not None else _grouped(x, shape, axis)  # (G, N)
         try:
             value_bytes, stage = value.encode(grouped, rng, axis)
         except ValueError as exc:

@@ -86,11 +86,20 @@ def quant_params(x: F32, bits: int) -> tuple[F32, F32]:
     return lo.astype(np.float32), scale64.astype(np.float32)
 
 
-def quantize(x: F32, lo: F32, scale: F32, bits: int, noise: F32 | None) -> npt.NDArray[np.uint8]:
+def quantize(
+    x: F32, lo: F32, scale: F32, bits: int, noise: F32 | None, *, own_params: bool = False
+) -> npt.NDArray[np.uint8]:
     """Codes ``q = round((x - lo) / scale)`` in ``0..2**bits-1`` for ``x`` (G, N).
 
     With ``noise`` (uniform in [0, 1), same shape as ``x``) the rounding is
     stochastic, ``q = floor(t + u)``, so that ``E[q] = t``: unbiased (QSGD-style).
+
+    ``own_params``: ``(lo, scale)`` are :func:`quant_params` of this very ``x``, so
+    deterministic rounding needs no clip (the same codes, one pass fewer): ``x >= lo``
+    makes ``t = (x - lo) * (1 / scale) >= 0``, and ``t`` exceeds ``2**bits - 1`` by a
+    few float32 roundings of relative size ``2**-24`` at most, far below the 0.5 that
+    ``rint`` would need to go past it (a scale raised to the smallest normal only
+    lowers ``t``; a zero scale gives ``t = 0``).
     """
     levels = (1 << bits) - 1
     inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale > 0)  # (G,)
@@ -98,6 +107,8 @@ def quantize(x: F32, lo: F32, scale: F32, bits: int, noise: F32 | None) -> npt.N
     t *= inv[:, None]
     if noise is None:
         np.rint(t, out=t)
+        if own_params:
+            return t.astype(np.uint8)
     else:
         t += noise
         np.floor(t, out=t)
@@ -134,14 +145,26 @@ def topk_indices(x: F32, k: int) -> I64:
     value ``v``; the result is every candidate ``> v`` plus the first ones ``== v``.
     Candidates come from ``flatnonzero``, so the positions are sorted without a sort.
     """
-    n = x.size
+    return topk_select(x, k)[0]
+
+
+def topk_select(x: F32, k: int) -> tuple[I64, np.ndarray]:
+    """:func:`topk_indices` and the values there, ``(idx, x.reshape(-1)[idx])``.
+
+    Magnitudes of floats are compared as the bit patterns of ``|x|`` read as integers of
+    the same width: non-negative, so they order like the floats (numpy partitions
+    integers about twice as fast). The values come from the candidates' values
+    (gathered once, a small array) rather than from ``x`` again.
+    """
+    flat = x.reshape(-1)
+    n = flat.size
     if k >= n:
-        return np.arange(n, dtype=np.int64)
+        return np.arange(n, dtype=np.int64), flat.copy()
     if k <= 0:
-        return np.zeros(0, dtype=np.int64)
-    mag = np.abs(x.reshape(-1))  # (n,)
-    cand = _topk_candidates(mag, k)
-    cmag = mag if cand is None else mag[cand]  # (c,)
+        return np.zeros(0, dtype=np.int64), flat[:0].copy()
+    cand = _topk_candidates(flat, k)
+    cvals = flat if cand is None else np.take(flat, cand)  # (c,); take: faster than flat[cand]
+    cmag = _magnitude_keys(cvals)
     kth = np.partition(cmag, cmag.size - k)[cmag.size - k]
     keep = cmag > kth
     missing = k - int(np.count_nonzero(keep))
@@ -149,7 +172,17 @@ def topk_indices(x: F32, k: int) -> I64:
         ties = np.flatnonzero(cmag == kth)[:missing]
         keep[ties] = True
     pos = np.flatnonzero(keep)
-    return pos if cand is None else cand[pos]
+    values = np.take(cvals, pos)
+    return (pos if cand is None else np.take(cand, pos)), values
+
+
+def _magnitude_keys(x: np.ndarray) -> np.ndarray:
+    """``|x|`` as keys that order like the magnitudes: for floats, the bit patterns of ``|x|`` as
+    signed integers of the same width (non-negative, so in the float order, NaN above infinity)."""
+    mag: np.ndarray = np.abs(x)
+    if mag.dtype.kind == "f":
+        return mag.view(f"i{mag.dtype.itemsize}")
+    return mag
 
 
 _SAMPLE = 1 << 14
@@ -159,12 +192,12 @@ _SAMPLE = 1 << 14
 _MEMCHR_DENSITY, _BRANCHLESS_DENSITY = 0.03, 0.12
 
 
-def _topk_candidates(mag: F32, k: int) -> I64 | None:
+def _topk_candidates(x: np.ndarray, k: int) -> I64 | None:
     """Sorted positions whose magnitude is at least a sampled threshold (>= k of them), or None for all."""
-    n = mag.size
+    n = x.size
     if n < 8 * _SAMPLE:
         return None
-    sample = mag[:: n // _SAMPLE]  # (m,)
+    sample = _magnitude_keys(x[:: n // _SAMPLE])  # (m,)
     m = sample.size
     # expected k/n * m sample hits; aim above it by 3 standard deviations plus 1 % of m
     want = k / n * m
@@ -174,7 +207,7 @@ def _topk_candidates(mag: F32, k: int) -> I64 | None:
     if above >= m:
         return None
     threshold = np.partition(sample, m - above)[m - above]
-    cand = np.flatnonzero(mag >= threshold)
+    cand = np.flatnonzero(_magnitude_keys(x) >= threshold)
     return cand if cand.size >= k else None
 
 
@@ -427,10 +460,18 @@ class Codec(ABC):
 class Sparsifier(Codec):
     kind = Kind.SPARSIFY
     stage_fields = frozenset({"ratio"})
+    #: its selection of a non-empty float32 tensor always holds the element of largest magnitude,
+    #: NaN counted above infinity: the chain then checks finiteness on the kept values alone
+    keeps_largest: ClassVar[bool] = False
 
     @abstractmethod
     def select(self, x: F32, rng: np.random.Generator) -> I64:
         """Sorted unique positions of the elements of ``x`` (flat) to send."""
+
+    def select_values(self, x: F32, rng: np.random.Generator) -> tuple[I64, F32]:
+        """:meth:`select` and the values there, ``(idx, x[idx])`` (a sparsifier may find them faster)."""
+        idx = self.select(x, rng)
+        return idx, np.take(x, idx)
 
     def stage(self) -> pb.CodecStage:
         st = self.new_stage()
@@ -525,10 +566,15 @@ class TopK(Sparsifier):
 
     codec_id = "topk"
     config_cls = TopKConfig
+    keeps_largest = True  # magnitudes compare as bit patterns: NaN above infinity above the rest
 
     def select(self, x: F32, rng: np.random.Generator) -> I64:
         assert isinstance(self.config, TopKConfig)
         return topk_indices(x, topk_count(x.size, self.config.ratio))
+
+    def select_values(self, x: F32, rng: np.random.Generator) -> tuple[I64, F32]:
+        assert isinstance(self.config, TopKConfig)
+        return topk_select(x, topk_count(x.size, self.config.ratio))
 
 
 @register
@@ -628,7 +674,7 @@ class Quant(ValueCodec):
         bits = self.cfg.bits
         lo, scale = quant_params(x, bits)
         noise = rng.random(x.shape, dtype=np.float32) if self.cfg.stochastic else None
-        q = quantize(x, lo, scale, bits, noise)
+        q = quantize(x, lo, scale, bits, noise, own_params=True)
         st = self.new_stage()
         st.bits = bits
         if axis is not None:

@@ -100,6 +100,24 @@ def _leb128_reference(idx: np.ndarray) -> bytes:
     return bytes(out)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    count=st.integers(1, 3000),
+    long_frac=st.sampled_from([0.0, 0.001, 0.01, 0.1, 0.124, 0.126, 0.5, 1.0]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_varint_with_few_or_many_long_gaps_is_leb128(count: int, long_frac: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    gaps = rng.integers(0, 0x80, count)
+    long = rng.random(count) < long_frac
+    gaps[long] = rng.choice([0x80, 0x81, 300, 2**14 - 1, 2**14, 2**21, 2**28 + 3], int(long.sum()))
+    idx = np.cumsum(gaps + 1) - 1
+    code = bitops.varint_encode(idx)
+    assert code == _leb128_reference(idx)
+    assert len(code) == bitops.varint_nbytes(idx)
+    assert np.array_equal(bitops.varint_decode(code, idx.size, int(idx[-1]) + 1), idx)
+
+
 def test_varint_is_leb128_of_the_gaps() -> None:
     rng = np.random.default_rng(0)
     gaps = rng.choice([0, 1, 127, 128, 300, 2**14 - 1, 2**14, 2**21, 2**28 + 3], size=400)

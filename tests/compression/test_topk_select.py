@@ -14,7 +14,7 @@ from compression_helpers import float_arrays
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedshrink.compression import Chain, bitops
+from fedshrink.compression import Chain
 from fedshrink.compression.codecs import _SAMPLE, quant_params, quantize, topk_indices, topk_select
 from fedshrink.errors import EncodeError
 
@@ -86,35 +86,6 @@ def test_topk_chains_refuse_non_finite_large_tensors(text: str, bad: float | str
         x[where] = float(bad)
     with pytest.raises(EncodeError, match="non-finite"):
         Chain(text).encode("w", x)
-
-
-def _leb128(idx: np.ndarray) -> bytes:
-    out, prev = bytearray(), -1
-    for i in idx.tolist():
-        gap, prev = i - prev - 1, i
-        while gap >= 0x80:
-            out.append(gap & 0x7F | 0x80)
-            gap >>= 7
-        out.append(gap)
-    return bytes(out)
-
-
-@settings(max_examples=60, deadline=None)
-@given(
-    count=st.integers(1, 3000),
-    long_frac=st.sampled_from([0.0, 0.001, 0.01, 0.1, 0.124, 0.126, 0.5, 1.0]),
-    seed=st.integers(0, 2**32 - 1),
-)
-def test_varint_with_few_or_many_long_gaps_is_leb128(count: int, long_frac: float, seed: int) -> None:
-    rng = np.random.default_rng(seed)
-    gaps = rng.integers(0, 0x80, count)
-    long = rng.random(count) < long_frac
-    gaps[long] = rng.choice([0x80, 0x81, 300, 2**14 - 1, 2**14, 2**21, 2**28 + 3], int(long.sum()))
-    idx = np.cumsum(gaps + 1) - 1
-    code = bitops.varint_encode(idx)
-    assert code == _leb128(idx)
-    assert len(code) == bitops.varint_nbytes(idx)
-    assert np.array_equal(bitops.varint_decode(code, idx.size, int(idx[-1]) + 1), idx)
 
 
 @settings(max_examples=100, deadline=None)

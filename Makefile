@@ -11,8 +11,8 @@ STAMP  := $(VENV)/.installed
 DEV    := $(VENV)/.installed-dev
 SIM    := $(VENV)/.installed-simulation
 # Installs go through uv (installed into the venv by pip, one wheel): it resolves, unpacks and byte-compiles
-# on every core, 55 s from a cold cache here where pip took 84 s to install and 41 s more to byte-compile
-# (docs/results.md). Byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set, a venv without .pyc
+# on every core: 55 s here from a cold cache (the venv and uv itself included), where pip took 78 s to
+# install and compileall 41 s more (docs/results.md). Byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set, a venv without .pyc
 # files would recompile torch, flwr and scikit-learn in every new process (about 25 s each). The local
 # wheel directory pip is configured with (PIP_FIND_LINKS) is passed on; uv's cache is a copy, not links,
 # so the venv does not depend on it.

@@ -89,7 +89,7 @@ def row_from_card(label: str, card: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ort_batch64(model: torch.nn.Module, shape: tuple[int, int, int], path: Path, repeats: int) -> tuple[float, float]:
+def ort_latencies(model: torch.nn.Module, shape: tuple[int, int, int], path: Path, repeats: int) -> tuple[float, float]:
     """onnxruntime ms at batch 1 and 64 (one thread) of ``model`` exported to ``path`` as the library exports."""
     export_onnx(model, shape, path)
     return onnx_latency_ms(path, shape, 1, repeats=repeats), onnx_latency_ms(path, shape, 64, repeats=repeats)
@@ -150,11 +150,11 @@ def main() -> None:
         "macs": count_macs(fl, shape), "bytes": len(pack_int8(fl_q)),
         "acc_fp32": evaluate(fl, splits.test).accuracy, "acc_int8": evaluate(fl_q, splits.test).accuracy,
         "lat1": measure_latency_ms(fl, shape, 1, repeats=cfg.latency_repeats),
-        "lat64": measure_latency_ms(fl, shape, 64, repeats=cfg.latency_repeats), "ort1": None,
-        "ort64": ort_batch64(fl, shape, work / "fl.onnx", cfg.latency_repeats)[1],
+        "lat64": measure_latency_ms(fl, shape, 64, repeats=cfg.latency_repeats),
+        **dict(zip(("ort1", "ort64"), ort_latencies(fl, shape, work / "fl.onnx", cfg.latency_repeats), strict=True)),
         "seconds": time.perf_counter() - t0,
     }
-    teacher_ort1, teacher_ort64 = ort_batch64(teacher, shape, work / "teacher.onnx", cfg.latency_repeats)
+    teacher_ort1, teacher_ort64 = ort_latencies(teacher, shape, work / "teacher.onnx", cfg.latency_repeats)
 
     t = card["teacher"]
     rows = [

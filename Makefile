@@ -109,9 +109,9 @@ results-measure: $(SIM)
 test: $(DEV)
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
-# the fast tier: no Flower engines, no processes of their own (markers e2e and slow)
+# the fast tier: no Flower engines, no processes of their own (markers e2e and slow), on two workers as above
 test-fast: $(DEV)
-	$(PY) -m pytest -m "not e2e and not slow"
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile -m "not e2e and not slow"
 
 lint: $(DEV)
 	$(VENV)/bin/ruff check fedshrink tests simulations scripts

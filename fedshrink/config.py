@@ -74,8 +74,26 @@ class RunConfig:
         if self.fragments_enabled and self.distill.distill and self.distill.distill_teacher == "ensemble":
             raise ConfigError("distill-teacher", self.distill.distill_teacher,
                               "'global' when a profile-mix or budget-mix makes clients train fragments")
+        if self.devices.absent_updates == "reuse" and self.absent_updates_blocker:
+            raise ConfigError("absent-updates", "reuse", f"'drop' or 'auto' when {self.absent_updates_blocker} is "
+                              "set (it assumes each update counts once)")
         self.privacy.check_with(defence=self.robust.defence, norm_guard=self.robust.norm_guard,
                                 pruned_as_zero=self.fragments_enabled and self.fragments.pruned_as_zero)
+
+    @property
+    def absent_updates_blocker(self) -> str:
+        """The setting that rules out reusing absent clients' updates ('' when none does)."""
+        if self.privacy.enabled:
+            return "dp-mode"
+        if self.robust.defence != "none":
+            return "defence"
+        return "norm-guard" if self.robust.norm_guard > 0 else ""
+
+    @property
+    def reuses_absent_updates(self) -> bool:
+        """Whether the server counts an absent client's latest update again (absent-updates resolved)."""
+        return self.devices.absent_updates == "reuse" or (
+            self.devices.absent_updates == "auto" and not self.absent_updates_blocker)
 
     # -- conversions -----------------------------------------------------------
     @classmethod

@@ -9,7 +9,9 @@ from fedshrink.devices.budget import Budget, parse_budget_mix
 from fedshrink.devices.clock import parse_over_select
 from fedshrink.devices.model import DEVICE_MODELS
 from fedshrink.devices.profiles import parse_shares, seeded_shares
-from fedshrink.settings import Section, accepted_by, at_least, between, option
+from fedshrink.settings import Section, accepted_by, at_least, between, greater_than, one_of, option
+
+ABSENT_UPDATES = ("auto", "reuse", "drop")
 
 
 def _budget_mix(text: str) -> object:
@@ -37,6 +39,14 @@ class DeviceSettings(Section):
         "the first to finish are kept", rule=accepted_by(parse_over_select, "a fraction in [0, 1) or a whole count"))
     device_availability: bool = option(
         True, "model each device's availability: a client offline in a round (its seeded draw) is not reached")
+    absent_updates: str = option(
+        "auto", "a sampled client that is offline or misses the round deadline: `reuse` counts its latest "
+        "accepted update again, at most reuse-rounds old (MIFA); `drop` leaves it out; `auto`: reuse, unless "
+        "dp-mode, a defence or the norm guard is set (each assumes an update counts once)", rule=one_of(ABSENT_UPDATES))
+    reuse_rounds: int = option(10, "oldest update, in rounds, that absent-updates reuses", rule=at_least(1))
+    reuse_memory_mb: float = option(
+        256.0, "server memory for the updates absent-updates keeps (sent values and masks); past it the oldest "
+        "are forgotten", rule=greater_than(0))
     device_spread: float = option(
         0.5, "sigma of the log-normal draw of each client's throughput, links and latency around its profile's "
         "medians (0: every client at the medians)", rule=between(0, 3))

@@ -125,6 +125,7 @@ class RunRecorder:
                     "server": {str(k): [c.aggregation_seconds, c.distillation_seconds, c.bytes_down]
                                for k, c in self.ledger.server.items()}},
             client_states=self.grid.export_client_states() if isinstance(self.grid, ClientStateGrid) else None,
+            strategy_arrays=strategy.checkpoint_arrays(),
         ))
 
     def resume(self, strategy: ShrinkStrategy) -> ArrayRecord:
@@ -132,6 +133,7 @@ class RunRecorder:
         ckpt = load_checkpoint(self.path)
         try:
             strategy.restore_state(ckpt.strategy)
+            strategy.restore_arrays(ckpt.strategy, ckpt.strategy_arrays)
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"strategy state in {self.path}: {exc}") from exc
         restore_rng(ckpt.rng)

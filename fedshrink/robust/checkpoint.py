@@ -7,7 +7,8 @@ containers of tensors, ints and strings only, loaded back with
 ``weights_only=True``: nothing is unpickled. It holds
 
 * the round and the global model's arrays (exact dtypes and values);
-* the strategy's state (:meth:`FedShrink.checkpoint_state`: e.g. node profiles), as JSON;
+* the strategy's state (:meth:`FedShrink.checkpoint_state`: e.g. node profiles), as JSON, and its arrays
+  (:meth:`FedShrink.checkpoint_arrays`: e.g. the updates ``absent-updates`` remembers);
 * the RNG states of Python's ``random``, numpy's global generator and torch's;
 * the resource ledger so far (client rows and server costs), as JSON;
 * for in-process simulations, every simulated client's ``context.state``
@@ -67,6 +68,7 @@ class ServerCheckpoint:
     rng: dict[str, Any] = field(default_factory=dict)
     ledger: dict[str, Any] = field(default_factory=dict)
     client_states: dict[int, RecordDict] | None = None
+    strategy_arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # -- RNG states ----------------------------------------------------------------------------
@@ -123,6 +125,7 @@ def save_checkpoint(run_dir: Path, ckpt: ServerCheckpoint) -> Path:
         "strategy": json.dumps(ckpt.strategy, sort_keys=True),
         "rng": ckpt.rng,
         "ledger": json.dumps(ckpt.ledger, sort_keys=True),
+        "strategy_arrays": {k: torch.from_numpy(np.array(v, copy=True)) for k, v in ckpt.strategy_arrays.items()},
     }
     if ckpt.client_states is not None:
         payload["client_states"] = {str(n): _recorddict_tensor(rd) for n, rd in ckpt.client_states.items()}
@@ -159,6 +162,7 @@ def load_checkpoint(run_dir: Path) -> ServerCheckpoint:
         rng=fields.rng(),
         ledger=fields.json_object("ledger"),
         client_states=fields.client_states(),
+        strategy_arrays=fields.strategy_arrays(),
     )
 
 
@@ -213,6 +217,22 @@ class _Fields:
                 out[k] = tensor.numpy()
             except (TypeError, RuntimeError) as exc:
                 raise self.fault(f"arrays[{k!r}]", f"has no numpy form: {exc}") from exc
+        return out
+
+    def strategy_arrays(self) -> dict[str, np.ndarray]:
+        """Optional (a checkpoint written before it existed has none)."""
+        if "strategy_arrays" not in self.payload:
+            return {}
+        tensors = self.get("strategy_arrays", dict, "a dict of tensors")
+        out = {}
+        for k, t in tensors.items():
+            name = f"strategy_arrays[{k!r}]"
+            if not isinstance(k, str):
+                raise self.fault(name, "has a key that is not a string")
+            try:
+                out[k] = _typed(t, torch.Tensor, "a tensor", self.at(name)).numpy()
+            except (TypeError, RuntimeError) as exc:
+                raise self.fault(name, f"has no numpy form: {exc}") from exc
         return out
 
     def rng(self) -> dict[str, Any]:

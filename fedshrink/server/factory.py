@@ -26,6 +26,7 @@ from fedshrink.protocol import Hello
 from fedshrink.robust.defences import DefenceEnv, RootUpdate
 from fedshrink.robust.guard import NormGuard
 from fedshrink.strategy.fleet import Fleet
+from fedshrink.strategy.memory import UpdateMemory
 from fedshrink.strategy.plan import Planner, ReplyLimits
 from fedshrink.strategy.rounds import BudgetPlanner, Refiner, ShrinkStrategy
 from fedshrink.strategy.stages import Stage
@@ -112,4 +113,8 @@ def build_strategy(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> ShrinkStr
                         clients_per_round=fed.clients_per_round, seed=cfg.seed, wait_timeout=fed.round_timeout,
                         stages=build_stages(cfg, spec, splits) + private_stages, refiners=refiners,
                         initialise=initialise, pruned_as_zero=frag.pruned_as_zero, examples_fence=fed.examples_fence,
-                        update_limit=fed.update_limit, fleet=fleet, plan_budget=budget_planner(cfg, spec))
+                        update_limit=fed.update_limit, fleet=fleet, plan_budget=budget_planner(cfg, spec),
+                        memory=UpdateMemory(max_age=cfg.devices.reuse_rounds,
+                                            max_bytes=int(cfg.devices.reuse_memory_mb * 1e6))
+                        if cfg.reuses_absent_updates and (cfg.devices.device_availability or cfg.devices.round_deadline)
+                        else None)

@@ -46,6 +46,7 @@ from fedshrink.protocol import Hello
 from fedshrink.training import TrainSettings
 
 WHOLE = "whole-model"  # the profile of a node that trains the whole model (no fragment)
+OFFLINE = "unavailable this round (its modelled availability draw); not reached"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class Settlement:
     dropped: dict[int, str]  # node -> reason, for nodes that trained but do not count
     round_metrics: dict[str, float]
     client_metrics: dict[int, dict[str, float]] = field(default_factory=dict)  # accepted nodes' figures
+    stragglers: set[int] = field(default_factory=set)  # dropped nodes that missed the round deadline
 
 
 class Fleet:
@@ -109,7 +111,7 @@ class Fleet:
             if device is None:
                 keep.append(node)
             elif self.availability and not is_available(device, hello.partition_id, self.seed, server_round):
-                dropped[node] = "unavailable this round (its modelled availability draw); not reached"
+                dropped[node] = OFFLINE
             elif not (cost := self.planned_cost(hello, device)).fits(device):
                 dropped[node] = (f"declined: its modelled round memory {cost.memory_bytes / 1e6:.3g} MB is over its "
                                  f"device's {device.memory_mb:g} MB")
@@ -147,7 +149,7 @@ class Fleet:
 
     def _settlement(self, outcome: RoundOutcome, node_of: Mapping[int, int], costs: Mapping[int, RoundCost],
                     untimed: set[int], hellos: Mapping[int, Hello]) -> Settlement:
-        accepted, dropped, clients = set(untimed), {}, {}
+        accepted, dropped, clients, stragglers = set(untimed), {}, {}, set()
         for c in outcome.clients:
             node = node_of[c.client]
             if node not in costs:
@@ -157,6 +159,7 @@ class Fleet:
                 hello = hellos[node]
                 clients[node] = {**client_metrics(costs[node], "accepted"), **self._fedavg(hello)}
             elif c.status == "deadline":
+                stragglers.add(node)
                 dropped[node] = (f"straggler: its modelled device time {c.time_s:.3g} s is past the round deadline "
                                  f"{self.deadline_s:g} s")
             elif c.status == "surplus":
@@ -165,7 +168,7 @@ class Fleet:
         metrics = outcome.metrics()
         round_metrics = {"device-time-s": metrics.pop("device-round-s"),
                          "device-energy-j": metrics.pop("device-fleet-energy-j"), **metrics}
-        return Settlement(accepted, dropped, round_metrics, clients)
+        return Settlement(accepted, dropped, round_metrics, clients, stragglers)
 
     def _fedavg(self, hello: Hello) -> dict[str, float]:
         """What full-width fp32 FedAvg would cost this device this round (modelled, for comparison)."""
@@ -178,4 +181,4 @@ class Fleet:
                 "device-fedavg-fits": float(cost.fits(hello.device))}
 
 
-__all__ = ["REASONS", "WHOLE", "Fleet", "Settlement", "Trained"]
+__all__ = ["OFFLINE", "REASONS", "WHOLE", "Fleet", "Settlement", "Trained"]

@@ -18,7 +18,10 @@ functions and small objects it is given at construction:
   :class:`~.batch.Contribution` in global coordinates, runs the aggregation
   stages (:func:`~.stages.aggregate`: screens such as the norm guard,
   transforms such as clipping, one combiner -- FedAvg over holders by
-  default -- and perturbations), then the refiners (e.g. fusion).
+  default -- and perturbations), then the refiners (e.g. fusion). With an
+  :class:`~.memory.UpdateMemory` (``absent-updates``), the latest updates of
+  the sampled clients that were offline or late are stacked under the
+  round's own before the stages run.
 
 With lossless chains and the whole model this is exactly FedAvg. What
 happened in the last rounds is kept in :attr:`ShrinkStrategy.outcomes`
@@ -50,7 +53,8 @@ from fedshrink.fragments import FragmentSpec, extract
 from fedshrink.protocol import CONFIG, TRAIN, AcceptedReply, Hello, read_train_reply
 from fedshrink.strategy.batch import BatchRows, FloatArray, Layout, UpdateBatch
 from fedshrink.strategy.contributions import accepted_weights, contribution
-from fedshrink.strategy.fleet import Fleet, Trained
+from fedshrink.strategy.fleet import OFFLINE, Fleet, Trained
+from fedshrink.strategy.memory import UpdateMemory
 from fedshrink.strategy.plan import Assignment, Planner
 from fedshrink.strategy.stages import RoundContext, Stage, aggregate, check_stages
 
@@ -144,8 +148,8 @@ class ShrinkStrategy(Strategy):
                  clients_per_round: int = 0, seed: int = 0, wait_timeout: float = 600.0,
                  stages: Sequence[Stage] = (), refiners: Sequence[Refiner] = (),
                  initialise: Initialiser | None = None, pruned_as_zero: bool = True, examples_fence: float = 3.0,
-                 update_limit: float = 0.0, fleet: Fleet | None = None, plan_budget: BudgetPlanner | None = None
-                 ) -> None:
+                 update_limit: float = 0.0, fleet: Fleet | None = None, plan_budget: BudgetPlanner | None = None,
+                 memory: UpdateMemory | None = None) -> None:
         check_stages(stages)
         self.planner = planner
         self.fraction_train = fraction_train
@@ -162,12 +166,14 @@ class ShrinkStrategy(Strategy):
         self.pruned_as_zero = pruned_as_zero
         self.examples_fence = examples_fence
         self.update_limit = update_limit
+        self.memory = memory  # absent clients' latest updates, counted again (absent-updates = reuse)
         self.nodes: dict[int, Hello] = {}  # what each node said in its hello
         self.outcomes: deque[RoundOutcome] = deque(maxlen=OUTCOMES_KEPT)
         self._global: State = {}
         self._assigned: dict[int, Assignment] = {}
         self._bytes_to: dict[int, int] = {}  # node -> bytes of its train message this round
         self._skipped: dict[int, str] = {}  # sampled nodes the fleet clock left out this round, with the reason
+        self._stragglers: set[int] = set()  # nodes whose reply missed this round's deadline
         self._wanted = 0
         self._bytes_down = 0
         self._last_batch: UpdateBatch | None = None
@@ -265,6 +271,7 @@ class ShrinkStrategy(Strategy):
         self._sent_norms = {}
         batch = self._read_replies(outcome, list(replies), layout, global_flat)
         outcome.unreached = [Dropped(n, self.nodes[n].partition_id, why) for n, why in self._skipped.items()]
+        self._stragglers = set()
         if self.fleet is not None:
             batch = self._settle(outcome, batch)
         outcome.claims = [r.num_examples for r in outcome.accepted]
@@ -332,6 +339,7 @@ class ShrinkStrategy(Strategy):
                 self.fleet.estimate(profile).train_flops(r.num_examples * profile.local_epochs)
             trained.append(Trained(r.node_id, hello, self._bytes_to[r.node_id], r.nbytes, flops))
         verdict = self.fleet.settle(outcome.server_round, self._wanted, list(self._skipped), self.nodes, trained)
+        self._stragglers = verdict.stragglers
         outcome.device_round = verdict.round_metrics
         outcome.device_clients = verdict.client_metrics
         rows = [i for i, r in enumerate(outcome.accepted) if r.node_id in verdict.dropped]
@@ -358,12 +366,17 @@ class ShrinkStrategy(Strategy):
                    ) -> State | None:
         ctx = RoundContext(outcome.server_round, self._global, layout)
         self._last_batch = batch
-        new_flat, report = aggregate(global_flat, batch, self.stages, ctx)
-        if report.dropped:
-            self._drop_rows(outcome, [row for row, _ in report.dropped], [reason for _, reason in report.dropped])
+        counted, note = self._with_absent(outcome.server_round, batch)
+        new_flat, report = aggregate(global_flat, counted, self.stages, ctx)
+        own = [(row, reason) for row, reason in report.dropped if row < len(batch)]  # not remembered rows
+        if own:
+            self._drop_rows(outcome, [row for row, _ in own], [reason for _, reason in own])
+            batch = batch.take([i for i in range(len(batch)) if i not in {row for row, _ in own}])
             if len(outcome.accepted) < self.min_train_clients:
                 return None
         outcome.notes = report.notes
+        if note:
+            outcome.notes["absent-updates"] = note
         state = layout.unflatten(new_flat)
         for refiner in self.refiners:
             t = time.perf_counter()
@@ -373,7 +386,28 @@ class ShrinkStrategy(Strategy):
         if bad:  # finite replies can still sum past float32's range (e.g. under a scaling attack)
             self._skip(outcome, f"the aggregate of {bad[0]!r} is not finite; the model stays as it was")
             return None
+        if self.memory is not None:  # only a client with a device model can be offline or late
+            self.memory.remember(batch, outcome.server_round,
+                                 {h.partition_id for h in self.nodes.values() if h.device is not None})
         return state
+
+    def _with_absent(self, server_round: int, batch: UpdateBatch) -> tuple[UpdateBatch, dict[str, Any]]:
+        """``batch`` with the remembered updates of this round's absent clients stacked under it (offline, or
+        past the deadline; :mod:`.memory`), and a note of what was added (empty when nothing was)."""
+        if self.memory is None:
+            return batch, {}
+        absent = {n for n, why in self._skipped.items() if why == OFFLINE} | self._stragglers
+        partitions = {self.nodes[n].partition_id for n in absent if n in self.nodes} - set(batch.clients)
+        recalled, ages = self.memory.recall(partitions, server_round)
+        note = {"absent": len(partitions), "reused": len(ages), "max-age": max(ages, default=0),
+                "memory-bytes": self.memory.nbytes, "forgotten": self.memory.forgotten}
+        if recalled is None:
+            return batch, note
+        return UpdateBatch(np.concatenate([batch.values, recalled.values.astype(batch.values.dtype)]),
+                           np.concatenate([np.asarray(batch.held), recalled.held]),
+                           np.concatenate([np.asarray(batch.sent), recalled.sent]),
+                           np.concatenate([batch.weights, recalled.weights]),
+                           batch.clients + recalled.clients), note
 
     def _drop_rows(self, outcome: RoundOutcome, rows: list[int], reasons: list[str]) -> None:
         for row, reason in zip(rows, reasons, strict=True):
@@ -409,7 +443,21 @@ class ShrinkStrategy(Strategy):
                                    "budget": h.budget.to_json() if h.budget is not None else "",
                                    "num-examples": h.num_examples}
                           for n, h in self.nodes.items()},
-                "plans": {str(n): why for n, why in self.plans.items()}}
+                "plans": {str(n): why for n, why in self.plans.items()},
+                **({"memory": self.memory.state()[0]} if self.memory is not None else {})}
+
+    def checkpoint_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays a resumed run needs besides the model's (the remembered updates), by name."""
+        return {f"memory/{k}": v for k, v in self.memory.state()[1].items()} if self.memory is not None else {}
+
+    def restore_arrays(self, state: Mapping[str, object], arrays: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`checkpoint_arrays` saved (``state``: :meth:`checkpoint_state`'s)."""
+        if self.memory is None:
+            return
+        meta = state.get("memory")
+        if not isinstance(meta, dict):
+            raise ValueError("checkpoint strategy state: 'memory' is missing (a run with absent-updates reused)")
+        self.memory.load(meta, {k.removeprefix("memory/"): v for k, v in arrays.items() if k.startswith("memory/")})
 
     def restore_state(self, state: Mapping[str, object]) -> None:
         nodes, plans = state.get("nodes", {}), state.get("plans", {})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from fedshrink.runner import run_inprocess
 from fedshrink.runner.inprocess import server_identity
 from fedshrink.server.factory import budget_planner, explain_budgets
 from fedshrink.strategy.fleet import Fleet
+from fedshrink.strategy.memory import UpdateMemory
 from fedshrink.training import TrainSettings
 
 
@@ -151,3 +153,93 @@ def test_a_mixed_run_records_each_clients_device_figures_apart_from_the_host(qui
     section = report[report.index("## Simulated devices (modelled)"):]
     assert all(f"| {p} |" in section for p in ("iot", "phone", "laptop")) and "FedAvg fp32: memory MB" in section
     assert "host process peak RSS" in report  # the host's figure is labelled as the host's
+
+
+def _reuse_rounds(memory: UpdateMemory | None, rounds: int) -> list[float]:
+    """Node 1 always online, sending +1 (10 examples); node 2 sends +3 (30 examples) in round 1, then is offline.
+    The global model's move in each round (every coordinate moves alike)."""
+    grid = HelloGrid([1, 2], devices={1: device(), 2: device()})
+    s = make_strategy(min_train_clients=1, fleet=fleet(), memory=memory)
+    glob, moves = model_state(), []
+    for rnd in range(1, rounds + 1):
+        if rnd == 2:
+            s.nodes[2] = dataclasses.replace(s.nodes[2], device=device(availability=1e-9))
+        replies = [reply_to(m, {k: np.full(v.shape, 1.0 if m.metadata.dst_node_id == 1 else 3.0, np.float32)
+                                for k, v in glob.items()}, pid=grid.node_ids.index(m.metadata.dst_node_id),
+                            n=10 if m.metadata.dst_node_id == 1 else 30)
+                   for m in first_round(s, grid, glob, rnd)]
+        arrays, _ = s.aggregate_train(rnd, replies)
+        assert arrays is not None
+        new = {k: arrays[k].numpy() for k in arrays.keys()}
+        moves.append(float(np.mean([np.mean(new[k] - glob[k]) for k in new])))
+        glob = new
+    return moves
+
+
+def test_an_offline_clients_latest_update_counts_again_until_it_is_too_old() -> None:
+    memory = UpdateMemory(max_age=2, max_bytes=1 << 20)
+    moves = _reuse_rounds(memory, 4)
+    # round 1: (10 x 1 + 30 x 3) / 40; rounds 2 and 3 count node 2's round-1 update again; round 4 it is 3 old
+    assert moves == pytest.approx([2.5, 2.5, 2.5, 1.0], abs=1e-5)
+    assert set(memory.rows) == {0, 1} and memory.rows[1].server_round == 1 and memory.rows[0].server_round == 4
+    assert _reuse_rounds(None, 4) == pytest.approx([2.5, 1.0, 1.0, 1.0], abs=1e-5)  # absent-updates = drop
+
+
+def test_the_reuse_is_recorded_and_a_straggler_counts_its_last_update() -> None:
+    grid = HelloGrid([1, 2], devices={1: device(gflops=1.0), 2: device(gflops=1.0)})
+    memory = UpdateMemory(max_age=5, max_bytes=1 << 20)
+    s = make_strategy(min_train_clients=1, fleet=fleet(deadline_s=10.0), memory=memory)
+    glob = model_state()
+    shapes = {k: v.shape for k, v in glob.items()}
+    for rnd, slow in ((1, 1e9), (2, 1e11)):  # node 2 takes 1 s in round 1, 100 s (past the deadline) in round 2
+        from fedshrink.resources.meter import ResourceRecord
+
+        replies = []
+        for m in first_round(s, grid, glob, rnd):
+            node = m.metadata.dst_node_id
+            reply = reply_to(m, {k: np.full(v, float(node), np.float32) for k, v in shapes.items()},
+                             pid=grid.node_ids.index(node))
+            rec = ResourceRecord(0.1, 0.1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1e9 if node == 1 else slow, 0.0, 1)
+            for k, v in rec.to_metrics().items():
+                reply.content["metrics"][k] = v
+            replies.append(reply)
+        arrays, _ = s.aggregate_train(rnd, replies)
+        assert arrays is not None
+        new = {k: arrays[k].numpy() for k in arrays.keys()}
+        move = float(np.mean([np.mean(new[k] - glob[k]) for k in new]))
+        glob = new
+    outcome = s.outcomes[-1]
+    assert [d.node_id for d in outcome.dropped] == [2] and "straggler" in outcome.dropped[0].reason
+    assert move == pytest.approx(1.5, abs=1e-5)  # node 1's +1 and node 2's round-1 +2, equal weights
+    note = outcome.notes["absent-updates"]
+    assert note["absent"] == 1 and note["reused"] == 1 and note["max-age"] == 1 and note["memory-bytes"] > 0
+
+
+def test_absent_updates_settings_resolve_and_refuse_reuse_with_privacy_or_defences() -> None:
+    assert RunConfig().reuses_absent_updates  # auto: reuse
+    assert not RunConfig.from_mapping({"absent-updates": "drop"}).reuses_absent_updates
+    assert not RunConfig.from_mapping({"defence": "median"}).reuses_absent_updates  # auto gives way
+    assert not RunConfig.from_mapping({"norm-guard": 3.0}).reuses_absent_updates
+    for settings, blocker in (({"defence": "median"}, "defence"), ({"norm-guard": 3.0}, "norm-guard"),
+                              ({"dp-mode": "central", "dp-noise-multiplier": 1.0}, "dp-mode")):
+        with pytest.raises(ConfigError) as err:
+            RunConfig.from_mapping({**settings, "absent-updates": "reuse"})
+        assert err.value.key == "absent-updates" and blocker in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_mapping({"absent-updates": "always"})
+    assert err.value.key == "absent-updates" and "'reuse'" in str(err.value)
+
+
+@pytest.mark.parametrize("settings, built", [({}, True), ({"device-availability": False}, False),
+                                             ({"device-availability": False, "round-deadline": 1.0}, True),
+                                             ({"absent-updates": "drop"}, False)])
+def test_the_server_keeps_updates_only_when_a_client_can_be_absent(settings: dict[str, Any], built: bool) -> None:
+    cfg = RunConfig.from_mapping(settings)
+    splits = make_splits(cfg.split_spec())
+    spec = ModelSpec("cnn", splits.input_shape, splits.num_classes)
+    from fedshrink.server.factory import build_strategy
+
+    s = build_strategy(cfg, spec, splits)
+    assert (s.memory is not None) == built
+    if built:
+        assert s.memory is not None and s.memory.max_age == 10 and s.memory.max_bytes == 256_000_000

@@ -44,11 +44,15 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(5)
     rng = capture_rng()
     want = (random.random(), np.random.random(), torch.rand(1).item())
-    save_checkpoint(tmp_path, ServerCheckpoint(4, arrays, {"k": [1, 2]}, rng, {"rows": []}, {1001: state}))
+    kept = {"memory/3/held": np.packbits(np.array([1, 0, 1], bool)), "memory/3/values": np.ones(2, np.float32)}
+    save_checkpoint(tmp_path, ServerCheckpoint(4, arrays, {"k": [1, 2]}, rng, {"rows": []}, {1001: state}, kept))
     assert json.loads((tmp_path / "checkpoint.json").read_text())["round"] == 4
     assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, then replaced
     back = load_checkpoint(tmp_path)
     assert back.round == 4 and back.strategy == {"k": [1, 2]} and list(back.arrays) == ["w", "n"]
+    assert set(back.strategy_arrays) == set(kept)
+    assert all(back.strategy_arrays[k].dtype == v.dtype and np.array_equal(back.strategy_arrays[k], v)
+               for k, v in kept.items())
     for k, v in arrays.items():
         assert back.arrays[k].dtype == v.dtype and np.array_equal(back.arrays[k], v)
     restore_rng(back.rng)
@@ -75,7 +79,7 @@ def _settings(tmp_path: Path, name: str) -> dict[str, Any]:
     return {
         "num-server-rounds": 4, "local-epochs": 1, "distill": False, "report": False, "quiet": True, "seed": 5,
         "output-dir": str(tmp_path / "runs"), "run-name": name, "profile-mix": MIX,  # lossy uplinks: residuals
-        "dropout-rate": 0.25, "min-train-clients": 1, "defence": "clip",
+        "dropout-rate": 0.25, "min-train-clients": 1,  # offline devices' updates are reused: the memory resumes
     }
 
 
@@ -125,6 +129,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
     assert [r["accuracy"] for r in ra] == [r["accuracy"] for r in rb]
     assert [r["dropped"] for r in ra] == [r["dropped"] for r in rb]
     assert sum(r["clients-dropped"] for r in rb) > 0  # the dropouts were exercised
+    assert sum(r.get("stages", {}).get("absent-updates", {}).get("reused", 0) for r in rb[at_kill:]) > 0
     assert not load_checkpoint(run_dir).client_states
     assert not (run_dir / STATE_DIR).exists()  # a finished run is not resumed: its client state is deleted
 
@@ -198,6 +203,9 @@ MALFORMED = [
     ("client_states['7']", _set("client_states", "7", value="bytes")),
     ("client_states['7']", _set("client_states", "7", value=torch.zeros(3))),
     ("client_states['7']", _set("client_states", "7", value=torch.tensor([255, 255, 255, 1], dtype=torch.uint8))),
+    ("strategy_arrays", _set("strategy_arrays", value=[1])),
+    ("strategy_arrays['m']", _set("strategy_arrays", value={"m": "x"})),
+    ("strategy_arrays['m']", _set("strategy_arrays", value={"m": torch.zeros(2, dtype=torch.bfloat16)})),
 ]
 
 

@@ -47,14 +47,14 @@ class FragmentSettings(Section):
                                   "(false: as not held)")
     fragment_scaling: bool = option(False, "scale each sub-model layer's input by full / kept fan-in "
                                     "(HeteroFL's scaler)")
-    nested_distill: bool = option(True, "wide clients also train their nested prefixes at the narrower widths "
+    nested_distill: bool = option(False, "wide clients also train their nested prefixes at the narrower widths "
                                   "in use, distilled from their own output (FjORD-style)")
     nested_temperature: float = option(1.0, "softmax temperature of that self-distillation",
                                        rule=between(0, 100, lo_open=True))
     nested_weight: float = option(1.0, "weight of that self-distillation loss", rule=between(0, 100))
-    fragment_init: str = option("nested", "`nested`: weights that read channels outside the widest narrower "
+    fragment_init: str = option("random", "`nested`: weights that read channels outside the widest narrower "
                                 "sub-model start at zero; `random`: plain initialisation", rule=one_of(INITS))
-    fusion_steps: int = option(20, "after each aggregation, Adam steps distilling the nested sub-models into the "
+    fusion_steps: int = option(0, "after each aggregation, Adam steps distilling the nested sub-models into the "
                                "coordinates only full-width clients train, on the proxy inputs",
                                rule=at_least(0).noting("0 = off"))
     fusion_temperature: float = option(2.0, "softmax temperature of fusion", rule=between(0, 100, lo_open=True))

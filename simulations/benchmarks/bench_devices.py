@@ -605,8 +605,10 @@ def _fleet_text(chain: str, chain_rows: list[str], main: dict[str, list[dict[str
         "",
         f"Setup: digits, {FLEET_CLIENTS} clients (Dirichlet 0.5), cnn with static BatchNorm, **{rounds} rounds**, "
         f"seeds {list(FLEET_SEEDS)} (the same seeds for every run compared), 2 local epochs, batch 16, every client "
-        "sampled each round (fraction-train 1) unless stated, device availability and device-spread 0.5 on "
-        "(defaults), no distillation. In-process engine, torch on one thread per run.",
+        "sampled each round (fraction-train 1) unless stated, device availability and device-spread 0.5 on, "
+        "`absent-updates = auto` (an offline or late device's latest update counts again, in every fleet), no "
+        "fusion, nested initialisation or self-distillation (the defaults), no distillation. In-process engine, "
+        "torch on one thread per run.",
         "",
         f"**One fleet.** Every run uses the same devices per client: `device-mix = {FLEET_DEVICES}` for a and b "
         "(it gives a client its device when neither a profile nor a budget names one), and the profile mix and "
@@ -669,7 +671,8 @@ def part_demo(sweep_dir: Path) -> list[str]:
     return [
         "## The demo against FedAvg (final accuracy measured)", "",
         f"What `make demo` trains (the embedded default: digits, {FLEET_CLIENTS} clients, Dirichlet 0.5, {rounds} "
-        f"rounds, the device models of its profiles, so unavailable devices miss rounds) and the same with "
+        f"rounds, the device models of its profiles, so unavailable devices miss rounds and their latest updates "
+        f"count again) and the same with "
         f"`profile-mix = ''`, plain FedAvg on every client, seeds {', '.join(map(str, DEMO_SEEDS))} (the first is "
         "the demo's own). Distillation is left out: it does not change the global model. Test accuracy of the "
         "global model, %.", "",

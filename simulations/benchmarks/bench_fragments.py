@@ -3,7 +3,7 @@
 The runs come from the sweep file ``simulations/sweeps/fragments.toml`` (same
 data, seeds, model and local training for every run; FedAvg and the three
 fragment policies on every seed; ablations of the static policy, each with
-one shipped fragment setting switched back, on the first seed). This script
+one of the sweep's fragment settings switched back, on the first seed). This script
 reads the sweep's directory and writes ``simulations/results/fragments.md``.
 For every seed, the target is FedAvg's final accuracy minus 1.5 points; the
 figure of merit is FedAvg's cumulative uplink bytes to first reach the target
@@ -169,7 +169,7 @@ def ablations_table(runs: dict[str, dict[int, Rounds]], ablations: dict[str, Rou
     lines = ["", f"## Ablations (static policy, seed {seed})", "",
              "| run | final accuracy % | best accuracy % | uplink bytes to target | total uplink |",
              "|---|---:|---:|---:|---:|"]
-    shipped = {"static (shipped settings)": runs["static"][seed]} if seed in runs.get("static", {}) else {}
+    shipped = {"static (the sweep's settings)": runs["static"][seed]} if seed in runs.get("static", {}) else {}
     for name, rounds in {**shipped, **ablations}.items():
         b = bytes_to_reach(rounds, target)
         lines.append(f"| {name} | {100 * rounds[-1]['accuracy']:.2f} | "

@@ -1,0 +1,113 @@
+"""The demo's fleet under its server-side settings: the analysis of the demo_settings sweep.
+
+The runs come from ``simulations/sweeps/demo_settings.toml``: the demo's fleet (the default mix, every device
+modelled, availability on), 20 rounds, distillation off, seeds 42 (the demo's), 1 and 2, against fp32 FedAvg one
+setting away (``profile-mix = ''``). Each configuration changes the shipped settings in one place:
+``absent-updates`` (reuse an offline device's latest update, or drop it), fusion, nested initialisation and
+self-distillation across widths. The script writes ``simulations/results/demo_settings.md``: per configuration,
+the final global accuracy per seed and its mean and spread, the gap to FedAvg, the narrow sub-models' accuracy,
+and how far accuracy fell from one round to the next at worst (measured on the test split each round).
+
+    fedshrink sweep simulations/sweeps/demo_settings.toml --out runs/sweeps/demo_settings
+    python simulations/benchmarks/bench_demo_settings.py --sweep-dir runs/sweeps/demo_settings [--out FILE]
+
+(``make results`` runs both.) Runs the sweep has not finished are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+from pathlib import Path
+from typing import Any
+
+from fedshrink.sweep import open_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = ROOT / "simulations" / "results" / "demo_settings.md"
+WHAT = {
+    "fedavg": "fp32 FedAvg, one setting away (`profile-mix=''`; no device models: every client every round)",
+    "shipped": "the shipped settings: `absent-updates = auto` (reuse), no fusion, plain initialisation, "
+               "no self-distillation",
+    "drop": "shipped, but `absent-updates = drop`",
+    "earlier": "the earlier defaults: drop, fusion (`fusion-steps = 20`), nested initialisation, self-distillation",
+    "earlier, reuse": "the earlier defaults with `absent-updates = reuse`",
+    "self-distillation": "shipped, with `nested-distill = true`",
+    "fusion": "shipped, with `fusion-steps = 20`",
+}
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def mean_sd(xs: list[float]) -> str:
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{100 * statistics.mean(xs):.2f} ± {100 * sd:.2f}"
+
+
+def worst_fall(rounds: list[dict[str, Any]]) -> float:
+    """The largest drop of test accuracy from one round to the next (0 if it never fell)."""
+    acc = [float(r["accuracy"]) for r in rounds]
+    return max([a - b for a, b in itertools.pairwise(acc)] + [0.0])
+
+
+def widths(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    return {k: float(v) for k, v in rounds[-1].get("accuracy-width", {}).items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "demo_settings")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    sweep = open_sweep(args.sweep_dir)
+    seeds = list(dict.fromkeys(p.seed for p in sweep.planned))  # in the sweep file's order
+    runs = {c: sweep.rounds(c) for c in sweep.configs()}
+    fedavg = runs.get("fedavg", {})
+    first = next((run for c in runs for run in sweep.of(c).values()), None)
+    num_rounds = first.config.get("num-server-rounds", "?") if first is not None else "?"
+    command = f"python simulations/benchmarks/bench_demo_settings.py --sweep-dir {args.sweep_dir}"
+    lines = [
+        "# The demo's fleet under its server-side settings", "",
+        f"`fedshrink sweep simulations/sweeps/demo_settings.toml --out {args.sweep_dir}`, then `{command}`.", "",
+        f"digits, 20 clients, Dirichlet 0.5, the default mix (`iot:0.2,phone:0.4,laptop:0.4`: every client has "
+        f"its profile's device model and availability: iot 0.9, phone 0.5, laptop 0.8), "
+        f"{num_rounds} rounds, distillation off, seeds {', '.join(map(str, seeds))} "
+        "(the first is the demo's). Accuracy: the global model on the test split (measured), %. *Gap*: FedAvg's "
+        "mean final accuracy minus the run's. *Worst fall*: the largest drop of accuracy from one round to the "
+        "next, mean over seeds. *Narrow sub-models*: final accuracy of the width-0.25 and width-0.5 prefixes, "
+        "mean over seeds.", "",
+        "| configuration | " + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean ± sd | gap to FedAvg | worst fall | narrow sub-models 0.25 / 0.5 |",
+        "|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|",
+    ]
+    ref = statistics.mean(float(r[-1]["accuracy"]) for r in fedavg.values()) if fedavg else None
+    for config, per_seed in runs.items():
+        if not per_seed:
+            continue
+        finals = [float(per_seed[s][-1]["accuracy"]) for s in seeds if s in per_seed]
+        cells = [pct(float(per_seed[s][-1]["accuracy"])) if s in per_seed else "n/a" for s in seeds]
+        gap = f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and config != "fedavg" else ""
+        fall = f"{100 * statistics.mean(worst_fall(r) for r in per_seed.values()):.2f}"
+        ws = [widths(r) for r in per_seed.values()]
+        narrow = " / ".join(f"{100 * statistics.mean(w[k] for w in ws if k in w):.1f}" for k in ("0.25", "0.5")
+                            if any(k in w for w in ws)) or "-"
+        lines.append(f"| {config} | " + " | ".join(cells) + f" | {mean_sd(finals)} | {gap} | {fall} | {narrow} |")
+    lines += ["", "Configurations:", ""] + [f"- **{c}**: {WHAT.get(c, c)}" for c in runs]
+    reused = [r.get("stages", {}).get("absent-updates", {}) for per_seed in (runs.get("shipped") or {}).values()
+              for r in per_seed]
+    reused = [n for n in reused if n]
+    if reused:
+        absent = statistics.mean(n["absent"] for n in reused)
+        lines += ["", f"With reuse (shipped), over {len(reused)} rounds: {absent:.1f} "
+                  f"devices absent a round on average, {statistics.mean(n['reused'] for n in reused):.1f} updates "
+                  f"reused, the oldest {max(n['max-age'] for n in reused)} rounds old, the memory at most "
+                  f"{max(n['memory-bytes'] for n in reused) / 1e6:.2f} MB (the server's, for 20 clients)."]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

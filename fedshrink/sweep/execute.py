@@ -55,6 +55,30 @@ def init_worker(sweep_pid: int) -> None:
     threading.Thread(target=_die_with, args=(sweep_pid,), daemon=True, name="fedshrink-sweep-watch").start()
 
 
+def _identity(pid: int) -> tuple[str, str] | None:
+    """``(state, start)`` of process ``pid``, or None when there is none.
+
+    ``start`` tells a process from a later one given the same pid. On Linux it is the start time in clock
+    ticks since boot (``/proc/<pid>/stat``), which no change of the wall clock moves: psutil's
+    ``create_time`` is boot time plus that, and the kernel's boot time moves when the clock is stepped or
+    slewed (a virtual machine's clock does), which once made every pool worker take the sweep for dead.
+    """
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except OSError:
+            return None
+        return fields[0], fields[19]  # state (field 3), starttime (field 22)
+    import psutil  # no /proc (not Linux): psutil, its create_time to the second
+
+    try:
+        p = psutil.Process(pid)
+        return ("Z" if p.status() == psutil.STATUS_ZOMBIE else "R"), str(round(p.create_time()))
+    except psutil.NoSuchProcess:
+        return None
+
+
 def _die_with(pid: int, every: float = 0.5) -> None:
     """SIGKILL this process once process ``pid`` is gone (or a zombie).
 
@@ -62,17 +86,11 @@ def _die_with(pid: int, every: float = 0.5) -> None:
     while a restarted sweep makes the same run again. The worker's parent is the fork server, which
     itself waits for the workers, so the parent-death signal cannot be used; the sweep is watched instead.
     """
-    import psutil
-
-    def alive(created: float | None) -> bool:
-        try:
-            p = psutil.Process(pid)
-            return p.status() != psutil.STATUS_ZOMBIE and (created is None or p.create_time() == created)
-        except psutil.NoSuchProcess:
-            return False
-
-    created = psutil.Process(pid).create_time() if alive(None) else None
-    while created is not None and alive(created):
+    first = _identity(pid)
+    while first is not None and first[0] != "Z":
+        now = _identity(pid)
+        if now is None or now[0] == "Z" or now[1] != first[1]:
+            break
         time.sleep(every)
     os.kill(os.getpid(), signal.SIGKILL)
 

@@ -100,3 +100,22 @@ def test_killed_sweep_resumes_and_runs_each_run_once(tmp_path: Path) -> None:
     assert f"| learning-rate=0.01 | 3/3 | {100 * table[0]['accuracy']['mean']:.2f} ± " in md
     assert {p.name for p in (out / "plots").iterdir()} == {"final_accuracy.png", "accuracy_vs_round.png",
                                                           "accuracy_vs_bytes.png"}
+
+
+def test_a_worker_watches_the_sweep_by_its_start_in_ticks_not_the_wall_clock() -> None:
+    """The watch tells the sweep process from a later one with its pid by a start time the wall clock cannot
+    move (a stepped or slewed clock once made every worker take a live sweep for dead)."""
+    import os
+    import subprocess
+    import sys
+
+    from fedshrink.sweep.execute import _identity
+
+    me = _identity(os.getpid())
+    assert me is not None and me[0] in "RS" and me == _identity(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert _identity(child.pid) is None  # reaped: gone
+    if os.path.exists("/proc/self/stat"):
+        with open(f"/proc/{os.getpid()}/stat") as fh:
+            assert fh.read().rsplit(")", 1)[1].split()[19] == me[1]  # ticks since boot, as the kernel counts

@@ -15,7 +15,8 @@ teacher) of 1 - ``holdout`` of the proxy images, scores it, and
 keeps the best ``ceil(n / eta)``. The score is the student's top-1 agreement
 with the teacher on the held-out proxy images and augmented views of them: the
 server has no labels, so agreement with the teacher stands in for accuracy. The
-last rung's best is picked; ties go to fewer parameters, then lower latency.
+last rung's best is picked; ties go to fewer MACs (compute, so time and energy per inference on the
+device), then fewer parameters, then lower latency.
 
 Each finalist (a candidate that reached the last rung) can also be scored on a labelled test
 set by the caller's ``report_accuracy``, after the search has picked: for the report only,
@@ -304,7 +305,7 @@ def search_student(
             r.steps += steps
             r.scores.append(_agreement(students[r.name], teacher_pred, x_score))
             r.rung_steps.append(r.steps)
-        alive.sort(key=lambda r: (-r.scores[-1], r.figures.params, r.figures.latency_ms))
+        alive.sort(key=lambda r: (-r.scores[-1], r.figures.macs, r.figures.params, r.figures.latency_ms))
         if rung < len(search.rungs) - 1:
             alive = alive[: max(1, math.ceil(len(alive) / search.eta))]
     best = alive[0]

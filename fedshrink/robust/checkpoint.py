@@ -210,30 +210,25 @@ class _Fields:
         missing, extra = [k for k in keys if k not in tensors], [k for k in tensors if k not in keys]
         if missing or extra:
             raise self.fault("arrays", f"does not match array_keys (missing {missing[:5]}, unnamed {extra[:5]})")
-        out = {}
-        for k in keys:
-            tensor = _typed(tensors[k], torch.Tensor, "a tensor", self.at(f"arrays[{k!r}]"))
-            try:
-                out[k] = tensor.numpy()
-            except (TypeError, RuntimeError) as exc:
-                raise self.fault(f"arrays[{k!r}]", f"has no numpy form: {exc}") from exc
-        return out
+        return {k: self.numpy(f"arrays[{k!r}]", tensors[k]) for k in keys}
+
+    def numpy(self, name: str, value: Any) -> np.ndarray:
+        """``value``, a tensor, as an array (a fault naming ``name`` when it is not one or has no numpy form)."""
+        tensor: torch.Tensor = _typed(value, torch.Tensor, "a tensor", self.at(name))
+        try:
+            return tensor.numpy()
+        except (TypeError, RuntimeError) as exc:
+            raise self.fault(name, f"has no numpy form: {exc}") from exc
 
     def strategy_arrays(self) -> dict[str, np.ndarray]:
         """Optional (a checkpoint written before it existed has none)."""
         if "strategy_arrays" not in self.payload:
             return {}
         tensors = self.get("strategy_arrays", dict, "a dict of tensors")
-        out = {}
-        for k, t in tensors.items():
-            name = f"strategy_arrays[{k!r}]"
-            if not isinstance(k, str):
-                raise self.fault(name, "has a key that is not a string")
-            try:
-                out[k] = _typed(t, torch.Tensor, "a tensor", self.at(name)).numpy()
-            except (TypeError, RuntimeError) as exc:
-                raise self.fault(name, f"has no numpy form: {exc}") from exc
-        return out
+        bad = next((k for k in tensors if not isinstance(k, str)), None)
+        if bad is not None:
+            raise self.fault(f"strategy_arrays[{bad!r}]", "has a key that is not a string")
+        return {k: self.numpy(f"strategy_arrays[{k!r}]", t) for k, t in tensors.items()}
 
     def rng(self) -> dict[str, Any]:
         state = dict(self.get("rng", dict, "a dict"))

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshrink.sweep import open_sweep
+from fedshrink.sweep.results import mean_sd
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "demo_settings.md"
@@ -42,9 +43,9 @@ def pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def mean_sd(xs: list[float]) -> str:
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{100 * statistics.mean(xs):.2f} ± {100 * sd:.2f}"
+def pct_mean_sd(xs: list[float]) -> str:
+    m = mean_sd(xs)
+    return f"{100 * m[0]:.2f} ± {100 * m[1]:.2f}" if m is not None else "n/a"
 
 
 def worst_fall(rounds: list[dict[str, Any]]) -> float:
@@ -94,7 +95,7 @@ def main() -> None:
         ws = [widths(r) for r in per_seed.values()]
         narrow = " / ".join(f"{100 * statistics.mean(w[k] for w in ws if k in w):.1f}" for k in ("0.25", "0.5")
                             if any(k in w for w in ws)) or "-"
-        lines.append(f"| {config} | " + " | ".join(cells) + f" | {mean_sd(finals)} | {gap} | {fall} | {narrow} |")
+        lines.append(f"| {config} | " + " | ".join(cells) + f" | {pct_mean_sd(finals)} | {gap} | {fall} | {narrow} |")
     lines += ["", "Configurations:", ""] + [f"- **{c}**: {WHAT.get(c, c)}" for c in runs]
     reused = [r.get("stages", {}).get("absent-updates", {}) for per_seed in (runs.get("shipped") or {}).values()
               for r in per_seed]

@@ -97,6 +97,8 @@ results-measure: $(SIM)
 	$(BENCH)/bench_data.py fleet --writers 100000 --clients 100
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(BENCH)/bench_deploy.py
 	$(BENCH)/bench_distill.py
+	$(BENCH)/bench_distill.py --dataset glyphs --rounds 20
+	$(BENCH)/bench_student_agreement.py
 	$(BENCH)/bench_fusion.py --out simulations/results/fusion.md
 	$(BENCH)/bench_overhead.py --repeats 40
 	$(BENCH)/bench_scale.py

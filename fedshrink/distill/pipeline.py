@@ -46,15 +46,23 @@ from fedshrink.distill.export import (
     state_dict_nbytes,
     write_json,
 )
+from fedshrink.distill.fold import fold_batch_norm, freeze_on
 from fedshrink.distill.kd import AugmentConfig, EnsembleTeacher, KDSettings, build_transfer_set, distill
 from fedshrink.distill.macs import count_macs
-from fedshrink.distill.search import Budget, SearchSettings, candidate_spec, measure_figures, search_student
+from fedshrink.distill.search import (
+    Budget,
+    SearchSettings,
+    candidate_spec,
+    measure_figures,
+    search_student,
+    trained_params,
+)
 from fedshrink.errors import ConfigError, DistillError
 from fedshrink.models import NORMS, ModelSpec, build_model, count_parameters
 from fedshrink.training import evaluate
 
 DEFAULT_CANDIDATES = ("mlp:0.1", "mlp:0.2", "cnn:0.125", "cnn:0.1875", "cnn:0.25", "resnet:0.1875",
-                      "resnet:0.25")
+                      "resnet:0.25", "cnn:0.375", "resnet:0.375", "cnn:0.5", "resnet:0.5")
 TEACHERS = ("global", "ensemble")
 
 
@@ -75,16 +83,18 @@ class DistillConfig:
     weight_decay: float = 1e-4
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     prune_amount: float = 0.5  # magnitude pruning of every Conv2d / Linear weight
-    # budget (0 = no limit); bytes = the packed int8 sparse file, latency = fp32 batch 1 one thread
-    # (defaults: 110,922 / 15 and 443,688 / 60, rounded down: the 15x / 60x for the default cnn teacher)
+    # size limits (0 = no limit); bytes = the packed int8 sparse file, latency = fp32 batch 1 one thread
+    # (defaults: 110,922 / 15 and 443,688 / 60, rounded down: 15x / 60x for the default cnn teacher). Without
+    # limits the largest candidate bounds the student (cnn x0.5: 3.9x fewer parameters than the cnn x1)
     max_params: int = 7390
     max_macs: int = 0
     max_bytes: int = 7390
     max_latency_ms: float = 0.0
+    max_gap: float = 0.0  # points > 0: the smallest student whose held-out disagreement is at most this; 0: race
     # search
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     student: str = ""  # "<model>:<width>" skips the search
-    student_norm: str = ""  # "" = the teacher's, layer for a static-BatchNorm teacher (search.student_norm)
+    student_norm: str = ""  # "" = the teacher's; static BatchNorm is folded away before export (fold.py)
     search_rungs: tuple[int, ...] = (100, 300)
     search_eta: int = 3
     search_holdout: float = 0.2
@@ -137,7 +147,8 @@ class DistillConfig:
         return Budget(self.max_params, self.max_macs, self.max_bytes, self.max_latency_ms)
 
     def search_settings(self) -> SearchSettings:
-        return SearchSettings(self.search_rungs, self.search_eta, self.search_holdout, self.search_views)
+        return SearchSettings(self.search_rungs, self.search_eta, self.search_holdout, self.search_views,
+                              self.max_gap)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -291,8 +302,8 @@ def _choose_student(inp: _Inputs, t_params: int) -> tuple[ModelSpec, str, list[d
     if cfg.student:
         spec = candidate_spec(cfg.student, inp.spec, cfg.student_norm)
         fig = measure_figures(spec, cfg.prune_amount, repeats=cfg.latency_repeats)
-        if fig.params >= t_params:
-            raise DistillError(f"student {cfg.student} has {fig.params:,} params, not fewer than the "
+        if trained_params(spec) >= t_params:
+            raise DistillError(f"student {cfg.student} has {trained_params(spec):,} params, not fewer than the "
                                f"teacher's {t_params:,}: a student must be smaller")
         problems = cfg.budget().violations(fig)
         if problems:
@@ -309,7 +320,8 @@ def _choose_student(inp: _Inputs, t_params: int) -> tuple[ModelSpec, str, list[d
 
 @dataclass(frozen=True)
 class _Trained:
-    student: nn.Module  # pruned (masks baked in), fp32, eval mode
+    student: nn.Module  # pruned (masks baked in), static BatchNorm folded away, fp32, eval mode
+    spec: ModelSpec  # the student's, as exported (norm 'none' once a static BatchNorm is folded)
     accuracy_dense: float  # before pruning
     main: Any  # the distillation result before pruning
     finetune: Any  # after pruning
@@ -326,12 +338,14 @@ def _train_student(inp: _Inputs, spec: ModelSpec, t_params: int) -> _Trained:
     transfer = build_transfer_set(inp.px, inp.teacher if cfg.alpha < 1 else None, cfg.transfer_size, cfg.augment,
                                   seed=cfg.seed + 1, proxy_y=inp.py, num_classes=inp.spec.num_classes)
     kd_main = distill(student, transfer, cfg.kd_settings(cfg.steps), seed=cfg.seed + 1)
-    acc_dense = _accuracy(student, inp.test)
+    acc_dense = _accuracy(freeze_on(student, transfer.x), inp.test)
     prune_student(student, cfg.prune_amount)
     kd_ft = distill(student, transfer, cfg.kd_settings(cfg.finetune_steps), seed=cfg.seed + 2)
     finalize_pruning(student)
+    if spec.norm == "batch":
+        student, spec = fold_batch_norm(student, spec, transfer.x)
     student.eval()
-    return _Trained(student, acc_dense, kd_main, kd_ft)
+    return _Trained(student, spec, acc_dense, kd_main, kd_ft)
 
 
 def _output_files(out_dir: Path) -> dict[str, Path]:
@@ -442,6 +456,7 @@ def _run(
     train_s = time.perf_counter() - t0
     files = _output_files(out_dir)
     q_loaded, onnx_diff = _export(inp, trained, files)
+    spec = trained.spec
     student_card = _student_card(inp, spec, trained, q_loaded, onnx_diff, files)
     card = _model_card(inp, teacher_card, student_card, trained, reason,
                        {"search": search_s, "train": train_s, "total": time.perf_counter() - t_start})

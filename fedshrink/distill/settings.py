@@ -26,6 +26,9 @@ class DistillSettings(Section):
                                   rule=between(0, 1))
     distill_steps: int = option(2000, "distillation steps before pruning", rule=at_least(1))
     distill_finetune_steps: int = option(1000, "distillation steps after pruning", rule=at_least(0))
+    student_max_gap: float = option(
+        0.0, "points: > 0 picks the smallest student whose disagreement with the teacher on held-out proxy images "
+             "is at most this; 0 = the best agreement inside the size limits", rule=between(0, 100, hi_open=True))
     student_max_params: int = option(7390, "the student's parameter budget", rule=at_least(0).noting(NO_LIMIT))
     student_max_macs: int = option(0, "the student's MAC budget", rule=at_least(0).noting(NO_LIMIT))
     student_max_bytes: int = option(7390, "the student's budget in bytes of the packed int8 sparse file",
@@ -41,5 +44,6 @@ class DistillSettings(Section):
             temperature=self.distill_temperature, alpha=self.distill_alpha, steps=self.distill_steps,
             finetune_steps=self.distill_finetune_steps, max_params=self.student_max_params,
             max_macs=self.student_max_macs, max_bytes=self.student_max_bytes,
-            max_latency_ms=self.student_max_latency_ms, threads=self.distill_threads, seed=seed,
+            max_latency_ms=self.student_max_latency_ms, max_gap=self.student_max_gap, threads=self.distill_threads,
+            seed=seed,
         )

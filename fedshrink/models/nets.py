@@ -78,14 +78,15 @@ class BasicBlock(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, stride: int, norm: str) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        bias = norm == "none"  # a norm supplies the shift; without one the convolution needs its own
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=bias)
         self.norm1 = norm_layer(norm, c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=bias)
         self.norm2 = norm_layer(norm, c_out)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or c_in != c_out:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), norm_layer(norm, c_out)
+                nn.Conv2d(c_in, c_out, 1, stride=stride, bias=bias), norm_layer(norm, c_out)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -107,7 +108,7 @@ class ResNet(nn.Module):
         super().__init__()
         widths = [channels(b, spec.width) for b in self.base_channels]
         self.stem = nn.Sequential(
-            nn.Conv2d(spec.input_shape[0], widths[0], 3, padding=1, bias=False),
+            nn.Conv2d(spec.input_shape[0], widths[0], 3, padding=1, bias=spec.norm == "none"),
             norm_layer(spec.norm, widths[0]),
             nn.ReLU(),
         )

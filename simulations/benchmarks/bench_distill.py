@@ -1,26 +1,31 @@
-"""Benchmark server-side distillation on digits: teacher vs students, size, MACs, latency, accuracy.
+"""Benchmark server-side distillation: teacher vs students, size, MACs, latency, accuracy, per data set.
 
 Usage::
 
-    python simulations/benchmarks/bench_distill.py [--teacher-run RUN_DIR] [--out simulations/results/distill.md]
+    python simulations/benchmarks/bench_distill.py [--dataset digits|glyphs] [--rounds N] [--teacher-run RUN_DIR]
+        [--out simulations/results/distill.md]
 
 Without ``--teacher-run`` it first trains a full-width FedAvg global model
-(``run_inprocess({"profile-mix": "", "num-server-rounds": 40})``: cnn x1.0, full width, 40 rounds, 20 clients,
-digits, seed 42); with
+(``run_inprocess({"profile-mix": "", "num-server-rounds": N})``: cnn x1.0, full width, ``--rounds`` rounds (40 by
+default), 20 clients, ``--dataset`` (digits by default; ``glyphs`` is the generated 28x28 set, never used to tune
+the defaults), seed 42); with
 it, it loads ``RUN_DIR/global_model.pt`` from such a run, built from that run's own model settings (model,
 width, norm) and evaluated as the server evaluates it (static batch statistics frozen on the proxy). Then, on the same
-default splits (``make_splits(SplitSpec())``: 180 proxy images, 360 test):
+default splits of that data set (``make_splits(SplitSpec(dataset))``: for digits 180 proxy images and 360 test, for
+glyphs 2,400 and 4,000):
 
 * **KD (searched)**: ``distill_and_export`` with the default ``DistillConfig``:
   student search, distillation from the unlabeled proxy images only, pruning, int8.
 * **KD, no augmentation**: the searched architecture, same settings, augmentation off
   (the transfer set is the 180 proxy images only).
+* **relative budget**: ``distill_and_export`` with ``max_gap = 1.5`` and no size limits: the smallest
+  candidate whose disagreement with the teacher on the held-out proxy images is at most 1.5 points.
 * **proxy + labels**: the searched architecture trained on the proxy images *with
   their labels* (``alpha = 1``: cross-entropy only, no teacher), same augmentation,
   steps, pruning and int8: what the server could do if it had labels.
 * **federated, no KD**: the searched architecture trained federatedly from scratch
   on the clients' data with the teacher's settings (``run_inprocess`` with that model
-  and width; ``--fl-rounds`` rounds, 40 by default as for the teacher), then pruned and
+  and width; ``--fl-rounds`` rounds, by default as many as the teacher's), then pruned and
   int8-quantized with the same code but no fine-tuning (fine-tuning would need
   either labels or a teacher on the server).
 
@@ -57,11 +62,13 @@ from fedshrink.models import ModelSpec, build_model, count_parameters  # noqa: E
 from fedshrink.server.evaluation import for_evaluation  # noqa: E402
 from fedshrink.training import evaluate  # noqa: E402
 
+RELATIVE_GAP = 1.5  # points: the relative budget's row (the compression frontier's bound on the student's gap)
 
-def train_federated(overrides: dict[str, Any], base: Path) -> Path:
+
+def train_federated(overrides: dict[str, Any], base: Path, rounds: int = 40) -> Path:
     from fedshrink.runner.inprocess import run_inprocess
 
-    res = run_inprocess({"output-dir": str(base), "quiet": True, "profile-mix": "", "num-server-rounds": 40,
+    res = run_inprocess({"output-dir": str(base), "quiet": True, "profile-mix": "", "num-server-rounds": rounds,
                          **overrides})  # the teacher these results were measured with: full-width FedAvg
     return res.run_dir
 
@@ -97,18 +104,26 @@ def ort_latencies(model: torch.nn.Module, shape: tuple[int, int, int], path: Pat
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--dataset", choices=("digits", "glyphs"), default="digits")
+    ap.add_argument("--rounds", type=int, default=40, help="rounds of the teacher's full-width FedAvg")
     ap.add_argument("--teacher-run", type=Path, default=None)
-    ap.add_argument("--fl-rounds", type=int, default=40, help="rounds of the federated no-KD baseline")
-    ap.add_argument("--out", type=Path, default=ROOT / "simulations" / "results" / "distill.md")
+    ap.add_argument("--fl-rounds", type=int, default=0,
+                    help="rounds of the federated no-KD baseline (0 = as many as the teacher's)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default simulations/results/distill.md, or distill_<dataset>.md for another data set")
     args = ap.parse_args()
+    if args.out is None:
+        name = "distill.md" if args.dataset == "digits" else f"distill_{args.dataset}.md"
+        args.out = ROOT / "simulations" / "results" / name
+    fl_rounds = args.fl_rounds or args.rounds
     work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
     t_all = time.perf_counter()
 
-    splits = make_splits(SplitSpec())
+    splits = make_splits(SplitSpec(dataset=args.dataset))
     teacher_run = args.teacher_run
     if teacher_run is None:
-        print("training the teacher (full-width FedAvg, 40 rounds) ...", flush=True)
-        teacher_run = train_federated({}, work / "runs")
+        print(f"training the teacher (full-width FedAvg, {args.rounds} rounds) ...", flush=True)
+        teacher_run = train_federated({"dataset": args.dataset}, work / "runs", args.rounds)
     tspec, teacher = load_run_model(teacher_run, splits)
 
     cfg = DistillConfig()
@@ -124,6 +139,9 @@ def main() -> None:
               "mixup_alpha": 0}
     noaug = distill_and_export(teacher, tspec, splits.proxy.x, splits.test,
                                DistillConfig.from_dict({**fixed, "augment": no_aug}), work / "noaug")
+    print("KD with a budget relative to the teacher ...", flush=True)
+    relative = distill_and_export(teacher, tspec, splits.proxy.x, splits.test,
+                                  DistillConfig(max_gap=RELATIVE_GAP, max_params=0, max_bytes=0), work / "relative")
     print("proxy with labels ...", flush=True)
     labels = distill_and_export(teacher, tspec, splits.proxy.x, splits.test,
                                 DistillConfig.from_dict({**fixed, "alpha": 1.0}), work / "labels",
@@ -131,8 +149,8 @@ def main() -> None:
 
     print(f"federated {student_name} without distillation ...", flush=True)
     t0 = time.perf_counter()
-    fl_run = train_federated({"model": kd.student_spec.name, "model-width": kd.student_spec.width,
-                              "num-server-rounds": args.fl_rounds}, work / "runs")
+    fl_run = train_federated({"dataset": args.dataset, "model": kd.student_spec.name,
+                              "model-width": kd.student_spec.width}, work / "runs", fl_rounds)
     _, fl = load_run_model(fl_run, splits)
     fl_acc = evaluate(fl, splits.test).accuracy
     prune_student(fl, cfg.prune_amount)
@@ -143,7 +161,7 @@ def main() -> None:
     torch.set_num_threads(1)
     fl_row = {
         "model": f"{kd.student_spec.name} x{kd.student_spec.width:g}",
-        "how": f"federated on client data, {args.fl_rounds} rounds, no KD (pruned + int8, no fine-tuning)",
+        "how": f"federated on client data, {fl_rounds} rounds, no KD (pruned + int8, no fine-tuning)",
         "params": count_parameters(fl),
         "nonzeros": int(sum(int((m.weight != 0).sum()) for m in fl.modules()
                             if isinstance(m, torch.nn.Conv2d | torch.nn.Linear))),
@@ -166,6 +184,7 @@ def main() -> None:
         row_from_card("KD from unlabeled proxy, searched (default)", card),
         row_from_card("KD from unlabeled proxy, no augmentation", noaug.card),
         row_from_card("proxy with labels (CE, no teacher)", labels.card),
+        row_from_card(f"KD, relative budget (student-max-gap {RELATIVE_GAP:g}, no size limits)", relative.card),
         fl_row,
     ]
 
@@ -173,19 +192,22 @@ def main() -> None:
         return "—" if v is None else format(v, fmt)
 
     lines = [
-        "# Server-side distillation on digits",
+        f"# Server-side distillation on {args.dataset}",
         "",
         f"Generated {datetime.datetime.now().isoformat(timespec='seconds')} by "
         "`python simulations/benchmarks/bench_distill.py"
         + (f" --teacher-run {args.teacher_run}" if args.teacher_run else "")
-        + (f" --fl-rounds {args.fl_rounds}`" if args.fl_rounds != 40 else "`")
+        + (f" --dataset {args.dataset}" if args.dataset != "digits" else "")
+        + (f" --rounds {args.rounds}" if args.rounds != 40 else "")
+        + (f" --fl-rounds {args.fl_rounds}" if args.fl_rounds else "")
+        + "`"
         + f" on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} thread(s) for latency; total {time.perf_counter() - t_all:.0f}s.",
         "",
         f"Teacher: the global model of `{teacher_run.name}` ({tspec.name} x{tspec.width:g}, {tspec.norm} norm; "
-        "full-width FedAvg, 40 rounds, 20 clients, unless --teacher-run names another run). "
+        f"full-width FedAvg, {args.rounds} rounds, 20 clients, unless --teacher-run names another run). "
         f"Proxy: {len(splits.proxy)} images "
-        f"(digits, proxy-fraction 0.1), used **without labels** except in the 'proxy with labels' row. "
+        f"({args.dataset}, proxy-fraction 0.1), used **without labels** except in the 'proxy with labels' row. "
         f"Test: {len(splits.test)} images, used only for these figures.",
         "",
         "| model | how trained | params | nonzero weights | MACs / sample | bytes on disk | test acc fp32 "
@@ -224,6 +246,11 @@ def main() -> None:
         f"* distill_and_export wall time: {card['seconds']['total']:.1f}s "
         f"(search {card['seconds']['search']:.1f}s, training {card['seconds']['train']:.1f}s)",
         f"* selection: {card['selection']}",
+        f"* relative budget (`student-max-gap = {RELATIVE_GAP:g}`, `student-max-params = 0`, "
+        f"`student-max-bytes = 0`): {relative.card['selection']}; test accuracy fp32 "
+        f"{100 * relative.card['student']['test_accuracy_fp32']:.2f}% (gap "
+        f"**{relative.card['accuracy_gap_points']['fp32']:.2f}** points), {relative.card['ratios']['params']:.1f}x "
+        f"fewer parameters, {relative.card['ratios']['bytes']:.1f}x fewer bytes",
         "",
         "## Search (Pareto front over rung-0 teacher agreement, params, latency)",
         "",
@@ -245,7 +272,8 @@ def main() -> None:
         "",
         "* **bytes on disk** (students): size of `student_int8.fsq`, the packed int8 file: per Conv/Linear layer "
         "a bitmap of nonzero weights (1 bit each), the int8 nonzeros, fp32 per-output-channel scales, fp32 bias "
-        "and the input activation's uint8 scale/zero-point; fp32 norm parameters; the ModelSpec JSON header. "
+        "and the input activation's uint8 scale/zero-point; fp32 norm parameters (none in a student trained with "
+        "static BatchNorm: its norms are folded into the layers before them); the ModelSpec JSON header. "
         "No general-purpose compressor. Teacher: 4 bytes per fp32 parameter.",
         "* **MACs**: multiply-accumulates per sample in Conv2d and Linear layers "
         "(`H_out W_out C_out C_in/groups k_h k_w`; `in x out`), `fedshrink/distill/macs.py`.",

@@ -81,7 +81,7 @@ def test_refusals(teacher: torch.nn.Module, teacher_spec: ModelSpec, proxy_x: np
                            DistillConfig(**{**TINY, "alpha": 0.5}), tmp_path)  # type: ignore[arg-type]
 
 
-def test_a_static_batchnorm_teacher_gets_an_exportable_layer_norm_student(
+def test_a_static_batchnorm_teacher_gets_a_student_whose_batchnorm_is_folded_away(
         teacher_spec: ModelSpec, proxy_x: np.ndarray, test_set: LabelledArrays, tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -92,7 +92,23 @@ def test_a_static_batchnorm_teacher_gets_an_exportable_layer_norm_student(
     teacher = freeze_batch_stats(build_model(spec), torch.from_numpy(proxy_x))
     cfg = DistillConfig(**{**TINY, "student": "cnn:0.125"})  # type: ignore[arg-type]
     rep = distill_and_export(teacher, spec, proxy_x, test_set, cfg, tmp_path)
-    assert rep.student_spec.norm == "layer"  # a batch-of-1 runtime has no batch statistics
-    assert json.loads((tmp_path / "model_card.json").read_text())["student"]["onnx_max_abs_diff"] <= 1e-4
-    explicit = DistillConfig(**{**TINY, "student": "cnn:0.125", "student_norm": "none"})  # type: ignore[arg-type]
-    assert distill_and_export(teacher, spec, proxy_x, test_set, explicit, tmp_path / "b").student_spec.norm == "none"
+    assert rep.student_spec.norm == "none"  # trained with static BatchNorm, folded into its convolutions
+    card = json.loads((tmp_path / "model_card.json").read_text())
+    assert card["student"]["spec"]["norm"] == "none"
+    assert card["student"]["onnx_max_abs_diff"] <= 1e-4
+    packed = unpack_int8((tmp_path / "student_int8.fsq").read_bytes())
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in packed.modules())
+    explicit = DistillConfig(**{**TINY, "student": "cnn:0.125", "student_norm": "layer"})  # type: ignore[arg-type]
+    assert distill_and_export(teacher, spec, proxy_x, test_set, explicit, tmp_path / "b").student_spec.norm == "layer"
+
+
+def test_a_student_as_large_as_its_teacher_is_refused_though_folding_its_norm_would_shrink_it(
+        proxy_x: np.ndarray, test_set: LabelledArrays, tmp_path: Path) -> None:
+    from fedshrink.models import build_model, freeze_batch_stats
+
+    spec = ModelSpec("cnn", (1, 8, 8), 10, 0.125, "batch")
+    torch.manual_seed(0)
+    teacher = freeze_batch_stats(build_model(spec), torch.from_numpy(proxy_x))
+    cfg = DistillConfig(**{**TINY, "student": "cnn:0.125"})  # type: ignore[arg-type]
+    with pytest.raises(DistillError, match="not fewer than the teacher's"):
+        distill_and_export(teacher, spec, proxy_x, test_set, cfg, tmp_path)

@@ -59,3 +59,54 @@ def test_empty_proxy_refused(teacher: torch.nn.Module, teacher_spec: ModelSpec) 
     with pytest.raises(DistillError, match="empty"):
         search_student(teacher, teacher_spec, torch.rand(0, 1, 8, 8), candidates=["mlp:0.1"],
                        budget=Budget(), **TINY)  # type: ignore[arg-type]
+
+
+class _Constant(torch.nn.Module):
+    """A teacher that says class 3 whatever it sees: every student can agree with it completely."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.size = torch.nn.Parameter(torch.zeros(100_000))  # as large as a teacher, so the students are smaller
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.zeros(len(x), 10)
+        logits[:, 3] = 5.0
+        return logits
+
+
+def test_by_gap_the_smallest_candidate_that_agrees_is_picked_and_larger_ones_are_not_trained(
+        teacher_spec: ModelSpec) -> None:
+    settings = {**TINY, "search": SearchSettings(rungs=(20, 20), holdout=0.25, views=1, max_gap=1.5)}
+    res = search_student(_Constant(), teacher_spec, torch.rand(16, 1, 8, 8),
+                         candidates=["cnn:0.25", "mlp:0.1", "cnn:0.125"], budget=Budget(), **settings)  # type: ignore[arg-type]
+    rows = {r.name: r for r in res.records}
+    assert res.picked.name == "mlp:0.1"  # fewest MACs, and it agrees on every held-out image
+    assert rows["mlp:0.1"].held_out == 1.0 and rows["mlp:0.1"].steps == 40
+    assert rows["cnn:0.125"].steps == 0 and rows["cnn:0.25"].steps == 0 and not rows["cnn:0.25"].scores
+    assert "the smallest (by MACs)" in res.reason and "one disagreement is 25.00 points" in res.reason
+
+
+def test_by_gap_without_a_candidate_close_enough_the_best_agreement_is_picked_and_said(
+        teacher: torch.nn.Module, teacher_spec: ModelSpec) -> None:
+    # a random teacher on random images: three steps of distillation cannot match it on 12 held-out images
+    settings = {**TINY, "search": SearchSettings(rungs=(3,), holdout=0.25, views=0, max_gap=1.5)}
+    res = search_student(teacher, teacher_spec, torch.rand(48, 1, 8, 8), candidates=["mlp:0.1", "cnn:0.125"],
+                         budget=Budget(), **settings)  # type: ignore[arg-type]
+    trained = [r for r in res.records if r.steps]
+    assert len(trained) == 2 and all(r.held_out is not None and r.held_out < 1.0 for r in trained)
+    assert res.picked.held_out == max(r.held_out for r in trained if r.held_out is not None)
+    assert "no candidate agreed with the teacher" in res.reason
+
+
+def test_with_no_gap_the_candidates_race_by_agreement(teacher: torch.nn.Module, teacher_spec: ModelSpec) -> None:
+    settings = {**TINY, "search": SearchSettings(rungs=(3, 3), eta=2, holdout=0.25, views=1, max_gap=0)}
+    res = search_student(teacher, teacher_spec, torch.rand(16, 1, 8, 8), candidates=["mlp:0.1", "cnn:0.125"],
+                         budget=Budget(), **settings)  # type: ignore[arg-type]
+    assert sorted(r.steps for r in res.records) == [3, 6]  # halving: only one reaches the second rung
+    assert res.picked.steps == 6 and "best held-out teacher agreement" in res.reason
+
+
+@pytest.mark.parametrize("bad", [-0.5, 100, True, "1"])
+def test_a_bad_gap_is_refused(bad: object) -> None:
+    with pytest.raises(ConfigError, match="max_gap"):
+        SearchSettings(max_gap=bad)  # type: ignore[arg-type]

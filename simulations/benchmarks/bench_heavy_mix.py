@@ -1,0 +1,79 @@
+"""Heavy mixes against full-width FedAvg: the analysis of the heavy_mix sweep.
+
+The runs come from ``simulations/sweeps/heavy_mix.toml``: digits, 20 clients, Dirichlet 0.5, 50 rounds, every
+client every round (as in the fragments sweep), the shipped fragment settings, seeds 1-3; fp32 FedAvg
+(``profile-mix = ''``) against fleets with 70% and 80% of their clients at width 0.5 or less. The script writes
+``simulations/results/heavy_mix.md``: per fleet, the final global accuracy per seed, its mean and spread, the gap
+to FedAvg's mean, the narrow sub-models' accuracy, and the bytes each way.
+
+    fedshrink sweep simulations/sweeps/heavy_mix.toml --out runs/sweeps/heavy_mix
+    python simulations/benchmarks/bench_heavy_mix.py --sweep-dir runs/sweeps/heavy_mix [--out FILE]
+
+(``make results`` runs both.) Runs the sweep has not finished are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from fedshrink.report import human_bytes
+from fedshrink.sweep import open_sweep
+from fedshrink.sweep.results import mean_sd
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = ROOT / "simulations" / "results" / "heavy_mix.md"
+
+
+def pct_mean_sd(xs: list[float]) -> str:
+    m = mean_sd(xs)
+    return f"{100 * m[0]:.2f} ± {100 * m[1]:.2f}" if m is not None else "n/a"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "heavy_mix")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    sweep = open_sweep(args.sweep_dir)
+    seeds = list(dict.fromkeys(p.seed for p in sweep.planned))
+    runs = {c: sweep.rounds(c) for c in sweep.configs()}
+    mixes = {c: next(iter(sweep.of(c).values())).config.get("profile-mix", "") for c in runs if sweep.of(c)}
+    fedavg = runs.get("fedavg", {})
+    command = f"python simulations/benchmarks/bench_heavy_mix.py --sweep-dir {args.sweep_dir}"
+    lines = [
+        "# Heavy mixes against full-width FedAvg", "",
+        f"`fedshrink sweep simulations/sweeps/heavy_mix.toml --out {args.sweep_dir}`, then `{command}`.", "",
+        "digits, 20 clients, Dirichlet 0.5, cnn x1, 50 rounds, every client every round (no device availability, "
+        "as in the fragments sweep), the same local training for every run (2 epochs, batch 16, SGD lr 0.01, "
+        "momentum 0.9), the shipped fragment settings (reuse of absent updates has nothing to reuse here: nobody "
+        f"is absent), seeds {', '.join(map(str, seeds))}. Accuracy: the global model on the test split "
+        "(measured), %. *Gap*: FedAvg's mean final accuracy minus the fleet's. *Narrow sub-models*: final "
+        "accuracy of the width-0.25 and width-0.5 prefixes, mean over seeds. Bytes: whole run, mean over seeds, "
+        "exact serialized messages.", "",
+        "| fleet | profile mix | " + " | ".join(f"seed {s}" for s in seeds)
+        + " | mean ± sd | gap to FedAvg | narrow sub-models 0.25 / 0.5 | uplink | downlink |",
+        "|---|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|",
+    ]
+    ref = statistics.mean(float(r[-1]["accuracy"]) for r in fedavg.values()) if fedavg else None
+    for config, per_seed in runs.items():
+        if not per_seed:
+            continue
+        finals = [float(per_seed[s][-1]["accuracy"]) for s in seeds if s in per_seed]
+        cells = [f"{100 * float(per_seed[s][-1]['accuracy']):.2f}" if s in per_seed else "n/a" for s in seeds]
+        gap = f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and config != "fedavg" else ""
+        last = [r[-1].get("accuracy-width", {}) for r in per_seed.values()]
+        narrow = " / ".join(f"{100 * statistics.mean(float(w[k]) for w in last if k in w):.1f}"
+                            for k in ("0.25", "0.5") if any(k in w for w in last)) or "-"
+        up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
+        down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
+        mix = mixes.get(config) or "''"
+        lines.append(f"| {config} | `{mix}` | " + " | ".join(cells)
+                     + f" | {pct_mean_sd(finals)} | {gap} | {narrow} | {human_bytes(up)} | {human_bytes(down)} |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

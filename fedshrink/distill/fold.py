@@ -79,6 +79,8 @@ def fold_batch_norm(model: nn.Module, spec: ModelSpec, x: torch.Tensor) -> tuple
     state = {k: v for k, v in frozen.state_dict().items() if k in folded.state_dict()}
     missing = set(folded.state_dict()) - set(state)
     for bn_name, layer_name in _feeding_layers(frozen, x).items():
+        if target[layer_name].bias is None:
+            raise DistillError(f"cannot fold {bn_name}: {layer_name} has no bias in the norm-free model")
         bn = frozen.get_submodule(bn_name)
         layer = frozen.get_submodule(layer_name)
         assert isinstance(bn, nn.modules.batchnorm._BatchNorm) and isinstance(layer, nn.Conv2d | nn.Linear)
@@ -88,8 +90,6 @@ def fold_batch_norm(model: nn.Module, spec: ModelSpec, x: torch.Tensor) -> tuple
         b = layer.bias if layer.bias is not None else torch.zeros_like(s)
         state[f"{layer_name}.weight"] = w
         state[f"{layer_name}.bias"] = (b - bn.running_mean) * s + bn.bias
-        if target[layer_name].bias is None:
-            raise DistillError(f"cannot fold {bn_name}: {layer_name} has no bias in the norm-free model")
         missing.discard(f"{layer_name}.bias")
     if missing:
         raise DistillError(f"folding left {sorted(missing)} of the norm-free model unset")

@@ -302,8 +302,9 @@ def _choose_student(inp: _Inputs, t_params: int) -> tuple[ModelSpec, str, list[d
     if cfg.student:
         spec = candidate_spec(cfg.student, inp.spec, cfg.student_norm)
         fig = measure_figures(spec, cfg.prune_amount, repeats=cfg.latency_repeats)
-        if trained_params(spec) >= t_params:
-            raise DistillError(f"student {cfg.student} has {trained_params(spec):,} params, not fewer than the "
+        n_params = trained_params(spec)
+        if n_params >= t_params:
+            raise DistillError(f"student {cfg.student} has {n_params:,} params, not fewer than the "
                                f"teacher's {t_params:,}: a student must be smaller")
         problems = cfg.budget().violations(fig)
         if problems:

@@ -95,3 +95,21 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float] | None:
     if not values:
         return None
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+SeedRounds = Mapping[int, Sequence[Mapping[str, Any]]]  # seed -> that run's per-round records
+
+
+def seed_accuracies(per_seed: SeedRounds, seeds: Sequence[int]) -> tuple[list[str], list[float]]:
+    """Each seed's final test accuracy as a table cell in % ("n/a" where the sweep has not finished it), and the
+    finished ones' values (fractions), in ``seeds``' order."""
+    finals = [float(per_seed[s][-1]["accuracy"]) for s in seeds if s in per_seed]
+    cells = [f"{100 * float(per_seed[s][-1]['accuracy']):.2f}" if s in per_seed else "n/a" for s in seeds]
+    return cells, finals
+
+
+def narrow_widths(per_seed: SeedRounds, widths: Sequence[str] = ("0.25", "0.5")) -> str:
+    """The final accuracy of each narrow width's prefix sub-model, mean over seeds in %, as "a / b" ("-": none)."""
+    last = [r[-1].get("accuracy-width", {}) for r in per_seed.values()]
+    return " / ".join(f"{100 * statistics.mean(float(w[k]) for w in last if k in w):.1f}"
+                      for k in widths if any(k in w for w in last)) or "-"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshrink.sweep import open_sweep
-from fedshrink.sweep.results import mean_sd
+from fedshrink.sweep.results import mean_sd, narrow_widths, seed_accuracies
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "demo_settings.md"
@@ -52,10 +52,6 @@ def worst_fall(rounds: list[dict[str, Any]]) -> float:
     """The largest drop of test accuracy from one round to the next (0 if it never fell)."""
     acc = [float(r["accuracy"]) for r in rounds]
     return max([a - b for a, b in itertools.pairwise(acc)] + [0.0])
-
-
-def widths(rounds: list[dict[str, Any]]) -> dict[str, float]:
-    return {k: float(v) for k, v in rounds[-1].get("accuracy-width", {}).items()}
 
 
 def main() -> None:
@@ -88,14 +84,11 @@ def main() -> None:
     for config, per_seed in runs.items():
         if not per_seed:
             continue
-        finals = [float(per_seed[s][-1]["accuracy"]) for s in seeds if s in per_seed]
-        cells = [pct(float(per_seed[s][-1]["accuracy"])) if s in per_seed else "n/a" for s in seeds]
+        cells, finals = seed_accuracies(per_seed, seeds)
         gap = f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and config != "fedavg" else ""
         fall = f"{100 * statistics.mean(worst_fall(r) for r in per_seed.values()):.2f}"
-        ws = [widths(r) for r in per_seed.values()]
-        narrow = " / ".join(f"{100 * statistics.mean(w[k] for w in ws if k in w):.1f}" for k in ("0.25", "0.5")
-                            if any(k in w for w in ws)) or "-"
-        lines.append(f"| {config} | " + " | ".join(cells) + f" | {pct_mean_sd(finals)} | {gap} | {fall} | {narrow} |")
+        lines.append(f"| {config} | " + " | ".join(cells)
+                     + f" | {pct_mean_sd(finals)} | {gap} | {fall} | {narrow_widths(per_seed)} |")
     lines += ["", "Configurations:", ""] + [f"- **{c}**: {WHAT.get(c, c)}" for c in runs]
     reused = [r.get("stages", {}).get("absent-updates", {}) for per_seed in (runs.get("shipped") or {}).values()
               for r in per_seed]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fedshrink.report import human_bytes
 from fedshrink.sweep import open_sweep
-from fedshrink.sweep.results import mean_sd
+from fedshrink.sweep.results import mean_sd, narrow_widths, seed_accuracies
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "heavy_mix.md"
@@ -60,17 +60,13 @@ def main() -> None:
     for config, per_seed in runs.items():
         if not per_seed:
             continue
-        finals = [float(per_seed[s][-1]["accuracy"]) for s in seeds if s in per_seed]
-        cells = [f"{100 * float(per_seed[s][-1]['accuracy']):.2f}" if s in per_seed else "n/a" for s in seeds]
+        cells, finals = seed_accuracies(per_seed, seeds)
         gap = f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and config != "fedavg" else ""
-        last = [r[-1].get("accuracy-width", {}) for r in per_seed.values()]
-        narrow = " / ".join(f"{100 * statistics.mean(float(w[k]) for w in last if k in w):.1f}"
-                            for k in ("0.25", "0.5") if any(k in w for w in last)) or "-"
         up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
         down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
         mix = mixes.get(config) or "''"
-        lines.append(f"| {config} | `{mix}` | " + " | ".join(cells)
-                     + f" | {pct_mean_sd(finals)} | {gap} | {narrow} | {human_bytes(up)} | {human_bytes(down)} |")
+        lines.append(f"| {config} | `{mix}` | " + " | ".join(cells) + f" | {pct_mean_sd(finals)} | {gap} | "
+                     f"{narrow_widths(per_seed)} | {human_bytes(up)} | {human_bytes(down)} |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -52,3 +52,14 @@ def test_cli_refuses_a_bad_sweep_file(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err.strip()
     assert err.startswith("fedshrink: invalid setting num-server-round=3") and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_seed_accuracies_and_narrow_widths_leave_out_what_did_not_finish() -> None:
+    from fedshrink.sweep.results import narrow_widths, seed_accuracies
+
+    per_seed = {1: [{"accuracy": 0.5}, {"accuracy": 0.9512, "accuracy-width": {"0.25": 0.4, "0.5": 0.8}}],
+                3: [{"accuracy": 0.9, "accuracy-width": {"0.5": 0.6}}]}
+    cells, finals = seed_accuracies(per_seed, [1, 2, 3])
+    assert cells == ["95.12", "n/a", "90.00"] and finals == [0.9512, 0.9]
+    assert narrow_widths(per_seed) == "40.0 / 70.0"  # 0.25 from seed 1 alone, 0.5 the mean of both
+    assert narrow_widths({1: [{"accuracy": 0.9}]}) == "-"

@@ -6,7 +6,8 @@
 2. search a student inside ``cfg``'s budget (:mod:`.search`), unless ``cfg.student`` fixes one;
 3. distil it from scratch on a transfer set built from every proxy image (``cfg.steps``;
    only ``proxy_x``, no labels unless ``alpha > 0``), prune by magnitude and fine-tune
-   with the same loss (``cfg.finetune_steps``, masks kept), bake the masks in;
+   with the same loss (``cfg.finetune_steps``, masks kept), bake the masks in; a static-BatchNorm
+   student's statistics are then frozen on the transfer set and folded into its layers (:mod:`.fold`);
 4. int8 per-channel PTQ calibrated on the proxy images (:mod:`.compress`);
 5. write into ``out_dir``: ``student.onnx`` (fp32, checked in onnxruntime against torch
    within 1e-4), ``student_state.pt`` (fp32 pruned state dict), ``student_int8.fsq``

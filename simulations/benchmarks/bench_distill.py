@@ -17,7 +17,7 @@ glyphs 2,400 and 4,000):
 * **KD (searched)**: ``distill_and_export`` with the default ``DistillConfig``:
   student search, distillation from the unlabeled proxy images only, pruning, int8.
 * **KD, no augmentation**: the searched architecture, same settings, augmentation off
-  (the transfer set is the 180 proxy images only).
+  (the transfer set is the proxy images only).
 * **relative budget**: ``distill_and_export`` with ``max_gap = 1.5`` and no size limits: the smallest
   candidate whose disagreement with the teacher on the held-out proxy images is at most 1.5 points.
 * **proxy + labels**: the searched architecture trained on the proxy images *with

@@ -113,3 +113,19 @@ def narrow_widths(per_seed: SeedRounds, widths: Sequence[str] = ("0.25", "0.5"))
     last = [r[-1].get("accuracy-width", {}) for r in per_seed.values()]
     return " / ".join(f"{100 * statistics.mean(float(w[k]) for w in last if k in w):.1f}"
                       for k in widths if any(k in w for w in last)) or "-"
+
+
+def pct_mean_sd(values: Sequence[float]) -> str:
+    """Fractions as "mean ± sd" in % with two decimals ("n/a" for none)."""
+    m = mean_sd(values)
+    return f"{100 * m[0]:.2f} ± {100 * m[1]:.2f}" if m is not None else "n/a"
+
+
+def mean_final(per_seed: SeedRounds) -> float | None:
+    """The mean over seeds of the final test accuracy (None when no seed finished): a reference such as FedAvg's."""
+    return statistics.mean(float(r[-1]["accuracy"]) for r in per_seed.values()) if per_seed else None
+
+
+def gap_cell(ref: float | None, finals: Sequence[float]) -> str:
+    """``ref`` minus the mean of ``finals``, in points with two decimals ("" without a reference)."""
+    return f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and finals else ""

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshrink.sweep import open_sweep
-from fedshrink.sweep.results import mean_sd, narrow_widths, seed_accuracies
+from fedshrink.sweep.results import gap_cell, mean_final, narrow_widths, pct_mean_sd, seed_accuracies
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "demo_settings.md"
@@ -41,11 +41,6 @@ WHAT = {
 
 def pct(x: float) -> str:
     return f"{100 * x:.2f}"
-
-
-def pct_mean_sd(xs: list[float]) -> str:
-    m = mean_sd(xs)
-    return f"{100 * m[0]:.2f} ± {100 * m[1]:.2f}" if m is not None else "n/a"
 
 
 def worst_fall(rounds: list[dict[str, Any]]) -> float:
@@ -80,12 +75,12 @@ def main() -> None:
         + " | mean ± sd | gap to FedAvg | worst fall | narrow sub-models 0.25 / 0.5 |",
         "|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|",
     ]
-    ref = statistics.mean(float(r[-1]["accuracy"]) for r in fedavg.values()) if fedavg else None
+    ref = mean_final(fedavg)
     for config, per_seed in runs.items():
         if not per_seed:
             continue
         cells, finals = seed_accuracies(per_seed, seeds)
-        gap = f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and config != "fedavg" else ""
+        gap = gap_cell(ref, finals) if config != "fedavg" else ""
         fall = f"{100 * statistics.mean(worst_fall(r) for r in per_seed.values()):.2f}"
         lines.append(f"| {config} | " + " | ".join(cells)
                      + f" | {pct_mean_sd(finals)} | {gap} | {fall} | {narrow_widths(per_seed)} |")

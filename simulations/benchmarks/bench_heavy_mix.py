@@ -20,15 +20,10 @@ from pathlib import Path
 
 from fedshrink.report import human_bytes
 from fedshrink.sweep import open_sweep
-from fedshrink.sweep.results import mean_sd, narrow_widths, seed_accuracies
+from fedshrink.sweep.results import gap_cell, mean_final, narrow_widths, pct_mean_sd, seed_accuracies
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "heavy_mix.md"
-
-
-def pct_mean_sd(xs: list[float]) -> str:
-    m = mean_sd(xs)
-    return f"{100 * m[0]:.2f} ± {100 * m[1]:.2f}" if m is not None else "n/a"
 
 
 def main() -> None:
@@ -56,12 +51,12 @@ def main() -> None:
         + " | mean ± sd | gap to FedAvg | narrow sub-models 0.25 / 0.5 | uplink | downlink |",
         "|---|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|",
     ]
-    ref = statistics.mean(float(r[-1]["accuracy"]) for r in fedavg.values()) if fedavg else None
+    ref = mean_final(fedavg)
     for config, per_seed in runs.items():
         if not per_seed:
             continue
         cells, finals = seed_accuracies(per_seed, seeds)
-        gap = f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and config != "fedavg" else ""
+        gap = gap_cell(ref, finals) if config != "fedavg" else ""
         up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
         down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
         mix = mixes.get(config) or "''"

@@ -63,3 +63,12 @@ def test_seed_accuracies_and_narrow_widths_leave_out_what_did_not_finish() -> No
     assert cells == ["95.12", "n/a", "90.00"] and finals == [0.9512, 0.9]
     assert narrow_widths(per_seed) == "40.0 / 70.0"  # 0.25 from seed 1 alone, 0.5 the mean of both
     assert narrow_widths({1: [{"accuracy": 0.9}]}) == "-"
+
+
+def test_the_reference_mean_and_the_gap_cells() -> None:
+    from fedshrink.sweep.results import gap_cell, mean_final, pct_mean_sd
+
+    ref = mean_final({1: [{"accuracy": 0.98}], 2: [{"accuracy": 0.5}, {"accuracy": 0.96}]})
+    assert ref == pytest.approx(0.97) and mean_final({}) is None
+    assert gap_cell(ref, [0.95, 0.94]) == "2.50" and gap_cell(None, [0.95]) == ""
+    assert pct_mean_sd([0.9, 0.92]) == "91.00 ± 1.41" and pct_mean_sd([]) == "n/a"

@@ -142,6 +142,8 @@ def test_train_settings_round_trip_through_their_values() -> None:
      "fusion-steps"),
     ({"fragment-init": "zeros"}, "fragment-init"),
     ({"fusion-steps": -1}, "fusion-steps"),
+    ({"fusion-teacher": "ensemble"}, "fusion-teacher"),
+    ({"fusion-last-rounds": -1}, "fusion-last-rounds"),
 ])
 def test_settings_that_need_the_proxy_split_or_a_known_value_fail_at_start(settings: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as err:
@@ -149,8 +151,11 @@ def test_settings_that_need_the_proxy_split_or_a_known_value_fail_at_start(setti
     assert err.value.key == key and "\n" not in str(err.value)
     assert RunConfig.from_mapping({"proxy-fraction": 0.0, "model-norm": "layer", "profile-mix": "phone:1.0",
                                    "fusion-steps": 0}).fragments.fusion() is None
-    assert RunConfig().fragments.fusion() is None  # off by default: it slowed the demo's fleet (docs/devices.md)
-    assert RunConfig.from_mapping({"fusion-steps": 20}).fragments.fusion() is not None
+    shipped = RunConfig().fragments.fusion()  # on by default, for the final model only (docs/devices.md)
+    assert shipped is not None and shipped.teacher == "self" and shipped.last_rounds == 1 and shipped.steps == 50
+    every = RunConfig.from_mapping({"fusion-steps": 20, "fusion-teacher": "sub-models",
+                                    "fusion-last-rounds": 0}).fragments.fusion()
+    assert every is not None and (every.steps, every.teacher, every.last_rounds) == (20, "sub-models", 0)
 
 
 def _wrong_type(kind: type) -> object:

@@ -40,7 +40,7 @@ def test_host_fields_are_named() -> None:
 
 def test_two_inprocess_runs_give_the_same_records(tmp_path: Path) -> None:
     cfg = {**TINY, "model": "mlp", "profile-mix": "phone:0.5,laptop:0.5", "output-dir": str(tmp_path),
-           "fusion-steps": 20, "nested-distill": True}  # fusion and self-distillation, off by default, take part
+           "fusion-last-rounds": 0, "nested-distill": True}  # fusion every round and self-distillation take part
     a, b = (run_inprocess({**cfg, "run-name": name}, num_clients=4).run_dir for name in ("a", "b"))
     c = run_inprocess({**cfg, "run-name": "c", "seed": 7}, num_clients=4).run_dir
     ra, rb, rc = rounds(a), rounds(b), rounds(c)

@@ -200,3 +200,17 @@ def test_distillation_every_k_rounds(quick: dict[str, Any], small_distill: None)
     assert (result.run_dir / "model_card.json").is_file()  # and at the end
     rounds = RunDirectory(result.run_dir).read_rounds()
     assert rounds[0]["distillation-s"] > 0 and rounds[1]["distillation-s"] == 0
+
+
+def test_the_final_fusion_is_recorded_with_the_accuracy_before_it(quick: dict[str, Any]) -> None:
+    mixed = {**quick, "num-server-rounds": 2, "model": "mlp", "profile-mix": "phone:0.5,laptop:0.5"}
+    fused = run_inprocess({**mixed, "run-name": "fused"}, num_clients=4).run_dir  # shipped: the final round only
+    plain = run_inprocess({**mixed, "run-name": "plain", "fusion-steps": 0}, num_clients=4).run_dir
+    a, b = RunDirectory(fused).read_rounds(), RunDirectory(plain).read_rounds()
+    assert "accuracy-before-fusion" not in a[0] and all("accuracy-before-fusion" not in r for r in b)
+    assert a[0]["accuracy"] == b[0]["accuracy"]  # not fused in round 1
+    assert a[-1]["accuracy-before-fusion"] == b[-1]["accuracy"]  # the same aggregate, before fusion
+    models = [torch.load(d / "global_model.pt", weights_only=True) for d in (fused, plain)]
+    assert any(not torch.equal(v, models[1][k]) for k, v in models[0].items())  # and fusion changed the model
+    summary = json.loads((fused / "summary.json").read_text())
+    assert summary["accuracy-before-fusion"] == a[-1]["accuracy-before-fusion"]

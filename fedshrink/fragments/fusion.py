@@ -13,13 +13,17 @@ what the narrow clients receive is unchanged:
   width-1 model then computes exactly the inner sub-model's function (with
   per-channel normalisation; ``model-norm = batch``), and the full-width
   clients grow the outer channels from there instead of from noise.
-* :func:`fuse` (``fusion-steps`` > 0): after each aggregation, the outer
+* :func:`fuse` (``fusion-steps`` > 0): after an aggregation, the outer
   coordinates are distilled toward the ensemble of the global model's nested
-  sub-models (mean of their tempered softmax) on the server's unlabelled
+  sub-models (mean of their tempered softmax; with ``teacher = "self"`` the
+  global model's own softmax joins the mean) on the server's unlabelled
   proxy inputs, as FedDF distils a client ensemble (Lin et al., 2020), here
   restricted to the coordinates few clients train. Cost: ``steps`` forward
   and backward passes of the full model on the proxy set, plus one forward
-  pass of each sub-model.
+  pass of each teacher. :class:`Fusion` runs it after every round, or only in
+  the run's last ``last_rounds`` rounds; shipped: the self-teacher on the
+  final model only (fusing every round from weak early sub-models hurt,
+  docs/devices.md#fusion).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from fedshrink.fragments.spec import FragmentSpec
 from fedshrink.models.registry import ModelSpec, build_model
 
 INITS = ("nested", "random")
+TEACHERS = ("sub-models", "self")  # fusion's teacher: the nested sub-models, or they and the full model
 
 
 @dataclass(frozen=True)
@@ -53,8 +58,14 @@ class FusionConfig:
     temperature: float = 2.0  # softmax temperature of teacher and student
     lr: float = 1e-3  # Adam learning rate
     batch: int = 256  # proxy images a step uses at most (the whole proxy when it is smaller): bounds the cost
+    teacher: str = "sub-models"  # one of TEACHERS
+    last_rounds: int = 0  # fuse only in the run's last this many rounds; 0: after every round
 
     def __post_init__(self) -> None:
+        if isinstance(self.last_rounds, bool) or not isinstance(self.last_rounds, int) or self.last_rounds < 0:
+            raise ConfigError("fusion-last-rounds", self.last_rounds, "an integer >= 0 (0 = every round)")
+        if self.teacher not in TEACHERS:
+            raise ConfigError("fusion-teacher", self.teacher, "one of " + ", ".join(repr(t) for t in TEACHERS))
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError("fusion-steps", self.steps, "an integer >= 1 (0 in the run config turns fusion off)")
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
@@ -141,9 +152,12 @@ def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSp
         sub.train()  # as the clients run it: batch statistics with model-norm = batch
         with torch.no_grad():
             probs.append(torch.softmax(sub(x) / config.temperature, dim=1))  # (N, K)
-    teacher = torch.stack(probs).mean(dim=0)  # (N, K)
     student = _load(build_model(model_spec), state)
     student.train()
+    if config.teacher == "self":
+        with torch.no_grad():
+            probs.append(torch.softmax(student(x) / config.temperature, dim=1))
+    teacher = torch.stack(probs).mean(dim=0)  # (N, K)
     masks = {k: torch.from_numpy(m.astype(np.float32)) for k, m in outer_masks(graph, inner).items()}
     params = dict(student.named_parameters())
     opt = torch.optim.Adam(params.values(), lr=config.lr)
@@ -174,13 +188,17 @@ class Fusion:
     name = "fusion"
 
     def __init__(self, graph: LayerGraph, model_spec: ModelSpec, x: torch.Tensor, config: FusionConfig, *,
-                 scaled: bool = False) -> None:
+                 scaled: bool = False, rounds: int = 0) -> None:
+        """``rounds``: the run's number of rounds (what ``config.last_rounds`` counts back from)."""
         if len(x) == 0:
             raise ConfigError("fusion-steps", config.steps, "0 when the server has no proxy inputs (proxy-fraction 0)")
         self.graph, self.model_spec, self.x, self.config, self.scaled = graph, model_spec, x, config, scaled
+        self.first_round = rounds - config.last_rounds + 1 if config.last_rounds else 1
 
     def refine(self, server_round: int, state: Mapping[str, np.ndarray], widths: Sequence[float]
                ) -> dict[str, np.ndarray]:
+        if server_round < self.first_round:
+            return dict(state)
         return fuse(state, self.graph, self.model_spec, widths, self.x, self.config, scaled=self.scaled,
                     seed=server_round)
 

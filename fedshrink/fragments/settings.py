@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from fedshrink.devices.profiles import PROFILES, parse_mix
-from fedshrink.fragments.fusion import INITS, FusionConfig
+from fedshrink.fragments.fusion import INITS, TEACHERS, FusionConfig
 from fedshrink.fragments.nested import NestedConfig
 from fedshrink.fragments.policies import POLICIES, FragmentPolicy, make_policy
 from fedshrink.settings import (
@@ -54,9 +54,14 @@ class FragmentSettings(Section):
     nested_weight: float = option(1.0, "weight of that self-distillation loss", rule=between(0, 100))
     fragment_init: str = option("random", "`nested`: weights that read channels outside the widest narrower "
                                 "sub-model start at zero; `random`: plain initialisation", rule=one_of(INITS))
-    fusion_steps: int = option(0, "after each aggregation, Adam steps distilling the nested sub-models into the "
-                               "coordinates only full-width clients train, on the proxy inputs",
-                               rule=at_least(0).noting("0 = off"))
+    fusion_steps: int = option(50, "after an aggregation (see fusion-last-rounds), Adam steps distilling the "
+                               "teacher (fusion-teacher) into the coordinates only full-width clients train, on the "
+                               "proxy inputs", rule=at_least(0).noting("0 = off"))
+    fusion_teacher: str = option("self", "fusion's teacher: `sub-models` (the mean softmax of the global model's "
+                                 "nested sub-models) or `self` (that mean with the global model itself)",
+                                 rule=one_of(lambda: TEACHERS))
+    fusion_last_rounds: int = option(1, "fuse after the aggregations of the run's last this many rounds (1: the "
+                                     "final model only)", rule=at_least(0).noting("0 = after every round"))
     fusion_temperature: float = option(2.0, "softmax temperature of fusion", rule=between(0, 100, lo_open=True))
     fusion_lr: float = option(0.001, "Adam learning rate of fusion", rule=between(0, 1, lo_open=True))
     fusion_batch: int = option(256, "proxy images a fusion step uses at most (a seeded draw when the proxy is "
@@ -81,7 +86,8 @@ class FragmentSettings(Section):
         if self.fusion_steps == 0:
             return None
         return FusionConfig(self.fusion_steps, temperature=self.fusion_temperature, lr=self.fusion_lr,
-                            batch=self.fusion_batch)
+                            batch=self.fusion_batch, teacher=self.fusion_teacher,
+                            last_rounds=self.fusion_last_rounds)
 
     def nested(self) -> NestedConfig | None:
         """Self-distillation across widths on the clients (None when ``nested-distill`` is off)."""

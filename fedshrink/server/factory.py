@@ -103,7 +103,8 @@ def build_strategy(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> ShrinkStr
     refiners: list[Refiner] = []
     fusion = frag.fusion()
     if cfg.fragments_enabled and fusion is not None:
-        refiners.append(Fusion(graph, spec, torch.from_numpy(splits.proxy.x), fusion, scaled=frag.fragment_scaling))
+        refiners.append(Fusion(graph, spec, torch.from_numpy(splits.proxy.x), fusion, scaled=frag.fragment_scaling,
+                                rounds=fed.num_server_rounds))
     initialise = nested_initialiser(graph) if cfg.fragments_enabled and frag.fragment_init == "nested" else None
     fleet = Fleet(spec, cfg.training, uplink=cfg.chains.uplink_chain, downlink=cfg.chains.downlink_chain,
                   seed=cfg.seed, deadline_s=cfg.devices.round_deadline, over_select=cfg.devices.over_select,

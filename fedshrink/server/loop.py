@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
@@ -68,6 +69,18 @@ def round_record(rnd: int, outcome: RoundOutcome, accuracy: float, loss: float, 
     }
 
 
+def unrefined_accuracy(run: Run, outcome: RoundOutcome) -> float | None:
+    """Test accuracy of the round's aggregate before the server's refiners (fusion) changed it, else None.
+
+    The outcome lets go of that model afterwards (the strategy keeps its last outcomes)."""
+    state, outcome.unrefined = outcome.unrefined, None
+    if state is None:
+        return None
+    model = build_model(run.spec)
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()})
+    return evaluate(for_evaluation(model, run.splits), run.splits.test).accuracy
+
+
 def play_round(run: Run, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
     """One round: instructions, replies, aggregation, evaluation, record; returns the new global model."""
     cfg, strategy = run.cfg, run.strategy
@@ -88,11 +101,14 @@ def play_round(run: Run, rnd: int, arrays: ArrayRecord) -> ArrayRecord:
                         run.recorder.say)
         run.recorder.add_distillation(rnd, time.perf_counter() - t_d)
     outcome = strategy.outcomes[-1]
+    before = unrefined_accuracy(run, outcome)
     record = {**round_record(rnd, outcome, ev.accuracy, ev.loss, time.perf_counter() - t0, widths, dict(train or {})),
+              **({"accuracy-before-fusion": before} if before is not None else {}),
               **privacy_record(strategy)}
     record = run.recorder.round(record, outcome, strategy, arrays)
     run.recorder.say(f"round {rnd:>3}/{cfg.federation.num_server_rounds}  accuracy {ev.accuracy:.4f}  "
-                     f"loss {ev.loss:.4f}  {record['seconds']:6.2f}s  clients {len(outcome.accepted)}/{outcome.sent}"
+                     + (f"(before fusion {before:.4f})  " if before is not None else "")
+                     + f"loss {ev.loss:.4f}  {record['seconds']:6.2f}s  clients {len(outcome.accepted)}/{outcome.sent}"
                      + privacy_text(strategy) + ("  (skipped)" if outcome.skipped else ""))
     return arrays
 
@@ -103,6 +119,7 @@ def summarise(run: Run, seconds: float) -> dict[str, Any]:
     final = history[-1]
     return {
         "status": "completed", "accuracy": final["accuracy"], "loss": final["loss"],
+        **({"accuracy-before-fusion": final["accuracy-before-fusion"]} if "accuracy-before-fusion" in final else {}),
         "best-accuracy": max(r["accuracy"] for r in history), "rounds": cfg.federation.num_server_rounds,
         "rounds-skipped": sum(r["skipped"] for r in history),
         "replies-dropped": sum(r["clients-dropped"] for r in history), "defence": cfg.robust.defence,

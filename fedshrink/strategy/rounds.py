@@ -97,6 +97,7 @@ class RoundOutcome:
     skip_reason: str = ""
     aggregate_seconds: float = 0.0  # checks, decoding and aggregation (refiners excluded)
     refine_seconds: dict[str, float] = field(default_factory=dict)  # per refiner
+    unrefined: State | None = None  # the aggregate before the refiners, when one changed it (the loop evaluates it)
     bytes_down: int = 0  # train messages sent, serialized
     bytes_up: int = 0  # replies received (good and bad), serialized
     notes: dict[str, Any] = field(default_factory=dict)  # what the aggregation stages did
@@ -377,11 +378,13 @@ class ShrinkStrategy(Strategy):
         outcome.notes = report.notes
         if note:
             outcome.notes["absent-updates"] = note
-        state = layout.unflatten(new_flat)
+        state = aggregated = layout.unflatten(new_flat)
         for refiner in self.refiners:
             t = time.perf_counter()
             state = refiner.refine(outcome.server_round, state, self.widths_in_use())
             outcome.refine_seconds[refiner.name] = time.perf_counter() - t
+        if any(state[k] is not v for k, v in aggregated.items()):
+            outcome.unrefined = aggregated
         bad = [k for k, v in state.items() if np.issubdtype(v.dtype, np.floating) and not np.all(np.isfinite(v))]
         if bad:  # finite replies can still sum past float32's range (e.g. under a scaling attack)
             self._skip(outcome, f"the aggregate of {bad[0]!r} is not finite; the model stays as it was")

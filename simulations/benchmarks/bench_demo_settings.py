@@ -3,10 +3,11 @@
 The runs come from ``simulations/sweeps/demo_settings.toml``: the demo's fleet (the default mix, every device
 modelled, availability on), 20 rounds, distillation off, seeds 42 (the demo's), 1 and 2, against fp32 FedAvg one
 setting away (``profile-mix = ''``). Each configuration changes the shipped settings in one place:
-``absent-updates`` (reuse an offline device's latest update, or drop it), fusion, nested initialisation and
-self-distillation across widths. The script writes ``simulations/results/demo_settings.md``: per configuration,
-the final global accuracy per seed and its mean and spread, the gap to FedAvg, the narrow sub-models' accuracy,
-and how far accuracy fell from one round to the next at worst (measured on the test split each round).
+``absent-updates`` (reuse an offline device's latest update, or drop it), fusion (into the final model only, as
+shipped, or after every round), nested initialisation and self-distillation across widths. The script writes
+``simulations/results/demo_settings.md``: per configuration, the final global accuracy per seed and its mean and
+spread, the gap to FedAvg, the narrow sub-models' accuracy, and how far accuracy fell from one round to the next
+at worst (measured on the test split each round).
 
     fedshrink sweep simulations/sweeps/demo_settings.toml --out runs/sweeps/demo_settings
     python simulations/benchmarks/bench_demo_settings.py --sweep-dir runs/sweeps/demo_settings [--out FILE]
@@ -29,13 +30,18 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "demo_settings.md"
 WHAT = {
     "fedavg": "fp32 FedAvg, one setting away (`profile-mix=''`; no device models: every client every round)",
-    "shipped": "the shipped settings: `absent-updates = auto` (reuse), no fusion, plain initialisation, "
-               "no self-distillation",
+    "shipped": "the shipped settings: `absent-updates = auto` (reuse); the final model fused toward the mean "
+               "softmax of itself and its nested sub-models (`fusion-teacher = self`, `fusion-last-rounds = 1`, "
+               "50 Adam steps on the unlabelled proxy, outer coordinates only); plain initialisation; no "
+               "self-distillation",
+    "no final fusion": "shipped, but `fusion-steps = 0`: the same runs up to the last aggregation, not fused",
     "drop": "shipped, but `absent-updates = drop`",
-    "earlier": "the earlier defaults: drop, fusion (`fusion-steps = 20`), nested initialisation, self-distillation",
+    "earlier": "the earlier defaults: drop, fusion of the sub-models after every round (`fusion-steps = 20`, "
+               "`fusion-teacher = sub-models`, `fusion-last-rounds = 0`), nested initialisation, self-distillation",
     "earlier, reuse": "the earlier defaults with `absent-updates = reuse`",
     "self-distillation": "shipped, with `nested-distill = true`",
-    "fusion": "shipped, with `fusion-steps = 20`",
+    "fusion every round": "shipped, but fusing the sub-models after every round (`fusion-steps = 20`, "
+                          "`fusion-teacher = sub-models`, `fusion-last-rounds = 0`)",
 }
 
 

@@ -606,8 +606,9 @@ def _fleet_text(chain: str, chain_rows: list[str], main: dict[str, list[dict[str
         f"Setup: digits, {FLEET_CLIENTS} clients (Dirichlet 0.5), cnn with static BatchNorm, **{rounds} rounds**, "
         f"seeds {list(FLEET_SEEDS)} (the same seeds for every run compared), 2 local epochs, batch 16, every client "
         "sampled each round (fraction-train 1) unless stated, device availability and device-spread 0.5 on, "
-        "`absent-updates = auto` (an offline or late device's latest update counts again, in every fleet), no "
-        "fusion, nested initialisation or self-distillation (the defaults), no distillation. In-process engine, "
+        "`absent-updates = auto` (an offline or late device's latest update counts again, in every fleet), the "
+        "final model fused where narrow fragments are in use (`fusion-last-rounds = 1`), no nested "
+        "initialisation or self-distillation (the defaults), no distillation. In-process engine, "
         "torch on one thread per run.",
         "",
         f"**One fleet.** Every run uses the same devices per client: `device-mix = {FLEET_DEVICES}` for a and b "
@@ -674,7 +675,8 @@ def part_demo(sweep_dir: Path) -> list[str]:
         f"rounds, the device models of its profiles, so unavailable devices miss rounds and their latest updates "
         f"count again) and the same with "
         f"`profile-mix = ''`, plain FedAvg on every client, seeds {', '.join(map(str, DEMO_SEEDS))} (the first is "
-        "the demo's own). Distillation is left out: it does not change the global model. Test accuracy of the "
+        "the demo's own). The demo's final fusion is in (a default); distillation is left out: it does not "
+        "change the global model. Test accuracy of the "
         "global model, %.", "",
         "| run | final, mean ± sd | final per seed | " + " | ".join(f"r{m} mean" for m in marks) + " |",
         "|---|---:|---:|" + "---:|" * len(marks),

@@ -1,10 +1,10 @@
 """Heavy mixes against full-width FedAvg: the analysis of the heavy_mix sweep.
 
 The runs come from ``simulations/sweeps/heavy_mix.toml``: digits, 20 clients, Dirichlet 0.5, 50 rounds, every
-client every round (as in the fragments sweep), the shipped fragment settings, seeds 1-3; fp32 FedAvg
-(``profile-mix = ''``) against fleets with 70% and 80% of their clients at width 0.5 or less. The script writes
-``simulations/results/heavy_mix.md``: per fleet, the final global accuracy per seed, its mean and spread, the gap
-to FedAvg's mean, the narrow sub-models' accuracy, and the bytes each way.
+client every round (as in the fragments sweep), the shipped fragment settings (the final model fused), seeds 1-3;
+fp32 FedAvg (``profile-mix = ''``) against fleets with 70% and 80% of their clients at width 0.5 or less. The
+script writes ``simulations/results/heavy_mix.md``: per fleet, the final global accuracy per seed, its mean and
+spread, the gap to FedAvg's mean, the narrow sub-models' accuracy, and the bytes each way.
 
     fedshrink sweep simulations/sweeps/heavy_mix.toml --out runs/sweeps/heavy_mix
     python simulations/benchmarks/bench_heavy_mix.py --sweep-dir runs/sweeps/heavy_mix [--out FILE]
@@ -42,9 +42,10 @@ def main() -> None:
         f"`fedshrink sweep simulations/sweeps/heavy_mix.toml --out {args.sweep_dir}`, then `{command}`.", "",
         "digits, 20 clients, Dirichlet 0.5, cnn x1, 50 rounds, every client every round (no device availability, "
         "as in the fragments sweep), the same local training for every run (2 epochs, batch 16, SGD lr 0.01, "
-        "momentum 0.9), the shipped fragment settings (reuse of absent updates has nothing to reuse here: nobody "
-        f"is absent), seeds {', '.join(map(str, seeds))}. Accuracy: the global model on the test split "
-        "(measured), %. *Gap*: FedAvg's mean final accuracy minus the fleet's. *Narrow sub-models*: final "
+        "momentum 0.9), the shipped fragment settings (the final model fused, docs/devices.md#fusion; reuse of "
+        "absent updates has nothing to reuse here: nobody is absent), "
+        f"seeds {', '.join(map(str, seeds))}. Accuracy: the global model on the test split (measured), %. "
+        "*Gap*: FedAvg's mean final accuracy minus the fleet's. *Narrow sub-models*: final "
         "accuracy of the width-0.25 and width-0.5 prefixes, mean over seeds. Bytes: whole run, mean over seeds, "
         "exact serialized messages.", "",
         "| fleet | profile mix | " + " | ".join(f"seed {s}" for s in seeds)

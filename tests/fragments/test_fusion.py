@@ -12,7 +12,7 @@ from fragment_helpers import MODEL_NAMES, SHAPE, model_spec, numpy_state, seeded
 
 from fedshrink.errors import ConfigError
 from fedshrink.fragments import build_graph, extract, make_policy
-from fedshrink.fragments.fusion import FusionConfig, fuse, inner_spec, nested_init, outer_masks
+from fedshrink.fragments.fusion import Fusion, FusionConfig, fuse, inner_spec, nested_init, outer_masks
 from fedshrink.fragments.scaler import build_sub_model
 
 
@@ -63,15 +63,13 @@ def test_outer_masks_are_the_complement_of_the_fragment(name: str) -> None:
         assert int((~masks[key]).sum()) == sub.size
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
-def test_fusion_moves_only_outer_coordinates_toward_the_sub_model_ensemble(name: str) -> None:
-    spec = model_spec(name, "batch")
-    full = seeded_model(name, "batch", seed=1)
-    graph = build_graph(full)
-    state = numpy_state(full)
-    x = _x(16)
-    cfg = FusionConfig(steps=15, temperature=2.0, lr=0.01)
-    fused = fuse(state, graph, spec, [0.25, 0.5, 1.0], x, cfg)
+def _fused(name: str, seed: int, teacher: str):  # type: ignore[no-untyped-def]
+    """A seeded model and its fusion (15 steps, T = 2) over widths 0.25 / 0.5 / 1, checked to leave every inner
+    coordinate bit-identical and to move some outer one: ``(model, graph, state, x, config, fused)``."""
+    full = seeded_model(name, "batch", seed=seed)
+    graph, state, x = build_graph(full), numpy_state(full), _x(16)
+    cfg = FusionConfig(steps=15, temperature=2.0, lr=0.01, teacher=teacher)
+    fused = fuse(state, graph, model_spec(name, "batch"), [0.25, 0.5, 1.0], x, cfg)
     inner = inner_spec(graph, [0.25, 0.5])
     assert inner is not None
     masks = outer_masks(graph, inner)
@@ -80,6 +78,12 @@ def test_fusion_moves_only_outer_coordinates_toward_the_sub_model_ensemble(name:
         np.testing.assert_array_equal(v[~masks[key]], state[key][~masks[key]])  # inner: bit-identical
         moved |= not np.array_equal(v[masks[key]], state[key][masks[key]])
     assert moved
+    return full, graph, state, x, cfg, fused
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_fusion_moves_only_outer_coordinates_toward_the_sub_model_ensemble(name: str) -> None:
+    full, graph, state, x, cfg, fused = _fused(name, 1, "sub-models")
 
     def kl(s: dict) -> float:  # type: ignore[type-arg]
         with torch.no_grad():
@@ -88,8 +92,43 @@ def test_fusion_moves_only_outer_coordinates_toward_the_sub_model_ensemble(name:
             return float(F.kl_div(F.log_softmax(full.train()(x) / 2.0, dim=1), teacher, reduction="batchmean"))
 
     assert kl(fused) < kl(state)  # same teacher (inner unchanged), closer student
-    again = fuse(state, graph, spec, [0.25, 0.5, 1.0], x, cfg)
+    again = fuse(state, graph, model_spec(name, "batch"), [0.25, 0.5, 1.0], x, cfg)
     assert all(np.array_equal(again[k], fused[k]) for k in fused)  # deterministic
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_self_teacher_adds_the_full_model_to_the_ensemble(name: str) -> None:
+    full, graph, state, x, _, fused = _fused(name, 2, "self")
+
+    def kl(s: dict, teacher: torch.Tensor) -> float:  # type: ignore[type-arg]
+        full.load_state_dict({k: torch.from_numpy(v) for k, v in s.items()})
+        with torch.no_grad():
+            return float(F.kl_div(F.log_softmax(full.train()(x) / 2.0, dim=1), teacher, reduction="batchmean"))
+
+    with torch.no_grad():
+        subs = [F.softmax(_sub(name, state, graph, w)(x) / 2.0, dim=1) for w in (0.25, 0.5)]
+        full.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()})
+        own = F.softmax(full.train()(x) / 2.0, dim=1)
+    with_full = torch.stack([*subs, own]).mean(0)
+    assert kl(fused, with_full) < kl(state, with_full)  # closer to the teacher with the full model in it
+    others = fuse(state, graph, model_spec(name, "batch"), [0.25, 0.5, 1.0], x,
+                  FusionConfig(steps=15, temperature=2.0, lr=0.01))
+    assert any(not np.array_equal(others[k], fused[k]) for k in fused)  # a different teacher, a different model
+    # the full model's own vote pulls the self-taught model less far from where it started
+    assert kl(fused, own) < kl(others, own)
+
+
+@pytest.mark.parametrize("last_rounds, rounds, fused_rounds", [(0, 4, {1, 2, 3, 4}), (1, 4, {4}), (2, 4, {3, 4}),
+                                                               (9, 4, {1, 2, 3, 4})])
+def test_fusion_runs_only_in_the_last_rounds_asked(last_rounds: int, rounds: int, fused_rounds: set[int]) -> None:
+    full = seeded_model("cnn", "batch", seed=3)
+    graph, state = build_graph(full), numpy_state(full)
+    refiner = Fusion(graph, model_spec("cnn", "batch"), _x(8), FusionConfig(steps=2, lr=0.01, last_rounds=last_rounds),
+                     rounds=rounds)
+    for rnd in range(1, rounds + 1):
+        out = refiner.refine(rnd, state, [0.5, 1.0])
+        changed = any(not np.array_equal(out[k], state[k]) for k in state)
+        assert changed == (rnd in fused_rounds), rnd
 
 
 def test_fusion_without_a_narrow_width_or_inputs_is_a_no_op() -> None:
@@ -100,7 +139,8 @@ def test_fusion_without_a_narrow_width_or_inputs_is_a_no_op() -> None:
         assert all(np.array_equal(out[k], state[k]) for k in state)
 
 
-@pytest.mark.parametrize("cfg", [FusionConfig(), FusionConfig(steps=5, temperature=1.5, lr=0.1)])
+@pytest.mark.parametrize("cfg", [FusionConfig(), FusionConfig(steps=5, temperature=1.5, lr=0.1),
+                                 FusionConfig(teacher="self", last_rounds=1)])
 def test_fusion_config_json_round_trip(cfg: FusionConfig) -> None:
     assert FusionConfig.from_json(cfg.to_json()) == cfg
     assert json.loads(cfg.to_json())["steps"] == cfg.steps
@@ -109,6 +149,8 @@ def test_fusion_config_json_round_trip(cfg: FusionConfig) -> None:
 @pytest.mark.parametrize("kwargs, key", [
     ({"steps": 0}, "fusion-steps"), ({"steps": True}, "fusion-steps"), ({"temperature": 0.0}, "fusion-temperature"),
     ({"temperature": float("nan")}, "fusion-temperature"), ({"lr": 2.0}, "fusion-lr"),
+    ({"teacher": "ensemble"}, "fusion-teacher"), ({"last_rounds": -1}, "fusion-last-rounds"),
+    ({"last_rounds": True}, "fusion-last-rounds"),
 ])
 def test_fusion_config_names_the_bad_setting(kwargs: dict, key: str) -> None:  # type: ignore[type-arg]
     with pytest.raises(ConfigError) as err:

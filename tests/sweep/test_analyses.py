@@ -146,3 +146,25 @@ def test_devices_sweep_plans_every_run_its_analysis_reads(monkeypatch: pytest.Mo
     assert "### Round deadline and over-selection" in fleet and "Target: within 1.5 points" in demo
     with pytest.raises(SystemExit, match=r"has no finished run with .*'profile-mix': 'laptop:1.0'"):
         Planned(Path("unused")).get("digits", 1, 20, **{"profile-mix": "laptop:1.0"})
+
+
+def test_final_fusion_analysis_fuses_as_the_server_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    spec = tiny("final_fusion", lambda r: r if r["name"] in ("digits", "digits, fused by the server") else None)
+    run_sweep(spec, tmp_path / "sweep", say=lambda _: None)
+    text = analyse("bench_final_fusion", tmp_path / "sweep", tmp_path / "final_fusion.md", monkeypatch)
+    sweep = open_sweep(tmp_path / "sweep")
+    unfused, server = sweep.of("digits")[1], sweep.of("digits, fused by the server")[1]
+    before, after = unfused.rounds[-1]["accuracy"], server.rounds[-1]["accuracy"]
+    assert f"| digits | 1 | {100 * before:.2f} | {100 * after:.2f} | {100 * (after - before):+.2f} |" in text
+    assert "Checked: on seed(s) 1 the script's fusion gives the server's fused final model bit for bit" in text
+    state = torch.load(server.path / "global_model.pt", weights_only=True)
+    plain = torch.load(unfused.path / "global_model.pt", weights_only=True)
+    assert any(not torch.equal(state[k], plain[k]) for k in state)  # the server's fusion did move the model
+    # a fused model the script's fusion does not give
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key] + 1e-3
+    torch.save(state, server.path / "global_model.pt")
+    with pytest.raises(SystemExit, match="not the server's"):
+        analyse("bench_final_fusion", tmp_path / "sweep", tmp_path / "again.md", monkeypatch)

@@ -131,17 +131,27 @@ def prefix_sub_model(state: Mapping[str, np.ndarray], graph: LayerGraph, model_s
 
 
 def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSpec, widths: Sequence[float],
-         x: torch.Tensor, config: FusionConfig, *, scaled: bool = False, seed: int = 0) -> dict[str, np.ndarray]:
+         x: torch.Tensor, config: FusionConfig, *, scaled: bool = False, seed: int = 0,
+         calibrate: bool = False) -> dict[str, np.ndarray]:
     """Distil the sub-models at ``widths`` (< 1) of ``state`` into its coordinates outside the widest of them.
 
     ``x`` is a batch of unlabelled inputs ``(N, C, H, W)``. The teacher is the
-    mean of the sub-models' ``softmax(logits / T)``; the loss is
+    mean of the sub-models' ``softmax(logits / T)`` (and the model's own with
+    ``teacher = "self"``); the loss is
     ``T**2 * KL(teacher || softmax(student / T))`` (Hinton et al., 2015).
     Gradients are masked to the outer coordinates, so the inner ones come back
     bit-identical. Each step uses the whole proxy batch, or, when it holds more
     than ``config.batch`` images, that many drawn from a generator seeded by
     ``seed`` (so a step's cost is bounded whatever the proxy's size, and a
     round is reproducible).
+
+    ``calibrate``: a mean of softmaxes is softer than any of them, and the
+    fused model learns that softness (on digits its test loss doubled while its
+    accuracy rose). With ``calibrate`` the output layer (the model's last
+    Linear, inner coordinates included) is then multiplied by the one factor
+    that gives the fused model the unfused model's mean prediction entropy on
+    ``x``: no label is used, and no prediction changes (a positive scale of the
+    logits keeps their argmax). For a model nobody trains from afterwards.
     """
     inner = inner_spec(graph, widths)
     if inner is None or len(x) == 0:
@@ -179,7 +189,47 @@ def fuse(state: Mapping[str, np.ndarray], graph: LayerGraph, model_spec: ModelSp
     for key, m in masks.items():  # Adam moves nothing where the gradient was always 0; make it exact anyway
         inner_mask = m.numpy() == 0
         out[key][inner_mask] = np.asarray(state[key])[inner_mask]
+    if calibrate:
+        out = _with_confidence_of(state, out, model_spec, x)
     return out
+
+
+def _mean_entropy(logits: torch.Tensor) -> float:
+    p = torch.softmax(logits.double(), dim=1)
+    return float(-(p * torch.log(p.clamp_min(1e-300))).sum(dim=1).mean())
+
+
+def confidence_scale(logits: torch.Tensor, target: float, lo: float = 1e-2, hi: float = 1e2) -> float:
+    """The factor ``a`` in ``[lo, hi]`` whose ``softmax(a * logits)`` has mean entropy ``target`` (bisection in
+    log space; the entropy falls as ``a`` grows), clamped to the range when the target lies outside it."""
+    if _mean_entropy(logits * hi) >= target:
+        return hi
+    if _mean_entropy(logits * lo) <= target:
+        return lo
+    for _ in range(60):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if _mean_entropy(logits * mid) > target else (lo, mid)
+    return math.sqrt(lo * hi)
+
+
+def _with_confidence_of(before: Mapping[str, np.ndarray], after: dict[str, np.ndarray], model_spec: ModelSpec,
+                        x: torch.Tensor) -> dict[str, np.ndarray]:
+    """``after`` with its last Linear scaled so its mean prediction entropy on ``x`` equals ``before``'s."""
+    def logits(state: Mapping[str, np.ndarray]) -> tuple[torch.Tensor, str]:
+        model = _load(build_model(model_spec), state).train()  # batch statistics, as fusion ran it
+        last = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        if not last:
+            raise ConfigError("fusion-steps", None, "a model whose output layer is a Linear, to keep its confidence")
+        with torch.no_grad():
+            return model(x), last[-1]
+    target = _mean_entropy(logits(before)[0])
+    out, name = logits(after)
+    scale = confidence_scale(out, target)
+    scaled = dict(after)
+    for key in (f"{name}.weight", f"{name}.bias"):
+        if key in scaled:
+            scaled[key] = (scaled[key] * scale).astype(scaled[key].dtype)
+    return scaled
 
 
 class Fusion:
@@ -189,10 +239,12 @@ class Fusion:
 
     def __init__(self, graph: LayerGraph, model_spec: ModelSpec, x: torch.Tensor, config: FusionConfig, *,
                  scaled: bool = False, rounds: int = 0) -> None:
-        """``rounds``: the run's number of rounds (what ``config.last_rounds`` counts back from)."""
+        """``rounds``: the run's number of rounds (what ``config.last_rounds`` counts back from). The run's
+        final model, fused in round ``rounds``, keeps its confidence (:func:`fuse`'s ``calibrate``)."""
         if len(x) == 0:
             raise ConfigError("fusion-steps", config.steps, "0 when the server has no proxy inputs (proxy-fraction 0)")
         self.graph, self.model_spec, self.x, self.config, self.scaled = graph, model_spec, x, config, scaled
+        self.rounds = rounds
         self.first_round = rounds - config.last_rounds + 1 if config.last_rounds else 1
 
     def refine(self, server_round: int, state: Mapping[str, np.ndarray], widths: Sequence[float]
@@ -200,7 +252,7 @@ class Fusion:
         if server_round < self.first_round:
             return dict(state)
         return fuse(state, self.graph, self.model_spec, widths, self.x, self.config, scaled=self.scaled,
-                    seed=server_round)
+                    seed=server_round, calibrate=self.rounds > 0 and server_round >= self.rounds)
 
 
 def nested_initialiser(graph: LayerGraph) -> Callable[[Mapping[str, np.ndarray], Sequence[float]],

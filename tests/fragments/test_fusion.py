@@ -12,7 +12,15 @@ from fragment_helpers import MODEL_NAMES, SHAPE, model_spec, numpy_state, seeded
 
 from fedshrink.errors import ConfigError
 from fedshrink.fragments import build_graph, extract, make_policy
-from fedshrink.fragments.fusion import Fusion, FusionConfig, fuse, inner_spec, nested_init, outer_masks
+from fedshrink.fragments.fusion import (
+    Fusion,
+    FusionConfig,
+    confidence_scale,
+    fuse,
+    inner_spec,
+    nested_init,
+    outer_masks,
+)
 from fedshrink.fragments.scaler import build_sub_model
 
 
@@ -129,6 +137,42 @@ def test_fusion_runs_only_in_the_last_rounds_asked(last_rounds: int, rounds: int
         out = refiner.refine(rnd, state, [0.5, 1.0])
         changed = any(not np.array_equal(out[k], state[k]) for k in state)
         assert changed == (rnd in fused_rounds), rnd
+
+
+def _entropy(logits: torch.Tensor) -> float:
+    p = F.softmax(logits.double(), dim=1)
+    return float(-(p * p.log()).sum(dim=1).mean())
+
+
+def test_confidence_scale_finds_the_factor_of_a_target_entropy() -> None:
+    logits = torch.randn(64, 10, generator=torch.Generator().manual_seed(5)) * 3
+    for factor in (0.3, 1.0, 2.0, 7.5):
+        assert confidence_scale(logits, _entropy(logits * factor)) == pytest.approx(factor, rel=1e-6)
+    assert confidence_scale(logits, 0.0) == 1e2 and confidence_scale(logits, 10.0) == 1e-2  # out of reach: clamped
+
+
+def test_the_final_fused_model_keeps_its_predictions_and_the_unfused_confidence() -> None:
+    full = seeded_model("cnn", "batch", seed=4)
+    graph, state, x, spec = build_graph(full), numpy_state(full), _x(24), model_spec("cnn", "batch")
+    for key in ("head.3.weight", "head.3.bias"):  # a confident model, as a trained one is (an untrained one is not)
+        state[key] = state[key] * 30
+    cfg = FusionConfig(steps=10, lr=0.01, teacher="self", last_rounds=0)
+    refiner = Fusion(graph, spec, x, cfg, rounds=3)
+
+    def logits(s: dict) -> torch.Tensor:  # type: ignore[type-arg]
+        full.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in s.items()})
+        with torch.no_grad():
+            return full.train()(x)
+
+    plain = fuse(state, graph, spec, [0.5, 1.0], x, cfg, seed=3)  # what round 3 fuses, before calibration
+    final = refiner.refine(3, state, [0.5, 1.0])
+    assert torch.equal(logits(final).argmax(1), logits(plain).argmax(1))  # no prediction changes
+    assert _entropy(logits(final)) == pytest.approx(_entropy(logits(state)), rel=1e-5)  # the unfused confidence
+    assert _entropy(logits(plain)) != pytest.approx(_entropy(logits(state)), rel=1e-3)  # which fusion had moved
+    changed = [k for k in state if not np.array_equal(final[k], plain[k])]
+    assert changed == ["head.3.weight", "head.3.bias"]  # only the output layer is rescaled
+    earlier = refiner.refine(2, state, [0.5, 1.0])  # not the final round: fused, not calibrated
+    assert all(np.array_equal(earlier[k], fuse(state, graph, spec, [0.5, 1.0], x, cfg, seed=2)[k]) for k in state)
 
 
 def test_fusion_without_a_narrow_width_or_inputs_is_a_no_op() -> None:

@@ -157,7 +157,8 @@ def test_final_fusion_analysis_fuses_as_the_server_does(tmp_path: Path, monkeypa
     sweep = open_sweep(tmp_path / "sweep")
     unfused, server = sweep.of("digits")[1], sweep.of("digits, fused by the server")[1]
     before, after = unfused.rounds[-1]["accuracy"], server.rounds[-1]["accuracy"]
-    assert f"| digits | 1 | {100 * before:.2f} | {100 * after:.2f} | {100 * (after - before):+.2f} |" in text
+    assert f"| digits | 1 | {100 * before:.2f} | {100 * after:.2f} | {100 * (after - before):+.2f} | " \
+           f"{unfused.rounds[-1]['loss']:.3f} / {server.rounds[-1]['loss']:.3f} |" in text
     assert "Checked: on seed(s) 1 the script's fusion gives the server's fused final model bit for bit" in text
     state = torch.load(server.path / "global_model.pt", weights_only=True)
     plain = torch.load(unfused.path / "global_model.pt", weights_only=True)

@@ -233,7 +233,8 @@ def _with_confidence_of(before: Mapping[str, np.ndarray], after: dict[str, np.nd
 
 
 class Fusion:
-    """:func:`fuse` as a server-side refiner of the aggregated model (run after every aggregation)."""
+    """:func:`fuse` as a server-side refiner of the aggregated model (after every aggregation, or those of the
+    run's last ``config.last_rounds`` rounds)."""
 
     name = "fusion"
 

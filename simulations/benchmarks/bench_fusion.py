@@ -1,9 +1,11 @@
 """Fusion's cost per round on the host, on digits (8x8) and on the generated 28x28 glyphs.
 
-Fusion (``fusion-steps`` > 0, :mod:`fedshrink.fragments.fusion`; off by default) runs on the server after
-every aggregation of a mixed run that turns it on. This measures one round's fusion as the server runs it: the
+Fusion (``fusion-steps`` > 0, :mod:`fedshrink.fragments.fusion`) runs on the server after the aggregation of a
+mixed run's final round (shipped), or of every round (``fusion-last-rounds = 0``, as the fragments, robustness
+and privacy sweeps ran it). This measures one round's fusion as the server runs it: the
 default CNN, the default mix's widths (0.5 and 1), the proxy split the run would hold
-(``proxy-fraction`` of the data set), fusion's settings when on (20 Adam steps, the shipped ``fusion-batch`` 256),
+(``proxy-fraction`` of the data set), the every-round fusion those sweeps used (20 Adam steps, the sub-models'
+teacher, the shipped ``fusion-batch`` 256; the shipped final fusion takes 50 steps: final_fusion.md),
 and for comparison every step on the whole proxy (``fusion-batch`` = the proxy's size, as
 fusion ran before the cap). Host measurements: median of ``--repeats`` rounds, one torch thread.
 

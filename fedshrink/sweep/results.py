@@ -129,3 +129,11 @@ def mean_final(per_seed: SeedRounds) -> float | None:
 def gap_cell(ref: float | None, finals: Sequence[float]) -> str:
     """``ref`` minus the mean of ``finals``, in points with two decimals ("" without a reference)."""
     return f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and finals else ""
+
+
+def accuracy_columns(per_seed: SeedRounds, seeds: Sequence[int], ref: float | None, *, reference: bool = False
+                     ) -> list[str]:
+    """A configuration's accuracy columns in a table over seeds: each seed's final accuracy
+    (:func:`seed_accuracies`), their mean ± sd, and the gap to ``ref`` (empty for the ``reference`` itself)."""
+    cells, finals = seed_accuracies(per_seed, seeds)
+    return [*cells, pct_mean_sd(finals), "" if reference else gap_cell(ref, finals)]

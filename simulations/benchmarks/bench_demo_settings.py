@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshrink.sweep import open_sweep
-from fedshrink.sweep.results import gap_cell, mean_final, narrow_widths, pct_mean_sd, seed_accuracies
+from fedshrink.sweep.results import accuracy_columns, mean_final, narrow_widths
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "demo_settings.md"
@@ -85,11 +85,9 @@ def main() -> None:
     for config, per_seed in runs.items():
         if not per_seed:
             continue
-        cells, finals = seed_accuracies(per_seed, seeds)
-        gap = gap_cell(ref, finals) if config != "fedavg" else ""
+        accuracy = " | ".join(accuracy_columns(per_seed, seeds, ref, reference=config == "fedavg"))
         fall = f"{100 * statistics.mean(worst_fall(r) for r in per_seed.values()):.2f}"
-        lines.append(f"| {config} | " + " | ".join(cells)
-                     + f" | {pct_mean_sd(finals)} | {gap} | {fall} | {narrow_widths(per_seed)} |")
+        lines.append(f"| {config} | {accuracy} | {fall} | {narrow_widths(per_seed)} |")
     lines += ["", "Configurations:", ""] + [f"- **{c}**: {WHAT.get(c, c)}" for c in runs]
     reused = [r.get("stages", {}).get("absent-updates", {}) for per_seed in (runs.get("shipped") or {}).values()
               for r in per_seed]

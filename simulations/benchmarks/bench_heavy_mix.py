@@ -20,7 +20,7 @@ from pathlib import Path
 
 from fedshrink.report import human_bytes
 from fedshrink.sweep import open_sweep
-from fedshrink.sweep.results import gap_cell, mean_final, narrow_widths, pct_mean_sd, seed_accuracies
+from fedshrink.sweep.results import accuracy_columns, mean_final, narrow_widths
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "heavy_mix.md"
@@ -56,13 +56,12 @@ def main() -> None:
     for config, per_seed in runs.items():
         if not per_seed:
             continue
-        cells, finals = seed_accuracies(per_seed, seeds)
-        gap = gap_cell(ref, finals) if config != "fedavg" else ""
+        accuracy = " | ".join(accuracy_columns(per_seed, seeds, ref, reference=config == "fedavg"))
         up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
         down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
         mix = mixes.get(config) or "''"
-        lines.append(f"| {config} | `{mix}` | " + " | ".join(cells) + f" | {pct_mean_sd(finals)} | {gap} | "
-                     f"{narrow_widths(per_seed)} | {human_bytes(up)} | {human_bytes(down)} |")
+        lines.append(f"| {config} | `{mix}` | {accuracy} | {narrow_widths(per_seed)} | {human_bytes(up)} | "
+                     f"{human_bytes(down)} |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -72,3 +72,12 @@ def test_the_reference_mean_and_the_gap_cells() -> None:
     assert ref == pytest.approx(0.97) and mean_final({}) is None
     assert gap_cell(ref, [0.95, 0.94]) == "2.50" and gap_cell(None, [0.95]) == ""
     assert pct_mean_sd([0.9, 0.92]) == "91.00 ± 1.41" and pct_mean_sd([]) == "n/a"
+
+
+def test_accuracy_columns_are_the_seeds_their_mean_and_the_gap() -> None:
+    from fedshrink.sweep.results import accuracy_columns
+
+    per_seed = {1: [{"accuracy": 0.9}], 3: [{"accuracy": 0.92}]}
+    assert accuracy_columns(per_seed, [1, 2, 3], 0.95) == ["90.00", "n/a", "92.00", "91.00 ± 1.41", "4.00"]
+    assert accuracy_columns(per_seed, [1, 2, 3], 0.95, reference=True)[-1] == ""
+    assert accuracy_columns({}, [1], None) == ["n/a", "n/a", ""]

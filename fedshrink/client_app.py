@@ -9,7 +9,8 @@
   :class:`~fedshrink.protocol.TrainReply` plus its resource record. A lossy
   uplink keeps its error-feedback residual between rounds in the run's
   client state (:mod:`fedshrink.runner.state`: on disk by default, or
-  ``context.state``).
+  ``context.state``), and so does the downlink reference of a run with
+  downlink deltas (:mod:`fedshrink.compression.reference`).
 
 What does not change between calls (the parsed settings, the model object,
 the round's decoded global model) is kept per process (:mod:`fedshrink.client.cache`).
@@ -20,13 +21,15 @@ round sends nothing; a malicious partition poisons its data or its update.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
 from fedshrink.client.cache import model_costs, run_config
-from fedshrink.client.local import Poison, local_round, train_update
+from fedshrink.client.local import Poison, local_round, received_model, train_update
 from fedshrink.client.node import NodeIdentity, node_budget, node_device, node_profile
 from fedshrink.compression import Chain, ResidualStore
 from fedshrink.config import RunConfig
@@ -66,17 +69,14 @@ def attack_of(cfg: RunConfig, node: NodeIdentity) -> AttackConfig | None:
 
 
 def poisoner(attack: AttackConfig, cfg: RunConfig, node: NodeIdentity, instruction: TrainInstruction,
-             data: LabelledArrays) -> Poison:
+             data: LabelledArrays, received: Mapping[str, torch.Tensor]) -> Poison:
     """The attack's change to the update, with a seeded generator and honest retraining on resamples."""
     rnd, pid = instruction.server_round, node.partition_id
 
     def retrain(k: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(seed_for(cfg.seed, rnd, pid, 2, k))
         sample = data.subset(rng.integers(0, len(data), size=len(data)))
-        from fedshrink.compression import decode_record
-
-        return train_update(instruction, decode_record(instruction.model), sample,
-                            seed_for(cfg.seed, rnd, pid, 3, k))[2]
+        return train_update(instruction, received, sample, seed_for(cfg.seed, rnd, pid, 3, k))[2]
 
     num_malicious = len(malicious_partitions(node.num_partitions, cfg.robust.attack_fraction, cfg.seed))
     ctx = AttackContext(torch.Generator().manual_seed(seed_for(cfg.seed, rnd, pid, 4)), node.num_partitions,
@@ -105,19 +105,23 @@ def train(msg: Message, context: Context) -> Message:
     if attack is not None:
         data = attack.poison_data(data, instruction.model_spec.num_classes)
     torch.set_num_threads(cfg.resources.client_threads)
+    lossy = Chain.parse(instruction.uplink).lossy
     slot = state_slot(cfg.resources.client_state, cfg.resources.client_state_compress, context,
-                      str(node.partition_id)) if Chain.parse(instruction.uplink).lossy else None
+                      str(node.partition_id)) if lossy or instruction.downlink_reference else None
     state = slot.load(rnd) if slot is not None else None
-    residuals = ResidualStore.load(state) if state is not None else None
+    residuals = ResidualStore.load(state) if state is not None and lossy else None
     bytes_in = message_size(msg)
     with ResourceMeter(watts_per_core=cfg.resources.watts_per_core) as meter:  # decode, train, encode
+        received = received_model(instruction, state)
         result = local_round(instruction, data, seed=seed_for(cfg.seed, rnd, node.partition_id),
                              residuals=residuals, rng=np.random.default_rng(seed_for(cfg.seed, rnd, node.partition_id,
                                                                                      1)),
-                             poison=poisoner(attack, cfg, node, instruction, data) if attack is not None else None,
-                             noise_rng=dp_noise_rng(cfg, rnd, node.partition_id))
-        if slot is not None and state is not None and residuals is not None:
-            residuals.save(state)
+                             poison=poisoner(attack, cfg, node, instruction, data, received)
+                             if attack is not None else None,
+                             noise_rng=dp_noise_rng(cfg, rnd, node.partition_id), received=received)
+        if slot is not None and state is not None:
+            if residuals is not None:
+                residuals.save(state)
             slot.save(rnd, state)
     reply = result.reply(node.partition_id).to_message(msg)
     parameters, macs = model_costs(result.model, instruction.model_spec)

@@ -74,6 +74,9 @@ class RunConfig:
         if self.fragments_enabled and self.distill.distill and self.distill.distill_teacher == "ensemble":
             raise ConfigError("distill-teacher", self.distill.distill_teacher,
                               "'global' when a profile-mix or budget-mix makes clients train fragments")
+        if self.chains.downlink_delta and self.fragments_enabled and self.fragments.fragment_policy != "static":
+            raise ConfigError("downlink-delta", self.chains.downlink_delta,
+                              "'' when fragment-policy is not 'static' (a client's reference must keep its shape)")
         if self.devices.absent_updates == "reuse" and self.absent_updates_blocker:
             raise ConfigError("absent-updates", "reuse", f"'drop' or 'auto' when {self.absent_updates_blocker} is "
                               "set (it assumes each update counts once)")

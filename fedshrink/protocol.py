@@ -9,7 +9,10 @@ Three exchanges, all Flower Messages whose content is built here:
 * ``train``: a :class:`TrainInstruction` -- the round, the model spec, the
   local training settings, the uplink codec chain, the encoded model or
   fragment, and, for a fragment, the fragment spec, the profile itself and
-  the nested widths to distil into.
+  the nested widths to distil into. With downlink deltas
+  (:mod:`fedshrink.compression.reference`) the model is either the whole
+  reference or, for a client that holds round ``downlink-base``'s, the
+  deltas since, one ArrayRecord each (``downlink-delta-0``, ``-1``, ...).
 * its reply: a :class:`TrainReply` -- the encoded update (trained minus
   received), the client's metrics and resource record, and its prune masks
   or their digest.
@@ -57,6 +60,8 @@ ARRAYS = "arrays"  # the encoded model (train) or update (reply)
 CONFIG = "config"
 METRICS = "metrics"
 MASKS = "masks"  # prune masks a client sends when the server does not derive them
+DELTA = "downlink-delta-"  # + index: the i-th downlink delta of an instruction
+MAX_DELTAS = 1024  # more deltas than this in one instruction are refused (the server never sends that many)
 HELLO = f"{MessageType.QUERY}.hello"
 TRAIN = MessageType.TRAIN
 
@@ -180,6 +185,9 @@ class TrainInstruction:
     nested: NestedConfig | None = None  # narrower widths to self-distil into (None: off)
     derive_masks: bool = False  # the server derives the prune masks: send their digest, not the bitmaps
     privacy: ClientPrivacy | None = None  # differential privacy: the round's clip bound and noise share
+    downlink_reference: bool = False  # the client keeps the model it receives as its downlink reference
+    downlink_base: int = 0  # > 0: ``deltas`` take the reference the client holds from this round to this one's
+    deltas: tuple[ArrayRecord, ...] = ()  # encoded downlink deltas, in order (``model`` is then empty)
 
     @property
     def width(self) -> float:
@@ -205,7 +213,13 @@ class TrainInstruction:
         if self.nested is not None:
             cfg.update({"nested-widths": list(self.nested.widths), "nested-temperature": self.nested.temperature,
                         "nested-weight": self.nested.weight})
-        return RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})
+        if self.downlink_reference:
+            cfg.update({"downlink-reference": True, "downlink-base": self.downlink_base,
+                        "downlink-deltas": len(self.deltas)})
+        content = RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})
+        for i, delta in enumerate(self.deltas):
+            content[f"{DELTA}{i}"] = delta
+        return content
 
     @classmethod
     def from_records(cls, content: RecordDict) -> TrainInstruction:
@@ -221,7 +235,15 @@ class TrainInstruction:
         config = content.config_records[CONFIG]
         parsed = _parse_instruction(tuple((k, type(v).__name__, repr(v), tuple(v) if isinstance(v, list) else v)
                                           for k, v in config.items()))
-        return dataclasses.replace(parsed, model=content.array_records[ARRAYS])
+        count = _int(config, "downlink-deltas") if parsed.downlink_reference else 0
+        if count > MAX_DELTAS or (count > 0) != (parsed.downlink_base > 0):
+            raise instruction_error("downlink-deltas", count, f"at most {MAX_DELTAS}, and more than 0 exactly when "
+                                    "downlink-base is")
+        missing = [f"{DELTA}{i}" for i in range(count) if f"{DELTA}{i}" not in content.array_records]
+        if missing:
+            raise instruction_error("records", sorted(content), f"the ArrayRecords {missing[:3]}")
+        return dataclasses.replace(parsed, model=content.array_records[ARRAYS],
+                                   deltas=tuple(content.array_records[f"{DELTA}{i}"] for i in range(count)))
 
     def fragment_digest(self) -> str:
         """What the reply's update header names as its fragment ('' for the whole model)."""
@@ -242,9 +264,11 @@ def _parse_instruction(items: tuple[tuple[str, str, str, Any], ...]) -> TrainIns
     except DecodeError as exc:
         raise instruction_error("fragment-spec", "(not shown)", f"a valid fragment spec ({exc})") from None
     profile = DeviceProfile.from_json(_str(cfg, "profile", "a profile as JSON")) if "profile" in cfg else None
+    reference = "downlink-reference" in cfg and _bool(cfg, "downlink-reference")
     return TrainInstruction(_int(cfg, "server-round"), spec, training, chain, ArrayRecord(), fragment, profile,
                             _bool(cfg, "input-scaling"), _read_nested(cfg), _bool(cfg, "derive-masks"),
-                            ClientPrivacy.from_values(cfg))
+                            ClientPrivacy.from_values(cfg), reference,
+                            _int(cfg, "downlink-base") if reference else 0)
 
 
 def fragment_digest(fragment: FragmentSpec | None) -> str:

@@ -11,6 +11,7 @@ from helpers import FakeGrid
 
 from fedshrink.compression import encode_state
 from fedshrink.compression.pruning import encode_masks
+from fedshrink.compression.reference import DownlinkReferences
 from fedshrink.devices import Budget, DeviceModel
 from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.fragments import build_graph, make_policy
@@ -48,10 +49,10 @@ class HelloGrid(FakeGrid):
 
 def make_strategy(spec: ModelSpec = TINY, *, fragments: bool = False, policy: str = "static",
                   derive: bool = False, size_factor: float = 2.0, max_bytes: int = 0, uplink: str = "raw",
-                  **kwargs: object) -> ShrinkStrategy:
+                  references: DownlinkReferences | None = None, **kwargs: object) -> ShrinkStrategy:
     planner = Planner(spec, build_graph(build_model(spec)), TrainSettings(), uplink=uplink, downlink="raw",
                       fragments=fragments, policy=make_policy(policy) if fragments else None, derive=derive,
-                      reply_limits=ReplyLimits(size_factor, max_bytes))
+                      reply_limits=ReplyLimits(size_factor, max_bytes), references=references)
     kwargs.setdefault("update_limit", 0.0)
     return ShrinkStrategy(planner, **kwargs)  # type: ignore[arg-type]
 

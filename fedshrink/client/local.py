@@ -2,7 +2,8 @@
 
 ::
 
-    result = local_round(instruction, data, seed=..., residuals=store, rng=...)
+    received = received_model(instruction, state)   # the decoded downlink, or the reference moved by deltas
+    result = local_round(instruction, data, seed=..., residuals=store, rng=..., received=received)
     reply = result.reply(partition_id).to_message(msg)
 
 The model is the whole model, or the instruction's fragment built as the
@@ -24,12 +25,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from fedshrink.client.cache import decoded_downlink, whole_model
 from fedshrink.compression import Chain, ResidualStore, encode_state
 from fedshrink.compression.pruning import encode_masks, get_masks, mask_digest, remove_pruning
+from fedshrink.compression.reference import ClientReference, follow
 from fedshrink.data import LabelledArrays
 from fedshrink.fakequant import fake_quantize_, remove_fake_quant
 from fedshrink.fragments.local import pruned_sub_model
@@ -40,6 +42,27 @@ from fedshrink.training import TrainResult, train_local
 
 Update = dict[str, torch.Tensor]
 Poison = Callable[[Update], Update]
+
+
+def received_model(instruction: TrainInstruction, state: RecordDict | None) -> dict[str, torch.Tensor]:
+    """What the node trains from: the decoded downlink; with downlink deltas, the node's reference moved to this
+    round (the whole reference, or the one in ``state`` plus the deltas), written back into ``state``.
+
+    Raises :class:`~fedshrink.errors.DecodeError` when the deltas start from a round the node does not hold.
+    """
+    if not instruction.downlink_reference:
+        return decoded_downlink(instruction.model)
+    if state is None:
+        raise ValueError("an instruction with a downlink reference needs the node's state")
+    fragment = fragment_digest(instruction.fragment)
+    if instruction.downlink_base == 0:
+        held = ClientReference(decoded_downlink(instruction.model), instruction.server_round, fragment)
+    else:
+        held = follow(ClientReference.load(state), instruction.downlink_base,
+                      [decoded_downlink(d) for d in instruction.deltas], server_round=instruction.server_round,
+                      fragment=fragment)
+    held.save(state)
+    return dict(held.tensors)
 
 
 def build_local_model(instruction: TrainInstruction, received: Mapping[str, torch.Tensor]) -> nn.Module:
@@ -106,10 +129,12 @@ class LocalRound:
 
 def local_round(instruction: TrainInstruction, data: LabelledArrays, *, seed: int,
                 residuals: ResidualStore | None, rng: np.random.Generator, poison: Poison | None = None,
-                noise_rng: np.random.Generator | None = None) -> LocalRound:
+                noise_rng: np.random.Generator | None = None,
+                received: Mapping[str, torch.Tensor] | None = None) -> LocalRound:
     """Decode, train, encode (see the module doc); ``residuals`` is the node's error-feedback store,
-    ``noise_rng`` draws a distributed-DP noise share (default: ``rng``)."""
-    received = decoded_downlink(instruction.model)
+    ``noise_rng`` draws a distributed-DP noise share (default: ``rng``); ``received``: what
+    :func:`received_model` returned (default: the instruction's model, decoded)."""
+    received = decoded_downlink(instruction.model) if received is None else received
     model, result, trained, update, masks = _train(instruction, received, data, seed)
     if poison is not None:  # an attack may train again, in the same (cached) model object
         trained = {k: v.clone() for k, v in trained.items()}

@@ -21,3 +21,8 @@ class ChainSettings(Section):
     downlink_chain: str = option(
         "raw", "codec chain of the global model sent to clients; with a profile-mix each profile's own chain",
         rule=accepted_by(ChainConfig.parse, CHAIN_WORDS))
+    downlink_delta: str = option(
+        "", "'' (off), or the codec chain of downlink deltas: each client keeps the model it was sent and is "
+        "then sent only what changed, compressed, with error feedback on the server (docs/design.md, Downlink deltas); "
+        "replaces downlink-chain and the profiles' downlink chains",
+        rule=accepted_by(lambda text: ChainConfig.parse(text) if text else None, f"'' or {CHAIN_WORDS}"))

@@ -49,8 +49,8 @@ class PrivatePlanner(Planner):
         self.privacy = privacy
 
     def assign(self, node: Hello, server_round: int, node_key: int, global_state: Mapping[str, np.ndarray],
-               widths: Sequence[float]) -> Assignment:
-        assignment = super().assign(node, server_round, node_key, global_state, widths)
+               widths: Sequence[float], base: int | None = None) -> Assignment:
+        assignment = super().assign(node, server_round, node_key, global_state, widths, base)
         self.privacy.note_assignment(node_key, Chain.parse(assignment.instruction.uplink).lossy)
         instruction = dataclasses.replace(assignment.instruction, privacy=self.privacy.client_privacy())
         return dataclasses.replace(assignment, instruction=instruction)

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+from fedshrink.compression.reference import DownlinkReferences
 from fedshrink.config import RunConfig
 from fedshrink.data import Splits
 from fedshrink.devices import plan_budget
@@ -99,7 +100,9 @@ def build_strategy(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> ShrinkStr
                           downlink=cfg.chains.downlink_chain, fragments=cfg.fragments_enabled,
                           policy=frag.policy(cfg.seed) if cfg.fragments_enabled else None,
                           input_scaling=frag.fragment_scaling, nested=frag.nested(), derive=frag.derive_masks,
-                          reply_limits=ReplyLimits(fed.reply_size_factor, fed.max_reply_bytes))
+                          reply_limits=ReplyLimits(fed.reply_size_factor, fed.max_reply_bytes),
+                          references=DownlinkReferences(cfg.chains.downlink_delta) if cfg.chains.downlink_delta
+                          else None)
     refiners: list[Refiner] = []
     fusion = frag.fusion()
     if cfg.fragments_enabled and fusion is not None:

@@ -15,6 +15,13 @@ the round and the global model into an :class:`Assignment`: the
   masks from the fragment exactly as the node decodes it
   (:mod:`fedshrink.fragments.local`), and expects their digest back.
 
+With downlink deltas (``references``, :mod:`fedshrink.compression.reference`)
+each (fragment, profile) pair has a reference that moves once per round; a
+node that holds the reference of an earlier round (``base``) is sent the
+deltas since, any other the whole reference (a new reference is the fragment
+as its downlink chain sends it; later whole sends are exact). Prune masks are
+then derived from the reference, which is what the node trains from.
+
 Encoded downlinks and derived masks are computed once per round for each
 (fragment, profile) pair, however many nodes share it.
 """
@@ -33,6 +40,7 @@ from flwr.app import ArrayRecord
 from fedshrink.compression import DecodeLimits, decode_record, encode_state
 from fedshrink.compression.chain import ChainConfig
 from fedshrink.compression.pruning import mask_digest
+from fedshrink.compression.reference import DownlinkReferences
 from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.fragments import FragmentPolicy, FragmentSpec, LayerGraph, extract
 from fedshrink.fragments.local import derivable, derive_masks
@@ -86,8 +94,8 @@ class Planner:
 
     def __init__(self, model_spec: ModelSpec, graph: LayerGraph, training: TrainSettings, *, uplink: str,
                  downlink: str, fragments: bool, policy: FragmentPolicy | None = None, input_scaling: bool = False,
-                 nested: NestedConfig | None = None, derive: bool = False, reply_limits: ReplyLimits = ReplyLimits()
-                 ) -> None:
+                 nested: NestedConfig | None = None, derive: bool = False, reply_limits: ReplyLimits = ReplyLimits(),
+                 references: DownlinkReferences | None = None) -> None:
         self.model_spec = model_spec
         self.graph = graph
         self.training = training
@@ -99,7 +107,9 @@ class Planner:
         self.nested = nested
         self.derive = derive
         self.reply_limits = reply_limits
+        self.references = references
         self._cache: dict[tuple[int, str, str], _Encoded] = {}
+        self._empty = ArrayRecord()  # the model field of an instruction that carries deltas
 
     def widths_in_use(self, nodes: Sequence[Hello]) -> list[float]:
         """The fragment widths of the given nodes (empty without fragments)."""
@@ -108,8 +118,9 @@ class Planner:
         return sorted({n.profile.width for n in nodes if n.profile is not None})
 
     def assign(self, node: Hello, server_round: int, node_key: int, global_state: Mapping[str, np.ndarray],
-               widths: Sequence[float]) -> Assignment:
-        """``node``'s instruction and what its reply must be; ``node_key`` seeds per-node fragment policies."""
+               widths: Sequence[float], base: int | None = None) -> Assignment:
+        """``node``'s instruction and what its reply must be; ``node_key`` seeds per-node fragment policies;
+        ``base``: the round whose downlink reference the node holds (None: none, or unknown)."""
         profile = node.profile if self.fragments else None
         if profile is None:
             fragment, sub, training, uplink, downlink = None, global_state, self.training, self.uplink, self.downlink
@@ -122,8 +133,14 @@ class Planner:
         encoded = self._encode(server_round, fragment, profile, sub, downlink)
         nested = self._nested_for(profile, widths)
         derived = encoded.digest is not None
-        instruction = TrainInstruction(server_round, self.model_spec, training, uplink, encoded.record, fragment,
-                                       profile, self.input_scaling, nested, derived)
+        model, reference, deltas = encoded.record, False, None
+        if self.references is not None:
+            deltas = self.references.deltas_since(self._key(fragment, profile, downlink), base)
+            model, reference = (encoded.record if deltas is None else self._empty), True
+        instruction = TrainInstruction(server_round, self.model_spec, training, uplink, model, fragment,
+                                       profile, self.input_scaling, nested, derived, downlink_reference=reference,
+                                       downlink_base=0 if deltas is None else int(base or 0),
+                                       deltas=tuple(deltas or ()))
         shapes = encoded.shapes
         fp32 = sum(4 * max(1, math.prod(s)) for s in shapes.values())
         cap = self.reply_limits.cap(fp32 + (fp32 // 32 if profile is not None else 0))  # + room for mask bitmaps
@@ -139,18 +156,27 @@ class Planner:
         narrower = nested_widths(widths, profile.width)
         return dataclasses.replace(self.nested, widths=narrower) if narrower else None
 
+    @staticmethod
+    def _key(fragment: FragmentSpec | None, profile: DeviceProfile | None, downlink: str) -> tuple[str, str]:
+        return (fragment.to_json() if fragment is not None else "",
+                profile.to_json() if profile is not None else downlink)
+
     def _encode(self, server_round: int, fragment: FragmentSpec | None, profile: DeviceProfile | None,
                 sub: Mapping[str, np.ndarray], downlink: str) -> _Encoded:
-        key = (server_round, fragment.to_json() if fragment is not None else "",
-               profile.to_json() if profile is not None else downlink)
+        key = (server_round, *self._key(fragment, profile, downlink))
         if key not in self._cache:
             if self._cache and next(iter(self._cache))[0] != server_round:
                 self._cache.clear()  # one round's encodings at a time
-            state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()}
-            record, _ = encode_state(state, downlink, round=server_round, direction="downlink")
+            if self.references is not None:  # the whole reference, exactly; the node trains from the reference
+                self.references.advance(key[1:], server_round, sub, first=downlink)
+                record = self.references.whole(key[1:])
+            else:
+                state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()}
+                record, _ = encode_state(state, downlink, round=server_round, direction="downlink")
             masks, digest = None, None
             if self.derive and profile is not None and derivable(profile):
-                received = decode_record(record)  # exactly what the node decodes
+                received = decode_record(record) if self.references is None else \
+                    self.references.reference(key[1:])  # exactly what the node decodes, or holds
                 width = fragment.width if fragment is not None and fragment.width is not None else profile.width
                 derived = derive_masks(self.model_spec, width, received, profile, scaled=self.input_scaling)
                 masks, digest = {k: m.numpy().astype(bool) for k, m in derived.items()}, mask_digest(derived)

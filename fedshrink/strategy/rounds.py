@@ -180,6 +180,7 @@ class ShrinkStrategy(Strategy):
         self._last_batch: UpdateBatch | None = None
         self._rows: np.ndarray | None = None  # the batches' buffer, filled again each round
         self._sent_norms: dict[FragmentSpec | None, float] = {}  # this round's L2 norm of what each fragment sent
+        self._synced: dict[int, int] = {}  # node -> the round of the downlink reference it holds (downlink deltas)
 
     # -- nodes -----------------------------------------------------------------------------
     def connected_nodes(self, grid: Grid) -> list[int]:
@@ -248,12 +249,15 @@ class ShrinkStrategy(Strategy):
         if server_round == 1 and self.initialise is not None:
             self._global = self.initialise(self._global, widths)  # the run's one-off start (nested init)
         self._assigned, self._bytes_to, messages, self._bytes_down = {}, {}, [], 0
-        sizes: dict[tuple[int, str], int] = {}  # content size, measured once per distinct instruction
+        sizes: dict[tuple[int | str, ...], int] = {}  # content size, measured once per distinct instruction
         for node in picked:
-            assignment = self.planner.assign(self.nodes[node], server_round, node, self._global, widths)
+            assignment = self.planner.assign(self.nodes[node], server_round, node, self._global, widths,
+                                             base=self._synced.get(node))
             self._assigned[node] = assignment
             content = assignment.instruction.to_records()
-            key = (id(assignment.instruction.model), repr(sorted(content.config_records[CONFIG].items())))
+            key: tuple[int | str, ...] = (id(assignment.instruction.model),
+                                          *(id(d) for d in assignment.instruction.deltas),
+                                          repr(sorted(content.config_records[CONFIG].items())))
             if key not in sizes:
                 sizes[key] = recorddict_nbytes(content)
             msg = Message(content, dst_node_id=node, message_type=TRAIN, group_id=str(server_round))
@@ -308,6 +312,11 @@ class ShrinkStrategy(Strategy):
             nbytes = message_nbytes(msg)
             outcome.bytes_up += nbytes
             assignment = self._assigned.get(node)
+            if assignment is not None and assignment.instruction.downlink_reference and node not in seen:
+                if msg.has_error():  # it may hold any round now: it is sent the whole reference next time
+                    self._synced.pop(node, None)
+                else:  # it replied: it holds this round's reference
+                    self._synced[node] = outcome.server_round
             try:
                 if assignment is None:
                     raise ReplyError("reply from a node that was not sent a train message")
@@ -327,6 +336,7 @@ class ShrinkStrategy(Strategy):
                 outcome.dropped.append(Dropped(node, hello.partition_id if hello else -1, str(exc)))
         for node in sorted(set(self._assigned) - seen):
             outcome.dropped.append(Dropped(node, self.nodes[node].partition_id, "no reply before the round timeout"))
+            self._synced.pop(node, None)  # it may hold any round now: it is sent the whole reference next time
         return rows.batch()
 
     def _settle(self, outcome: RoundOutcome, batch: UpdateBatch) -> UpdateBatch:

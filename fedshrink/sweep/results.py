@@ -63,11 +63,18 @@ def open_sweep(path: Path | str) -> SweepRuns:
 # -- figures of one run (pure) -------------------------------------------------------------
 def bytes_to_reach(rounds: Sequence[Mapping[str, Any]], target: float) -> int | None:
     """Cumulative uplink bytes at the first round whose accuracy is at least ``target``; None if never."""
-    total = 0
+    hit = reach(rounds, target)
+    return hit[1] if hit is not None else None
+
+
+def reach(rounds: Sequence[Mapping[str, Any]], target: float) -> tuple[int, int, int] | None:
+    """``(round, cumulative uplink bytes, cumulative downlink bytes)`` at the first round whose accuracy is at
+    least ``target``; None if never."""
+    up = down = 0
     for r in rounds:
-        total += int(r.get("bytes-up", 0))
+        up, down = up + int(r.get("bytes-up", 0)), down + int(r.get("bytes-down", 0))
         if float(r["accuracy"]) >= target:
-            return total
+            return int(r["round"]), up, down
     return None
 
 

@@ -169,3 +169,18 @@ def test_final_fusion_analysis_fuses_as_the_server_does(tmp_path: Path, monkeypa
     torch.save(state, server.path / "global_model.pt")
     with pytest.raises(SystemExit, match="not the server's"):
         analyse("bench_final_fusion", tmp_path / "sweep", tmp_path / "again.md", monkeypatch)
+
+
+def test_frontier_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = tiny("frontier", lambda r: r if r["name"] in ("fedavg", "compressed FedAvg, downlink deltas") else None)
+    run_sweep(spec, tmp_path / "sweep", say=lambda _: None)
+    text = analyse("bench_frontier", tmp_path / "sweep", tmp_path / "frontier.md", monkeypatch)
+    sweep = open_sweep(tmp_path / "sweep")
+    fedavg = next(iter(sweep.of("fedavg").values()))
+    assert text.startswith("# The compression frontier") and "bench_frontier.py --sweep-dir" in text
+    assert f"| fedavg | profile-mix `''` | {100 * fedavg.summary['accuracy']:.2f} |" in text
+    deltas = next(iter(sweep.of("compressed FedAvg, downlink deltas").values()))
+    down = [int(r["bytes-down"]) for r in deltas.rounds]
+    assert down[1] < down[0] / 2  # round 2 sends deltas, round 1 the whole model
+    assert "downlink-delta `topk:0.02|q4|zstd`" in text and "## Against the targets" in text
+    assert "| `topk:0.01|int8|zstd` |" in text  # the wire-format floor of the chains the runs use

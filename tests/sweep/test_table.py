@@ -81,3 +81,14 @@ def test_accuracy_columns_are_the_seeds_their_mean_and_the_gap() -> None:
     assert accuracy_columns(per_seed, [1, 2, 3], 0.95) == ["90.00", "n/a", "92.00", "91.00 ± 1.41", "4.00"]
     assert accuracy_columns(per_seed, [1, 2, 3], 0.95, reference=True)[-1] == ""
     assert accuracy_columns({}, [1], None) == ["n/a", "n/a", ""]
+
+
+def test_reach_is_the_first_round_at_the_target_with_the_bytes_each_way() -> None:
+    from fedshrink.sweep.results import bytes_to_reach, reach
+
+    rounds = [{"round": 1, "accuracy": 0.5, "bytes-up": 10, "bytes-down": 100},
+              {"round": 2, "accuracy": 0.91, "bytes-up": 20, "bytes-down": 5},
+              {"round": 3, "accuracy": 0.95, "bytes-up": 30, "bytes-down": 5}]
+    assert reach(rounds, 0.9) == (2, 30, 105) and bytes_to_reach(rounds, 0.9) == 30
+    assert reach(rounds, 0.95) == (3, 60, 110)
+    assert reach(rounds, 0.96) is None and bytes_to_reach(rounds, 0.96) is None

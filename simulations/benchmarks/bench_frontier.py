@@ -1,0 +1,161 @@
+"""The compression frontier: bytes each way to reach FedAvg's final accuracy minus 1 point (frontier sweep).
+
+The runs come from ``simulations/sweeps/frontier.toml``: digits, 20 clients, Dirichlet 0.5, cnn x1, 50 rounds,
+every client every round, the same local training in every run, seeds 1-3. Per seed, the target is that seed's
+fp32 FedAvg final accuracy minus 1 point. For each run the script finds the first round at or above it and the
+cumulative uplink and downlink bytes (exact serialized Flower messages) up to that round; the saving is
+FedAvg's bytes to its own first round at the target divided by the run's. It also measures the floor the wire
+format puts under any update: the bytes of an all-zero update of the whole model and of the width-0.5 fragment
+under each uplink chain the runs use (every tensor carries its own header). It writes
+``simulations/results/frontier.md``.
+
+    fedshrink sweep simulations/sweeps/frontier.toml --out runs/sweeps/frontier
+    python simulations/benchmarks/bench_frontier.py --sweep-dir runs/sweeps/frontier [--out FILE]
+
+(``make results`` runs both.) Runs the sweep has not finished are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedshrink.compression import encode_state
+from fedshrink.devices.profiles import get_profile
+from fedshrink.models import ModelSpec, build_model
+from fedshrink.report import human_bytes
+from fedshrink.sweep import open_sweep
+from fedshrink.sweep.results import accuracy_columns, mean_final, mean_sd, reach
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = ROOT / "simulations" / "results" / "frontier.md"
+UPLINK_TARGET, TOTAL_TARGET = 100.0, 50.0  # the savings asked for at FedAvg's final accuracy minus 1 point
+Rounds = Sequence[Mapping[str, Any]]
+
+
+def _saving(mine: tuple[int, int, int] | None, fedavg: tuple[int, int, int] | None) -> tuple[float, float] | None:
+    """(uplink saving, total saving) of a run that reached the target, against FedAvg's bytes to it."""
+    if mine is None or fedavg is None:
+        return None
+    return fedavg[1] / mine[1], (fedavg[1] + fedavg[2]) / (mine[1] + mine[2])
+
+
+def _span(values: Sequence[float]) -> str:
+    low, high = f"{min(values):.1f}x", f"{max(values):.1f}x"
+    return low if low == high else f"{low} to {high}"
+
+
+def _settings(cfg: Mapping[str, Any]) -> str:
+    """The settings that set a run apart: the mix, a whole-model run's uplink chain, the downlink deltas."""
+    mix = str(cfg.get("profile-mix", ""))
+    parts = [f"profile-mix `{mix or chr(39) * 2}`"]
+    if not mix and cfg.get("uplink-chain", "raw") != "raw":
+        parts.append(f"uplink-chain `{cfg['uplink-chain']}`")
+    if cfg.get("downlink-delta"):
+        parts.append(f"downlink-delta `{cfg['downlink-delta']}`")
+        if not mix and cfg.get("downlink-chain", "raw") != "raw":
+            parts.append(f"first send `{cfg['downlink-chain']}`")
+    return ", ".join(parts)
+
+
+def _x(values: Sequence[float]) -> str:
+    m = mean_sd(values)
+    return f"{m[0]:.1f} ± {m[1]:.1f}x" if m is not None else "n/a"
+
+
+def empty_update_bytes(chains: Sequence[str]) -> list[str]:
+    """Table rows: the wire bytes of an all-zero update of cnn x1 and of its width-0.5 fragment per chain."""
+    rows = []
+    for chain in chains:
+        cells = []
+        for width in (1.0, 0.5):
+            model = build_model(ModelSpec("cnn", (1, 8, 8), 10, width, "batch"))
+            zeros = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+            _, nbytes = encode_state(zeros, chain, round=1, direction="uplink")
+            cells.append(f"{nbytes:,} ({len(zeros)} tensors)")
+        rows.append(f"| `{chain}` | {' | '.join(cells)} |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "frontier")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    sweep = open_sweep(args.sweep_dir)
+    seeds = list(dict.fromkeys(p.seed for p in sweep.planned))
+    runs = {c: sweep.rounds(c) for c in sweep.configs()}
+    settings = {c: next(iter(sweep.of(c).values())).config for c in runs if sweep.of(c)}
+    fedavg: Mapping[int, Rounds] = runs.get("fedavg", {})
+    targets = {s: float(r[-1]["accuracy"]) - 0.01 for s, r in fedavg.items()}
+    fed_hits = {s: reach(fedavg[s], t) for s, t in targets.items()}
+    command = f"python simulations/benchmarks/bench_frontier.py --sweep-dir {args.sweep_dir}"
+    lines = [
+        "# The compression frontier: bytes to FedAvg's accuracy minus 1 point", "",
+        f"`fedshrink sweep simulations/sweeps/frontier.toml --out {args.sweep_dir}`, then `{command}`.", "",
+        "digits, 20 clients, Dirichlet 0.5, cnn x1, 50 rounds, every client every round (no device availability), "
+        "the same local training in every run (2 epochs, batch 16, SGD lr 0.01, momentum 0.9), "
+        f"seeds {', '.join(map(str, seeds))}. Target per seed: fp32 FedAvg's final accuracy minus 1 point. "
+        "*Round*: the first round at or above it. *Up / total to target*: cumulative uplink, and uplink plus "
+        "downlink, bytes up to that round (exact serialized Flower messages, mean over the seeds that reached it). "
+        f"*Saving*: FedAvg's bytes to its own first round at the target / the run's, mean ± sd over seeds "
+        f"(asked for: {UPLINK_TARGET:g}x uplink, {TOTAL_TARGET:g}x total). Downlink deltas: "
+        "docs/design.md#downlink-deltas.", "",
+        "| run | settings | " + " | ".join(f"seed {s}" for s in seeds)
+        + " | final mean ± sd | gap to FedAvg | round to target | up to target | total to target "
+        "| uplink saving | total saving | whole run up / down |",
+        "|---|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    ref = mean_final(fedavg)
+    verdicts = []
+    for config, per_seed in runs.items():
+        if not per_seed:
+            continue
+        hits = {s: reach(r, targets[s]) for s, r in per_seed.items() if s in targets}
+        reached = {s: h for s, h in hits.items() if h is not None}
+        savings = [sv for s, h in reached.items() if (sv := _saving(h, fed_hits.get(s))) is not None]
+        rounds_cell = " / ".join(f"r{h[0]}" if h else "never" for h in (hits.get(s) for s in seeds if s in hits))
+        up = statistics.mean(h[1] for h in reached.values()) if reached else None
+        total = statistics.mean(h[1] + h[2] for h in reached.values()) if reached else None
+        whole_up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
+        whole_down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
+        accuracy = " | ".join(accuracy_columns(per_seed, seeds, ref, reference=config == "fedavg"))
+        lines.append(
+            f"| {config} | {_settings(settings[config])} | {accuracy}"
+            f" | {rounds_cell} | {human_bytes(up) if up is not None else 'n/a'} | "
+            f"{human_bytes(total) if total is not None else 'n/a'} | {_x([a for a, _ in savings])} | "
+            f"{_x([b for _, b in savings])} | {human_bytes(whole_up)} / {human_bytes(whole_down)} |")
+        if config != "fedavg" and savings:
+            every = len(savings) == len(seeds)
+            verdicts.append(
+                f"* {config}: uplink {_span([a for a, _ in savings])}, total {_span([b for _, b in savings])} "
+                f"over the {len(savings)} seed(s) of {len(seeds)} that reached the target; {UPLINK_TARGET:g}x uplink "
+                f"{'met' if every and all(a >= UPLINK_TARGET for a, _ in savings) else 'not met'}, "
+                f"{TOTAL_TARGET:g}x total "
+                f"{'met' if every and all(b >= TOTAL_TARGET for _, b in savings) else 'not met'}.")
+    lines += ["", "## Against the targets", "", *verdicts]
+    budget = [h[1] / UPLINK_TARGET for h in fed_hits.values() if h is not None]
+    chains = sorted({str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"}
+                    | {get_profile(p).uplink for p in ("phone", "laptop", "iot")})
+    lines += [
+        "", "## What the wire format costs an update that says nothing", "",
+        "Wire bytes of an all-zero update (measured: `encode_state`, the bytes the update's tensors and header "
+        "take in the message). Every tensor carries its own header (name, shape, dtype, the chain's stages and "
+        "their parameters), about 100 bytes, and a top-k keeps at least one element per tensor. At 20 clients a "
+        "round, this floor alone is 20 times the figure below.", "",
+        "| uplink chain | cnn x1 | width-0.5 fragment |", "|---|---:|---:|", *empty_update_bytes(chains), "",
+        f"FedAvg's uplink bytes to the target were {', '.join(human_bytes(b * UPLINK_TARGET) for b in budget)} "
+        f"(seeds {', '.join(str(s) for s, h in fed_hits.items() if h is not None)}): a {UPLINK_TARGET:g}x saving "
+        f"leaves {', '.join(human_bytes(b) for b in budget)} of uplink for the whole run up to the target.",
+    ]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

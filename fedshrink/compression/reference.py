@@ -35,16 +35,21 @@ Public API::
     refs.deltas_since(key, base) -> list[ArrayRecord] | None   # None: send the whole reference
     apply_delta(reference, decoded) -> dict[str, Tensor]
     ClientReference.load(state) / .save(state)        # the client's copy in its state RecordDict
+    meta, arrays = refs.state(); refs.load(meta, arrays)   # in the run's checkpoint (resume is bit-exact)
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+from flwr.common.serde import array_record_from_proto, array_record_to_proto
+from flwr.proto.recorddict_pb2 import ArrayRecord as ProtoArrayRecord
+from google.protobuf.message import DecodeError as DecodeProtoError
 
 from fedshrink.compression.chain import Chain
 from fedshrink.compression.flower import decode_record, encode_state
@@ -147,6 +152,47 @@ class DownlinkReferences:
 
     def round_of(self, key: object) -> int:
         return self._tracks[key].round
+
+    # -- checkpoint ----------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """What a resumed run needs: JSON-ready metadata and arrays by name (each reference's tensors, each kept
+        delta as its ArrayRecord's protobuf bytes). Keys must be tuples of strings (the planner's are)."""
+        meta: list[dict[str, Any]] = []
+        arrays: dict[str, np.ndarray] = {}
+        for i, (key, track) in enumerate(self._tracks.items()):
+            if not isinstance(key, tuple) or not all(isinstance(k, str) for k in key):
+                raise TypeError(f"a reference key to checkpoint must be a tuple of strings, not {key!r}")
+            meta.append({"key": list(key), "names": list(track.reference), "since": track.since,
+                         "round": track.round, "whole-nbytes": track.whole_nbytes,
+                         "deltas": [[r, n] for r, _, n in track.deltas]})
+            for j, name in enumerate(track.reference):
+                arrays[f"{i}/ref/{j}"] = track.reference[name].numpy().copy()
+            for j, (_, record, _) in enumerate(track.deltas):
+                arrays[f"{i}/delta/{j}"] = np.frombuffer(array_record_to_proto(record).SerializeToString(),
+                                                         dtype=np.uint8).copy()
+        return {"tracks": meta}, arrays
+
+    def load(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        """Restore what :meth:`state` returned; :class:`ValueError` naming what is missing or malformed."""
+        tracks = meta.get("tracks")
+        if not isinstance(tracks, list):
+            raise ValueError("downlink references: 'tracks' must be a list")
+        self._tracks = {}
+        for i, t in enumerate(tracks):
+            try:
+                reference = {name: torch.from_numpy(np.array(arrays[f"{i}/ref/{j}"], copy=True))
+                             for j, name in enumerate(t["names"])}
+                deltas = []
+                for j, (rnd, nbytes) in enumerate(t["deltas"]):
+                    proto = ProtoArrayRecord()
+                    proto.ParseFromString(np.asarray(arrays[f"{i}/delta/{j}"], dtype=np.uint8).tobytes())
+                    deltas.append((int(rnd), array_record_from_proto(proto), int(nbytes)))
+                self._tracks[tuple(str(k) for k in t["key"])] = _Track(
+                    reference, since=int(t["since"]), round=int(t["round"]), whole_nbytes=int(t["whole-nbytes"]),
+                    deltas=deltas)
+            except (KeyError, TypeError, ValueError, DecodeProtoError) as exc:
+                raise ValueError(f"downlink references: track {i} is malformed ({type(exc).__name__}: {exc})") \
+                    from None
 
 
 @dataclass(frozen=True)

@@ -457,14 +457,28 @@ class ShrinkStrategy(Strategy):
                                    "num-examples": h.num_examples}
                           for n, h in self.nodes.items()},
                 "plans": {str(n): why for n, why in self.plans.items()},
-                **({"memory": self.memory.state()[0]} if self.memory is not None else {})}
+                **({"memory": self.memory.state()[0]} if self.memory is not None else {}),
+                **({"downlink": {**self.planner.references.state()[0],
+                                 "synced": {str(n): r for n, r in self._synced.items()}}}
+                   if self.planner.references is not None else {})}
 
     def checkpoint_arrays(self) -> dict[str, np.ndarray]:
-        """The arrays a resumed run needs besides the model's (the remembered updates), by name."""
-        return {f"memory/{k}": v for k, v in self.memory.state()[1].items()} if self.memory is not None else {}
+        """The arrays a resumed run needs besides the model's (the remembered updates, the downlink references),
+        by name."""
+        arrays = {f"memory/{k}": v for k, v in self.memory.state()[1].items()} if self.memory is not None else {}
+        if self.planner.references is not None:
+            arrays |= {f"downlink/{k}": v for k, v in self.planner.references.state()[1].items()}
+        return arrays
 
     def restore_arrays(self, state: Mapping[str, object], arrays: Mapping[str, np.ndarray]) -> None:
         """Restore what :meth:`checkpoint_arrays` saved (``state``: :meth:`checkpoint_state`'s)."""
+        if self.planner.references is not None:
+            downlink = state.get("downlink")
+            if not isinstance(downlink, dict) or not isinstance(downlink.get("synced"), dict):
+                raise ValueError("checkpoint strategy state: 'downlink' is missing (a run with downlink-delta)")
+            self.planner.references.load(downlink, {k.removeprefix("downlink/"): v for k, v in arrays.items()
+                                                    if k.startswith("downlink/")})
+            self._synced = {int(n): int(r) for n, r in downlink["synced"].items()}
         if self.memory is None:
             return
         meta = state.get("memory")

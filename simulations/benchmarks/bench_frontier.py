@@ -82,36 +82,23 @@ def empty_update_bytes(chains: Sequence[str]) -> list[str]:
     return rows
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "frontier")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = ap.parse_args()
-    sweep = open_sweep(args.sweep_dir)
-    seeds = list(dict.fromkeys(p.seed for p in sweep.planned))
-    runs = {c: sweep.rounds(c) for c in sweep.configs()}
-    settings = {c: next(iter(sweep.of(c).values())).config for c in runs if sweep.of(c)}
-    fedavg: Mapping[int, Rounds] = runs.get("fedavg", {})
+GLYPHS = "glyphs: "  # the prefix of the runs on the generated glyphs (never tuned on)
+
+
+def table(runs: Mapping[str, Mapping[int, Rounds]], settings: Mapping[str, Mapping[str, Any]], seeds: Sequence[int],
+          fedavg_name: str) -> tuple[list[str], list[str], dict[int, tuple[int, int, int] | None]]:
+    """The table rows of one data set's runs against its FedAvg run, the verdicts against the targets, and
+    FedAvg's (round, uplink, downlink) at each seed's target."""
+    fedavg = runs.get(fedavg_name, {})
     targets = {s: float(r[-1]["accuracy"]) - 0.01 for s, r in fedavg.items()}
     fed_hits = {s: reach(fedavg[s], t) for s, t in targets.items()}
-    command = f"python simulations/benchmarks/bench_frontier.py --sweep-dir {args.sweep_dir}"
-    lines = [
-        "# The compression frontier: bytes to FedAvg's accuracy minus 1 point", "",
-        f"`fedshrink sweep simulations/sweeps/frontier.toml --out {args.sweep_dir}`, then `{command}`.", "",
-        "digits, 20 clients, Dirichlet 0.5, cnn x1, 50 rounds, every client every round (no device availability), "
-        "the same local training in every run (2 epochs, batch 16, SGD lr 0.01, momentum 0.9), "
-        f"seeds {', '.join(map(str, seeds))}. Target per seed: fp32 FedAvg's final accuracy minus 1 point. "
-        "*Round*: the first round at or above it. *Up / total to target*: cumulative uplink, and uplink plus "
-        "downlink, bytes up to that round (exact serialized Flower messages, mean over the seeds that reached it). "
-        f"*Saving*: FedAvg's bytes to its own first round at the target / the run's, mean ± sd over seeds "
-        f"(asked for: {UPLINK_TARGET:g}x uplink, {TOTAL_TARGET:g}x total). Downlink deltas: "
-        "docs/design.md#downlink-deltas.", "",
+    ref = mean_final(fedavg)
+    rows: list[str] = [
         "| run | settings | " + " | ".join(f"seed {s}" for s in seeds)
         + " | final mean ± sd | gap to FedAvg | round to target | up to target | total to target "
         "| uplink saving | total saving | whole run up / down |",
         "|---|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ref = mean_final(fedavg)
     verdicts = []
     for config, per_seed in runs.items():
         if not per_seed:
@@ -124,13 +111,13 @@ def main() -> None:
         total = statistics.mean(h[1] + h[2] for h in reached.values()) if reached else None
         whole_up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
         whole_down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
-        accuracy = " | ".join(accuracy_columns(per_seed, seeds, ref, reference=config == "fedavg"))
-        lines.append(
-            f"| {config} | {_settings(settings[config])} | {accuracy}"
+        accuracy = " | ".join(accuracy_columns(per_seed, seeds, ref, reference=config == fedavg_name))
+        rows.append(
+            f"| {config.removeprefix(GLYPHS)} | {_settings(settings[config])} | {accuracy}"
             f" | {rounds_cell} | {human_bytes(up) if up is not None else 'n/a'} | "
             f"{human_bytes(total) if total is not None else 'n/a'} | {_x([a for a, _ in savings])} | "
             f"{_x([b for _, b in savings])} | {human_bytes(whole_up)} / {human_bytes(whole_down)} |")
-        if config != "fedavg" and savings:
+        if config != fedavg_name and savings:
             every = len(savings) == len(seeds)
             verdicts.append(
                 f"* {config}: uplink {_span([a for a, _ in savings])}, total {_span([b for _, b in savings])} "
@@ -138,6 +125,41 @@ def main() -> None:
                 f"{'met' if every and all(a >= UPLINK_TARGET for a, _ in savings) else 'not met'}, "
                 f"{TOTAL_TARGET:g}x total "
                 f"{'met' if every and all(b >= TOTAL_TARGET for _, b in savings) else 'not met'}.")
+    return rows, verdicts, fed_hits
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "frontier")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args()
+    sweep = open_sweep(args.sweep_dir)
+    seeds = list(dict.fromkeys(p.seed for p in sweep.planned))
+    runs = {c: sweep.rounds(c) for c in sweep.configs()}
+    settings = {c: next(iter(sweep.of(c).values())).config for c in runs if sweep.of(c)}
+    digits = {c: r for c, r in runs.items() if not c.startswith(GLYPHS)}
+    glyphs = {c: r for c, r in runs.items() if c.startswith(GLYPHS)}
+    rows, verdicts, fed_hits = table(digits, settings, seeds, "fedavg")
+    command = f"python simulations/benchmarks/bench_frontier.py --sweep-dir {args.sweep_dir}"
+    lines = [
+        "# The compression frontier: bytes to FedAvg's accuracy minus 1 point", "",
+        f"`fedshrink sweep simulations/sweeps/frontier.toml --out {args.sweep_dir}`, then `{command}`.", "",
+        "digits, 20 clients, Dirichlet 0.5, cnn x1, 50 rounds, every client every round (no device availability), "
+        "the same local training in every run (2 epochs, batch 16, SGD lr 0.01, momentum 0.9), "
+        f"seeds {', '.join(map(str, seeds))}. Target per seed: fp32 FedAvg's final accuracy minus 1 point. "
+        "*Round*: the first round at or above it. *Up / total to target*: cumulative uplink, and uplink plus "
+        "downlink, bytes up to that round (exact serialized Flower messages, mean over the seeds that reached it). "
+        f"*Saving*: FedAvg's bytes to its own first round at the target / the run's, mean ± sd over seeds "
+        f"(asked for: {UPLINK_TARGET:g}x uplink, {TOTAL_TARGET:g}x total). Downlink deltas: "
+        "docs/design.md#downlink-deltas.", "", *rows,
+    ]
+    if glyphs:
+        glyph_rows, glyph_verdicts, _ = table(glyphs, settings, seeds, f"{GLYPHS}fedavg")
+        rounds = {int(c.get("num-server-rounds", 0)) for k, c in settings.items() if k in glyphs}
+        lines += ["", "## On glyphs (never tuned on)", "",
+                  f"The same runs but the mix on the generated 28x28 glyphs, {', '.join(map(str, sorted(rounds)))} "
+                  "rounds; the chains are the ones chosen on digits.", "", *glyph_rows]
+        verdicts += glyph_verdicts
     lines += ["", "## Against the targets", "", *verdicts]
     budget = [h[1] / UPLINK_TARGET for h in fed_hits.values() if h is not None]
     chains = sorted({str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"}

@@ -4,6 +4,7 @@ that sends them (fedshrink.compression.reference)."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -216,3 +217,27 @@ def test_downlink_delta_needs_the_static_policy():
     assert RunConfig.from_mapping({"downlink-delta": "topk:0.1|q4"}).chains.downlink_delta == "topk:0.1|q4"
     with pytest.raises(ConfigError, match="downlink-delta"):
         RunConfig.from_mapping({"downlink-delta": "topk:2"})
+
+
+def test_references_survive_a_checkpoint_and_go_on_as_before():
+    refs, again = DownlinkReferences("topk:0.2|q4|zstd"), DownlinkReferences("topk:0.2|q4|zstd")
+    key2 = ('{"width": 0.5}', "phone")
+    for rnd in range(1, 4):
+        refs.advance(KEY, rnd, _state(rnd))
+        refs.advance(key2, rnd, _state(10 + rnd, n=200))
+    meta, arrays = refs.state()
+    again.load(json.loads(json.dumps(meta)), {k: v.copy() for k, v in arrays.items()})
+    for r in (refs, again):
+        r.advance(KEY, 4, _state(4))
+    assert _equal(refs.reference(KEY), again.reference(KEY)) and _equal(refs.reference(key2), again.reference(key2))
+    a, b = refs.deltas_since(KEY, 1), again.deltas_since(KEY, 1)
+    assert a is not None and b is not None and len(a) == len(b) == 3
+    assert all(_equal(decode_record(x), decode_record(y)) for x, y in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="track 0 is malformed"):
+        again.load(meta, {k: v for k, v in arrays.items() if k != "0/delta/1"})
+    with pytest.raises(ValueError, match="track 0 is malformed"):
+        again.load(meta, {**arrays, "0/delta/0": np.frombuffer(b"\xff\xff\xff", dtype=np.uint8)})
+    odd = DownlinkReferences("raw")
+    odd.advance(7, 1, _state(0))
+    with pytest.raises(TypeError, match="tuple of strings"):
+        odd.state()

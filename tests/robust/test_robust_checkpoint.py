@@ -80,6 +80,7 @@ def _settings(tmp_path: Path, name: str) -> dict[str, Any]:
         "num-server-rounds": 4, "local-epochs": 1, "distill": False, "report": False, "quiet": True, "seed": 5,
         "output-dir": str(tmp_path / "runs"), "run-name": name, "profile-mix": MIX,  # lossy uplinks: residuals
         "dropout-rate": 0.25, "min-train-clients": 1,  # offline devices' updates are reused: the memory resumes
+        "downlink-delta": "topk:0.1|q4|zstd",  # the references and each node's round resume too
     }
 
 
@@ -129,6 +130,8 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path: Path) ->
     assert [r["accuracy"] for r in ra] == [r["accuracy"] for r in rb]
     assert [r["dropped"] for r in ra] == [r["dropped"] for r in rb]
     assert sum(r["clients-dropped"] for r in rb) > 0  # the dropouts were exercised
+    assert all(r["bytes-down"] == s["bytes-down"] for r, s in zip(ra, rb, strict=True))  # the same deltas sent
+    assert min(r["bytes-down"] for r in rb[1:]) < rb[0]["bytes-down"] / 2  # and deltas they were (dropouts: whole)
     assert sum(r.get("stages", {}).get("absent-updates", {}).get("reused", 0) for r in rb[at_kill:]) > 0
     assert not load_checkpoint(run_dir).client_states
     assert not (run_dir / STATE_DIR).exists()  # a finished run is not resumed: its client state is deleted

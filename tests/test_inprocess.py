@@ -216,6 +216,7 @@ def test_the_final_fusion_is_recorded_with_the_accuracy_before_it(quick: dict[st
     assert summary["accuracy-before-fusion"] == a[-1]["accuracy-before-fusion"]
 
 
+@pytest.mark.slow
 def test_downlink_deltas_send_the_model_once_then_what_changed(quick: dict[str, Any]) -> None:
     """A mixed fleet with downlink deltas: round 1 sends each fragment whole, later rounds its compressed change;
     every client's reference (in its state) is the round it last trained, and the run trains as usual."""

@@ -24,5 +24,5 @@ class ChainSettings(Section):
     downlink_delta: str = option(
         "", "'' (off), or the codec chain of downlink deltas: each client keeps the model it was sent and is "
         "then sent only what changed, compressed, with error feedback on the server (docs/design.md, Downlink deltas); "
-        "replaces downlink-chain and the profiles' downlink chains",
+        "downlink-chain, or a profile's downlink chain, then encodes only the first send",
         rule=accepted_by(lambda text: ChainConfig.parse(text) if text else None, f"'' or {CHAIN_WORDS}"))

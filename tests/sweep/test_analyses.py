@@ -171,6 +171,7 @@ def test_final_fusion_analysis_fuses_as_the_server_does(tmp_path: Path, monkeypa
         analyse("bench_final_fusion", tmp_path / "sweep", tmp_path / "again.md", monkeypatch)
 
 
+@pytest.mark.slow  # two runs
 def test_frontier_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = tiny("frontier", lambda r: r if r["name"] in ("fedavg", "compressed FedAvg, downlink deltas") else None)
     run_sweep(spec, tmp_path / "sweep", say=lambda _: None)
@@ -184,3 +185,25 @@ def test_frontier_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert down[1] < down[0] / 2  # round 2 sends deltas, round 1 the whole model
     assert "downlink-delta `topk:0.02|q4|zstd`" in text and "## Against the targets" in text
     assert "| `topk:0.01|int8|zstd` |" in text  # the wire-format floor of the chains the runs use
+
+
+def test_frontier_table_finds_each_seeds_target_and_the_savings_each_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_script("bench_frontier", monkeypatch)
+
+    def rounds(accuracies: list[float], up: int, down: int) -> list[dict[str, Any]]:
+        return [{"round": i + 1, "accuracy": a, "bytes-up": up, "bytes-down": down} for i, a in enumerate(accuracies)]
+
+    runs = {"glyphs: fedavg": {1: rounds([0.5, 0.9, 0.95], 100, 100)},  # target 0.94, reached in round 3
+            "glyphs: small": {1: rounds([0.5, 0.6, 0.94], 2, 10)},
+            "glyphs: never": {1: rounds([0.5, 0.6, 0.7], 1, 1)}}
+    settings = {k: {"profile-mix": "", "uplink-chain": "raw"} for k in runs}
+    settings["glyphs: small"] = {"profile-mix": "", "uplink-chain": "topk:0.01|int8|zstd",
+                                 "downlink-delta": "topk:0.02|q4|zstd", "downlink-chain": "int8|zstd"}
+    rows, verdicts, fed_hits = bench.table(runs, settings, [1], "glyphs: fedavg")
+    assert fed_hits == {1: (3, 300, 300)}
+    small = next(r for r in rows if r.startswith("| small |"))
+    assert "first send `int8|zstd`" in small and "| r3 |" in small
+    assert "| 50.0 ± 0.0x | 16.7 ± 0.0x |" in small  # 300 / 6 up, 600 / 36 total
+    assert any(r.startswith("| never |") and "| never |" in r for r in rows)
+    assert verdicts == ["* glyphs: small: uplink 50.0x, total 16.7x over the 1 seed(s) of 1 that reached the target; "
+                        "100x uplink not met, 50x total not met."]

@@ -150,9 +150,6 @@ class DownlinkReferences:
             return None
         return [record for r, record, _ in track.deltas if r > base]
 
-    def round_of(self, key: object) -> int:
-        return self._tracks[key].round
-
     # -- checkpoint ----------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """What a resumed run needs: JSON-ready metadata and arrays by name (each reference's tensors, each kept

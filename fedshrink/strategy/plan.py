@@ -167,7 +167,7 @@ class Planner:
         if key not in self._cache:
             if self._cache and next(iter(self._cache))[0] != server_round:
                 self._cache.clear()  # one round's encodings at a time
-            if self.references is not None:  # the whole reference, exactly; the node trains from the reference
+            if self.references is not None:  # the reference (a node is sent it whole or the deltas to it)
                 self.references.advance(key[1:], server_round, sub, first=downlink)
                 record = self.references.whole(key[1:])
             else:

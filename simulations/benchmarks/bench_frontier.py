@@ -134,11 +134,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
     sweep = open_sweep(args.sweep_dir)
-    seeds = list(dict.fromkeys(p.seed for p in sweep.planned))
     runs = {c: sweep.rounds(c) for c in sweep.configs()}
     settings = {c: next(iter(sweep.of(c).values())).config for c in runs if sweep.of(c)}
     digits = {c: r for c, r in runs.items() if not c.startswith(GLYPHS)}
     glyphs = {c: r for c, r in runs.items() if c.startswith(GLYPHS)}
+    seeds = sorted({p.seed for p in sweep.planned if p.config in digits})
     rows, verdicts, fed_hits = table(digits, settings, seeds, "fedavg")
     command = f"python simulations/benchmarks/bench_frontier.py --sweep-dir {args.sweep_dir}"
     lines = [
@@ -153,12 +153,14 @@ def main() -> None:
         f"(asked for: {UPLINK_TARGET:g}x uplink, {TOTAL_TARGET:g}x total). Downlink deltas: "
         "docs/design.md#downlink-deltas.", "", *rows,
     ]
-    if glyphs:
-        glyph_rows, glyph_verdicts, _ = table(glyphs, settings, seeds, f"{GLYPHS}fedavg")
+    if any(glyphs.values()):
+        glyph_seeds = sorted({p.seed for p in sweep.planned if p.config in glyphs})
+        glyph_rows, glyph_verdicts, _ = table(glyphs, settings, glyph_seeds, f"{GLYPHS}fedavg")
         rounds = {int(c.get("num-server-rounds", 0)) for k, c in settings.items() if k in glyphs}
         lines += ["", "## On glyphs (never tuned on)", "",
-                  f"The same runs but the mix on the generated 28x28 glyphs, {', '.join(map(str, sorted(rounds)))} "
-                  "rounds; the chains are the ones chosen on digits.", "", *glyph_rows]
+                  f"The FedAvg runs again on the generated 28x28 glyphs, {', '.join(map(str, sorted(rounds)))} "
+                  f"rounds, seeds {', '.join(map(str, glyph_seeds))}, with the chains chosen on digits.", "",
+                  *glyph_rows]
         verdicts += glyph_verdicts
     lines += ["", "## Against the targets", "", *verdicts]
     budget = [h[1] / UPLINK_TARGET for h in fed_hits.values() if h is not None]

@@ -117,7 +117,10 @@ def table(runs: Mapping[str, Mapping[int, Rounds]], settings: Mapping[str, Mappi
             f" | {rounds_cell} | {human_bytes(up) if up is not None else 'n/a'} | "
             f"{human_bytes(total) if total is not None else 'n/a'} | {_x([a for a, _ in savings])} | "
             f"{_x([b for _, b in savings])} | {human_bytes(whole_up)} / {human_bytes(whole_down)} |")
-        if config != fedavg_name and savings:
+        if config != fedavg_name and not savings:
+            verdicts.append(f"* {config}: reached the target on none of its {len(per_seed)} seed(s); "
+                            f"{UPLINK_TARGET:g}x uplink and {TOTAL_TARGET:g}x total not met.")
+        elif config != fedavg_name:
             every = len(savings) == len(seeds)
             verdicts.append(
                 f"* {config}: uplink {_span([a for a, _ in savings])}, total {_span([b for _, b in savings])} "

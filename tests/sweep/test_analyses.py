@@ -206,4 +206,6 @@ def test_frontier_table_finds_each_seeds_target_and_the_savings_each_way(monkeyp
     assert "| 50.0 ± 0.0x | 16.7 ± 0.0x |" in small  # 300 / 6 up, 600 / 36 total
     assert any(r.startswith("| never |") and "| never |" in r for r in rows)
     assert verdicts == ["* glyphs: small: uplink 50.0x, total 16.7x over the 1 seed(s) of 1 that reached the target; "
-                        "100x uplink not met, 50x total not met."]
+                        "100x uplink not met, 50x total not met.",
+                        "* glyphs: never: reached the target on none of its 1 seed(s); 100x uplink and 50x total "
+                        "not met."]

@@ -21,7 +21,7 @@ from fedshrink.sweep.layout import MARKER, SweepDirectory
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = """
 name = "resume"
-seeds = [1, 2, 3]
+seeds = [1, 2]
 num-clients = 4
 workers = 1
 targets = [0.2]
@@ -69,12 +69,12 @@ def test_killed_sweep_resumes_and_runs_each_run_once(tmp_path: Path) -> None:
         except ProcessLookupError:
             pass
     first = Counter(e["key"] for e in sweep.events() if e["event"] == "done")
-    assert 1 <= sum(first.values()) < 6
+    assert 1 <= sum(first.values()) < 4
 
     result = run_sweep(load_sweep(f), out, say=lambda _: None)
     assert result.failed == [] and result.skipped == sum(first.values())
     planned = {r.key for r in load_sweep(f).runs}
-    assert len(planned) == 6
+    assert len(planned) == 4
     events = list(sweep.events())
     done = Counter(e["key"] for e in events if e["event"] == "done")
     assert done == Counter(planned)  # each run finished exactly once, over both invocations
@@ -92,12 +92,12 @@ def test_killed_sweep_resumes_and_runs_each_run_once(tmp_path: Path) -> None:
     for row in table:
         summaries = [json.loads((r.path / "summary.json").read_text()) for r in runs.of(row["config"]).values()]
         accs = [s["accuracy"] for s in summaries]
-        assert row["done"] == row["planned"] == 3
+        assert row["done"] == row["planned"] == 2
         assert row["accuracy"]["mean"] == pytest.approx(statistics.mean(accs))
         assert row["accuracy"]["sd"] == pytest.approx(statistics.stdev(accs))
         assert row["bytes-up"]["mean"] == pytest.approx(statistics.mean(s["bytes-up"] for s in summaries))
     md = (out / "summary.md").read_text()
-    assert f"| learning-rate=0.01 | 3/3 | {100 * table[0]['accuracy']['mean']:.2f} ± " in md
+    assert f"| learning-rate=0.01 | 2/2 | {100 * table[0]['accuracy']['mean']:.2f} ± " in md
     assert {p.name for p in (out / "plots").iterdir()} == {"final_accuracy.png", "accuracy_vs_round.png",
                                                           "accuracy_vs_bytes.png"}
 

@@ -82,7 +82,7 @@ class Assignment:
 
 @dataclass(frozen=True)
 class _Encoded:
-    record: ArrayRecord
+    record: ArrayRecord  # the fragment as the downlink chain sends it (empty with references: see assign)
     masks: dict[str, np.ndarray] | None
     digest: int | None
     shapes: dict[str, tuple[int, ...]]  # of the tensors encoded (what a reply must match)
@@ -134,9 +134,10 @@ class Planner:
         nested = self._nested_for(profile, widths)
         derived = encoded.digest is not None
         model, reference, deltas = encoded.record, False, None
-        if self.references is not None:
-            deltas = self.references.deltas_since(self._key(fragment, profile, downlink), base)
-            model, reference = (encoded.record if deltas is None else self._empty), True
+        if self.references is not None:  # the whole reference is encoded only for a node that needs it
+            key = self._key(fragment, profile, downlink)
+            deltas = self.references.deltas_since(key, base)
+            model, reference = (self.references.whole(key) if deltas is None else self._empty), True
         instruction = TrainInstruction(server_round, self.model_spec, training, uplink, model, fragment,
                                        profile, self.input_scaling, nested, derived, downlink_reference=reference,
                                        downlink_base=0 if deltas is None else int(base or 0),
@@ -167,9 +168,9 @@ class Planner:
         if key not in self._cache:
             if self._cache and next(iter(self._cache))[0] != server_round:
                 self._cache.clear()  # one round's encodings at a time
-            if self.references is not None:  # the reference (a node is sent it whole or the deltas to it)
+            if self.references is not None:  # the reference moves; assign sends it whole or the deltas to it
                 self.references.advance(key[1:], server_round, sub, first=downlink)
-                record = self.references.whole(key[1:])
+                record = self._empty
             else:
                 state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()}
                 record, _ = encode_state(state, downlink, round=server_round, direction="downlink")

@@ -26,7 +26,7 @@ from helpers import port_open
 
 from fedshrink.deploy import DEFAULT_PROFILES, LocalDeployment, Topology, make_certificates, plan_nodes
 from fedshrink.deploy.topology import Started
-from fedshrink.runner.flower import free_port, process_tree
+from fedshrink.runner.flower import FlowerRun, free_port, process_tree
 
 pytestmark = pytest.mark.e2e
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -78,17 +78,23 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
         probe = threading.Thread(target=lambda: refused.update(
             zip(("code", "log"), dep.try_node(certs.node_keys[3], timeout=120), strict=True)))
         probe.start()
+        # a ServerApp that crashes at start, submitted while the real run goes on (in a thread too): `flwr run`
+        # itself exits 0 here; only `flwr ls` tells the truth
+        crashed_runs: list[FlowerRun] = []
+        crasher = threading.Thread(target=lambda: crashed_runs.append(dep.run(
+            APP_DIR, {"dataset": "mnist", "data-dir": str(tmp_path / "absent"),
+                      "output-dir": str(tmp_path / "crashed")}, timeout=300)))
+        crasher.start()
         out = tmp_path / "runs"
         # one round: each message starts a ClientApp process on its SuperNode (torch, fedshrink, the data: about
-        # a minute a round for 3 nodes on 2 loaded cores); several rounds run in tests/test_flwr_e2e.py
+        # a minute a round for 3 nodes on 2 loaded cores); several rounds run in tests/test_flwr_e2e.py. No final
+        # fusion (tests/fragments/test_fusion.py has it): it would add seconds of server work and test nothing here
         run = dep.run(APP_DIR, {"num-server-rounds": 1, "local-epochs": 1, "distill": False, "checkpoint": False,
-                                "report": False, "output-dir": str(out), "run-name": "deploy",
+                                "report": False, "output-dir": str(out), "run-name": "deploy", "fusion-steps": 0,
                                 "profile-mix": "laptop:1.0", "device-availability": False}, timeout=900)
         probe.join()
+        crasher.join()
         assert {int(n["node-id"]) for n in dep.nodes() if n["status"] == "online"} == online
-        # a ServerApp that crashes at start: `flwr run` itself exits 0 here; only `flwr ls` tells the truth
-        crashed = dep.run(APP_DIR, {"dataset": "mnist", "data-dir": str(tmp_path / "absent"),
-                                    "output-dir": str(tmp_path / "crashed")}, timeout=300)
         pids = sorted(set(pids) | set(dep.pids()))
     finally:
         dep.stop()
@@ -96,7 +102,7 @@ def test_tls_authenticated_deployment(tmp_path: Path) -> None:
     assert "Exit Code: 305" in str(refused["log"])  # Flower's code for a SuperNode the SuperLink refused
     assert run.status == "finished:completed", run.output[-3000:]  # from `flwr ls`, not the exit code
     assert run.details["network-traffic"]["total-bytes"] > 0
-    assert crashed.status == "finished:failed", crashed.output[-3000:]
+    assert len(crashed_runs) == 1 and crashed_runs[0].status == "finished:failed", crashed_runs[:1]
 
     summary = json.loads((out / "deploy" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds"] == 1 and summary["clients"] == 3

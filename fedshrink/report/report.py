@@ -114,6 +114,9 @@ def summary_section(run: RunData, tot: Mapping[str, Any]) -> list[str]:
         {"figure": "student size", "value": tot["student"]},
         {"figure": "wall time", "value": f"{tot['seconds']:.1f} s" if tot["seconds"] else "n/a"},
     ]
+    if "server-step" in run.summary:  # runs made before the setting have none
+        rows.append({"figure": "server step", "value": f"{float(run.summary['server-step']):g} x the combined update "
+                                                       "(server-lr; 1 = FedAvg)"})
     for key, what, unit in (("device-time-s", "modelled device time", "s"),
                             ("device-energy-j", "modelled device energy", "J")):
         total = cumulative(run.rounds, key)

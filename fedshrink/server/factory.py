@@ -30,7 +30,7 @@ from fedshrink.strategy.fleet import Fleet
 from fedshrink.strategy.memory import UpdateMemory
 from fedshrink.strategy.plan import Planner, ReplyLimits
 from fedshrink.strategy.rounds import BudgetPlanner, Refiner, ShrinkStrategy
-from fedshrink.strategy.stages import Stage
+from fedshrink.strategy.stages import ServerStep, Stage
 from fedshrink.training import seed_for, train_local
 
 
@@ -65,6 +65,11 @@ def build_stages(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> list[Stage]
                      else None, seed=cfg.seed)
     stages += [stage for d in defences for stage in d.stages(env)]
     return stages
+
+
+def server_step(cfg: RunConfig) -> list[Stage]:
+    """The server's step as the last stage (none at FedAvg's step of 1)."""
+    return [ServerStep(cfg.server_step)] if cfg.server_step != 1.0 else []
 
 
 def budget_planner(cfg: RunConfig, spec: ModelSpec) -> BudgetPlanner:
@@ -115,7 +120,7 @@ def build_strategy(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> ShrinkStr
     strategy_cls = functools.partial(PrivateStrategy, privacy=privacy) if privacy is not None else ShrinkStrategy
     return strategy_cls(planner, fraction_train=fed.fraction_train, min_train_clients=fed.min_train_clients,
                         clients_per_round=fed.clients_per_round, seed=cfg.seed, wait_timeout=fed.round_timeout,
-                        stages=build_stages(cfg, spec, splits) + private_stages, refiners=refiners,
+                        stages=build_stages(cfg, spec, splits) + private_stages + server_step(cfg), refiners=refiners,
                         initialise=initialise, pruned_as_zero=frag.pruned_as_zero, examples_fence=fed.examples_fence,
                         update_limit=fed.update_limit, fleet=fleet, plan_budget=budget_planner(cfg, spec),
                         memory=UpdateMemory(max_age=cfg.devices.reuse_rounds,

@@ -1,4 +1,4 @@
-"""Settings of the federation: rounds, sampling, time-outs, the run's seed, and reply checks."""
+"""Settings of the federation: rounds, sampling, time-outs, the run's seed, reply checks, and the server's step."""
 
 from __future__ import annotations
 
@@ -37,3 +37,7 @@ class FederationSettings(Section):
     update_limit: float = option(
         100.0, "drop an update whose L2 norm is more than this many times the norm of the model (or fragment) "
         "it updates", rule=at_least(0).noting("0 = off"))
+    server_lr: float = option(
+        0.0, "the server's step: the global model moves by this many times the combined update (1 = FedAvg); "
+        "0 = auto: 2 when clients train fragments (a profile-mix or budget-mix), 1 when every client trains the "
+        "full model", rule=between(0, 10).noting("0 = auto"))

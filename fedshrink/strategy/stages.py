@@ -11,7 +11,8 @@ The kinds of stage, applied in this order whatever order they are given in:
 * one :class:`Combiner` turns the batch into one update per coordinate; the
   default is :class:`HolderMean`, the sample-weighted mean over the clients
   that held each coordinate -- FedAvg, written once here;
-* :class:`Perturb` changes the combined update (e.g. noise for privacy).
+* :class:`Perturb` changes the combined update (e.g. noise for privacy);
+* :class:`ServerStep` scales it last: the server's step size (``server-lr``).
 
 A combiner works on what was *sent*: it estimates, per coordinate, the
 location of the values the holders sent (:meth:`Combiner.locate`, over
@@ -102,6 +103,25 @@ class Perturb(Stage):
         """The new update and notes for the round's record."""
 
 
+class ServerStep(Stage):
+    """The server's step size: the combined update times ``lr`` (``server-lr``; 1 is FedAvg's step).
+
+    Applied last, after any noise (scaling a private update is post-processing: the privacy account is
+    unchanged). A step above 1 makes up for updates that move the model too little: sparse top-k values with
+    the rest held back in the clients' residuals, stale updates of absent devices counted again.
+    """
+
+    name = "server-lr"
+
+    def __init__(self, lr: float) -> None:
+        if not lr > 0:
+            raise ValueError(f"server step must be > 0, got {lr}")
+        self.lr = lr
+
+    def step(self, delta: FloatArray) -> FloatArray:
+        return delta * self.lr
+
+
 def holder_mean(batch: UpdateBatch) -> tuple[FloatArray, BoolArray]:
     """Per coordinate ``sum_i w_i h_ij x_ij / sum_i w_i h_ij`` over the holders; ``voted`` where any held.
 
@@ -132,15 +152,17 @@ class HolderMean(Combiner):
 
 
 def check_stages(stages: Sequence[Stage]) -> None:
-    """At most one combiner; raise :class:`ValueError` naming them otherwise."""
-    combiners = [s.name for s in stages if isinstance(s, Combiner)]
-    if len(combiners) > 1:
-        raise ValueError(f"at most one combining rule, got {combiners}")
+    """At most one combiner and one server step; raise :class:`ValueError` naming them otherwise."""
+    for kind, what in ((Combiner, "combining rule"), (ServerStep, "server step")):
+        named = [s.name for s in stages if isinstance(s, kind)]
+        if len(named) > 1:
+            raise ValueError(f"at most one {what}, got {named}")
 
 
 def aggregate(global_flat: FloatArray, batch: UpdateBatch, stages: Sequence[Stage], ctx: RoundContext
               ) -> tuple[FloatArray, StageReport]:
-    """New global vector: screens, transforms, the combiner (default :class:`HolderMean`), perturbations."""
+    """New global vector: screens, transforms, the combiner (default :class:`HolderMean`), perturbations, the
+    server's step."""
     check_stages(stages)
     report = StageReport()
     rows = np.arange(len(batch))
@@ -162,4 +184,6 @@ def aggregate(global_flat: FloatArray, batch: UpdateBatch, stages: Sequence[Stag
         delta, note = perturb.perturb(delta, voted, batch, ctx)
         if note:
             report.notes[perturb.name] = note
+    for server_step in (s for s in stages if isinstance(s, ServerStep)):
+        delta = server_step.step(delta)
     return np.where(voted, global_flat + delta, global_flat), report

@@ -33,7 +33,8 @@ WHAT = {
     "shipped": "the shipped settings: `absent-updates = auto` (reuse); the final model fused toward the mean "
                "softmax of itself and its nested sub-models (`fusion-teacher = self`, `fusion-last-rounds = 1`, "
                "50 Adam steps on the unlabelled proxy, outer coordinates only); plain initialisation; no "
-               "self-distillation",
+               "self-distillation; the server's step `server-lr = 0` (auto: 2 on this fleet; every configuration "
+               "below but FedAvg has it; the step itself: server_step.md)",
     "no final fusion": "shipped, but `fusion-steps = 0`: the same runs up to the last aggregation, not fused",
     "drop": "shipped, but `absent-updates = drop`",
     "earlier": "the earlier defaults: drop, fusion of the sub-models after every round (`fusion-steps = 20`, "

@@ -4,7 +4,8 @@ The runs come from ``simulations/sweeps/heavy_mix.toml``: digits, 20 clients, Di
 client every round (as in the fragments sweep), the shipped fragment settings (the final model fused), seeds 1-3;
 fp32 FedAvg (``profile-mix = ''``) against fleets with 70% and 80% of their clients at width 0.5 or less. The
 script writes ``simulations/results/heavy_mix.md``: per fleet, the final global accuracy per seed, its mean and
-spread, the gap to FedAvg's mean, the narrow sub-models' accuracy, and the bytes each way.
+spread, the gap to FedAvg's mean and seed by seed, the server's step, the narrow sub-models' accuracy, and the
+bytes each way.
 
     fedshrink sweep simulations/sweeps/heavy_mix.toml --out runs/sweeps/heavy_mix
     python simulations/benchmarks/bench_heavy_mix.py --sweep-dir runs/sweeps/heavy_mix [--out FILE]
@@ -18,6 +19,7 @@ import argparse
 import statistics
 from pathlib import Path
 
+from fedshrink.config import RunConfig
 from fedshrink.report import human_bytes
 from fedshrink.sweep import open_sweep
 from fedshrink.sweep.results import accuracy_columns, mean_final, narrow_widths
@@ -45,12 +47,14 @@ def main() -> None:
         "momentum 0.9), the shipped fragment settings (the final model fused, docs/devices.md#fusion; reuse of "
         "absent updates has nothing to reuse here: nobody is absent), "
         f"seeds {', '.join(map(str, seeds))}. Accuracy: the global model on the test split (measured), %. "
-        "*Gap*: FedAvg's mean final accuracy minus the fleet's. *Narrow sub-models*: final "
+        "*Gap*: FedAvg's mean final accuracy minus the fleet's; *per seed*: FedAvg's final accuracy minus the "
+        "fleet's on the same seed. *Step*: the server's step (`server-lr` resolved: the shipped auto step is 2 "
+        "on a fleet training fragments, 1 for FedAvg). *Narrow sub-models*: final "
         "accuracy of the width-0.25 and width-0.5 prefixes, mean over seeds. Bytes: whole run, mean over seeds, "
         "exact serialized messages.", "",
         "| fleet | profile mix | " + " | ".join(f"seed {s}" for s in seeds)
-        + " | mean ± sd | gap to FedAvg | narrow sub-models 0.25 / 0.5 | uplink | downlink |",
-        "|---|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|",
+        + " | mean ± sd | gap to FedAvg | gap per seed | step | narrow sub-models 0.25 / 0.5 | uplink | downlink |",
+        "|---|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|---:|---:|",
     ]
     ref = mean_final(fedavg)
     for config, per_seed in runs.items():
@@ -60,8 +64,12 @@ def main() -> None:
         up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
         down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
         mix = mixes.get(config) or "''"
-        lines.append(f"| {config} | `{mix}` | {accuracy} | {narrow_widths(per_seed)} | {human_bytes(up)} | "
-                     f"{human_bytes(down)} |")
+        finals = {s: float(r[-1]["accuracy"]) for s, r in per_seed.items()}
+        gaps = "" if config == "fedavg" else " / ".join(
+            f"{100 * (float(fedavg[s][-1]['accuracy']) - finals[s]):.2f}" for s in seeds if s in finals and s in fedavg)
+        step = RunConfig.from_mapping(next(iter(sweep.of(config).values())).config).server_step
+        lines.append(f"| {config} | `{mix}` | {accuracy} | {gaps} | {step:g} | {narrow_widths(per_seed)} | "
+                     f"{human_bytes(up)} | {human_bytes(down)} |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

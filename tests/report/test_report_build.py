@@ -73,6 +73,7 @@ def test_real_run_report(real_run: Path, tmp_path: Path) -> None:
     rep = build_report(run)
     assert "accuracy_vs_round" in rep.plots
     assert rep.path.read_text().startswith("# fedshrink run `copy`")
+    assert "| server step | 2 x the combined update (server-lr; 1 = FedAvg) |" in rep.path.read_text()  # the mix
     # today's runs lack the resource keys; whatever is absent is skipped with a reason
     for name, reason in rep.skipped.items():
         assert name in ALL_PLOTS and reason

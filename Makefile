@@ -105,9 +105,10 @@ results-measure: $(SIM)
 	$(BENCH)/bench_security.py --code-at 473a17d --code . --fuzz 100000 --out simulations/results/security.md
 	$(BENCH)/bench_data.py centralised --epochs 5
 
-# two workers (pytest-xdist); a test file goes to one worker, so its module fixtures are built once; files are
-# handed out in the order tests/conftest.py puts them (end-to-end first); one BLAS/OpenMP thread per process,
-# since two workers and their subprocesses already fill two cores
+# two workers (pytest-xdist); a test file goes to one worker, so its module fixtures are built once, and the
+# end-to-end files (tests/*_e2e.py) go to one worker together (tests/conftest.py); files are handed out in the
+# order tests/conftest.py puts them (end-to-end first); one BLAS/OpenMP thread per process, since two workers
+# and their subprocesses already fill two cores
 test: $(DEV)
 	PATH="$(abspath $(VENV))/bin:$$PATH" OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 

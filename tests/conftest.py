@@ -40,12 +40,32 @@ def small_distill(monkeypatch: pytest.MonkeyPatch) -> None:
     shrink_distillation(monkeypatch)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, which the dev extra installs
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under ``--dist loadfile`` (``make test``) each file is one work unit, except that the end-to-end files
+    (``tests/*_e2e.py``: Flower's CLI, Ray, a deployment, processes of their own) are one unit together: one
+    worker runs them one after the other while the other runs the rest. Side by side on the two workers they
+    slowed each other (the TLS deployment test: 98 s alone here, 180 s beside the Ray run), and nothing else
+    ran meanwhile."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class EndToEndTogether(LoadFileScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            path = str(super()._split_scope(nodeid))
+            return "end-to-end files" if path.endswith("_e2e.py") else path
+
+    return EndToEndTogether(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Files with end-to-end or slow tests first, each file kept whole: two xdist workers (``--dist loadfile``) get
-    the long files at the start and the short ones fill in, so they finish together."""
+    """Files with end-to-end or slow tests first, each file kept whole: the long ones start first and the short
+    ones fill in, so the two workers finish together."""
     rank: dict[str, int] = {}
     for item in items:
         r = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
         rank[item.nodeid.split("::")[0]] = min(r, rank.get(item.nodeid.split("::")[0], 2))
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda it: (rank[it.nodeid.split("::")[0]], order[id(it)]))
+

@@ -68,4 +68,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         rank[item.nodeid.split("::")[0]] = min(r, rank.get(item.nodeid.split("::")[0], 2))
     order = {id(item): i for i, item in enumerate(items)}
     items.sort(key=lambda it: (rank[it.nodeid.split("::")[0]], order[id(it)]))
-

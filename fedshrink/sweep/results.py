@@ -133,6 +133,17 @@ def mean_final(per_seed: SeedRounds) -> float | None:
     return statistics.mean(float(r[-1]["accuracy"]) for r in per_seed.values()) if per_seed else None
 
 
+def final_accuracies(per_seed: SeedRounds) -> dict[int, float]:
+    """Each finished seed's final test accuracy (a fraction)."""
+    return {s: float(r[-1]["accuracy"]) for s, r in per_seed.items() if r}
+
+
+def seed_gaps_cell(ref: Mapping[int, float], finals: Mapping[int, float], seeds: Sequence[int]) -> str:
+    """``ref`` minus ``finals`` seed by seed (fractions, as :func:`final_accuracies` gives them), in points with two
+    decimals joined by " / ", over the seeds both have, in ``seeds``' order."""
+    return " / ".join(f"{100 * (ref[s] - finals[s]):.2f}" for s in seeds if s in ref and s in finals)
+
+
 def gap_cell(ref: float | None, finals: Sequence[float]) -> str:
     """``ref`` minus the mean of ``finals``, in points with two decimals ("" without a reference)."""
     return f"{100 * (ref - statistics.mean(finals)):.2f}" if ref is not None and finals else ""

@@ -22,7 +22,7 @@ from pathlib import Path
 from fedshrink.config import RunConfig
 from fedshrink.report import human_bytes
 from fedshrink.sweep import open_sweep
-from fedshrink.sweep.results import accuracy_columns, mean_final, narrow_widths
+from fedshrink.sweep.results import accuracy_columns, final_accuracies, mean_final, narrow_widths, seed_gaps_cell
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "heavy_mix.md"
@@ -64,9 +64,7 @@ def main() -> None:
         up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
         down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
         mix = mixes.get(config) or "''"
-        finals = {s: float(r[-1]["accuracy"]) for s, r in per_seed.items()}
-        gaps = "" if config == "fedavg" else " / ".join(
-            f"{100 * (float(fedavg[s][-1]['accuracy']) - finals[s]):.2f}" for s in seeds if s in finals and s in fedavg)
+        gaps = "" if config == "fedavg" else seed_gaps_cell(final_accuracies(fedavg), final_accuracies(per_seed), seeds)
         step = RunConfig.from_mapping(next(iter(sweep.of(config).values())).config).server_step
         lines.append(f"| {config} | `{mix}` | {accuracy} | {gaps} | {step:g} | {narrow_widths(per_seed)} | "
                      f"{human_bytes(up)} | {human_bytes(down)} |")

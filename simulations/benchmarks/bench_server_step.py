@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_demo_settings import worst_fall
 
 from fedshrink.sweep import open_sweep
-from fedshrink.sweep.results import accuracy_columns, mean_final, narrow_widths
+from fedshrink.sweep.results import accuracy_columns, final_accuracies, narrow_widths, seed_gaps_cell
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "simulations" / "results" / "server_step.md"
@@ -52,17 +52,12 @@ WHAT = {
 }
 
 
-def finals(per_seed: Mapping[int, Sequence[Mapping[str, Any]]]) -> dict[int, float]:
-    return {s: 100 * float(r[-1]["accuracy"]) for s, r in per_seed.items() if r}
-
-
 def table(runs: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]], seeds: Sequence[int],
           ref_name: str | None, ref_finals: Mapping[int, float] | None = None) -> list[str]:
     """Rows per configuration: seeds, mean ± sd, gap to the reference's mean, gap seed by seed, worst fall,
-    the narrow sub-models."""
-    ref = mean_final(runs[ref_name]) if ref_name else (statistics.mean(ref_finals.values()) / 100
-                                                        if ref_finals else None)
-    per_ref = finals(runs[ref_name]) if ref_name else dict(ref_finals or {})
+    the narrow sub-models. The reference is the configuration ``ref_name``, else ``ref_finals`` (seed -> %)."""
+    per_ref = final_accuracies(runs[ref_name]) if ref_name else {s: v / 100 for s, v in (ref_finals or {}).items()}
+    ref = statistics.mean(per_ref.values()) if per_ref else None
     lines = ["| configuration | " + " | ".join(f"seed {s}" for s in seeds)
              + " | mean ± sd | gap to FedAvg | gap per seed | worst fall | narrow sub-models 0.25 / 0.5 |",
              "|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|"]
@@ -70,8 +65,7 @@ def table(runs: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]], seeds: 
         if not per_seed:
             continue
         accuracy = " | ".join(accuracy_columns(per_seed, seeds, ref, reference=config == ref_name))
-        mine = finals(per_seed)
-        gaps = " / ".join(f"{per_ref[s] - mine[s]:.2f}" for s in seeds if s in mine and s in per_ref)
+        gaps = seed_gaps_cell(per_ref, final_accuracies(per_seed), seeds)
         fall = f"{100 * statistics.mean(worst_fall(list(r)) for r in per_seed.values()):.2f}"
         lines.append(f"| {config} | {accuracy} | {'' if config == ref_name else gaps} | {fall} | "
                      f"{narrow_widths(per_seed)} |")
@@ -79,11 +73,12 @@ def table(runs: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]], seeds: 
 
 
 def verdict(shipped: Mapping[int, float], fedavg: Mapping[int, float]) -> list[str]:
-    """The demo's gap to FedAvg against the target, on the mean and seed by seed (none until both finished)."""
+    """The demo's gap to FedAvg against the target, on the mean and seed by seed (none until both finished);
+    final accuracies as fractions, seed -> accuracy."""
     if not shipped or set(shipped) != set(fedavg):
         return []
-    gap = statistics.mean(fedavg.values()) - statistics.mean(shipped.values())
-    worst = max(fedavg[s] - shipped[s] for s in shipped)
+    gap = 100 * (statistics.mean(fedavg.values()) - statistics.mean(shipped.values()))
+    worst = 100 * max(fedavg[s] - shipped[s] for s in shipped)
     return ["", f"**The demo against FedAvg** (target: within {TARGET} points): {gap:.2f} points below on the mean "
             f"over {len(shipped)} seeds ({'met' if gap <= TARGET else 'not met'}); seed by seed at most "
             f"{worst:.2f} points ({'within' if worst <= TARGET else 'over'} {TARGET} on "
@@ -116,7 +111,7 @@ def main() -> None:
         f"## digits, seeds {', '.join(map(str, seeds))} (the first is the demo's)", "",
         *table(digits, seeds, "fedavg" if "fedavg" in digits else None),
     ]
-    lines += verdict(finals(digits.get("shipped", {})), finals(digits.get("fedavg", {})))
+    lines += verdict(final_accuracies(digits.get("shipped", {})), final_accuracies(digits.get("fedavg", {})))
     if any(glyphs.values()):
         lines += ["", f"## glyphs (never tuned on), seeds {', '.join(map(str, gseeds))}", "",
                   "fp32 FedAvg on glyphs, 20 rounds, the same seeds: "

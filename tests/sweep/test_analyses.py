@@ -223,9 +223,9 @@ def test_server_step_table_and_verdict(monkeypatch: pytest.MonkeyPatch) -> None:
     shipped = next(r for r in rows if r.startswith("| shipped |"))
     # seeds, mean ± sd, gap on the mean (97 - 95), gap per seed, worst fall (mean of 0 and 2 points)
     assert "| 97.00 | 93.00 | 95.00 ± 2.83 | 2.00 | 1.00 / 3.00 | 1.00 |" in shipped
-    assert "not met" in "".join(bench.verdict({1: 97.0, 2: 93.0}, {1: 98.0, 2: 96.0}))
-    met = "".join(bench.verdict({1: 97.5, 2: 95.0}, {1: 98.0, 2: 96.0}))
+    assert "not met" in "".join(bench.verdict({1: 0.97, 2: 0.93}, {1: 0.98, 2: 0.96}))
+    met = "".join(bench.verdict({1: 0.975, 2: 0.95}, {1: 0.98, 2: 0.96}))
     assert "0.75 points below on the mean over 2 seeds (met)" in met and "at most 1.00 points (within" in met
-    assert bench.verdict({1: 97.0}, {1: 98.0, 2: 96.0}) == []  # not every seed finished
+    assert bench.verdict({1: 0.97}, {1: 0.98, 2: 0.96}) == []  # not every seed finished
     glyph_rows = bench.table({"glyphs: shipped": {1: rounds(0.5, 0.9)}}, [1], None, {1: 95.0})
     assert "| 90.00 | 90.00 ± 0.00 | 5.00 | 5.00 |" in glyph_rows[-1]

@@ -531,3 +531,38 @@ def test_workdir_of_a_running_deployment_is_refused_and_kept(tmp_path: Path) -> 
     state.write_text(json.dumps({"started": [vars(gone)], "node-ids": {}, "topology": topo.to_dict()}))
     LocalDeployment.check_free(tmp_path)  # nothing of it runs any more: forgotten
     assert not state.exists()
+
+
+# --- the app flwr run packs ------------------------------------------------------------------
+
+
+def _fab_files(app: Path) -> dict[str, bytes]:
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    with zipfile.ZipFile(io.BytesIO(build_fab_from_disk(app))) as z:
+        return {name: z.read(name) for name in z.namelist()}
+
+
+def test_the_staged_app_packs_the_same_fab_without_entering_ignored_directories(tmp_path: Path) -> None:
+    from fedshrink.runner.flower import staged_app
+
+    app = tmp_path / "app"
+    (app / "pkg" / "__pycache__").mkdir(parents=True)
+    (app / "pyproject.toml").write_text((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    (app / ".gitignore").write_text(".venv/\nruns/\n*.log\n")
+    (app / "pkg" / "__init__.py").write_text("x = 1\n")
+    (app / "pkg" / "conf.json").write_text("{}\n")
+    (app / "pkg" / "__pycache__" / "m.py").write_text("")
+    (app / "pkg" / "debug.log").write_text("ignored\n")
+    (app / "README.md").write_text("# app\n")
+    for ignored in (".venv/lib/site.py", "runs/r1/summary.json", ".git/config"):
+        (app / ignored).parent.mkdir(parents=True, exist_ok=True)
+        (app / ignored).write_text("")
+    (app / "outside.py").symlink_to(app / "pkg" / "__init__.py")
+    with staged_app(app) as staged:
+        copied = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
+        assert copied == [".gitignore", "README.md", "pkg/__init__.py", "pkg/conf.json", "pyproject.toml"]
+        assert _fab_files(staged) == _fab_files(app)  # the same FAB, byte for byte
+    assert not staged.exists()  # removed when the block ends

@@ -8,7 +8,10 @@
 ``train`` — the rest, partitioned across clients by :mod:`.partition`.
 
 Splits are pure functions of their settings and cached per process, so every
-ClientApp call in a simulation reads the same arrays without reloading.
+ClientApp call in a simulation reads the same arrays without reloading. Their
+indices, and the client partitions', are also kept on disk
+(:mod:`.index_cache`): a fresh process (each ClientApp call in a deployment)
+reads them back instead of importing scikit-learn and flwr-datasets again.
 
 A generated fleet (:mod:`.fleet`, e.g. ``writers``) is never split from a
 pool: ``test`` and ``proxy`` come from writers held out of the population,
@@ -19,12 +22,14 @@ pool: ``test`` and ``proxy`` come from writers held out of the population,
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedshrink.data.fleet import FLEETS, PROXY, PROXY_WRITERS, TEST, TEST_WRITERS, Fleet, FleetSpec, load_fleet
+from fedshrink.data.index_cache import cached_indices
 from fedshrink.data.partition import PartitionScheme, partition_indices
 from fedshrink.data.sources import LabelledArrays, load_source
 from fedshrink.errors import ConfigError, DataError
@@ -79,16 +84,21 @@ class Splits:
 
 
 def _stratified(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (rest, taken) with ``taken`` a stratified ``fraction`` of ``y``."""
+    """Indices (rest, taken) with ``taken`` a stratified ``fraction`` of ``y`` (kept on disk: :mod:`.index_cache`)."""
     idx = np.arange(len(y))
     if fraction == 0.0:
         return idx, idx[:0]
-    counts = np.bincount(y)
-    stratify = y if counts[counts > 0].min() >= 2 else None
-    from sklearn.model_selection import train_test_split  # here: importing sklearn costs seconds per process
 
-    rest, taken = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
-    return np.sort(rest), np.sort(taken)
+    def split() -> list[np.ndarray]:
+        counts = np.bincount(y)
+        stratify = y if counts[counts > 0].min() >= 2 else None
+        from sklearn.model_selection import train_test_split  # here: importing sklearn costs seconds per process
+
+        rest, taken = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+        return [np.sort(rest), np.sort(taken)]
+
+    rest, taken = cached_indices("stratified", {"fraction": fraction, "seed": seed}, [y], split)
+    return rest, taken
 
 
 def _fleet_splits(spec: SplitSpec) -> Splits:
@@ -132,7 +142,9 @@ def _client_indices(
     spec: SplitSpec, scheme: PartitionScheme, num_partitions: int
 ) -> tuple[np.ndarray, ...]:
     train = make_splits(spec).train
-    return tuple(partition_indices(train.y, num_partitions, scheme, spec.seed, groups=train.groups))
+    settings = {"num-partitions": num_partitions, "scheme": dataclasses.asdict(scheme), "seed": spec.seed}
+    return tuple(cached_indices("partition", settings, [train.y, train.groups], lambda: partition_indices(
+        train.y, num_partitions, scheme, spec.seed, groups=train.groups)))
 
 
 def _check_fleet_scheme(spec: SplitSpec, scheme: PartitionScheme) -> None:

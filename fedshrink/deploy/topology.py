@@ -56,6 +56,7 @@ from fedshrink.runner.flower import (
     parse_run_id,
     process_tree,
     run_config_arg,
+    staged_app,
     stop_processes,
     stream_command,
     toml_value,
@@ -505,10 +506,11 @@ class LocalDeployment:
     # -- runs ------------------------------------------------------------------------
     def run(self, app_dir: Path, overrides: Mapping[str, Any], *, timeout: float = 1800.0) -> FlowerRun:
         """``flwr run APP CONNECTION --stream``; the status comes from ``flwr ls``, not the exit code."""
-        cmd = [flwr_cli(), "run", str(app_dir), CONNECTION, "--stream"]
-        if overrides:
-            cmd += ["--run-config", run_config_arg(overrides)]
-        returncode, output = stream_command(cmd, self.env, Path(app_dir), timeout=timeout, echo=self.echo)
+        with staged_app(app_dir) as app:
+            cmd = [flwr_cli(), "run", str(app), CONNECTION, "--stream"]
+            if overrides:
+                cmd += ["--run-config", run_config_arg(overrides)]
+            returncode, output = stream_command(cmd, self.env, app, timeout=timeout, echo=self.echo)
         run_id = parse_run_id(output, returncode)
         details = flwr_run_details(self.env, run_id, connection=CONNECTION)
         if not details:

@@ -11,6 +11,7 @@ process it started, by PID, when the ``with`` block ends.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -182,12 +183,13 @@ class LocalSimulation:
         echo: bool = True,
     ) -> FlowerRun:
         """``flwr run APP --stream`` on this SuperLink; the real status comes from ``flwr ls``."""
-        cmd = [flwr_cli(), "run", str(app_dir), "--stream"]
-        if overrides:
-            cmd += ["--run-config", run_config_arg(overrides)]
-        cmd += ["--federation-config",
-                f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"]
-        returncode, output = stream_command(cmd, self.env, app_dir, timeout=timeout, echo=echo)
+        with staged_app(app_dir) as app:
+            cmd = [flwr_cli(), "run", str(app), "--stream"]
+            if overrides:
+                cmd += ["--run-config", run_config_arg(overrides)]
+            cmd += ["--federation-config",
+                    f"num-supernodes={num_supernodes} client-resources-num-cpus={cpus_per_client}"]
+            returncode, output = stream_command(cmd, self.env, app, timeout=timeout, echo=echo)
         run_id = parse_run_id(output, returncode)
         details = self.run_details(run_id)
         return FlowerRun(run_id=run_id, status=str(details.get("status", "unknown")), details=details,
@@ -224,6 +226,38 @@ def stream_command(cmd: list[str], env: Mapping[str, str], cwd: Path, *, timeout
             break
     proc.wait()
     return proc.returncode, "".join(lines)
+
+
+@contextlib.contextmanager
+def staged_app(app_dir: Path) -> Iterator[Path]:
+    """A copy of the Flower app in ``app_dir`` without what its ``.gitignore`` leaves out, for ``flwr run``.
+
+    ``flwr run DIR`` lists every file under ``DIR`` before it drops the ignored ones, and fedshrink's app
+    directory is its checkout, with the virtual environment and the runs inside (about 69,000 files here):
+    that listing took 11 s of CPU per ``flwr run`` here, against 0.15 s for this copy and its FAB. The copy
+    never enters an ignored directory (nor ``.git``, which holds no app source), so it holds the files Flower
+    would have packed, the root ``.gitignore`` included (Flower applies it again), and the FAB is the same.
+    Removed when the block ends.
+    """
+    import pathspec
+
+    root = Path(app_dir).resolve()
+    gitignore = root / ".gitignore"
+    spec = pathspec.GitIgnoreSpec.from_lines(gitignore.read_text().splitlines() if gitignore.is_file() else [])
+    with tempfile.TemporaryDirectory(prefix="fedshrink-app-") as tmp:
+        dest = Path(tmp) / root.name
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            rel = Path(dirpath).relative_to(root)
+            dirnames[:] = [d for d in dirnames if d not in (".git", "__pycache__")
+                           and not (root / rel / d).is_symlink()
+                           and not spec.match_file(f"{(rel / d).as_posix()}/")]
+            for name in filenames:
+                path = Path(dirpath) / name
+                if path.is_symlink() or spec.match_file((rel / name).as_posix()):
+                    continue
+                (dest / rel).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, dest / rel / name)
+        yield dest
 
 
 def parse_run_id(output: str, returncode: int) -> int:

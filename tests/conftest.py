@@ -30,6 +30,9 @@ def quick(tmp_path: Path) -> dict[str, Any]:
         "profile-mix": "",  # full-width clients (tests about fragments set a mix)
         "report": False,  # drawing the report's plots takes longer than the run; tests about the report turn it on
         "checkpoint": False,  # checkpoints have their own tests (tests/robust/test_robust_checkpoint.py)
+        # a mix's final fusion (50 Adam steps, seconds a run) has its own tests, which turn it on
+        # (tests/fragments/test_fusion.py, tests/test_inprocess.py)
+        "fusion-steps": 0,
     }
 
 

@@ -30,7 +30,7 @@ import numpy as np
 
 from fedshrink.data.fleet import FLEETS, PROXY, PROXY_WRITERS, TEST, TEST_WRITERS, Fleet, FleetSpec, load_fleet
 from fedshrink.data.index_cache import cached_indices
-from fedshrink.data.partition import PartitionScheme, partition_indices
+from fedshrink.data.partition import PARTITIONERS, PartitionScheme, partition_indices
 from fedshrink.data.sources import LabelledArrays, load_source
 from fedshrink.errors import ConfigError, DataError
 
@@ -142,9 +142,14 @@ def _client_indices(
     spec: SplitSpec, scheme: PartitionScheme, num_partitions: int
 ) -> tuple[np.ndarray, ...]:
     train = make_splits(spec).train
+
+    def compute() -> list[np.ndarray]:
+        return partition_indices(train.y, num_partitions, scheme, spec.seed, groups=train.groups)
+
+    if PARTITIONERS[scheme.name].__module__ != partition_indices.__module__:
+        return tuple(compute())  # a partitioner registered elsewhere: its code is not part of the cache's key
     settings = {"num-partitions": num_partitions, "scheme": dataclasses.asdict(scheme), "seed": spec.seed}
-    return tuple(cached_indices("partition", settings, [train.y, train.groups], lambda: partition_indices(
-        train.y, num_partitions, scheme, spec.seed, groups=train.groups)))
+    return tuple(cached_indices("partition", settings, [train.y, train.groups], compute))
 
 
 def _check_fleet_scheme(spec: SplitSpec, scheme: PartitionScheme) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedshrink.data import (
+    PARTITIONERS,
     PartitionScheme,
     SplitSpec,
     client_data,
@@ -62,6 +63,26 @@ def test_cached_indices_equal_computed_ones(monkeypatch: pytest.MonkeyPatch, tmp
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
 
+
+
+def test_a_partitioner_registered_elsewhere_is_never_cached(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Its code is not part of the key: an edited partitioner must not read its earlier partitions back."""
+    calls = []
+
+    def mine(scheme: PartitionScheme, n: int, num_partitions: int, num_classes: int, seed: int) -> object:
+        calls.append(n)
+        return PARTITIONERS["iid"](scheme, n, num_partitions, num_classes, seed)
+
+    monkeypatch.setitem(PARTITIONERS, "mine", mine)
+    _fresh(monkeypatch, str(tmp_path))
+    make_splits(SplitSpec())  # the splits themselves are cached
+    before = {p.name for p in (tmp_path / "indices").iterdir()}
+    for _ in range(2):
+        federated._client_indices.cache_clear()
+        parts = client_partitions(SplitSpec(), PartitionScheme("mine"), 5)
+        assert sum(len(p) for p in parts) == len(make_splits(SplitSpec()).train)
+    assert len(calls) == 2  # computed both times
+    assert {p.name for p in (tmp_path / "indices").iterdir()} == before  # and nothing stored
 
 def test_an_entry_is_read_back_without_computing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _fresh(monkeypatch, str(tmp_path))

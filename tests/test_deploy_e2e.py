@@ -61,8 +61,8 @@ def _check_control_api_is_loopback_only(dep: LocalDeployment) -> None:
 
 
 def test_tls_authenticated_deployment(tmp_path: Path) -> None:
-    # two SuperNodes, iot and phone (each node costs two ClientApp processes of its own, about 15 s of CPU; the
-    # full-width path is tested on the other engines); node-2's key is never registered
+    # two SuperNodes, iot and phone (a third cost 33 s of machine CPU here: its SuperNode, SuperExec and two
+    # ClientApp processes; the full-width path is tested on the other engines); node-2's key is never registered
     certs = make_certificates(tmp_path / "certs", ["127.0.0.1"], nodes=3)
     topo = Topology(tuple(plan_nodes(2, DEFAULT_PROFILES)), certs=certs, host="127.0.0.1", port=free_port())
     dep = LocalDeployment(topo, tmp_path / "deploy")  # the Control API on a free loopback port of its own

@@ -561,6 +561,7 @@ def test_the_staged_app_packs_the_same_fab_without_entering_ignored_directories(
         (app / ignored).parent.mkdir(parents=True, exist_ok=True)
         (app / ignored).write_text("")
     (app / "outside.py").symlink_to(app / "pkg" / "__init__.py")
+    (app / "linked").symlink_to(app / "pkg", target_is_directory=True)  # a directory symlink is not entered
     with staged_app(app) as staged:
         copied = sorted(p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file())
         assert copied == [".gitignore", "README.md", "pkg/__init__.py", "pkg/conf.json", "pyproject.toml"]

@@ -248,8 +248,7 @@ def staged_app(app_dir: Path) -> Iterator[Path]:
         dest = Path(tmp) / root.name
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             rel = Path(dirpath).relative_to(root)
-            dirnames[:] = [d for d in dirnames if d not in (".git", "__pycache__")
-                           and not (root / rel / d).is_symlink()
+            dirnames[:] = [d for d in dirnames if d not in (".git", "__pycache__")  # symlinks: never entered
                            and not spec.match_file(f"{(rel / d).as_posix()}/")]
             for name in filenames:
                 path = Path(dirpath) / name

@@ -86,12 +86,12 @@ def main() -> None:
         + " | mean ± sd | gap to FedAvg | gap per seed | worst fall | narrow sub-models 0.25 / 0.5 |",
         "|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|",
     ]
-    ref = mean_final(fedavg)
+    ref, ref_finals = mean_final(fedavg), final_accuracies(fedavg)
     for config, per_seed in runs.items():
         if not per_seed:
             continue
         accuracy = " | ".join(accuracy_columns(per_seed, seeds, ref, reference=config == "fedavg"))
-        gaps = "" if config == "fedavg" else seed_gaps_cell(final_accuracies(fedavg), final_accuracies(per_seed), seeds)
+        gaps = "" if config == "fedavg" else seed_gaps_cell(ref_finals, final_accuracies(per_seed), seeds)
         fall = f"{100 * statistics.mean(worst_fall(r) for r in per_seed.values()):.2f}"
         lines.append(f"| {config} | {accuracy} | {gaps} | {fall} | {narrow_widths(per_seed)} |")
     lines += ["", "Configurations:", ""] + [f"- **{c}**: {WHAT.get(c, c)}" for c in runs]

@@ -56,7 +56,7 @@ def main() -> None:
         + " | mean ± sd | gap to FedAvg | gap per seed | step | narrow sub-models 0.25 / 0.5 | uplink | downlink |",
         "|---|---|" + "---:|" * len(seeds) + "---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ref = mean_final(fedavg)
+    ref, ref_finals = mean_final(fedavg), final_accuracies(fedavg)
     for config, per_seed in runs.items():
         if not per_seed:
             continue
@@ -64,7 +64,7 @@ def main() -> None:
         up = statistics.mean(sum(int(x.get("bytes-up", 0)) for x in r) for r in per_seed.values())
         down = statistics.mean(sum(int(x.get("bytes-down", 0)) for x in r) for r in per_seed.values())
         mix = mixes.get(config) or "''"
-        gaps = "" if config == "fedavg" else seed_gaps_cell(final_accuracies(fedavg), final_accuracies(per_seed), seeds)
+        gaps = "" if config == "fedavg" else seed_gaps_cell(ref_finals, final_accuracies(per_seed), seeds)
         step = RunConfig.from_mapping(next(iter(sweep.of(config).values())).config).server_step
         lines.append(f"| {config} | `{mix}` | {accuracy} | {gaps} | {step:g} | {narrow_widths(per_seed)} | "
                      f"{human_bytes(up)} | {human_bytes(down)} |")

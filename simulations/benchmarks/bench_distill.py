@@ -10,9 +10,9 @@ Without ``--teacher-run`` it first trains a full-width FedAvg global model
 default), 20 clients, ``--dataset`` (digits by default; ``glyphs`` is the generated 28x28 set, never used to tune
 the defaults), seed 42); with
 it, it loads ``RUN_DIR/global_model.pt`` from such a run, built from that run's own model settings (model,
-width, norm) and evaluated as the server evaluates it (static batch statistics frozen on the proxy). Then, on the same
-default splits of that data set (``make_splits(SplitSpec(dataset))``: for digits 180 proxy images and 360 test, for
-glyphs 2,400 and 4,000):
+width, norm) and evaluated as the server evaluates it (static batch statistics frozen on the proxy). Then, on the
+teacher run's own splits (its data set and seed: for digits 180 proxy images and 360 test, for glyphs 2,400 and
+4,000; the federated baseline below is trained on the same seed's clients):
 
 * **KD (searched)**: ``distill_and_export`` with the default ``DistillConfig``:
   student search, distillation from the unlabeled proxy images only, pruning, int8.
@@ -53,7 +53,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from fedshrink.data import SplitSpec, make_splits  # noqa: E402
+from fedshrink.config import RunConfig  # noqa: E402
+from fedshrink.data import make_splits  # noqa: E402
 from fedshrink.distill import DistillConfig, distill_and_export  # noqa: E402
 from fedshrink.distill.compress import finalize_pruning, pack_int8, prune_student, quantize_int8  # noqa: E402
 from fedshrink.distill.export import export_onnx, measure_latency_ms, onnx_latency_ms  # noqa: E402
@@ -71,6 +72,15 @@ def train_federated(overrides: dict[str, Any], base: Path, rounds: int = 40) -> 
     res = run_inprocess({"output-dir": str(base), "quiet": True, "profile-mix": "", "num-server-rounds": rounds,
                          **overrides})  # the teacher these results were measured with: full-width FedAvg
     return res.run_dir
+
+
+def run_splits(run_dir: Path) -> tuple[str, int, Any]:
+    """The data set, seed and splits a run directory was trained and evaluated on (its own config.json).
+
+    The test and proxy splits follow the run's seed, so a teacher from a run with another seed than 42 is only
+    measured on its own test split (another seed's test images may be among its clients' training images)."""
+    cfg = RunConfig.from_json((run_dir / "config.json").read_text())
+    return cfg.data.dataset, cfg.federation.seed, make_splits(cfg.split_spec())
 
 
 def load_run_model(run_dir: Path, splits: Any) -> tuple[ModelSpec, torch.nn.Module]:
@@ -119,11 +129,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_distill_"))
     t_all = time.perf_counter()
 
-    splits = make_splits(SplitSpec(dataset=args.dataset))
     teacher_run = args.teacher_run
     if teacher_run is None:
         print(f"training the teacher (full-width FedAvg, {args.rounds} rounds) ...", flush=True)
         teacher_run = train_federated({"dataset": args.dataset}, work / "runs", args.rounds)
+    dataset, seed, splits = run_splits(teacher_run)
+    if dataset != args.dataset:
+        ap.error(f"--teacher-run {teacher_run} was trained on {dataset!r}, not on --dataset {args.dataset!r}")
     tspec, teacher = load_run_model(teacher_run, splits)
 
     cfg = DistillConfig()
@@ -149,7 +161,7 @@ def main() -> None:
 
     print(f"federated {student_name} without distillation ...", flush=True)
     t0 = time.perf_counter()
-    fl_run = train_federated({"dataset": args.dataset, "model": kd.student_spec.name,
+    fl_run = train_federated({"dataset": args.dataset, "seed": seed, "model": kd.student_spec.name,
                               "model-width": kd.student_spec.width}, work / "runs", fl_rounds)
     _, fl = load_run_model(fl_run, splits)
     fl_acc = evaluate(fl, splits.test).accuracy

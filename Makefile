@@ -99,6 +99,7 @@ results-measure: $(SIM)
 	$(BENCH)/bench_distill.py
 	$(BENCH)/bench_distill.py --dataset glyphs --rounds 20
 	$(BENCH)/bench_student_agreement.py
+	$(BENCH)/bench_student_spread.py --sweep-dir runs/sweeps/demo_settings
 	$(BENCH)/bench_fusion.py --out simulations/results/fusion.md
 	$(BENCH)/bench_overhead.py --repeats 40
 	$(BENCH)/bench_scale.py

@@ -111,7 +111,8 @@ def main() -> None:
     print(f"{len(jobs)} students on {args.workers} worker(s) ...", flush=True)
     with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
         results = list(pool.map(distil_once, jobs))
-    (work / "students.json").write_text(json.dumps(results, indent=1))  # the raw figures, kept with the outputs
+    (work / "students.json").write_text(json.dumps(results, indent=1))
+    print(f"each student's files, and every figure in students.json: {work}", flush=True)
     rows: dict[tuple[str, str], dict[int, list[dict[str, Any]]]] = {}
     for (kind, tseed), r in zip(keys, results, strict=True):
         r["gap"] = 100 * (r["teacher_acc"] - r["acc_int8"])
@@ -133,7 +134,9 @@ def main() -> None:
         "proxy images; 360 test images, only to report) once per distillation seed "
         f"({', '.join(map(str, args.seeds))}). *Gap*: the teacher's test accuracy minus the int8 student's, "
         "points (one test image is 0.28). *Speed-up*: the teacher's torch ms at batch 64 over the student's, "
-        "one thread, median over the runs (two runs shared the machine, so it is noisier than distill.md's).", "",
+        "one thread, median over the runs"
+        + (f" ({args.workers} runs shared the machine, so it is noisier than distill.md's)." if args.workers > 1
+           else "."), "",
         "| teacher | configuration | student(s) | params fewer | bytes fewer | "
         + " | ".join(f"gap, teacher seed {s}" for s in tseeds)
         + f" | gap mean ± sd | runs within {BOUND:g} | speed-up b64 |",

@@ -83,15 +83,17 @@ def run_splits(run_dir: Path) -> tuple[str, int, Any]:
     return cfg.data.dataset, cfg.federation.seed, make_splits(cfg.split_spec())
 
 
-def load_run_model(run_dir: Path, splits: Any) -> tuple[ModelSpec, torch.nn.Module]:
-    """The global model of a run directory, built from the run's own settings (model, width, norm) and made
-    ready for evaluation as the server evaluates it (static batch statistics frozen on the proxy inputs)."""
+def load_run_model(run_dir: Path) -> tuple[Any, ModelSpec, torch.nn.Module]:
+    """A run directory's own splits (:func:`run_splits`) and its global model, built from the run's own settings
+    (model, width, norm) and made ready for evaluation as the server evaluates it (static batch statistics frozen
+    on the proxy inputs). The model always comes with the splits it was trained beside, never another seed's."""
+    splits = run_splits(run_dir)[2]
     settings = json.loads((run_dir / "config.json").read_text())
     spec = ModelSpec(settings["model"], splits.input_shape, splits.num_classes, float(settings["model-width"]),
                      settings["model-norm"])
     model = build_model(spec)
     model.load_state_dict(torch.load(run_dir / "global_model.pt", weights_only=True))
-    return spec, for_evaluation(model, splits)
+    return splits, spec, for_evaluation(model, splits)
 
 
 def row_from_card(label: str, card: dict[str, Any]) -> dict[str, Any]:
@@ -133,10 +135,10 @@ def main() -> None:
     if teacher_run is None:
         print(f"training the teacher (full-width FedAvg, {args.rounds} rounds) ...", flush=True)
         teacher_run = train_federated({"dataset": args.dataset}, work / "runs", args.rounds)
-    dataset, seed, splits = run_splits(teacher_run)
+    dataset, seed, _ = run_splits(teacher_run)
     if dataset != args.dataset:
         ap.error(f"--teacher-run {teacher_run} was trained on {dataset!r}, not on --dataset {args.dataset!r}")
-    tspec, teacher = load_run_model(teacher_run, splits)
+    splits, tspec, teacher = load_run_model(teacher_run)
 
     cfg = DistillConfig()
     print("KD with search ...", flush=True)
@@ -163,7 +165,7 @@ def main() -> None:
     t0 = time.perf_counter()
     fl_run = train_federated({"dataset": args.dataset, "seed": seed, "model": kd.student_spec.name,
                               "model-width": kd.student_spec.width}, work / "runs", fl_rounds)
-    _, fl = load_run_model(fl_run, splits)
+    _, _, fl = load_run_model(fl_run)  # the same seed's splits as the teacher's
     fl_acc = evaluate(fl, splits.test).accuracy
     prune_student(fl, cfg.prune_amount)
     finalize_pruning(fl)

@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_distill import load_run_model, train_federated  # noqa: E402
 
-from fedshrink.data import SplitSpec, make_splits  # noqa: E402
 from fedshrink.distill import DistillConfig, distill_and_export  # noqa: E402
 from fedshrink.distill.fold import freeze_on  # noqa: E402
 from fedshrink.distill.kd import build_transfer_set, distill  # noqa: E402
@@ -52,9 +51,8 @@ def main() -> None:
         "student_agreement.md" if args.dataset == "digits" else f"student_agreement_{args.dataset}.md")
     t_all = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench_agreement_"))
-    splits = make_splits(SplitSpec(dataset=args.dataset))
     print("training the teacher (full-width FedAvg, 40 rounds) ...", flush=True)
-    tspec, teacher = load_run_model(train_federated({"dataset": args.dataset}, work / "runs"), splits)
+    splits, tspec, teacher = load_run_model(train_federated({"dataset": args.dataset}, work / "runs"))
     t_acc = evaluate(teacher, splits.test).accuracy
     cfg = DistillConfig()
     search = cfg.search_settings()

@@ -43,10 +43,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_distill import load_run_model, run_splits  # noqa: E402
+from bench_distill import load_run_model  # noqa: E402
 
 from fedshrink.distill import DistillConfig, distill_and_export  # noqa: E402
 from fedshrink.sweep import open_sweep  # noqa: E402
+from fedshrink.sweep.results import mean_sd  # noqa: E402
 
 DEFAULT_OUT = ROOT / "simulations" / "results" / "student_spread.md"
 TEACHERS = ("shipped", "fedavg")
@@ -61,9 +62,7 @@ BOUND = 1.5  # points: the compression frontier's bound on the student's gap
 
 @lru_cache(maxsize=8)
 def _teacher(run_dir: str) -> tuple[Any, Any, Any]:
-    splits = run_splits(Path(run_dir))[2]
-    spec, model = load_run_model(Path(run_dir), splits)
-    return splits, spec, model
+    return load_run_model(Path(run_dir))
 
 
 def distil_once(job: tuple[str, str, dict[str, Any], int, str]) -> dict[str, Any]:
@@ -149,11 +148,13 @@ def main() -> None:
         pr = [r["teacher_params"] / r["params"] for r in every]
         br = [r["teacher_bytes"] / r["bytes"] for r in every]
         cells = [_range([r["gap"] for r in per_seed[s]]) if s in per_seed else "-" for s in tseeds]
-        sd = statistics.stdev(gaps) if len(gaps) > 1 else 0.0
+        stats = mean_sd(gaps)
+        assert stats is not None  # every row holds at least one run
+        mean, sd = stats
         within = sum(g <= BOUND + 1e-9 for g in gaps)
         lines.append(
             f"| {kind} | {name} | {students} | {min(pr):.1f}x | {min(br):.1f}x | " + " | ".join(cells)
-            + f" | {statistics.mean(gaps):.2f} ± {sd:.2f} | {within} of {len(gaps)} | "
+            + f" | {mean:.2f} ± {sd:.2f} | {within} of {len(gaps)} | "
             f"{statistics.median(r['speedup64'] for r in every):.1f}x |")
     lines += ["", "Configurations:", ""]
     lines += [

@@ -73,9 +73,10 @@ results: results-sweeps results-measure
 
 # the sweeps: each sweep file simulations/sweeps/NAME.toml is run into runs/sweeps/NAME (finished runs are
 # skipped, so an interrupted `make results` resumes) and its analysis simulations/benchmarks/bench_NAME.py
-# writes simulations/results/NAME.md; then the three reruns under simulations/sweeps/reruns/
+# writes simulations/results/NAME.md, in byte order of the names (fragments_glyphs after fragments: its
+# analysis rewrites fragments.md with both); then the three reruns under simulations/sweeps/reruns/
 results-sweeps: $(SIM)
-	@set -e; for f in simulations/sweeps/*.toml; do \
+	@set -e; for f in $(sort $(wildcard simulations/sweeps/*.toml)); do \
 		name=$$(basename $$f .toml); \
 		$(SWEEP) $$f --out runs/sweeps/$$name --workers $(SWEEP_WORKERS); \
 		$(BENCH)/bench_$$name.py --sweep-dir runs/sweeps/$$name; \

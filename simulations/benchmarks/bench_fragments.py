@@ -12,7 +12,9 @@ divided by the run's.
     fedshrink sweep simulations/sweeps/fragments.toml --out runs/sweeps/fragments
     python simulations/benchmarks/bench_fragments.py --sweep-dir runs/sweeps/fragments [--out FILE]
 
-(``make results`` runs both.) Runs the sweep has not finished are left out of the tables.
+(``make results`` runs both.) Runs the sweep has not finished are left out of the tables. With
+``--glyphs-sweep-dir DIR`` (as ``bench_fragments_glyphs.py`` runs it) the same tables follow for the
+``fragments_glyphs`` sweep, the second data set.
 """
 
 from __future__ import annotations
@@ -60,13 +62,14 @@ def target_of(fedavg: Rounds) -> float:
     return float(fedavg[-1]["accuracy"]) - MARGIN
 
 
-def header(sweep: SweepRuns, runs: dict[str, dict[int, Rounds]], command: str) -> list[str]:
+def header(sweep: SweepRuns, runs: dict[str, dict[int, Rounds]], by: str) -> list[str]:
+    """The file's opening: ``by`` says which command wrote it (in backticks)."""
     cfg = next(iter(sweep.of("fedavg").values())).config
     mix = next((str(r.config.get("profile-mix")) for r in sweep.runs.values() if r.config.get("profile-mix")), "")
     host = sum(float(r.summary.get("seconds", 0.0)) for r in sweep.runs.values())
     return [
         "# Heterogeneous fragments against full-width FedAvg", "",
-        f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by `{command}` from the sweep "
+        f"Generated {time.strftime('%Y-%m-%dT%H:%M:%S')} by {by} from the sweep "
         f"`{sweep.plan.get('source') or SWEEP_FILE}`, whose runs "
         f"were made by `{sweep.plan.get('command', '')}` ({len(sweep.runs)} runs, {host:.0f} s of measured host "
         f"wall time summed over runs; torch 1 thread per run, {sweep.plan.get('engine')} engine).", "",
@@ -87,8 +90,8 @@ def header(sweep: SweepRuns, runs: dict[str, dict[int, Rounds]], command: str) -
     ]
 
 
-def summary_table(runs: dict[str, dict[int, Rounds]]) -> list[str]:
-    lines = ["## Summary (mean ± sd over seeds)", "",
+def summary_table(runs: dict[str, dict[int, Rounds]], level: str = "##") -> list[str]:
+    lines = [f"{level} Summary (mean ± sd over seeds)", "",
              "| run | final accuracy % | best accuracy % | reached target (seeds) | uplink bytes to target | "
              "saving vs FedAvg | total uplink | total downlink |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -112,8 +115,8 @@ def summary_table(runs: dict[str, dict[int, Rounds]]) -> list[str]:
     return lines
 
 
-def per_seed_table(runs: dict[str, dict[int, Rounds]]) -> list[str]:
-    lines = ["", "## Per seed", "", "| run | seed | FedAvg final % | target % | FedAvg bytes to target | "
+def per_seed_table(runs: dict[str, dict[int, Rounds]], level: str = "##") -> list[str]:
+    lines = ["", f"{level} Per seed", "", "| run | seed | FedAvg final % | target % | FedAvg bytes to target | "
              "run's round / bytes to target | saving |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, per_seed in runs.items():
         if name == "fedavg":
@@ -130,14 +133,14 @@ def per_seed_table(runs: dict[str, dict[int, Rounds]]) -> list[str]:
     return lines
 
 
-def curves_tables(runs: dict[str, dict[int, Rounds]], num_rounds: int) -> list[str]:
+def curves_tables(runs: dict[str, dict[int, Rounds]], num_rounds: int, level: str = "##") -> list[str]:
     marks = sorted({1, *range(5, num_rounds + 1, 5), num_rounds})
-    lines = ["", "## Accuracy per round (mean over seeds, %)", "",
+    lines = ["", f"{level} Accuracy per round (mean over seeds, %)", "",
              "| run | " + " | ".join(f"r{m}" for m in marks) + " |", "|---|" + "---:|" * len(marks)]
     for name, per_seed in runs.items():
         cells = [f"{100 * statistics.mean(r[m - 1]['accuracy'] for r in per_seed.values()):.1f}" for m in marks]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "## Cumulative uplink / downlink bytes (mean over seeds)", "",
+    lines += ["", f"{level} Cumulative uplink / downlink bytes (mean over seeds)", "",
               "| run | " + " | ".join(f"r{m}" for m in marks) + " |", "|---|" + "---:|" * len(marks)]
     for name, per_seed in runs.items():
         cells = []
@@ -149,11 +152,11 @@ def curves_tables(runs: dict[str, dict[int, Rounds]], num_rounds: int) -> list[s
     return lines
 
 
-def widths_table(runs: dict[str, dict[int, Rounds]]) -> list[str]:
+def widths_table(runs: dict[str, dict[int, Rounds]], level: str = "##") -> list[str]:
     policies = [p for p in POLICIES if p in runs]
     widths = sorted({k for name in policies for r in runs[name].values() for k in r[-1].get("accuracy-width", {})},
                     key=float)
-    lines = ["", "## Final accuracy of every width's sub-model (static prefix, mean ± sd, %)", "",
+    lines = ["", f"{level} Final accuracy of every width's sub-model (static prefix, mean ± sd, %)", "",
              "| run | " + " | ".join(f"width {w}" for w in widths) + " | global (width 1) |",
              "|---|" + "---:|" * (len(widths) + 1)]
     for name in policies:
@@ -179,14 +182,15 @@ def ablations_table(runs: dict[str, dict[int, Rounds]], ablations: dict[str, Rou
     return lines
 
 
-def thresholds_table(runs: dict[str, dict[int, Rounds]]) -> list[str]:
-    lines = ["", "## Bytes to lower thresholds (mean over seeds that reached it)", "",
+def thresholds_table(runs: dict[str, dict[int, Rounds]], thresholds: tuple[int, ...] = THRESHOLDS,
+                     level: str = "##") -> list[str]:
+    lines = ["", f"{level} Bytes to lower thresholds (mean over seeds that reached it)", "",
              "Cumulative uplink bytes to first reach each accuracy; in brackets, FedAvg's bytes to the same "
              "accuracy divided by the run's (the saving).", "",
-             "| run | " + " | ".join(f"{t}%" for t in THRESHOLDS) + " |", "|---|" + "---:|" * len(THRESHOLDS)]
+             "| run | " + " | ".join(f"{t}%" for t in thresholds) + " |", "|---|" + "---:|" * len(thresholds)]
     for name, per_seed in runs.items():
         cells = []
-        for t in THRESHOLDS:
+        for t in thresholds:
             pairs = [(bytes_to_reach(r, t / 100), bytes_to_reach(runs["fedavg"][seed], t / 100))
                      for seed, r in per_seed.items()]
             ok = [(b, f) for b, f in pairs if b is not None and f is not None]
@@ -211,23 +215,62 @@ def collect(sweep: SweepRuns) -> tuple[dict[str, dict[int, Rounds]], dict[str, R
     return runs, ablations, seed
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "fragments")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = ap.parse_args()
-    sweep = open_sweep(args.sweep_dir)
-    runs, ablations, seed = collect(sweep)
-    command = f"python simulations/benchmarks/bench_fragments.py --sweep-dir {args.sweep_dir}"
-    if args.out.resolve() != DEFAULT_OUT:
-        shown = args.out.resolve().relative_to(ROOT) if args.out.resolve().is_relative_to(ROOT) else args.out
-        command += f" --out {shown}"
+def glyphs_section(glyphs: SweepRuns) -> list[str]:
+    """The same tables for the glyphs sweep (FedAvg and the static policy, the second data set)."""
+    runs, _, _ = collect(glyphs)
+    cfg = next(iter(glyphs.of("fedavg").values())).config
+    host = sum(float(r.summary.get("seconds", 0.0)) for r in glyphs.runs.values())
+    thresholds = tuple(round(100 * t) for t in glyphs.plan.get("targets") or ()) or THRESHOLDS
     num_rounds = min(len(r) for per_seed in runs.values() for r in per_seed.values())
-    lines = [*header(sweep, runs, command), *summary_table(runs), *per_seed_table(runs),
+    lines = ["", f"## On {cfg.get('dataset')}", "",
+             f"The second data set, the generated 28x28 glyphs, never tuned on: the same FedAvg and static-policy "
+             f"runs with every setting above, on `dataset = {cfg.get('dataset')}`, {cfg.get('num-server-rounds')} "
+             f"rounds instead of 50 (a glyphs round costs about 30 digits rounds here), seeds "
+             f"{sorted(runs['fedavg'])}. Runs made by "
+             f"`{glyphs.plan.get('command', '')}` from `{glyphs.plan.get('source', '')}` ({len(glyphs.runs)} runs, "
+             f"{host:.0f} s of measured host wall time summed over runs). Target per seed: "
+             "FedAvg's final accuracy on glyphs minus 1.5 points.", ""]
+    lines += summary_table(runs, "###") + per_seed_table(runs, "###") + curves_tables(runs, num_rounds, "###")
+    lines += widths_table(runs, "###") + thresholds_table(runs, thresholds, "###")
+    return lines
+
+
+def build(sweep_dir: Path, glyphs_dir: Path | None, command: str, glyphs_command: str) -> list[str]:
+    """fragments.md: the digits sweep's tables, then the glyphs sweep's when it has a finished FedAvg run."""
+    sweep = open_sweep(sweep_dir)
+    runs, ablations, seed = collect(sweep)
+    num_rounds = min(len(r) for per_seed in runs.values() for r in per_seed.values())
+    by = f"`{command}`" if glyphs_dir is None else f"`{glyphs_command}` (the same digits tables as `{command}`)"
+    lines = [*header(sweep, runs, by), *summary_table(runs), *per_seed_table(runs),
              *curves_tables(runs, num_rounds), *widths_table(runs)]
     if ablations and "fedavg" in runs:
         lines += ablations_table(runs, ablations, seed)
     lines += thresholds_table(runs)
+    if glyphs_dir is not None:
+        lines += glyphs_section(open_sweep(glyphs_dir))
+    return lines
+
+
+def shown(path: Path) -> Path:
+    """A path as the command line would give it: relative to the repository when it is inside it."""
+    return path.resolve().relative_to(ROOT) if path.resolve().is_relative_to(ROOT) else path
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "fragments")
+    ap.add_argument("--glyphs-sweep-dir", type=Path, default=None,
+                    help="the fragments_glyphs sweep, whose tables follow the digits ones (bench_fragments_glyphs.py "
+                         "passes it)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    out = "" if args.out.resolve() == DEFAULT_OUT else f" --out {shown(args.out)}"
+    digits = shown(args.sweep_dir)
+    command = f"python simulations/benchmarks/bench_fragments.py --sweep-dir {digits}{out}"
+    glyphs_command = (f"python simulations/benchmarks/bench_fragments_glyphs.py --sweep-dir "
+                      f"{shown(args.glyphs_sweep_dir or Path('runs/sweeps/fragments_glyphs'))}"
+                      + ("" if digits == Path("runs/sweeps/fragments") else f" --digits-sweep-dir {digits}") + out)
+    lines = build(args.sweep_dir, args.glyphs_sweep_dir, command, glyphs_command)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -30,11 +30,11 @@ def test_every_sweep_file_is_valid_and_has_an_analysis() -> None:
     assert len(load_sweep(SWEEPS / "privacy.toml").runs) == 48
 
 
-def tiny(name: str, keep: Callable[[dict[str, Any]], dict[str, Any] | None]) -> SweepSpec:
+def tiny(name: str, keep: Callable[[dict[str, Any]], dict[str, Any] | None], **base: Any) -> SweepSpec:
     path = SWEEPS / f"{name}.toml"
     data = tomllib.loads(path.read_text())
     data.update({"num-clients": 4, "seeds": [1], "workers": 1})  # one worker: in this process, no pool to start
-    data["base"] = {**data["base"], "num-server-rounds": 2, "local-epochs": 1, "model": "mlp"}
+    data["base"] = {**data["base"], "num-server-rounds": 2, "local-epochs": 1, "model": "mlp", **base}
     data["runs"] = [r for r in (keep({k: v for k, v in run.items() if k != "seeds"}) for run in data["runs"]) if r]
     return SweepSpec.from_mapping(data, name=name, source=str(path.relative_to(ROOT)))
 
@@ -67,6 +67,30 @@ def test_fragments_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for section in ("## Summary (mean ± sd over seeds)", "## Per seed", "## Accuracy per round",
                     "## Ablations (static policy, seed 1)", "| static, no fusion |", "## Bytes to lower thresholds"):
         assert section in text
+
+
+def test_fragments_glyphs_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_fragments_glyphs.py rewrites fragments.md: the digits tables, then the glyphs sweep's."""
+    digits = tiny("fragments", lambda r: r if r["name"] in ("fedavg", "static") else None)
+    run_sweep(digits, tmp_path / "digits", say=lambda _: None)
+    assert tomllib.loads((SWEEPS / "fragments_glyphs.toml").read_text())["base"]["dataset"] == "glyphs"
+    glyphs = tiny("fragments_glyphs", lambda r: r, dataset="digits")  # digits stands in: glyphs take minutes to make
+    assert glyphs.configs == ["fedavg", "static"]
+    run_sweep(glyphs, tmp_path / "glyphs", say=lambda _: None)
+    text = analyse("bench_fragments_glyphs", tmp_path / "glyphs", tmp_path / "fragments.md", monkeypatch,
+                   "--digits-sweep-dir", str(tmp_path / "digits"))
+    head, _, tail = text.partition("\n## On digits\n")
+    assert head.startswith("# Heterogeneous fragments against full-width FedAvg\n") and "## Per seed" in head
+    assert "bench_fragments_glyphs.py --sweep-dir" in head and "(the same digits tables as `python" in head
+    assert "from `simulations/sweeps/fragments_glyphs.toml`" in tail
+    fedavg = next(iter(open_sweep(tmp_path / "glyphs").of("fedavg").values())).summary["accuracy"]
+    assert f"| fedavg | {100 * fedavg:.2f} ± 0.00 |" in tail
+    for section in ("### Summary", "### Per seed", "### Accuracy per round", "| 60% | 70% | 80% | 90% |"):
+        assert section in tail
+    assert "## Ablations" not in tail
+    monkeypatch.setattr(sys, "argv", ["bench_fragments_glyphs", "--sweep-dir", str(tmp_path / "none")])
+    with pytest.raises(SystemExit):  # no sweep there: a usage error naming the sweep to run
+        load_script("bench_fragments_glyphs", monkeypatch).main()
 
 
 def test_robustness_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

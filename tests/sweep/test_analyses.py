@@ -55,11 +55,18 @@ def analyse(script: str, sweep_dir: Path, out: Path, monkeypatch: pytest.MonkeyP
     return out.read_text()
 
 
-def test_fragments_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(scope="module")
+def fragments_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny fragments sweep: FedAvg, the static policy and one ablation."""
+    path = tmp_path_factory.mktemp("fragments") / "sweep"
     spec = tiny("fragments", lambda r: r if r["name"] in ("fedavg", "static", "static, no fusion") else None)
-    run_sweep(spec, tmp_path / "sweep", say=lambda _: None)
-    text = analyse("bench_fragments", tmp_path / "sweep", tmp_path / "fragments.md", monkeypatch)
-    sweep = open_sweep(tmp_path / "sweep")
+    run_sweep(spec, path, say=lambda _: None)
+    return path
+
+
+def test_fragments_analysis(fragments_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = analyse("bench_fragments", fragments_sweep, tmp_path / "fragments.md", monkeypatch)
+    sweep = open_sweep(fragments_sweep)
     assert text.startswith("# Heterogeneous fragments against full-width FedAvg\n")
     assert "from the sweep `simulations/sweeps/fragments.toml`" in text and "bench_fragments.py --sweep-dir" in text
     fedavg = next(iter(sweep.of("fedavg").values())).summary["accuracy"]
@@ -69,16 +76,14 @@ def test_fragments_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         assert section in text
 
 
-def test_fragments_glyphs_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fragments_glyphs_analysis(fragments_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """bench_fragments_glyphs.py rewrites fragments.md: the digits tables, then the glyphs sweep's."""
-    digits = tiny("fragments", lambda r: r if r["name"] in ("fedavg", "static") else None)
-    run_sweep(digits, tmp_path / "digits", say=lambda _: None)
     assert tomllib.loads((SWEEPS / "fragments_glyphs.toml").read_text())["base"]["dataset"] == "glyphs"
     glyphs = tiny("fragments_glyphs", lambda r: r, dataset="digits")  # digits stands in: glyphs take minutes to make
     assert glyphs.configs == ["fedavg", "static"]
     run_sweep(glyphs, tmp_path / "glyphs", say=lambda _: None)
     text = analyse("bench_fragments_glyphs", tmp_path / "glyphs", tmp_path / "fragments.md", monkeypatch,
-                   "--digits-sweep-dir", str(tmp_path / "digits"))
+                   "--digits-sweep-dir", str(fragments_sweep))
     head, _, tail = text.partition("\n## On digits\n")
     assert head.startswith("# Heterogeneous fragments against full-width FedAvg\n") and "## Per seed" in head
     assert "bench_fragments_glyphs.py --sweep-dir" in head and "(the same digits tables as `python" in head
@@ -87,7 +92,7 @@ def test_fragments_glyphs_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert f"| fedavg | {100 * fedavg:.2f} ± 0.00 |" in tail
     for section in ("### Summary", "### Per seed", "### Accuracy per round", "| 60% | 70% | 80% | 90% |"):
         assert section in tail
-    assert "## Ablations" not in tail
+    assert "## Ablations (static policy, seed 1)" in head and "## Ablations" not in tail
     monkeypatch.setattr(sys, "argv", ["bench_fragments_glyphs", "--sweep-dir", str(tmp_path / "none")])
     with pytest.raises(SystemExit):  # no sweep there: a usage error naming the sweep to run
         load_script("bench_fragments_glyphs", monkeypatch).main()

@@ -222,11 +222,14 @@ def glyphs_section(glyphs: SweepRuns) -> list[str]:
     host = sum(float(r.summary.get("seconds", 0.0)) for r in glyphs.runs.values())
     thresholds = tuple(round(100 * t) for t in glyphs.plan.get("targets") or ()) or THRESHOLDS
     num_rounds = min(len(r) for per_seed in runs.values() for r in per_seed.values())
+    per_round = {name: statistics.mean(float(r.summary.get("seconds", 0.0)) / max(1, len(r.rounds))
+                                       for r in glyphs.of(name).values()) for name in runs}
     lines = ["", f"## On {cfg.get('dataset')}", "",
              f"The second data set, the generated 28x28 glyphs, never tuned on: the same FedAvg and static-policy "
              f"runs with every setting above, on `dataset = {cfg.get('dataset')}`, {cfg.get('num-server-rounds')} "
-             f"rounds instead of 50 (a glyphs round costs about 30 digits rounds here), seeds "
-             f"{sorted(runs['fedavg'])}. Runs made by "
+             "rounds instead of 50 (measured host wall time per round: "
+             + ", ".join(f"{name} {sec:.0f} s" for name, sec in per_round.items())
+             + f"), seeds {sorted(runs['fedavg'])}. Runs made by "
              f"`{glyphs.plan.get('command', '')}` from `{glyphs.plan.get('source', '')}` ({len(glyphs.runs)} runs, "
              f"{host:.0f} s of measured host wall time summed over runs). Target per seed: "
              "FedAvg's final accuracy on glyphs minus 1.5 points.", ""]
@@ -236,7 +239,7 @@ def glyphs_section(glyphs: SweepRuns) -> list[str]:
 
 
 def build(sweep_dir: Path, glyphs_dir: Path | None, command: str, glyphs_command: str) -> list[str]:
-    """fragments.md: the digits sweep's tables, then the glyphs sweep's when it has a finished FedAvg run."""
+    """fragments.md: the digits sweep's tables, then, when ``glyphs_dir`` is given, the glyphs sweep's."""
     sweep = open_sweep(sweep_dir)
     runs, ablations, seed = collect(sweep)
     num_rounds = min(len(r) for per_seed in runs.values() for r in per_seed.values())

@@ -74,23 +74,27 @@ def train_federated(overrides: dict[str, Any], base: Path, rounds: int = 40) -> 
     return res.run_dir
 
 
-def run_splits(run_dir: Path) -> tuple[str, int, Any]:
-    """The data set, seed and splits a run directory was trained and evaluated on (its own config.json).
+def run_config(run_dir: Path) -> RunConfig:
+    """A run directory's settings (its config.json)."""
+    return RunConfig.from_json((run_dir / "config.json").read_text())
+
+
+def run_splits(run_dir: Path) -> tuple[RunConfig, Any]:
+    """A run directory's settings and the splits it was trained and evaluated on.
 
     The test and proxy splits follow the run's seed, so a teacher from a run with another seed than 42 is only
     measured on its own test split (another seed's test images may be among its clients' training images)."""
-    cfg = RunConfig.from_json((run_dir / "config.json").read_text())
-    return cfg.data.dataset, cfg.federation.seed, make_splits(cfg.split_spec())
+    cfg = run_config(run_dir)
+    return cfg, make_splits(cfg.split_spec())
 
 
 def load_run_model(run_dir: Path) -> tuple[Any, ModelSpec, torch.nn.Module]:
     """A run directory's own splits (:func:`run_splits`) and its global model, built from the run's own settings
     (model, width, norm) and made ready for evaluation as the server evaluates it (static batch statistics frozen
     on the proxy inputs). The model always comes with the splits it was trained beside, never another seed's."""
-    splits = run_splits(run_dir)[2]
-    settings = json.loads((run_dir / "config.json").read_text())
-    spec = ModelSpec(settings["model"], splits.input_shape, splits.num_classes, float(settings["model-width"]),
-                     settings["model-norm"])
+    cfg, splits = run_splits(run_dir)
+    spec = ModelSpec(cfg.model.model, splits.input_shape, splits.num_classes, cfg.model.model_width,
+                     cfg.model.model_norm)
     model = build_model(spec)
     model.load_state_dict(torch.load(run_dir / "global_model.pt", weights_only=True))
     return splits, spec, for_evaluation(model, splits)
@@ -135,7 +139,8 @@ def main() -> None:
     if teacher_run is None:
         print(f"training the teacher (full-width FedAvg, {args.rounds} rounds) ...", flush=True)
         teacher_run = train_federated({"dataset": args.dataset}, work / "runs", args.rounds)
-    dataset, seed, _ = run_splits(teacher_run)
+    teacher_cfg = run_config(teacher_run)  # its settings only: load_run_model makes its splits
+    dataset, seed = teacher_cfg.data.dataset, teacher_cfg.federation.seed
     if dataset != args.dataset:
         ap.error(f"--teacher-run {teacher_run} was trained on {dataset!r}, not on --dataset {args.dataset!r}")
     splits, tspec, teacher = load_run_model(teacher_run)

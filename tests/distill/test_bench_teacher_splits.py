@@ -26,8 +26,8 @@ def _run_dir(tmp_path: Path, **values: object) -> Path:
 
 
 def test_a_teacher_run_is_measured_on_its_own_seeds_splits(tmp_path: Path) -> None:
-    dataset, seed, splits = run_splits(_run_dir(tmp_path, seed=1))
-    assert (dataset, seed) == ("digits", 1)
+    cfg, splits = run_splits(_run_dir(tmp_path, seed=1))
+    assert (cfg.data.dataset, cfg.federation.seed) == ("digits", 1)
     own, default = make_splits(SplitSpec(seed=1)), make_splits(SplitSpec())
     np.testing.assert_array_equal(splits.test.x, own.test.x)
     np.testing.assert_array_equal(splits.proxy.x, own.proxy.x)
@@ -36,7 +36,7 @@ def test_a_teacher_run_is_measured_on_its_own_seeds_splits(tmp_path: Path) -> No
 
 
 def test_a_teacher_runs_split_fractions_are_its_own(tmp_path: Path) -> None:
-    _, _, splits = run_splits(_run_dir(tmp_path, **{"test-fraction": 0.3, "proxy-fraction": 0.05}))
+    _, splits = run_splits(_run_dir(tmp_path, **{"test-fraction": 0.3, "proxy-fraction": 0.05}))
     n = len(splits.test) + len(splits.proxy) + len(splits.train)
     assert len(splits.test) == pytest.approx(0.3 * n, abs=2)
     assert len(splits.test) != len(make_splits(SplitSpec()).test)

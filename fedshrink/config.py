@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fedshrink.compression.chain import ChainConfig
 from fedshrink.compression.settings import ChainSettings
 from fedshrink.data import PartitionScheme, SplitSpec
 from fedshrink.data.settings import DataSettings
@@ -80,6 +81,14 @@ class RunConfig:
         if self.devices.absent_updates == "reuse" and self.absent_updates_blocker:
             raise ConfigError("absent-updates", "reuse", f"'drop' or 'auto' when {self.absent_updates_blocker} is "
                               "set (it assumes each update counts once)")
+        if self.chains.downlink_start == "seed" and not self.chains.downlink_delta:
+            raise ConfigError("downlink-start", "seed", "'sent' when downlink-delta is '' (a client keeps the model "
+                              "it builds only as its downlink reference)")
+        uplinks = (("uplink-chain", self.chains.uplink_chain), ("profile-uplink", self.fragments.profile_uplink))
+        for key, chain in uplinks:
+            if self.privacy.enabled and chain and ChainConfig.parse(chain).flat:
+                raise ConfigError(key, chain, "a chain without 'flat|' when dp-mode is set (the privacy step clips "
+                                  "tensor by tensor)")
         self.privacy.check_with(defence=self.robust.defence, norm_guard=self.robust.norm_guard,
                                 pruned_as_zero=self.fragments_enabled and self.fragments.pruned_as_zero)
 

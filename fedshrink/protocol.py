@@ -41,7 +41,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 
 from fedshrink.compression import DecodeLimits
 from fedshrink.compression.chain import ChainConfig
-from fedshrink.compression.flower import UPDATE_KEY, check_chain, parse_record
+from fedshrink.compression.flower import FLAT_KEY, UPDATE_KEY, FlatLayout, check_chain, parse_record
 from fedshrink.compression.pruning import decode_masks
 from fedshrink.compression.wire import ParsedTensor, decode_parsed_array
 from fedshrink.devices.budget import Budget
@@ -52,7 +52,7 @@ from fedshrink.fragments.nested import NestedConfig
 from fedshrink.fragments.spec import FragmentSpec
 from fedshrink.models.registry import ModelSpec
 from fedshrink.privacy.client import WITHIN_METRIC, ClientPrivacy
-from fedshrink.resources.meter import ResourceRecord
+from fedshrink.resources.meter import WIRE_FLOATS, WIRE_INTS, ResourceRecord
 from fedshrink.training import TrainSettings
 
 T = TypeVar("T")
@@ -188,6 +188,8 @@ class TrainInstruction:
     downlink_reference: bool = False  # the client keeps the model it receives as its downlink reference
     downlink_base: int = 0  # > 0: ``deltas`` take the reference the client holds from this round to this one's
     deltas: tuple[ArrayRecord, ...] = ()  # encoded downlink deltas, in order (``model`` is then empty)
+    start_seed: int | None = None  # set: build the run's starting model from this seed (``model`` is then empty)
+    start_digest: int = 0  # the digest (fragments.start.state_digest) that model must have
 
     @property
     def width(self) -> float:
@@ -216,6 +218,8 @@ class TrainInstruction:
         if self.downlink_reference:
             cfg.update({"downlink-reference": True, "downlink-base": self.downlink_base,
                         "downlink-deltas": len(self.deltas)})
+            if self.start_seed is not None:
+                cfg.update({"start-seed": self.start_seed, "start-digest": self.start_digest})
         content = RecordDict({ARRAYS: self.model, CONFIG: ConfigRecord(cfg)})
         for i, delta in enumerate(self.deltas):
             content[f"{DELTA}{i}"] = delta
@@ -265,10 +269,16 @@ def _parse_instruction(items: tuple[tuple[str, str, str, Any], ...]) -> TrainIns
         raise instruction_error("fragment-spec", "(not shown)", f"a valid fragment spec ({exc})") from None
     profile = DeviceProfile.from_json(_str(cfg, "profile", "a profile as JSON")) if "profile" in cfg else None
     reference = "downlink-reference" in cfg and _bool(cfg, "downlink-reference")
+    seeded = reference and "start-seed" in cfg
+    base = _int(cfg, "downlink-base") if reference else 0
+    if seeded and base:
+        raise instruction_error("start-seed", cfg["start-seed"], "absent when downlink-base is set (a client "
+                                "builds the starting model only when it is sent no deltas)")
     return TrainInstruction(_int(cfg, "server-round"), spec, training, chain, ArrayRecord(), fragment, profile,
                             _bool(cfg, "input-scaling"), _read_nested(cfg), _bool(cfg, "derive-masks"),
-                            ClientPrivacy.from_values(cfg), reference,
-                            _int(cfg, "downlink-base") if reference else 0)
+                            ClientPrivacy.from_values(cfg), reference, base,
+                            start_seed=_int(cfg, "start-seed") if seeded else None,
+                            start_digest=_int(cfg, "start-digest") if seeded else 0)
 
 
 def fragment_digest(fragment: FragmentSpec | None) -> str:
@@ -335,6 +345,18 @@ class Expected:
     def numel(self) -> int:
         return sum(math.prod(s) for s in self.shapes.values())
 
+    @functools.cached_property
+    def flat_layout(self) -> FlatLayout | None:
+        """Where the floating-point tensors sit in the flat vector, when the uplink chain is ``flat``."""
+        if not _chain_config(self.chain).flat:
+            return None
+        return FlatLayout.expected(self.shapes, self.dtypes)
+
+
+@functools.lru_cache(maxsize=256)
+def _chain_config(chain: str) -> ChainConfig:
+    return ChainConfig.parse(chain)
+
 
 
 @dataclass(frozen=True)
@@ -361,8 +383,12 @@ def _check_metrics(metrics: Mapping[str, object], expected: Expected) -> dict[st
     """Every metric a finite int or float; the required ones present and sane; ints as ints."""
     out: dict[str, float] = {}
     for key, value in metrics.items():
+        if key in (WIRE_INTS, WIRE_FLOATS) and isinstance(value, list):  # the resource record's two lists
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                raise ReplyError(f"metric {key!r} holds a value that is not a finite number")
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            raise ReplyError(f"metric {key!r} is {value!r}, not a finite number")
+            raise ReplyError(f"metric {key!r} is {str(value)[:80]}, not a finite number")
         out[key] = value
     for key, kind in _REQUIRED_METRICS.items():
         value = metrics.get(key)
@@ -391,10 +417,23 @@ def _check_headers(record: ArrayRecord, expected: Expected) -> list[ParsedTensor
     if header.fragment != expected.fragment:
         raise ReplyError("update header names another fragment than the one sent")
     got = {p.name: p for p in parsed}
+    flat = expected.flat_layout
+    if flat is not None and flat.names:  # the floating-point tensors travel as one vector
+        p = got.pop(FLAT_KEY, None)
+        if p is None or not header.HasField("flat_layout") or header.flat_layout != flat.digest:
+            raise ReplyError(f"a flat chain's update must carry {FLAT_KEY!r} with the layout of the fragment sent")
+        if p.shape != (flat.numel,) or p.dtype != "float32":
+            raise ReplyError(f"flat update is {p.dtype}{list(p.shape)}, expected float32[{flat.numel}]")
+        check_chain(p, expected.chain)
+        got.update({name: p for name in flat.names})  # checked against the fragment's names below
+    elif header.HasField("flat_layout"):
+        raise ReplyError("update header has a flat layout, but the chain sent is not flat")
     if set(got) != set(expected.shapes):
         missing, extra = sorted(set(expected.shapes) - set(got)), sorted(set(got) - set(expected.shapes))
         raise ReplyError(f"tensor names differ from what was sent: missing {missing[:3]}, extra {extra[:3]}")
     for key, p in got.items():
+        if p.name == FLAT_KEY:
+            continue
         if p.shape != tuple(expected.shapes[key]) or p.dtype != expected.dtypes[key]:
             raise ReplyError(f"tensor {key!r} is {p.dtype}{list(p.shape)}, sent {expected.dtypes[key]}"
                              f"{list(expected.shapes[key])}")
@@ -407,7 +446,14 @@ def _decode(record: ArrayRecord, expected: Expected) -> tuple[dict[str, np.ndarr
     support: dict[str, np.ndarray] = {}
     try:
         for p in _check_headers(record, expected):
-            update[p.name], sent = decode_parsed_array(p)  # the decoder refuses non-finite floats
+            values, sent = decode_parsed_array(p)  # the decoder refuses non-finite floats
+            if p.name == FLAT_KEY:
+                assert expected.flat_layout is not None
+                update.update(expected.flat_layout.split(values))
+                if sent is not None:
+                    support.update(expected.flat_layout.split(sent))
+                continue
+            update[p.name] = values
             if sent is not None:
                 support[p.name] = sent
     except DecodeError as exc:
@@ -426,8 +472,9 @@ def read_train_reply(msg: Message, expected: Expected, *, nbytes: int) -> Accept
     allowed = {ARRAYS, METRICS} | ({MASKS} if expected.masks_allowed else set())
     if set(content) - allowed or ARRAYS not in content.array_records or METRICS not in content.metric_records:
         raise ReplyError(f"reply records {sorted(content)}; expected {sorted(allowed)}")
-    metrics = _check_metrics(content.metric_records[METRICS], expected)
-    resources = ResourceRecord.from_metrics(metrics) if ResourceRecord.present_in(metrics) else None
+    raw = content.metric_records[METRICS]
+    metrics = _check_metrics(raw, expected)  # the scalars (the resource record's lists are read below)
+    resources = ResourceRecord.from_metrics(raw) if ResourceRecord.present_in(raw) else None
     digest = metrics.get("mask-digest")
     if expected.mask_digest is not None and digest != expected.mask_digest:
         raise ReplyError(f"mask-digest {digest!r} is not {expected.mask_digest}, the digest of the prune masks "

@@ -172,3 +172,22 @@ def test_every_setting_refuses_a_bad_value_with_one_line_naming_it(key: str) -> 
     msg = str(err.value)
     assert err.value.key == key and "\n" not in msg and msg.startswith(f"invalid setting {key}=")
     assert err.value.allowed and err.value.allowed == setting.allowed()
+
+
+def test_profile_uplink_replaces_every_profiles_chain() -> None:
+    from fedshrink.client.node import NodeIdentity, node_profile
+
+    cfg = RunConfig.from_mapping({"profile-mix": "iot:0.5,laptop:0.5", "profile-uplink": "flat|topk:0.004|int8|zstd"})
+    own = RunConfig.from_mapping({"profile-mix": "iot:0.5,laptop:0.5"})
+    for pid in range(4):
+        node = NodeIdentity(pid, 4)
+        profile, plain = node_profile(cfg, node, {}, None), node_profile(own, node, {}, None)
+        assert profile is not None and plain is not None
+        assert profile.uplink == "flat|topk:0.004|quant:8|zstd:1" != plain.uplink
+        assert profile.width == plain.width and profile.downlink == plain.downlink
+    with pytest.raises(ConfigError, match="profile-uplink"):
+        RunConfig.from_mapping({"profile-uplink": "topk:2"})
+    with pytest.raises(ConfigError, match="downlink-start"):
+        RunConfig.from_mapping({"downlink-start": "seed"})  # needs downlink-delta
+    with pytest.raises(ConfigError, match="downlink-chain"):
+        RunConfig.from_mapping({"downlink-chain": "flat|int8"})

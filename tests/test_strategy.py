@@ -10,7 +10,7 @@ from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDic
 from flwr.serverapp.strategy import FedAvg
 from strategy_harness import HelloGrid, first_round, make_strategy, model_state, reply_to, zero_update
 
-from fedshrink.compression import STYPE
+from fedshrink.compression import FLAT_KEY, STYPE
 from fedshrink.runner.inprocess import server_identity
 from fedshrink.strategy.batch import UpdateBatch
 from fedshrink.strategy.rounds import sample_nodes, wanted_clients
@@ -199,3 +199,21 @@ def test_a_non_finite_aggregate_skips_the_round_and_keeps_the_model() -> None:
     arrays, metrics = s.aggregate_train(1, replies)
     assert arrays is None and metrics is not None and metrics["replies-good"] == 2
     assert s.outcomes[-1].skipped and "is not finite" in s.outcomes[-1].skip_reason
+
+
+def test_flat_uplink_is_split_along_the_fragment_sent() -> None:
+    """A ``flat|`` chain's reply: one vector, split back into the tensors sent; a reply whose layout is not the
+    one sent (tensors reordered) is dropped, naming the layout."""
+    glob = model_state()
+    shapes = {k: v.shape for k, v in glob.items()}
+    s = make_strategy(min_train_clients=1, uplink="flat|int8")
+    msgs = first_round(s, HelloGrid([1, 2]), glob)
+    update = {k: np.full(v, 0.25, np.float32) for k, v in shapes.items()}
+    good = reply_to(msgs[0], update, pid=0)
+    assert FLAT_KEY in good.content["arrays"]
+    reordered = reply_to(msgs[1], dict(reversed(list(update.items()))), pid=1)
+    arrays, metrics = s.aggregate_train(1, [good, reordered])
+    assert arrays is not None and metrics is not None and metrics["replies-good"] == 1
+    assert "layout" in s.outcomes[-1].dropped[0].reason
+    for k in glob:
+        np.testing.assert_allclose(arrays[k].numpy(), glob[k] + 0.25, atol=1e-6)

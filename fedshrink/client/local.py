@@ -29,13 +29,15 @@ from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from fedshrink.client.cache import decoded_downlink, whole_model
-from fedshrink.compression import Chain, ResidualStore, encode_state
+from fedshrink.compression import Chain, ResidualStore, decode_like, encode_state
 from fedshrink.compression.pruning import encode_masks, get_masks, mask_digest, remove_pruning
 from fedshrink.compression.reference import ClientReference, follow
 from fedshrink.data import LabelledArrays
+from fedshrink.errors import DecodeError
 from fedshrink.fakequant import fake_quantize_, remove_fake_quant
 from fedshrink.fragments.local import pruned_sub_model
 from fedshrink.fragments.nested import NestedDistiller
+from fedshrink.fragments.start import start_state, state_digest
 from fedshrink.privacy.client import private_uplink
 from fedshrink.protocol import TrainInstruction, TrainReply, fragment_digest
 from fedshrink.training import TrainResult, train_local
@@ -55,14 +57,28 @@ def received_model(instruction: TrainInstruction, state: RecordDict | None) -> d
     if state is None:
         raise ValueError("an instruction with a downlink reference needs the node's state")
     fragment = fragment_digest(instruction.fragment)
-    if instruction.downlink_base == 0:
+    if instruction.downlink_base == 0 and instruction.start_seed is not None:
+        held = ClientReference(built_start(instruction), instruction.server_round, fragment)
+    elif instruction.downlink_base == 0:
         held = ClientReference(decoded_downlink(instruction.model), instruction.server_round, fragment)
     else:
-        held = follow(ClientReference.load(state), instruction.downlink_base,
-                      [decoded_downlink(d) for d in instruction.deltas], server_round=instruction.server_round,
-                      fragment=fragment)
+        before = ClientReference.load(state)
+        like = before.tensors if before is not None else None  # a flat delta splits along the reference held
+        held = follow(before, instruction.downlink_base, [decode_like(d, like) for d in instruction.deltas],
+                      server_round=instruction.server_round, fragment=fragment)
     held.save(state)
     return dict(held.tensors)
+
+
+def built_start(instruction: TrainInstruction) -> dict[str, torch.Tensor]:
+    """The run's starting model (or fragment), built here from the instruction's seed; :class:`DecodeError`
+    when it is not the server's (its digest differs)."""
+    assert instruction.start_seed is not None
+    state = start_state(instruction.model_spec, instruction.start_seed, instruction.fragment)
+    if state_digest(state) != instruction.start_digest:
+        raise DecodeError("downlink", f"the model built from seed {instruction.start_seed} is not the server's "
+                          "(digests differ: another torch build?); the whole model comes next round")
+    return state
 
 
 def build_local_model(instruction: TrainInstruction, received: Mapping[str, torch.Tensor]) -> nn.Module:

@@ -8,10 +8,12 @@ see :mod:`fedshrink.devices.nodeconfig`), which wins over the run's mixes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from fedshrink.compression.chain import ChainConfig
 from fedshrink.config import RunConfig
 from fedshrink.devices import (
     Budget,
@@ -68,10 +70,15 @@ def node_profile(cfg: RunConfig, node: NodeIdentity, node_config: Mapping[str, o
     trains the whole model everywhere).
     """
     if "profile" in node_config:
-        return get_profile(str(node_config["profile"]))
-    if budget is not None or not cfg.fragments.profile_mix:
+        profile = get_profile(str(node_config["profile"]))
+    elif budget is not None or not cfg.fragments.profile_mix:
         return None
-    return get_profile(assign_profiles(cfg.fragments.profile_mix, node.num_partitions, cfg.seed)[node.partition_id])
+    else:
+        profile = get_profile(assign_profiles(cfg.fragments.profile_mix, node.num_partitions,
+                                              cfg.seed)[node.partition_id])
+    if cfg.fragments.profile_uplink:  # one codec for the whole fleet
+        profile = dataclasses.replace(profile, uplink=ChainConfig.parse(cfg.fragments.profile_uplink).to_string())
+    return profile
 
 
 @functools.lru_cache(maxsize=4)

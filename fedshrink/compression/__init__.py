@@ -49,11 +49,14 @@ from fedshrink.compression.codecs import (
 )
 from fedshrink.compression.errorfeedback import ResidualStore
 from fedshrink.compression.flower import (
+    FLAT_KEY,
     STYPE,
     UPDATE_KEY,
     DecodedUpdate,
+    FlatLayout,
     check_chain,
     decode_all_with_support,
+    decode_like,
     decode_record,
     decode_reply,
     decode_with_support,
@@ -77,6 +80,7 @@ from fedshrink.errors import EncodeError
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "FLAT_KEY",
     "REGISTRY",
     "STYPE",
     "UPDATE_KEY",
@@ -89,6 +93,7 @@ __all__ = [
     "DecodedUpdate",
     "EncodeError",
     "EncodedTensor",
+    "FlatLayout",
     "Float16Config",
     "ParsedTensor",
     "QuantConfig",
@@ -100,6 +105,7 @@ __all__ = [
     "ZstdConfig",
     "check_chain",
     "decode_all_with_support",
+    "decode_like",
     "decode_parsed",
     "decode_parsed_with_support",
     "decode_record",

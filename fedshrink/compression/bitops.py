@@ -12,6 +12,10 @@ Wire sizes:
 * :func:`bitmap_encode` of ``n`` flags: ``ceil(n / 8)`` bytes.
 * :func:`varint_encode` of sorted unique indices: one LEB128 varint per gap
   (``index[0]``, then ``index[i] - index[i-1] - 1``), 1..5 bytes each.
+* :func:`rice_encode` of the same gaps with parameter ``b``: the quotients
+  ``gap >> b`` in unary, then the remainders in ``b`` bits each:
+  ``ceil((count + sum(gap >> b)) / 8) + ceil(count * b / 8)`` bytes
+  (:func:`rice_nbytes`; :func:`rice_choice` picks the shortest ``b``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ U8 = npt.NDArray[np.uint8]
 I64 = npt.NDArray[np.int64]
 
 MAX_VARINT_BYTES = 5  # enough for gaps < 2**35 (tensor sizes are capped far below)
+MAX_RICE_BITS = 32  # the largest Rice parameter a header may name
 
 
 def packed_nbytes(n: int, bits: int) -> int:
@@ -250,3 +255,96 @@ def _decode_long_varints(buf: U8, last: npt.NDArray[np.bool_], count: int) -> I6
         gaps[rest] = (gaps[rest] << 7) | (buf[ends[rest] - j] & 0x7F)
         rest = rest[lengths[rest] > j + 1]
     return gaps
+
+
+# --------------------------------------------------------------------------- Rice codes of index gaps
+
+
+def rice_nbytes(gaps: I64, b: int) -> int:
+    """Size of the Rice code of ``gaps`` (non-negative) with parameter ``b``: unary part + remainders."""
+    unary = int((gaps >> b).sum(dtype=np.int64)) + gaps.size
+    return (unary + 7) // 8 + packed_nbytes(gaps.size, b)
+
+
+def rice_choice(indices: I64) -> tuple[int, int]:
+    """``(b, nbytes)`` of the shortest Rice code of strictly increasing ``indices`` (near log2 of the mean gap)."""
+    gaps = _gaps(np.asarray(indices, dtype=np.int64))
+    if gaps.size == 0:
+        return 0, 0
+    mean = float(gaps.mean())
+    centre = int(np.log2(mean)) if mean >= 1 else 0
+    best = (0, rice_nbytes(gaps, 0)) if centre <= 2 else None
+    for b in range(max(0, centre - 2), min(MAX_RICE_BITS, centre + 2) + 1):
+        size = rice_nbytes(gaps, b)
+        if best is None or size < best[1]:
+            best = (b, size)
+    assert best is not None
+    return best
+
+
+def rice_encode(indices: I64, b: int) -> bytes:
+    """Rice code of the gaps of strictly increasing non-negative ``indices`` with parameter ``b``.
+
+    Two parts, each a bit stream filling bytes MSB first and zero padded to a byte:
+    first the quotients ``q = gap >> b``, each as ``q`` one-bits and a zero-bit;
+    then the remainders ``gap & (2**b - 1)``, ``b`` bits each, MSB first.
+    """
+    if not 0 <= b <= MAX_RICE_BITS:
+        raise ValueError(f"Rice parameter {b} outside 0..{MAX_RICE_BITS}")
+    gaps = _gaps(np.asarray(indices, dtype=np.int64))
+    if gaps.size == 0:
+        return b""
+    q = gaps >> b
+    ends = np.cumsum(q + 1) - 1  # position of each quotient's terminating zero
+    unary = np.ones(int(ends[-1]) + 1, dtype=np.uint8)
+    unary[ends] = 0
+    parts = [np.packbits(unary).tobytes()]
+    if b:
+        rem = gaps & ((1 << b) - 1)
+        shifts = np.arange(b - 1, -1, -1, dtype=np.int64)
+        parts.append(np.packbits(((rem[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1)).tobytes())
+    return b"".join(parts)
+
+
+def rice_decode(data: bytes | memoryview, count: int, n: int, b: int) -> I64:
+    """Inverse of :func:`rice_encode`; checks both parts' lengths and zero padding, and every index ``< n``."""
+    if not 0 <= b <= MAX_RICE_BITS:
+        raise ValueError(f"Rice parameter {b} outside 0..{MAX_RICE_BITS}")
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if count == 0:
+        if buf.size:
+            raise ValueError("index bytes present for zero indices")
+        return np.zeros(0, dtype=np.int64)
+    rem_nbytes = packed_nbytes(count, b)
+    unary_buf = buf[: buf.size - rem_nbytes]
+    ends = np.flatnonzero(np.unpackbits(unary_buf) == 0)  # terminators, then the padding's zeros
+    if ends.size < count:
+        raise ValueError(f"{ends.size} Rice quotients, header says {count}")
+    ends = ends[:count]
+    used = int(ends[-1]) + 1
+    if (used + 7) // 8 != unary_buf.size:
+        raise ValueError("Rice quotients do not fill their part exactly")
+    _check_padding(unary_buf, used)  # only zeros may follow the last terminator
+    q = np.diff(ends, prepend=-1)
+    q -= 1
+    if int(q.max()) > (n >> b):
+        raise ValueError("index out of bounds")
+    gaps = q << b
+    if b:
+        gaps |= unpack_wide(buf[buf.size - rem_nbytes :], count, b)
+    gaps += 1
+    idx = np.cumsum(gaps)
+    idx -= 1
+    if int(idx[-1]) >= n:
+        raise ValueError(f"index {int(idx[-1])} out of bounds for {n} elements")
+    return idx
+
+
+def unpack_wide(buf: U8, n: int, bits: int) -> I64:
+    """``n`` unsigned values of ``bits`` (1..32) bits each, MSB first, from exactly ``packed_nbytes`` bytes."""
+    if buf.size != packed_nbytes(n, bits):
+        raise ValueError(f"packed length {buf.size} != {packed_nbytes(n, bits)} expected")
+    _check_padding(buf, n * bits)
+    flat = np.unpackbits(buf, count=n * bits).reshape(n, bits).astype(np.int64)
+    weights = np.left_shift(1, np.arange(bits - 1, -1, -1, dtype=np.int64))
+    return flat @ weights

@@ -16,6 +16,11 @@ quant bits, zlib/zstd level). Aliases: ``int8``/``int4``/``q1``..``q8`` (quant w
 those bits), ``float16``/``half`` (fp16), ``bfloat16`` (bf16). ``raw`` or ``""``
 is the empty, lossless chain (float32 bytes as they are).
 
+A leading ``flat`` (``"flat|topk:0.01|int8|zstd"``) is not a codec but the
+carriage of an update: its floating-point tensors travel as one flat float32
+vector, encoded once by the rest of the chain (one header instead of one per
+tensor, and a top-k over the whole update; see :func:`~.flower.encode_state`).
+
 Stage order: at most one sparsifier (first), at most one value codec, at most
 one entropy stage (last). Semantics: the sparsifier picks values + indices; the
 value codec encodes the kept values (or the whole tensor, grouped per channel
@@ -68,6 +73,7 @@ from fedshrink.errors import ConfigError, EncodeError
 from fedshrink.v1 import compression_pb2 as pb
 
 RAW = "raw"
+FLAT = "flat"
 
 
 def _parse_stage(text: str) -> CodecConfig:
@@ -103,6 +109,7 @@ class ChainConfig:
     """An ordered, validated tuple of codec configs."""
 
     stages: tuple[CodecConfig, ...] = ()
+    flat: bool = False  # an update's float tensors travel as one flat vector (see the module doc)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(self.stages))
@@ -128,12 +135,21 @@ class ChainConfig:
     def parse(cls, text: str) -> ChainConfig:
         if not isinstance(text, str):
             raise ConfigError("chain", text, "a string such as 'topk:0.05|int8|zlib'")
-        if text.strip().lower() in ("", RAW, "none"):
-            return cls(())
-        return cls(tuple(_parse_stage(part) for part in text.split("|")))
+        parts = text.split("|")
+        flat = parts[0].strip().lower() == FLAT
+        if flat:
+            parts = parts[1:]
+            if any(part.strip().lower() == FLAT for part in parts):
+                raise ConfigError("chain", text, "'flat' at most once, first")
+        if not parts or (len(parts) == 1 and parts[0].strip().lower() in ("", RAW, "none")):
+            return cls((), flat=flat)
+        return cls(tuple(_parse_stage(part) for part in parts), flat=flat)
 
     def to_string(self) -> str:
-        return "|".join(cfg.to_string() for cfg in self.stages) or RAW
+        text = "|".join(cfg.to_string() for cfg in self.stages)
+        if self.flat:
+            return f"{FLAT}|{text}" if text else FLAT
+        return text or RAW
 
     def for_tensor(self, dtype: str, ndim: int) -> ChainConfig:
         """The stages this chain applies to a tensor of ``dtype`` with ``ndim`` dims, as the wire records them.
@@ -169,19 +185,20 @@ class ChainConfig:
         return self.to_string()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"chain": [cfg.to_dict() for cfg in self.stages]}
+        return {"chain": [cfg.to_dict() for cfg in self.stages], **({"flat": True} if self.flat else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChainConfig:
-        if not isinstance(data, Mapping) or set(data) != {"chain"} or not isinstance(data["chain"], list):
-            raise ConfigError("chain", data, "a mapping {'chain': [stage, ...]}")
+        if not isinstance(data, Mapping) or not {"chain"} <= set(data) <= {"chain", "flat"} \
+                or not isinstance(data["chain"], list) or not isinstance(data.get("flat", False), bool):
+            raise ConfigError("chain", data, "a mapping {'chain': [stage, ...]}, optionally with 'flat': true")
         stages: list[CodecConfig] = []
         for item in data["chain"]:
             codec_id = item.get("codec") if isinstance(item, Mapping) else None
             if not isinstance(codec_id, str) or codec_id not in REGISTRY:
                 raise ConfigError("codec", codec_id, REGISTRY.allowed())
             stages.append(REGISTRY[codec_id].config_cls.from_dict(item))
-        return cls(tuple(stages))
+        return cls(tuple(stages), flat=bool(data.get("flat", False)))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -328,8 +345,9 @@ class Chain:
             if check_kept and not all_finite(values):
                 raise EncodeError(name, "non-finite values")
             ct.stages.append(self.sparsifier.stage())
-            index_bytes, encoding = self._encode_indices(idx, x.size)
-            ct.sparse.CopyFrom(pb.SparseIndex(encoding=encoding, count=idx.size, nbytes=len(index_bytes)))
+            index_bytes, encoding, rice_bits = self._encode_indices(idx, x.size)
+            ct.sparse.CopyFrom(pb.SparseIndex(encoding=encoding, count=idx.size, nbytes=len(index_bytes),
+                                              rice_bits=rice_bits))
             parts.append(index_bytes)
         if value is None or not use_value:
             assert idx is not None and values is not None
@@ -350,11 +368,15 @@ class Chain:
         return parts
 
     @staticmethod
-    def _encode_indices(idx: np.ndarray, n: int) -> tuple[bytes, pb.IndexEncoding]:
-        varint = bitops.varint_encode(idx)
-        if len(varint) <= bitops.packed_nbytes(n, 1):
-            return varint, pb.INDEX_ENCODING_DELTA_VARINT
-        return bitops.bitmap_from_indices(idx, n), pb.INDEX_ENCODING_BITMAP
+    def _encode_indices(idx: np.ndarray, n: int) -> tuple[bytes, pb.IndexEncoding, int]:
+        """The shortest index section (ties: varint, then bitmap), its encoding and Rice parameter."""
+        varint, bitmap = bitops.varint_nbytes(idx), bitops.packed_nbytes(n, 1)
+        b, rice = bitops.rice_choice(idx)
+        if rice < min(varint, bitmap):
+            return bitops.rice_encode(idx, b), pb.INDEX_ENCODING_RICE, b
+        if varint <= bitmap:
+            return bitops.varint_encode(idx), pb.INDEX_ENCODING_DELTA_VARINT, 0
+        return bitops.bitmap_from_indices(idx, n), pb.INDEX_ENCODING_BITMAP, 0
 
     def roundtrip(
         self,

@@ -7,6 +7,8 @@ Public API::
                  fragment: str = "", round: int = 0, direction: str = "uplink",
                  rng: np.random.Generator | None = None) -> tuple[ArrayRecord, int]
     decode_record(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, Tensor]
+    decode_like(record, like: Mapping[str, Tensor] | None, *, limits=DEFAULT_LIMITS) -> dict[str, Tensor]
+    FlatLayout.of(state) / FlatLayout.expected(shapes, dtypes); layout.digest, .join(state), .split(flat)
     parse_record(record, limits=DEFAULT_LIMITS) -> (TensorUpdate | None, list[ParsedTensor])  # headers only
     check_chain(parsed: ParsedTensor, chain: Chain | ChainConfig | str) -> None   # DecodeError if not
     decode_parsed(parsed) -> Tensor; decode_parsed_with_support(parsed) -> (Tensor, bool ndarray | None)
@@ -34,6 +36,9 @@ an error message or lacks the record raises :class:`~fedshrink.errors.ReplyError
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -49,6 +54,9 @@ from fedshrink.compression.chain import Chain, ChainConfig
 from fedshrink.compression.errorfeedback import ResidualStore
 from fedshrink.compression.wire import (
     DEFAULT_LIMITS,
+    DTYPES,
+    FLOAT_DTYPES,
+    TORCH_TO_NAME,
     DecodeLimits,
     EncodedTensor,
     ParsedTensor,
@@ -62,6 +70,7 @@ from fedshrink.v1 import compression_pb2 as pb
 STYPE = "fedshrink.v1"
 UPDATE_STYPE = "fedshrink.v1.update"
 UPDATE_KEY = "_fedshrink_update"
+FLAT_KEY = "_flat"  # the flat vector of a ``flat`` chain's update (FlatLayout)
 FORMAT_VERSION = 1
 DIRECTIONS = ("uplink", "downlink")
 
@@ -73,6 +82,67 @@ class DecodedUpdate:
     chain: str
     direction: str
     tensors: dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where each floating-point tensor of an update sits in the flat vector of a ``flat`` chain.
+
+    ``FlatLayout.of(state)`` from tensors, ``FlatLayout.expected(shapes, dtypes)`` from what a reply must
+    hold; ``digest`` is what the update header carries (proto/fedshrink/v1/compression.proto, section 1).
+    """
+
+    names: tuple[str, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    dtypes: tuple[str, ...]
+    offsets: dict[str, int]  # name -> first element in the flat vector
+    numel: int
+
+    @classmethod
+    def expected(cls, shapes: Mapping[str, Sequence[int]], dtypes: Mapping[str, str]) -> FlatLayout:
+        """The floating-point tensors of ``shapes`` (in order) with their ``dtypes`` names."""
+        names = tuple(k for k in shapes if dtypes[k] in FLOAT_DTYPES)
+        return cls._build(names, tuple(tuple(int(d) for d in shapes[k]) for k in names),
+                          tuple(dtypes[k] for k in names))
+
+    @classmethod
+    def of(cls, state: Mapping[str, torch.Tensor]) -> FlatLayout:
+        names = tuple(k for k, v in state.items() if v.is_floating_point())
+        return cls._build(names, tuple(tuple(int(d) for d in state[k].shape) for k in names),
+                          tuple(TORCH_TO_NAME[state[k].dtype] for k in names))
+
+    @classmethod
+    def _build(cls, names: tuple[str, ...], shapes: tuple[tuple[int, ...], ...], dtypes: tuple[str, ...]) -> FlatLayout:
+        offsets, at = {}, 0
+        for name, shape in zip(names, shapes, strict=True):
+            offsets[name] = at
+            at += math.prod(shape)
+        return cls(names, shapes, dtypes, offsets, at)
+
+    @functools.cached_property
+    def digest(self) -> int:
+        text = json.dumps([[n, list(s), d] for n, s, d in zip(self.names, self.shapes, self.dtypes, strict=True)])
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+    def join(self, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The float32 flat vector of ``state``'s floating-point tensors."""
+        return torch.cat([state[k].detach().reshape(-1).to(torch.float32) for k in self.names])
+
+    def split(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """``flat`` (numel values) back into the tensors, each in its shape and dtype (views where float32)."""
+        out: dict[str, np.ndarray] = {}
+        for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
+            at = self.offsets[name]
+            part = flat[at: at + math.prod(shape)].reshape(shape)
+            out[name] = part if dtype in ("float32", "bool") or part.dtype == bool else _cast(part, dtype)
+        return out
+
+
+def _cast(values: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values as ``dtype`` (round to nearest even), as the wire's step 7 casts them."""
+    if dtype == "bfloat16":  # numpy has no bfloat16: keep the values torch rounds to, as float32
+        return torch.from_numpy(np.ascontiguousarray(values)).to(torch.bfloat16).to(torch.float32).numpy()
+    return values.astype(DTYPES[dtype][0])
 
 
 def to_array(enc: EncodedTensor) -> Array:
@@ -103,10 +173,16 @@ def encode_state(
         raise ConfigError("round", round, "an integer >= 0")
     if UPDATE_KEY in state:
         raise ConfigError("state key", UPDATE_KEY, "any tensor name but the reserved header key")
+    if FLAT_KEY in state:
+        raise ConfigError("state key", FLAT_KEY, "any tensor name but the reserved flat key")
     rng = np.random.default_rng() if rng is None else rng
     record = ArrayRecord()
     total = 0
-    for name, tensor in state.items():
+    flat = FlatLayout.of(state) if chain.config.flat else None
+    items = [(k, v) for k, v in state.items() if flat is None or k not in flat.offsets]
+    if flat is not None and flat.names:
+        items.append((FLAT_KEY, flat.join(state)))
+    for name, tensor in items:
         if residuals is not None:
             enc, _ = residuals.encode(chain, name, tensor, rng=rng)
         else:
@@ -118,9 +194,11 @@ def encode_state(
         fragment=fragment,
         round=round,
         chain=chain.config.to_string(),
-        tensor_names=list(state),
+        tensor_names=[name for name, _ in items],
         direction=direction,
     )
+    if flat is not None and flat.names:
+        header.flat_layout = flat.digest
     data = header.SerializeToString()
     record[UPDATE_KEY] = Array(dtype="uint8", shape=(len(data),), stype=UPDATE_STYPE, data=data)
     return record, total + len(data)
@@ -196,6 +274,25 @@ def decode_record(record: ArrayRecord, *, limits: DecodeLimits = DEFAULT_LIMITS)
     """Decode every tensor of a record (validating all headers first); raise DecodeError."""
     _, parsed = parse_record(record, limits)
     return {p.name: decode_parsed(p) for p in parsed}
+
+
+def decode_like(record: ArrayRecord, like: Mapping[str, torch.Tensor] | None, *,
+                limits: DecodeLimits = DEFAULT_LIMITS) -> dict[str, torch.Tensor]:
+    """Decode a record whose flat vector, if it has one, is split along the tensors of ``like`` (a downlink
+    delta, along the reference the receiver holds); DecodeError when the header's layout is not ``like``'s."""
+    header, parsed = parse_record(record, limits)
+    out = {p.name: decode_parsed(p) for p in parsed}
+    flat = out.pop(FLAT_KEY, None)
+    if header is not None and header.HasField("flat_layout"):
+        if flat is None or like is None:
+            raise DecodeError(FLAT_KEY, "a flat vector needs the tensors it splits into (none are held)")
+        layout = FlatLayout.of(like)
+        if header.flat_layout != layout.digest or flat.shape != (layout.numel,):
+            raise DecodeError(FLAT_KEY, "the flat vector's layout is not that of the tensors held")
+        out.update({k: torch.from_numpy(v) for k, v in layout.split(flat.numpy()).items()})
+    elif flat is not None:
+        raise DecodeError(FLAT_KEY, "a flat vector without its layout in the header")
+    return out
 
 
 def decode_all_with_support(

@@ -30,7 +30,7 @@ Public API::
 
     refs = DownlinkReferences("topk:0.05|q4|zstd")
     refs.advance(key, server_round, fragment_state, first="int8|zstd")   # once per round and fragment
-    refs.reference(key) -> dict[str, Tensor]          # what every synced client of `key` now holds
+    refs.holds(key) -> bool; refs.reference(key) -> dict[str, Tensor]   # what every synced client of `key` holds
     refs.whole(key) -> ArrayRecord                    # the reference (first round: as `first` sent it; then raw)
     refs.deltas_since(key, base) -> list[ArrayRecord] | None   # None: send the whole reference
     apply_delta(reference, decoded) -> dict[str, Tensor]
@@ -52,7 +52,7 @@ from flwr.proto.recorddict_pb2 import ArrayRecord as ProtoArrayRecord
 from google.protobuf.message import DecodeError as DecodeProtoError
 
 from fedshrink.compression.chain import Chain
-from fedshrink.compression.flower import decode_record, encode_state
+from fedshrink.compression.flower import decode_like, decode_record, encode_state
 from fedshrink.compression.wire import DEFAULT_LIMITS, DecodeLimits
 from fedshrink.errors import DecodeError
 
@@ -125,11 +125,15 @@ class DownlinkReferences:
             return
         record, nbytes = encode_state(_difference(target, track.reference), self.chain, round=server_round,
                                       direction="downlink")
-        track.reference = apply_delta(track.reference, decode_record(record))
+        track.reference = apply_delta(track.reference, decode_like(record, track.reference))
         track.round, track.whole = server_round, None
         track.deltas.append((server_round, record, nbytes))
         while track.deltas and sum(n for _, _, n in track.deltas) >= track.whole_nbytes:
             track.since = track.deltas.pop(0)[0]  # a client that far behind is sent the whole reference
+
+    def holds(self, key: object) -> bool:
+        """Whether ``key`` has a reference yet."""
+        return key in self._tracks
 
     def reference(self, key: object) -> dict[str, torch.Tensor]:
         """What a client of ``key`` holds after this round's message (shared: do not change it)."""

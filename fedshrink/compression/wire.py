@@ -372,7 +372,18 @@ def _check_sparse(ct: pb.CompressedTensor, numel: int) -> tuple[int, int]:
     sp = ct.sparse
     if sp.count > numel:
         raise ValueError(f"{sp.count} sparse values for {numel} elements")
-    if sp.encoding == pb.INDEX_ENCODING_BITMAP:
+    if sp.rice_bits and sp.encoding != pb.INDEX_ENCODING_RICE:
+        raise ValueError("rice_bits set on an index encoding other than RICE")
+    if sp.encoding == pb.INDEX_ENCODING_RICE:
+        b = sp.rice_bits
+        if b > bitops.MAX_RICE_BITS:
+            raise ValueError(f"Rice parameter {b} outside 0..{bitops.MAX_RICE_BITS}")
+        remainders = bitops.packed_nbytes(sp.count, b)
+        low = bitops.packed_nbytes(sp.count, 1) + remainders
+        high = bitops.packed_nbytes(sp.count + (numel >> b), 1) + remainders
+        if not low <= sp.nbytes <= high:
+            raise ValueError(f"{sp.nbytes} Rice bytes for {sp.count} indices of {numel} elements")
+    elif sp.encoding == pb.INDEX_ENCODING_BITMAP:
         if sp.nbytes != bitops.packed_nbytes(numel, 1):
             raise ValueError(f"bitmap of {sp.nbytes} bytes for {numel} elements")
     elif sp.encoding == pb.INDEX_ENCODING_DELTA_VARINT:
@@ -463,6 +474,8 @@ def _indices(p: ParsedTensor, section: memoryview) -> npt.NDArray[np.int64]:
     sp = p.proto.sparse
     if sp.encoding == pb.INDEX_ENCODING_BITMAP:
         return bitops.indices_from_bitmap(section, p.numel, sp.count)
+    if sp.encoding == pb.INDEX_ENCODING_RICE:
+        return bitops.rice_decode(section, sp.count, p.numel, sp.rice_bits)
     return bitops.varint_decode(section, sp.count, p.numel)
 
 

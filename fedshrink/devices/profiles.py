@@ -276,6 +276,8 @@ def chain_bytes(chain: str | ChainConfig, shapes: Sequence[tuple[int, ...]]) -> 
                 bits = 16
             elif stage.codec_id == "sign":
                 bits, overhead_per_group = 1, 4
+    if cfg.flat:  # one vector (this estimate takes every tensor as floating-point)
+        shapes = [(sum(math.prod(shape) for shape in shapes),)]
     total = 0
     for shape in shapes:
         n = math.prod(shape)

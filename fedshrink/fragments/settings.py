@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from fedshrink.compression.chain import ChainConfig
 from fedshrink.devices.profiles import PROFILES, parse_mix
 from fedshrink.fragments.fusion import INITS, TEACHERS, FusionConfig
 from fedshrink.fragments.nested import NestedConfig
@@ -40,6 +41,11 @@ class FragmentSettings(Section):
         "a mix of device profiles (each client trains the fragment its profile sets); `''`: every client trains "
         "the full model (plain FedAvg)",
         rule=accepted_by(_mix, _mix_words))
+    profile_uplink: str = option(
+        "", "`''` (each profile's own uplink chain) or a codec chain every profile-mix client sends its update "
+        "with instead, e.g. `flat|topk:0.004|int8|zstd` (to compare a fleet and FedAvg under one codec)",
+        rule=accepted_by(lambda text: ChainConfig.parse(text) if text else None,
+                         "'' or a codec chain, optionally after 'flat|'"))
     fragment_policy: str = option("static", "which channels a client's fragment keeps: `static` (prefix), "
                                   "`rolling` (a window moving each round), `random` (per client and round)",
                                   rule=one_of(lambda: POLICIES))

@@ -139,12 +139,21 @@ class ResourceRecord:
             out[METRIC_KEYS[f.name]] = int(value) if as_int else float(value)
         return out
 
+    def to_wire(self) -> dict[str, list[int] | list[float]]:
+        """The record as a reply carries it: two lists in field order, :data:`WIRE_INTS` and
+        :data:`WIRE_FLOATS` (about 100 bytes against about 360 under :data:`METRIC_KEYS`' names).
+        ``bytes_sent`` is among the floats (8 bytes whatever its value, as in :meth:`to_metrics`)."""
+        return {WIRE_INTS: [int(getattr(self, name)) for name in _WIRE_INT_FIELDS],
+                WIRE_FLOATS: [float(getattr(self, name)) for name in _WIRE_FLOAT_FIELDS]}
+
     @classmethod
     def from_metrics(cls, metrics: Mapping[str, Any]) -> ResourceRecord:
-        """Read back what :meth:`to_metrics` wrote (other keys are ignored).
+        """Read back what :meth:`to_wire` or :meth:`to_metrics` wrote (other keys are ignored).
 
         A missing key or a bad value raises :class:`~fedshrink.errors.ReplyError`.
         """
+        if WIRE_INTS in metrics or WIRE_FLOATS in metrics:
+            return cls._from_wire(metrics)
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             key = METRIC_KEYS[f.name]
@@ -159,10 +168,28 @@ class ResourceRecord:
         except ConfigError as exc:
             raise ReplyError(f"bad resource record: {exc}") from exc
 
+    @classmethod
+    def _from_wire(cls, metrics: Mapping[str, Any]) -> ResourceRecord:
+        ints, floats = metrics.get(WIRE_INTS), metrics.get(WIRE_FLOATS)
+        if not isinstance(ints, list) or len(ints) != len(_WIRE_INT_FIELDS) or \
+                not all(isinstance(v, int) and not isinstance(v, bool) for v in ints):
+            raise ReplyError(f"resource record {WIRE_INTS!r} must be {len(_WIRE_INT_FIELDS)} integers")
+        if not isinstance(floats, list) or len(floats) != len(_WIRE_FLOAT_FIELDS) or \
+                not all(isinstance(v, float) for v in floats):
+            raise ReplyError(f"resource record {WIRE_FLOATS!r} must be {len(_WIRE_FLOAT_FIELDS)} numbers")
+        kwargs: dict[str, Any] = dict(zip(_WIRE_INT_FIELDS, ints, strict=True))
+        kwargs.update(zip(_WIRE_FLOAT_FIELDS, floats, strict=True))
+        if kwargs["bytes_sent"].is_integer():
+            kwargs["bytes_sent"] = int(kwargs["bytes_sent"])
+        try:
+            return cls(**kwargs)
+        except ConfigError as exc:
+            raise ReplyError(f"bad resource record: {exc}") from exc
+
     @staticmethod
     def present_in(metrics: Mapping[str, Any]) -> bool:
-        """Whether ``metrics`` carries a resource record (its energy-method key)."""
-        return METRIC_KEYS["energy_method"] in metrics
+        """Whether ``metrics`` carries a resource record (as a reply does, or under its named keys)."""
+        return WIRE_INTS in metrics or METRIC_KEYS["energy_method"] in metrics
 
 
 # field name -> MetricRecord key ("res-" prefix keeps them apart from training metrics)
@@ -184,6 +211,11 @@ METRIC_KEYS: dict[str, str] = {
 }
 FIXED_WIDTH_KEYS = frozenset({"bytes_sent"})  # fields written as doubles (fixed 8 bytes on the wire)
 assert set(METRIC_KEYS) == {f.name for f in dataclasses.fields(ResourceRecord)}
+# a reply's form (ResourceRecord.to_wire): the integer fields, then the others, each in field order
+WIRE_INTS, WIRE_FLOATS = "res-i", "res-f"
+_WIRE_INT_FIELDS = tuple(f.name for f in dataclasses.fields(ResourceRecord)
+                         if f.type in ("int", int) and f.name not in FIXED_WIDTH_KEYS)
+_WIRE_FLOAT_FIELDS = tuple(f.name for f in dataclasses.fields(ResourceRecord) if f.name not in _WIRE_INT_FIELDS)
 
 
 # ---------------------------------------------------------------------------------
@@ -412,11 +444,9 @@ def reply_with_record(reply: Message, record: ResourceRecord, *, metrics_key: st
     metrics = reply.content[metrics_key]
     if not isinstance(metrics, MetricRecord):
         raise TypeError(f"reply record {metrics_key!r} is a {type(metrics).__name__}, not a MetricRecord")
-    for key, value in record.to_metrics().items():
-        metrics[key] = value
-    metrics[METRIC_KEYS["bytes_sent"]] = 0.0
+    metrics.update(record.replace(bytes_sent=0).to_wire())
     settled = record.replace(bytes_sent=message_size(reply))
-    metrics[METRIC_KEYS["bytes_sent"]] = float(settled.bytes_sent)
+    metrics.update(settled.to_wire())  # the same size: bytes_sent is a double
     return settled
 
 

@@ -107,7 +107,7 @@ def build_strategy(cfg: RunConfig, spec: ModelSpec, splits: Splits) -> ShrinkStr
                           input_scaling=frag.fragment_scaling, nested=frag.nested(), derive=frag.derive_masks,
                           reply_limits=ReplyLimits(fed.reply_size_factor, fed.max_reply_bytes),
                           references=DownlinkReferences(cfg.chains.downlink_delta) if cfg.chains.downlink_delta
-                          else None)
+                          else None, start_seed=cfg.seed if cfg.chains.downlink_start == "seed" else None)
     refiners: list[Refiner] = []
     fusion = frag.fusion()
     if cfg.fragments_enabled and fusion is not None:

@@ -39,12 +39,14 @@ from flwr.app import ArrayRecord
 
 from fedshrink.compression import DecodeLimits, decode_record, encode_state
 from fedshrink.compression.chain import ChainConfig
+from fedshrink.compression.flower import FlatLayout
 from fedshrink.compression.pruning import mask_digest
 from fedshrink.compression.reference import DownlinkReferences
 from fedshrink.devices.profiles import DeviceProfile
 from fedshrink.fragments import FragmentPolicy, FragmentSpec, LayerGraph, extract
 from fedshrink.fragments.local import derivable, derive_masks
 from fedshrink.fragments.nested import NestedConfig, nested_widths
+from fedshrink.fragments.start import start_state, state_digest
 from fedshrink.models import ModelSpec
 from fedshrink.protocol import Expected, Hello, TrainInstruction, fragment_digest
 from fedshrink.training import TrainSettings
@@ -63,10 +65,12 @@ class ReplyLimits:
         cap = int(self.size_factor * fp32_bytes) + REPLY_ALLOWANCE
         return min(cap, self.max_bytes) if self.max_bytes else cap
 
-    def decode_limits(self, shapes: Mapping[str, tuple[int, ...]], cap: int) -> DecodeLimits:
-        """Caps for decoding a reply to a fragment of ``shapes``: nothing larger than it may be allocated."""
+    def decode_limits(self, shapes: Mapping[str, tuple[int, ...]], cap: int, flat_numel: int = 0) -> DecodeLimits:
+        """Caps for decoding a reply to a fragment of ``shapes``: nothing larger than it may be allocated
+        (``flat_numel``: the flat vector of a ``flat`` uplink chain, whose tensors it replaces)."""
         numels = [max(1, math.prod(s)) for s in shapes.values()] or [1]
-        return DecodeLimits(max_numel=max(numels), max_total_numel=sum(numels), max_tensor_bytes=max(cap, 1),
+        return DecodeLimits(max_numel=max(*numels, flat_numel), max_total_numel=sum(numels),
+                            max_tensor_bytes=max(cap, 1),
                             max_tensors=max(len(numels), 1), max_record_bytes=max(cap, 1))
 
 
@@ -95,7 +99,7 @@ class Planner:
     def __init__(self, model_spec: ModelSpec, graph: LayerGraph, training: TrainSettings, *, uplink: str,
                  downlink: str, fragments: bool, policy: FragmentPolicy | None = None, input_scaling: bool = False,
                  nested: NestedConfig | None = None, derive: bool = False, reply_limits: ReplyLimits = ReplyLimits(),
-                 references: DownlinkReferences | None = None) -> None:
+                 references: DownlinkReferences | None = None, start_seed: int | None = None) -> None:
         self.model_spec = model_spec
         self.graph = graph
         self.training = training
@@ -108,6 +112,8 @@ class Planner:
         self.derive = derive
         self.reply_limits = reply_limits
         self.references = references
+        self.start_seed = start_seed  # with references: clients build the starting model from this seed
+        self._started: dict[tuple[str, str], tuple[int, int]] = {}  # key -> (round, digest) of a seeded start
         self._cache: dict[tuple[int, str, str], _Encoded] = {}
         self._empty = ArrayRecord()  # the model field of an instruction that carries deltas
 
@@ -133,21 +139,27 @@ class Planner:
         encoded = self._encode(server_round, fragment, profile, sub, downlink)
         nested = self._nested_for(profile, widths)
         derived = encoded.digest is not None
-        model, reference, deltas = encoded.record, False, None
+        model, reference, deltas, start = encoded.record, False, None, None
         if self.references is not None:  # the whole reference is encoded only for a node that needs it
             key = self._key(fragment, profile, downlink)
             deltas = self.references.deltas_since(key, base)
-            model, reference = (self.references.whole(key) if deltas is None else self._empty), True
+            start = self._started.get(key) if deltas is None else None
+            if start is not None and start[0] != server_round:
+                start = None  # the reference has moved on from the starting model: send it whole
+            model, reference = (self.references.whole(key) if deltas is None and start is None else self._empty), True
         instruction = TrainInstruction(server_round, self.model_spec, training, uplink, model, fragment,
                                        profile, self.input_scaling, nested, derived, downlink_reference=reference,
                                        downlink_base=0 if deltas is None else int(base or 0),
-                                       deltas=tuple(deltas or ()))
+                                       deltas=tuple(deltas or ()),
+                                       start_seed=None if start is None else self.start_seed,
+                                       start_digest=0 if start is None else start[1])
         shapes = encoded.shapes
         fp32 = sum(4 * max(1, math.prod(s)) for s in shapes.values())
         cap = self.reply_limits.cap(fp32 + (fp32 // 32 if profile is not None else 0))  # + room for mask bitmaps
+        flat = FlatLayout.expected(shapes, encoded.dtypes).numel if ChainConfig.parse(uplink).flat else 0
         expected = Expected(
             server_round, node.partition_id, shapes, encoded.dtypes, uplink,
-            fragment_digest(fragment), cap, self.reply_limits.decode_limits(shapes, cap), encoded.digest,
+            fragment_digest(fragment), cap, self.reply_limits.decode_limits(shapes, cap, flat), encoded.digest,
             masks_allowed=profile is not None and profile.pruning_method is not None and not derived)
         return Assignment(instruction, expected, fragment, encoded.masks)
 
@@ -169,7 +181,15 @@ class Planner:
             if self._cache and next(iter(self._cache))[0] != server_round:
                 self._cache.clear()  # one round's encodings at a time
             if self.references is not None:  # the reference moves; assign sends it whole or the deltas to it
-                self.references.advance(key[1:], server_round, sub, first=downlink)
+                first = downlink
+                if self.start_seed is not None and not self.references.holds(key[1:]):
+                    start = start_state(self.model_spec, self.start_seed, fragment, self.graph)
+                    if start.keys() == sub.keys() and all(np.array_equal(start[k].numpy(), sub[k]) and
+                                                          start[k].numpy().dtype == np.asarray(sub[k]).dtype
+                                                          for k in sub):
+                        self._started[key[1:]] = (server_round, state_digest(start))
+                        first = "raw"  # the reference is the starting model exactly, as the clients build it
+                self.references.advance(key[1:], server_round, sub, first=first)
                 record = self._empty
             else:
                 state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sub.items()}

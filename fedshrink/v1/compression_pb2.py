@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64shrink/v1/compression.proto\x12\x0c\x66\x65\x64shrink.v1\"\xad\x01\n\nCodecStage\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x11\n\x04\x61xis\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06scales\x18\x05 \x03(\x02\x12\x13\n\x0bzero_points\x18\x06 \x03(\x02\x12\x12\n\nstochastic\x18\x07 \x01(\x08\x12\r\n\x05ratio\x18\x08 \x01(\x02\x12\r\n\x05level\x18\t \x01(\rB\x07\n\x05_axis\"[\n\x0bSparseIndex\x12-\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1b.fedshrink.v1.IndexEncoding\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06nbytes\x18\x03 \x01(\x04\"\xb8\x01\n\x10\x43ompressedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12(\n\x06stages\x18\x04 \x03(\x0b\x32\x18.fedshrink.v1.CodecStage\x12)\n\x06sparse\x18\x05 \x01(\x0b\x32\x19.fedshrink.v1.SparseIndex\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x12\n\nraw_nbytes\x18\x07 \x01(\x04\"\x7f\n\x0cTensorUpdate\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08\x66ragment\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\r\n\x05\x63hain\x18\x04 \x01(\t\x12\x14\n\x0ctensor_names\x18\x05 \x03(\t\x12\x11\n\tdirection\x18\x06 \x01(\t*k\n\rIndexEncoding\x12\x1e\n\x1aINDEX_ENCODING_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINDEX_ENCODING_DELTA_VARINT\x10\x01\x12\x19\n\x15INDEX_ENCODING_BITMAP\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64shrink/v1/compression.proto\x12\x0c\x66\x65\x64shrink.v1\"\xad\x01\n\nCodecStage\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0c\n\x04\x62its\x18\x03 \x01(\r\x12\x11\n\x04\x61xis\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06scales\x18\x05 \x03(\x02\x12\x13\n\x0bzero_points\x18\x06 \x03(\x02\x12\x12\n\nstochastic\x18\x07 \x01(\x08\x12\r\n\x05ratio\x18\x08 \x01(\x02\x12\r\n\x05level\x18\t \x01(\rB\x07\n\x05_axis\"n\n\x0bSparseIndex\x12-\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1b.fedshrink.v1.IndexEncoding\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x0e\n\x06nbytes\x18\x03 \x01(\x04\x12\x11\n\trice_bits\x18\x04 \x01(\r\"\xb8\x01\n\x10\x43ompressedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12(\n\x06stages\x18\x04 \x03(\x0b\x32\x18.fedshrink.v1.CodecStage\x12)\n\x06sparse\x18\x05 \x01(\x0b\x32\x19.fedshrink.v1.SparseIndex\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12\x12\n\nraw_nbytes\x18\x07 \x01(\x04\"\xa9\x01\n\x0cTensorUpdate\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x10\n\x08\x66ragment\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\r\n\x05\x63hain\x18\x04 \x01(\t\x12\x14\n\x0ctensor_names\x18\x05 \x03(\t\x12\x11\n\tdirection\x18\x06 \x01(\t\x12\x18\n\x0b\x66lat_layout\x18\x07 \x01(\x06H\x00\x88\x01\x01\x42\x0e\n\x0c_flat_layout*\x84\x01\n\rIndexEncoding\x12\x1e\n\x1aINDEX_ENCODING_UNSPECIFIED\x10\x00\x12\x1f\n\x1bINDEX_ENCODING_DELTA_VARINT\x10\x01\x12\x19\n\x15INDEX_ENCODING_BITMAP\x10\x02\x12\x17\n\x13INDEX_ENCODING_RICE\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedshrink.v1.compression_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INDEXENCODING']._serialized_start=633
-  _globals['_INDEXENCODING']._serialized_end=740
+  _globals['_INDEXENCODING']._serialized_start=696
+  _globals['_INDEXENCODING']._serialized_end=828
   _globals['_CODECSTAGE']._serialized_start=49
   _globals['_CODECSTAGE']._serialized_end=222
   _globals['_SPARSEINDEX']._serialized_start=224
-  _globals['_SPARSEINDEX']._serialized_end=315
-  _globals['_COMPRESSEDTENSOR']._serialized_start=318
-  _globals['_COMPRESSEDTENSOR']._serialized_end=502
-  _globals['_TENSORUPDATE']._serialized_start=504
-  _globals['_TENSORUPDATE']._serialized_end=631
+  _globals['_SPARSEINDEX']._serialized_end=334
+  _globals['_COMPRESSEDTENSOR']._serialized_start=337
+  _globals['_COMPRESSEDTENSOR']._serialized_end=521
+  _globals['_TENSORUPDATE']._serialized_start=524
+  _globals['_TENSORUPDATE']._serialized_end=693
 # @@protoc_insertion_point(module_scope)

@@ -12,9 +12,11 @@ class IndexEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INDEX_ENCODING_UNSPECIFIED: _ClassVar[IndexEncoding]
     INDEX_ENCODING_DELTA_VARINT: _ClassVar[IndexEncoding]
     INDEX_ENCODING_BITMAP: _ClassVar[IndexEncoding]
+    INDEX_ENCODING_RICE: _ClassVar[IndexEncoding]
 INDEX_ENCODING_UNSPECIFIED: IndexEncoding
 INDEX_ENCODING_DELTA_VARINT: IndexEncoding
 INDEX_ENCODING_BITMAP: IndexEncoding
+INDEX_ENCODING_RICE: IndexEncoding
 
 class CodecStage(_message.Message):
     __slots__ = ("codec", "version", "bits", "axis", "scales", "zero_points", "stochastic", "ratio", "level")
@@ -39,14 +41,16 @@ class CodecStage(_message.Message):
     def __init__(self, codec: _Optional[str] = ..., version: _Optional[int] = ..., bits: _Optional[int] = ..., axis: _Optional[int] = ..., scales: _Optional[_Iterable[float]] = ..., zero_points: _Optional[_Iterable[float]] = ..., stochastic: _Optional[bool] = ..., ratio: _Optional[float] = ..., level: _Optional[int] = ...) -> None: ...
 
 class SparseIndex(_message.Message):
-    __slots__ = ("encoding", "count", "nbytes")
+    __slots__ = ("encoding", "count", "nbytes", "rice_bits")
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     NBYTES_FIELD_NUMBER: _ClassVar[int]
+    RICE_BITS_FIELD_NUMBER: _ClassVar[int]
     encoding: IndexEncoding
     count: int
     nbytes: int
-    def __init__(self, encoding: _Optional[_Union[IndexEncoding, str]] = ..., count: _Optional[int] = ..., nbytes: _Optional[int] = ...) -> None: ...
+    rice_bits: int
+    def __init__(self, encoding: _Optional[_Union[IndexEncoding, str]] = ..., count: _Optional[int] = ..., nbytes: _Optional[int] = ..., rice_bits: _Optional[int] = ...) -> None: ...
 
 class CompressedTensor(_message.Message):
     __slots__ = ("name", "shape", "dtype", "stages", "sparse", "payload", "raw_nbytes")
@@ -67,17 +71,19 @@ class CompressedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ..., stages: _Optional[_Iterable[_Union[CodecStage, _Mapping]]] = ..., sparse: _Optional[_Union[SparseIndex, _Mapping]] = ..., payload: _Optional[bytes] = ..., raw_nbytes: _Optional[int] = ...) -> None: ...
 
 class TensorUpdate(_message.Message):
-    __slots__ = ("format_version", "fragment", "round", "chain", "tensor_names", "direction")
+    __slots__ = ("format_version", "fragment", "round", "chain", "tensor_names", "direction", "flat_layout")
     FORMAT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FRAGMENT_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CHAIN_FIELD_NUMBER: _ClassVar[int]
     TENSOR_NAMES_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    FLAT_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     fragment: str
     round: int
     chain: str
     tensor_names: _containers.RepeatedScalarFieldContainer[str]
     direction: str
-    def __init__(self, format_version: _Optional[int] = ..., fragment: _Optional[str] = ..., round: _Optional[int] = ..., chain: _Optional[str] = ..., tensor_names: _Optional[_Iterable[str]] = ..., direction: _Optional[str] = ...) -> None: ...
+    flat_layout: int
+    def __init__(self, format_version: _Optional[int] = ..., fragment: _Optional[str] = ..., round: _Optional[int] = ..., chain: _Optional[str] = ..., tensor_names: _Optional[_Iterable[str]] = ..., direction: _Optional[str] = ..., flat_layout: _Optional[int] = ...) -> None: ...

@@ -56,9 +56,13 @@ def _settings(cfg: Mapping[str, Any]) -> str:
     parts = [f"profile-mix `{mix or chr(39) * 2}`"]
     if not mix and cfg.get("uplink-chain", "raw") != "raw":
         parts.append(f"uplink-chain `{cfg['uplink-chain']}`")
+    if mix and cfg.get("profile-uplink"):
+        parts.append(f"profile-uplink `{cfg['profile-uplink']}`")
     if cfg.get("downlink-delta"):
         parts.append(f"downlink-delta `{cfg['downlink-delta']}`")
-        if not mix and cfg.get("downlink-chain", "raw") != "raw":
+        if cfg.get("downlink-start", "sent") == "seed":
+            parts.append("first send: the seed (downlink-start `seed`)")
+        elif not mix and cfg.get("downlink-chain", "raw") != "raw":
             parts.append(f"first send `{cfg['downlink-chain']}`")
     return ", ".join(parts)
 
@@ -131,16 +135,55 @@ def table(runs: Mapping[str, Mapping[int, Rounds]], settings: Mapping[str, Mappi
     return rows, verdicts, fed_hits
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "frontier")
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    args = ap.parse_args()
-    sweep = open_sweep(args.sweep_dir)
+def _load(sweep_dir: Path) -> tuple[Any, dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A sweep, its runs' settings by configuration, and its runs' rounds split into digits and glyphs."""
+    sweep = open_sweep(sweep_dir)
     runs = {c: sweep.rounds(c) for c in sweep.configs()}
     settings = {c: next(iter(sweep.of(c).values())).config for c in runs if sweep.of(c)}
     digits = {c: r for c, r in runs.items() if not c.startswith(GLYPHS)}
     glyphs = {c: r for c, r in runs.items() if c.startswith(GLYPHS)}
+    return sweep, settings, digits, glyphs
+
+
+def flat_section(sweep_dir: Path) -> tuple[list[str], list[str], list[str]]:
+    """The flat sweep's section (its own FedAvg runs set the targets), its verdicts, and its uplink chains."""
+    sweep, settings, digits, glyphs = _load(sweep_dir)
+    seeds = sorted({p.seed for p in sweep.planned if p.config in digits})
+    rows, verdicts, _ = table(digits, settings, seeds, "fedavg")
+    lines = [
+        "", "## Flat updates, Rice-coded indices, compact resource records", "",
+        "`fedshrink sweep simulations/sweeps/frontier_flat.toml --out runs/sweeps/frontier_flat`, then `python "
+        "simulations/benchmarks/bench_frontier_flat.py --sweep-dir runs/sweeps/frontier_flat`.", "",
+        "The same runs as above (digits, 20 clients, 50 rounds, every client every round, the same local training, "
+        f"seeds {', '.join(map(str, seeds))}), with the wire format's three changes (docs/design.md#flat-updates): "
+        "a `flat|` chain sends an update's float tensors as one vector under one header, with one top-k over the "
+        "whole update; sparse indices go in the shortest of varints, a bitmap and a Rice code; a reply's resource "
+        "record travels as two lists of numbers. FedAvg is run again with this code (its own bytes change by the "
+        "smaller resource record), and sets the targets. `downlink-start` `seed`: in round 1 a client builds the "
+        "starting model from the run's seed instead of receiving it. *Default mix, FedAvg's codec*: the default "
+        "mix with every profile's uplink chain replaced by compressed FedAvg's (`profile-uplink`).", "", *rows,
+    ]
+    if any(glyphs.values()):
+        glyph_seeds = sorted({p.seed for p in sweep.planned if p.config in glyphs})
+        glyph_rows, glyph_verdicts, _ = table(glyphs, settings, glyph_seeds, f"{GLYPHS}fedavg")
+        rounds = {int(c.get("num-server-rounds", 0)) for k, c in settings.items() if k in glyphs}
+        lines += ["", "### Flat updates on glyphs (never tuned on)", "",
+                  f"FedAvg and the compressed FedAvg runs again on the generated 28x28 glyphs, "
+                  f"{', '.join(map(str, sorted(rounds)))} rounds, seeds {', '.join(map(str, glyph_seeds))}, with "
+                  "the chains chosen on digits.", "", *glyph_rows]
+        verdicts += glyph_verdicts
+    chains = sorted({str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"})
+    return lines, [f"* flat: {v.removeprefix('* ')}" for v in verdicts], chains
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep-dir", type=Path, default=ROOT / "runs" / "sweeps" / "frontier")
+    ap.add_argument("--flat-sweep-dir", type=Path, default=None,
+                    help="the frontier_flat sweep, for its section (bench_frontier_flat.py passes it)")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = ap.parse_args(argv)
+    sweep, settings, digits, glyphs = _load(args.sweep_dir)
     seeds = sorted({p.seed for p in sweep.planned if p.config in digits})
     rows, verdicts, fed_hits = table(digits, settings, seeds, "fedavg")
     command = f"python simulations/benchmarks/bench_frontier.py --sweep-dir {args.sweep_dir}"
@@ -165,16 +208,22 @@ def main() -> None:
                   f"rounds, seeds {', '.join(map(str, glyph_seeds))}, with the chains chosen on digits.", "",
                   *glyph_rows]
         verdicts += glyph_verdicts
-    lines += ["", "## Against the targets", "", *verdicts]
-    budget = [h[1] / UPLINK_TARGET for h in fed_hits.values() if h is not None]
     chains = sorted({str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"}
                     | {get_profile(p).uplink for p in ("phone", "laptop", "iot")})
+    if args.flat_sweep_dir is not None:
+        flat_lines, flat_verdicts, flat_chains = flat_section(args.flat_sweep_dir)
+        lines += flat_lines
+        verdicts += flat_verdicts
+        chains += flat_chains
+    lines += ["", "## Against the targets", "", *verdicts]
+    budget = [h[1] / UPLINK_TARGET for h in fed_hits.values() if h is not None]
     lines += [
         "", "## What the wire format costs an update that says nothing", "",
         "Wire bytes of an all-zero update (measured: `encode_state`, the bytes the update's tensors and header "
         "take in the message). Every tensor carries its own header (name, shape, dtype, the chain's stages and "
-        "their parameters), about 100 bytes, and a top-k keeps at least one element per tensor. At 20 clients a "
-        "round, this floor alone is 20 times the figure below.", "",
+        "their parameters), about 100 bytes, and a top-k keeps at least one element per tensor; a `flat|` chain "
+        "sends one vector under one header. At 20 clients a round, this floor alone is 20 times the figure "
+        "below.", "",
         "| uplink chain | cnn x1 | width-0.5 fragment |", "|---|---:|---:|", *empty_update_bytes(chains), "",
         f"FedAvg's uplink bytes to the target were {', '.join(human_bytes(b * UPLINK_TARGET) for b in budget)} "
         f"(seeds {', '.join(str(s) for s, h in fed_hits.items() if h is not None)}): a {UPLINK_TARGET:g}x saving "

@@ -109,9 +109,52 @@ def read_varints(buf: bytes, count: int, numel: int) -> np.ndarray:
     return np.array(idx, dtype=np.int64)
 
 
+def read_rice(buf: bytes, count: int, numel: int, b: int) -> np.ndarray:
+    """Section 6, RICE: the unary quotients, then b-bit remainders, read one bit at a time."""
+    need(0 <= b <= 32, "rice_bits")
+    rem_len = (count * b + 7) // 8
+    need(rem_len <= len(buf), "Rice section too short")
+    first, second = buf[: len(buf) - rem_len], buf[len(buf) - rem_len :]
+
+    def bit(data: bytes, i: int) -> int:
+        return (data[i // 8] >> (7 - i % 8)) & 1
+
+    quotients, pos = [], 0
+    for _ in range(count):
+        q = 0
+        while True:
+            need(pos < 8 * len(first), "truncated Rice quotient")
+            one = bit(first, pos)
+            pos += 1
+            if not one:
+                break
+            q += 1
+        quotients.append(q)
+    need((pos + 7) // 8 == len(first), "Rice quotient part length")
+    need(all(bit(first, i) == 0 for i in range(pos, 8 * len(first))), "Rice padding")
+    need(all(bit(second, i) == 0 for i in range(count * b, 8 * len(second))), "Rice remainder padding")
+    idx, prev = [], -1
+    for j, q in enumerate(quotients):
+        r = 0
+        for i in range(b):
+            r = (r << 1) | bit(second, j * b + i)
+        gap = (q << b) | r
+        need(gap < numel, "gap out of range")
+        prev = prev + gap + 1
+        need(prev < numel, "index out of range")
+        idx.append(prev)
+    return np.array(idx, dtype=np.int64)
+
+
 def read_indices(ct: pb.CompressedTensor, section: bytes, numel: int) -> np.ndarray:
     sp = ct.sparse
     need(sp.count <= numel, "count > numel")
+    need(sp.rice_bits == 0 or sp.encoding == pb.INDEX_ENCODING_RICE, "rice_bits without RICE")
+    if sp.encoding == pb.INDEX_ENCODING_RICE:
+        b = sp.rice_bits
+        rem = (sp.count * b + 7) // 8
+        need((sp.count + 7) // 8 + rem <= sp.nbytes <= (sp.count + (numel >> b) + 7) // 8 + rem, "Rice nbytes")
+        return read_rice(section, sp.count, numel, b)
     if sp.encoding == pb.INDEX_ENCODING_DELTA_VARINT:
         need(sp.count <= sp.nbytes <= 5 * sp.count, "varint nbytes")
         return read_varints(section, sp.count, numel)

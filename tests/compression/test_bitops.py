@@ -125,3 +125,44 @@ def test_varint_is_leb128_of_the_gaps() -> None:
     code = bitops.varint_encode(idx)
     assert code == _leb128_reference(idx)
     assert np.array_equal(bitops.varint_decode(code, idx.size, int(idx[-1]) + 1), idx)
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 5000), frac=st.floats(0.0, 1.0), b=st.integers(0, 14), seed=st.integers(0, 2**32 - 1))
+def test_rice_roundtrip_and_size(n: int, frac: float, b: int, seed: int) -> None:
+    idx = np.sort(np.random.default_rng(seed).choice(n, int(frac * n), replace=False)).astype(np.int64)
+    code = bitops.rice_encode(idx, b)
+    assert len(code) == bitops.rice_nbytes(np.diff(idx, prepend=-1) - 1, b)
+    assert np.array_equal(bitops.rice_decode(code, idx.size, n, b), idx)
+
+
+def test_rice_is_the_spec_bit_stream() -> None:
+    """Gaps 5, 0, 9 with b = 2: quotients 1, 0, 2 as ``10 0 110`` (padded), remainders ``01 00 01``."""
+    idx = np.array([5, 6, 16], dtype=np.int64)
+    assert bitops.rice_encode(idx, 2) == bytes([0b10011000, 0b01000100])
+
+
+def test_rice_choice_is_the_shortest() -> None:
+    idx = np.sort(np.random.default_rng(0).choice(100_000, 300, replace=False)).astype(np.int64)
+    b, size = bitops.rice_choice(idx)
+    gaps = np.diff(idx, prepend=-1) - 1
+    assert size == min(bitops.rice_nbytes(gaps, c) for c in range(0, 20)) == len(bitops.rice_encode(idx, b))
+    assert size < bitops.varint_nbytes(idx)
+
+
+@pytest.mark.parametrize(
+    ("data", "count", "n", "b", "fault"),
+    [
+        (bytes([0b11111111]), 1, 100, 0, "quotients"),  # no terminator
+        (bytes([0b01000000]), 1, 100, 0, "padding"),  # a one after the last terminator
+        (bytes([0b00000000, 0]), 1, 100, 0, "exactly"),  # a byte too many in the quotient part
+        (bytes([0b10000000, 0b01000001]), 1, 100, 2, "padding"),  # a one in the remainders' padding
+        (bytes([0b10000000, 0]), 1, 4, 2, "out of bounds"),  # quotient 1, remainder 0: gap 4 for 4 elements
+        (bytes([0b11111111, 0b11111110]), 1, 10, 0, "out of bounds"),  # quotient 15 for 10 elements
+        (b"\x00", 0, 10, 0, "zero indices"),
+        (b"\x00", 1, 10, 40, "Rice parameter"),
+    ],
+)
+def test_rice_rejects(data: bytes, count: int, n: int, b: int, fault: str) -> None:
+    with pytest.raises(ValueError, match=fault):
+        bitops.rice_decode(data, count, n, b)

@@ -94,13 +94,15 @@ def test_sparsifiers_keep_exact_values(sparsifier: str, x: np.ndarray, ratio: fl
     p = parse_tensor(enc.data)
     k = topk_count(x.size, ratio)
     assert p.proto.sparse.count == k
-    assert p.proto.sparse.nbytes <= math.ceil(x.size / 8)  # the smaller index encoding
     sp = p.proto.sparse
     section = p.payload[: sp.nbytes]
     if sp.encoding == pb.INDEX_ENCODING_BITMAP:
         idx = bitops.indices_from_bitmap(section, x.size, k)
+    elif sp.encoding == pb.INDEX_ENCODING_RICE:
+        idx = bitops.rice_decode(section, k, x.size, sp.rice_bits)
     else:
         idx = bitops.varint_decode(section, k, x.size)
+    assert sp.nbytes <= min(math.ceil(x.size / 8), bitops.varint_nbytes(idx))  # the shortest index encoding
     y = decode_tensor(enc.data).numpy().reshape(-1)
     flat = x.reshape(-1)
     kept = np.zeros(x.size, dtype=bool)

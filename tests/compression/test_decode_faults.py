@@ -11,7 +11,7 @@ import pytest
 import torch
 import zstandard
 
-from fedshrink.compression import Chain, DecodeLimits, decode_tensor
+from fedshrink.compression import Chain, DecodeLimits, bitops, decode_tensor
 from fedshrink.errors import DecodeError
 from fedshrink.v1 import compression_pb2 as pb
 
@@ -102,7 +102,10 @@ CASES: list[tuple[str, str, Callable[[pb.CompressedTensor], None], str]] = [
     ("int8|zstd", "zstd wrong size", lambda ct: setattr(ct, "payload", _zstd(b"\0" * 95)), "declares 95"),
     ("topk:0.1", "count > numel", _sparse(count=1000), "sparse values"),
     ("topk:0.1", "index encoding", _sparse(encoding=7), "index encoding"),
-    ("topk:0.1", "varint bytes", _sparse(nbytes=1), "varint bytes"),
+    ("topk:0.1", "varint bytes", _sparse(encoding=1, rice_bits=0, nbytes=1), "varint bytes"),
+    ("topk:0.1", "rice bytes", _sparse(nbytes=1), "Rice bytes"),
+    ("topk:0.1", "rice parameter", _sparse(rice_bits=33), "Rice parameter"),
+    ("topk:0.1", "rice_bits on varint", _sparse(encoding=1), "rice_bits set"),
     ("topk:0.1", "ratio", _stage(0, ratio=2.0), "ratio"),
     ("topk:0.1", "no sparse header", lambda ct: ct.ClearField("sparse"), "sparse header"),
     ("int8", "stage order", lambda ct: ct.stages.add(codec="topk", version=1, ratio=0.5), "out of order"),
@@ -127,8 +130,21 @@ def test_out_of_bounds_index() -> None:
     gaps = [0, 0, 0, 0, 120]  # the last index points past the end
     ct.payload = bytes(gaps) + ct.payload[ct.sparse.nbytes :]
     ct.sparse.nbytes = 5
+    ct.sparse.encoding, ct.sparse.rice_bits = pb.INDEX_ENCODING_DELTA_VARINT, 0
     ct.raw_nbytes = len(ct.payload)
     with pytest.raises(DecodeError, match="out of bounds"):
+        decode_tensor(ct.SerializeToString())
+
+
+def test_out_of_bounds_rice_index() -> None:
+    ct = _proto("topk:0.05")  # 5 of 96 elements, Rice coded
+    assert ct.sparse.encoding == pb.INDEX_ENCODING_RICE
+    b = ct.sparse.rice_bits
+    section = bitops.rice_encode(np.array([0, 1, 2, 3, 96], dtype=np.int64), b)  # index 96 of 96
+    ct.payload = section + ct.payload[ct.sparse.nbytes :]
+    ct.sparse.nbytes = len(section)
+    ct.raw_nbytes = len(ct.payload)
+    with pytest.raises(DecodeError, match=r"Rice bytes|out of bounds"):
         decode_tensor(ct.SerializeToString())
 
 

@@ -3,6 +3,7 @@ that sends them (fedshrink.compression.reference)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -10,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
-from strategy_harness import TINY, HelloGrid, make_strategy, model_state, reply_to
+from strategy_harness import TINY, HelloGrid, first_round, make_strategy, model_state, reply_to
 
 from fedshrink.client.local import received_model
-from fedshrink.compression import decode_record, encode_state
+from fedshrink.compression import decode_like, decode_record, encode_state, message_nbytes
 from fedshrink.compression.reference import (
     ClientReference,
     DownlinkReferences,
@@ -21,9 +22,13 @@ from fedshrink.compression.reference import (
     follow,
 )
 from fedshrink.errors import ConfigError, DecodeError
+from fedshrink.fragments import build_graph
+from fedshrink.models import build_model
 from fedshrink.protocol import TrainInstruction
 from fedshrink.runner.inprocess import server_identity
-from fedshrink.strategy.rounds import numpy_to_record, record_to_numpy
+from fedshrink.strategy.plan import Planner
+from fedshrink.strategy.rounds import ShrinkStrategy, numpy_to_record, record_to_numpy
+from fedshrink.training import TrainSettings
 
 KEY = ("", "raw")
 
@@ -241,3 +246,51 @@ def test_references_survive_a_checkpoint_and_go_on_as_before():
     odd.advance(7, 1, _state(0))
     with pytest.raises(TypeError, match="tuple of strings"):
         odd.state()
+
+
+def test_flat_deltas_split_along_the_reference_held_and_match_the_server_bit_for_bit():
+    """A ``flat|`` delta chain: one vector per round, one top-k over the whole model; a client moves its
+    reference exactly as the server does, and a delta for another layout is refused."""
+    refs = DownlinkReferences("flat|topk:0.05|q4|zstd")
+    refs.advance(KEY, 1, _state(0))
+    state = RecordDict()
+    received_model(_instruction(refs.whole(KEY), rnd=1, downlink_reference=True), state)
+    for rnd in (2, 3):
+        refs.advance(KEY, rnd, _state(rnd))
+        step = refs.deltas_since(KEY, rnd - 1)
+        assert step is not None and "_flat" in step[0]
+        moved = received_model(_instruction(ArrayRecord(), rnd=rnd, downlink_reference=True,
+                                            downlink_base=rnd - 1, deltas=tuple(step)), state)
+        assert _equal(moved, refs.reference(KEY))
+        changed = sum(int((step_t != 0).sum()) for step_t in decode_like(step[0], moved).values())
+        assert changed <= int(np.ceil(0.05 * sum(v.size for k, v in _state(0).items() if k != "count"))) + 1
+    other = {k: torch.from_numpy(v.reshape(-1, 10) if k == "w" else v) for k, v in _state(0).items()}
+    with pytest.raises(DecodeError, match="layout"):
+        decode_like(step[0], other)
+    with pytest.raises(DecodeError, match="none are held"):
+        decode_like(step[0], None)
+
+
+def _seeded(seed: int | None) -> ShrinkStrategy:
+    planner = Planner(TINY, build_graph(build_model(TINY)), TrainSettings(), uplink="raw", downlink="raw",
+                      fragments=False, references=DownlinkReferences("topk:0.5"), start_seed=seed)
+    return ShrinkStrategy(planner, min_train_clients=1, update_limit=0.0)
+
+
+def test_a_seeded_start_sends_no_model_and_the_client_builds_it_exactly():
+    with server_identity(run_id=9):
+        glob = model_state(TINY, seed=5)  # what the server's loop builds for seed 5
+        sent = first_round(_seeded(5), HelloGrid([1]), glob)[0]
+        plain = first_round(_seeded(None), HelloGrid([1]), glob)[0]
+        ins = TrainInstruction.from_records(sent.content)
+        assert ins.start_seed == 5 and len(ins.model) == 0 and ins.downlink_base == 0
+        assert message_nbytes(sent) < message_nbytes(plain) / 2
+        state = RecordDict()
+        built = received_model(ins, state)
+        assert all(np.array_equal(built[k].numpy(), glob[k]) for k in glob)
+        assert ClientReference.load(state) is not None
+        with pytest.raises(DecodeError, match="not the server's"):  # a client whose build differs refuses the round
+            received_model(dataclasses.replace(ins, start_seed=6), RecordDict())
+        other = first_round(_seeded(5), HelloGrid([1]), model_state(TINY, seed=6))[0]  # not the seed's: sent whole
+        whole = TrainInstruction.from_records(other.content)
+        assert whole.start_seed is None and len(whole.model) > 0

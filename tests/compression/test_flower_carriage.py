@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +13,12 @@ from flwr.common.serde import message_from_proto, message_to_proto
 from torch import nn
 
 from fedshrink.compression import (
+    FLAT_KEY,
     STYPE,
     UPDATE_KEY,
     Chain,
     DecodeLimits,
+    FlatLayout,
     ResidualStore,
     decode_record,
     decode_reply,
@@ -141,3 +145,51 @@ def test_encode_state_validates() -> None:
         encode_state({UPDATE_KEY: torch.ones(2)}, "int8")
     with pytest.raises(ConfigError):
         message_nbytes(_message(RecordDict()), mode="bits")
+
+
+def test_flat_chain_sends_one_vector_with_one_topk() -> None:
+    """``flat|``: the float tensors as one vector under one header; the int counter apart; a top-k over all."""
+    state = _state()
+    state["bn.num_batches_tracked"] = torch.tensor(7)
+    flat, flat_nbytes = encode_state(state, "flat|topk:0.05|int8|zstd", round=2)
+    _per_tensor, per_tensor_nbytes = encode_state(state, "topk:0.05|int8|zstd", round=2)
+    assert list(flat) == ["bn.num_batches_tracked", FLAT_KEY, UPDATE_KEY]
+    assert flat_nbytes < per_tensor_nbytes
+    layout = FlatLayout.of(state)
+    assert "bn.num_batches_tracked" not in layout.offsets and layout.numel == sum(
+        v.numel() for v in state.values() if v.is_floating_point())
+    decoded = decode_record(flat)
+    assert decoded["bn.num_batches_tracked"].item() == 7
+    parts = layout.split(decoded[FLAT_KEY].numpy())
+    whole = torch.cat([v.reshape(-1) for k, v in state.items() if v.is_floating_point()])
+    kept = np.flatnonzero(decoded[FLAT_KEY].numpy())
+    assert kept.size == math.ceil(0.05 * whole.numel())  # one top-k over the whole update
+    assert np.abs(whole.numpy()[kept]).min() >= np.abs(np.delete(whole.numpy(), kept)).max()
+    for name, part in parts.items():
+        assert part.shape == tuple(state[name].shape)
+        sent = part != 0
+        np.testing.assert_allclose(part[sent], state[name].numpy()[sent], atol=float(whole.abs().max()) / 100)
+    header = read_update(flat)
+    assert header.chain == "flat|topk:0.05|quant:8|zstd:1"
+
+
+def test_flat_chain_keeps_one_residual() -> None:
+    state = _state()
+    store = ResidualStore()
+    encode_state(state, "flat|topk:0.01|int8", residuals=store)
+    assert list(store) == [FLAT_KEY]
+    residual = store.get(FLAT_KEY)
+    assert residual is not None and residual.shape == (FlatLayout.of(state).numel,)
+
+
+def test_flat_layout_digest_names_the_layout() -> None:
+    state = _state()
+    a = FlatLayout.of(state)
+    dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in state.items()}
+    b = FlatLayout.expected({k: tuple(v.shape) for k, v in state.items()}, dtypes)
+    assert "bn.num_batches_tracked" in state and "bn.num_batches_tracked" not in b.offsets
+    assert a.digest == b.digest
+    renamed = dict(zip(["x", *list(state)[1:]], state.values(), strict=True))
+    assert FlatLayout.of(renamed).digest != a.digest
+    with pytest.raises(ConfigError, match="flat"):
+        encode_state({FLAT_KEY: torch.zeros(2)}, "raw")

@@ -11,7 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.serde import message_from_proto, message_to_proto
 from torch import nn
 
-from fedshrink.compression.flower import message_nbytes
+from fedshrink.compression.flower import message_nbytes, recorddict_nbytes
 from fedshrink.errors import ConfigError, ReplyError
 from fedshrink.models import ModelSpec, build_model, count_parameters
 from fedshrink.resources import (
@@ -24,6 +24,7 @@ from fedshrink.resources import (
     reply_with_record,
 )
 from fedshrink.resources.energy import METHOD_ESTIMATED, EnergyProbe
+from fedshrink.resources.meter import WIRE_FLOATS, WIRE_INTS
 from fedshrink.runner.inprocess import server_identity
 
 
@@ -63,8 +64,9 @@ def test_reported_bytes_equal_serialized_sizes() -> None:
                                     "metrics": MetricRecord({"num-examples": 32, "partition-id": 0})}),
                         reply_to=msg)
         settled = reply_with_record(reply, record.replace(bytes_sent=start), metrics_key="metrics")
-        assert isinstance(reply.content.metric_records["metrics"]["res-bytes-up"], float)  # fixed width
         metrics = reply.content.metric_records["metrics"]
+        assert set(metrics) == {"num-examples", "partition-id", WIRE_INTS, WIRE_FLOATS}  # the compact form
+        assert all(isinstance(v, float) for v in metrics[WIRE_FLOATS])  # bytes_sent among them: fixed width
         assert metrics["num-examples"] == 32  # the training metrics stay
         sent = ResourceRecord.from_metrics(metrics)
         assert sent == settled
@@ -162,3 +164,17 @@ def test_validation() -> None:
     with pytest.raises(RuntimeError):
         ResourceMeter(energy=estimating_probe()).record(bytes_received=1, parameters=1, macs_per_sample=1,
                                                         samples=1)
+
+
+def test_wire_form_is_compact_and_exact() -> None:
+    """A reply's resource record: two lists, far smaller than the named keys, read back to the same record."""
+    rec = ResourceRecord(0.25, 0.5, 10**9, 9 * 10**8, 0, 123_456, 5_432, 446_800, 110_922, 625_920, 174, 6.5e8,
+                         0.9, 1)
+    wire, named = rec.to_wire(), rec.to_metrics()
+    assert ResourceRecord.from_metrics(MetricRecord(wire)) == rec == ResourceRecord.from_metrics(MetricRecord(named))
+    assert recorddict_nbytes(RecordDict({"m": MetricRecord(wire)})) < \
+        recorddict_nbytes(RecordDict({"m": MetricRecord(named)})) / 3
+    for bad in ({**wire, WIRE_INTS: wire[WIRE_INTS][:-1]}, {**wire, WIRE_FLOATS: [1.0]},
+                {**wire, WIRE_INTS: [-1, *list(wire[WIRE_INTS][1:])]}):
+        with pytest.raises(ReplyError):
+            ResourceRecord.from_metrics(bad)

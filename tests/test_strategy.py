@@ -135,6 +135,10 @@ BAD_REPLIES: dict[str, Callable[[Message, dict, int], Message]] = {
     "inf partition-id": _with_metric("partition-id", float("inf")),
     "another partition": _with_metric("partition-id", 0),
     "nan train-loss": _with_metric("train-loss", float("nan")),
+    "negative resource figure": lambda msg, shapes, pid: reply_to(msg, zero_update(shapes), pid=pid, metrics={
+        "res-i": [-1] * 9, "res-f": [0.0] * 5}),
+    "nan in the resource lists": _with_metric("res-f", [float("nan")] * 5),
+    "short resource list": _with_metric("res-i", [1, 2]),
     "wrong shape": _reshaped,
     "extra key": lambda msg, shapes, pid: reply_to(msg, {**zero_update(shapes), "evil": np.zeros(1, np.float32)},
                                                    pid=pid),

@@ -301,8 +301,11 @@ def rice_encode(indices: I64, b: int) -> bytes:
     parts = [np.packbits(unary).tobytes()]
     if b:
         rem = gaps & ((1 << b) - 1)
-        shifts = np.arange(b - 1, -1, -1, dtype=np.int64)
-        parts.append(np.packbits(((rem[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1)).tobytes())
+        if b <= 8:
+            parts.append(pack_bits(rem.astype(np.uint8), b))
+        else:
+            shifts = np.arange(b - 1, -1, -1, dtype=np.int64)
+            parts.append(np.packbits(((rem[:, None] >> shifts) & 1).astype(np.uint8).reshape(-1)).tobytes())
     return b"".join(parts)
 
 
@@ -331,7 +334,8 @@ def rice_decode(data: bytes | memoryview, count: int, n: int, b: int) -> I64:
         raise ValueError("index out of bounds")
     gaps = q << b
     if b:
-        gaps |= unpack_wide(buf[buf.size - rem_nbytes :], count, b)
+        rem = buf[buf.size - rem_nbytes :]
+        gaps |= unpack_bits(rem, count, b) if b <= 8 else unpack_wide(rem, count, b)
     gaps += 1
     idx = np.cumsum(gaps)
     idx -= 1

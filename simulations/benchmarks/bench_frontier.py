@@ -145,6 +145,25 @@ def _load(sweep_dir: Path) -> tuple[Any, dict[str, Any], dict[str, Any], dict[st
     return sweep, settings, digits, glyphs
 
 
+def message_rows(runs: Mapping[str, Mapping[int, Rounds]]) -> list[str]:
+    """Per run: mean bytes of an update received, and of a client's downlink in round 1 and in later rounds."""
+    rows = []
+    for config, per_seed in runs.items():
+        rounds = [r for seed_rounds in per_seed.values() for r in seed_rounds]
+        if not rounds:
+            continue
+        up = sum(int(r.get("bytes-up", 0)) for r in rounds) / max(1, sum(int(r.get("clients-good", 0)) for r in rounds))
+        first = [r for r in rounds if int(r["round"]) == 1]
+        later = [r for r in rounds if int(r["round"]) > 1]
+
+        def down(rs: Sequence[Mapping[str, Any]]) -> str:
+            sent = sum(int(r.get("clients-sent", 0)) for r in rs)
+            return f"{sum(int(r.get('bytes-down', 0)) for r in rs) / sent:,.0f}" if sent else "n/a"
+
+        rows.append(f"| {config.removeprefix(GLYPHS)} | {up:,.0f} | {down(first)} | {down(later)} |")
+    return rows
+
+
 def flat_section(sweep_dir: Path) -> tuple[list[str], list[str], list[str]]:
     """The flat sweep's section (its own FedAvg runs set the targets), its verdicts, and its uplink chains."""
     sweep, settings, digits, glyphs = _load(sweep_dir)
@@ -163,6 +182,10 @@ def flat_section(sweep_dir: Path) -> tuple[list[str], list[str], list[str]]:
         "starting model from the run's seed instead of receiving it. *Default mix, FedAvg's codec*: the default "
         "mix with every profile's uplink chain replaced by compressed FedAvg's (`profile-uplink`).", "", *rows,
     ]
+    lines += ["", "Bytes per message (mean over the seeds' rounds): an update as the server received it, and the "
+              "downlink a client was sent, in round 1 and after it.", "",
+              "| run | uplink per update | downlink per client, round 1 | downlink per client, later rounds |",
+              "|---|---:|---:|---:|", *message_rows(digits)]
     if any(glyphs.values()):
         glyph_seeds = sorted({p.seed for p in sweep.planned if p.config in glyphs})
         glyph_rows, glyph_verdicts, _ = table(glyphs, settings, glyph_seeds, f"{GLYPHS}fedavg")

@@ -216,6 +216,29 @@ def test_frontier_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     assert "| `topk:0.01|int8|zstd` |" in text  # the wire-format floor of the chains the runs use
 
 
+@pytest.mark.slow  # three runs
+def test_frontier_flat_analysis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench_frontier_flat.py rewrites frontier.md: the frontier sweep's tables, then the flat sweep's section,
+    whose seeded first send costs a fraction of a sent model."""
+    frontier = tiny("frontier", lambda r: r if r["name"] == "fedavg" else None)
+    run_sweep(frontier, tmp_path / "frontier", say=lambda _: None)
+    flat = tiny("frontier_flat", lambda r: r if r["name"] in ("fedavg", "compressed FedAvg, flat, downlink deltas")
+                else None)
+    run_sweep(flat, tmp_path / "flat", say=lambda _: None)
+    text = analyse("bench_frontier_flat", tmp_path / "flat", tmp_path / "frontier.md", monkeypatch,
+                   "--frontier-sweep-dir", str(tmp_path / "frontier"))
+    assert text.startswith("# The compression frontier") and "## Flat updates, Rice-coded indices" in text
+    assert "bench_frontier_flat.py --sweep-dir runs/sweeps/frontier_flat" in text
+    sweep = open_sweep(tmp_path / "flat")
+    seeded = next(iter(sweep.of("compressed FedAvg, flat, downlink deltas").values())).rounds
+    sent = next(iter(sweep.of("fedavg").values())).rounds
+    assert int(seeded[0]["bytes-down"]) < int(sent[0]["bytes-down"]) / 5  # round 1: the seed, not the model
+    assert "first send: the seed (downlink-start `seed`)" in text and "* flat: compressed FedAvg, flat" in text
+    assert "| `flat|topk:0.004|int8|zstd` |" in text  # the wire-format floor of the flat chain
+    with pytest.raises(SystemExit):
+        analyse("bench_frontier_flat", tmp_path / "missing", tmp_path / "again.md", monkeypatch)
+
+
 def test_frontier_table_finds_each_seeds_target_and_the_savings_each_way(monkeypatch: pytest.MonkeyPatch) -> None:
     bench = load_script("bench_frontier", monkeypatch)
 

@@ -73,7 +73,7 @@ def _check_padding(buf: U8, used_bits: int) -> None:
         raise ValueError("non-zero padding bits")
 
 
-def unpack_bits(data: bytes | memoryview, n: int, bits: int) -> U8:
+def unpack_bits(data: bytes | memoryview | U8, n: int, bits: int) -> U8:
     """Inverse of :func:`pack_bits` (a new array); ``data`` must be exactly ``packed_nbytes(n, bits)`` long."""
     if not 1 <= bits <= 8:
         raise ValueError(f"bits must be in 1..8, got {bits}")
@@ -230,7 +230,13 @@ def varint_decode(data: bytes | memoryview, count: int, n: int) -> I64:
         gaps = _decode_long_varints(buf, last, count)
     if int(gaps.max()) >= n:
         raise ValueError("index out of bounds")
-    # gaps < n and count <= n keep the cumulative sum far below 2**63
+    return _indices_of_gaps(gaps, n)
+
+
+def _indices_of_gaps(gaps: I64, n: int) -> I64:
+    """The strictly increasing indices of gaps (each ``< n``, changed in place); ValueError past ``n``.
+
+    Gaps below ``n`` and at most ``n`` of them keep the cumulative sum far below 2**63."""
     gaps += 1
     idx = np.cumsum(gaps)
     idx -= 1
@@ -336,12 +342,9 @@ def rice_decode(data: bytes | memoryview, count: int, n: int, b: int) -> I64:
     if b:
         rem = buf[buf.size - rem_nbytes :]
         gaps |= unpack_bits(rem, count, b) if b <= 8 else unpack_wide(rem, count, b)
-    gaps += 1
-    idx = np.cumsum(gaps)
-    idx -= 1
-    if int(idx[-1]) >= n:
-        raise ValueError(f"index {int(idx[-1])} out of bounds for {n} elements")
-    return idx
+    if int(gaps.max()) >= n:
+        raise ValueError("index out of bounds")
+    return _indices_of_gaps(gaps, n)
 
 
 def unpack_wide(buf: U8, n: int, bits: int) -> I64:

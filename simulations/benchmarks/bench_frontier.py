@@ -145,6 +145,18 @@ def _load(sweep_dir: Path) -> tuple[Any, dict[str, Any], dict[str, Any], dict[st
     return sweep, settings, digits, glyphs
 
 
+def glyphs_part(sweep: Any, settings: Mapping[str, Mapping[str, Any]], glyphs: Mapping[str, Mapping[int, Rounds]],
+                heading: str, what: str) -> tuple[list[str], list[str]]:
+    """A sweep's glyphs runs against its glyphs FedAvg: the section's lines and verdicts (none without runs)."""
+    if not any(glyphs.values()):
+        return [], []
+    seeds = sorted({p.seed for p in sweep.planned if p.config in glyphs})
+    rows, verdicts, _ = table(glyphs, settings, seeds, f"{GLYPHS}fedavg")
+    rounds = {int(c.get("num-server-rounds", 0)) for k, c in settings.items() if k in glyphs}
+    return ["", heading, "", f"{what} on the generated 28x28 glyphs, {', '.join(map(str, sorted(rounds)))} rounds, "
+            f"seeds {', '.join(map(str, seeds))}, with the chains chosen on digits.", "", *rows], verdicts
+
+
 def message_rows(runs: Mapping[str, Mapping[int, Rounds]]) -> list[str]:
     """Per run: mean bytes of an update received, and of a client's downlink in round 1 and in later rounds."""
     rows = []
@@ -186,15 +198,10 @@ def flat_section(sweep_dir: Path) -> tuple[list[str], list[str], list[str]]:
               "downlink a client was sent, in round 1 and after it.", "",
               "| run | uplink per update | downlink per client, round 1 | downlink per client, later rounds |",
               "|---|---:|---:|---:|", *message_rows(digits)]
-    if any(glyphs.values()):
-        glyph_seeds = sorted({p.seed for p in sweep.planned if p.config in glyphs})
-        glyph_rows, glyph_verdicts, _ = table(glyphs, settings, glyph_seeds, f"{GLYPHS}fedavg")
-        rounds = {int(c.get("num-server-rounds", 0)) for k, c in settings.items() if k in glyphs}
-        lines += ["", "### Flat updates on glyphs (never tuned on)", "",
-                  f"FedAvg and the compressed FedAvg runs again on the generated 28x28 glyphs, "
-                  f"{', '.join(map(str, sorted(rounds)))} rounds, seeds {', '.join(map(str, glyph_seeds))}, with "
-                  "the chains chosen on digits.", "", *glyph_rows]
-        verdicts += glyph_verdicts
+    glyph_lines, glyph_verdicts = glyphs_part(sweep, settings, glyphs, "### Flat updates on glyphs (never tuned on)",
+                                              "FedAvg and the compressed FedAvg runs again")
+    lines += glyph_lines
+    verdicts += glyph_verdicts
     chains = sorted({str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"})
     return lines, [f"* flat: {v.removeprefix('* ')}" for v in verdicts], chains
 
@@ -222,15 +229,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"(asked for: {UPLINK_TARGET:g}x uplink, {TOTAL_TARGET:g}x total). Downlink deltas: "
         "docs/design.md#downlink-deltas.", "", *rows,
     ]
-    if any(glyphs.values()):
-        glyph_seeds = sorted({p.seed for p in sweep.planned if p.config in glyphs})
-        glyph_rows, glyph_verdicts, _ = table(glyphs, settings, glyph_seeds, f"{GLYPHS}fedavg")
-        rounds = {int(c.get("num-server-rounds", 0)) for k, c in settings.items() if k in glyphs}
-        lines += ["", "## On glyphs (never tuned on)", "",
-                  f"The FedAvg runs again on the generated 28x28 glyphs, {', '.join(map(str, sorted(rounds)))} "
-                  f"rounds, seeds {', '.join(map(str, glyph_seeds))}, with the chains chosen on digits.", "",
-                  *glyph_rows]
-        verdicts += glyph_verdicts
+    glyph_lines, glyph_verdicts = glyphs_part(sweep, settings, glyphs, "## On glyphs (never tuned on)",
+                                              "The FedAvg runs again")
+    lines += glyph_lines
+    verdicts += glyph_verdicts
     chains = sorted({str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"}
                     | {get_profile(p).uplink for p in ("phone", "laptop", "iot")})
     if args.flat_sweep_dir is not None:

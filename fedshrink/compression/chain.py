@@ -345,7 +345,7 @@ class Chain:
             if check_kept and not all_finite(values):
                 raise EncodeError(name, "non-finite values")
             ct.stages.append(self.sparsifier.stage())
-            index_bytes, encoding, rice_bits = self._encode_indices(idx, x.size)
+            index_bytes, encoding, rice_bits = self._encode_indices(idx, x.size, rice=self.config.flat)
             ct.sparse.CopyFrom(pb.SparseIndex(encoding=encoding, count=idx.size, nbytes=len(index_bytes),
                                               rice_bits=rice_bits))
             parts.append(index_bytes)
@@ -368,12 +368,17 @@ class Chain:
         return parts
 
     @staticmethod
-    def _encode_indices(idx: np.ndarray, n: int) -> tuple[bytes, pb.IndexEncoding, int]:
-        """The shortest index section (ties: varint, then bitmap), its encoding and Rice parameter."""
+    def _encode_indices(idx: np.ndarray, n: int, *, rice: bool) -> tuple[bytes, pb.IndexEncoding, int]:
+        """The shortest index section (ties: varint, then bitmap), its encoding and Rice parameter.
+
+        A Rice code is tried only for a ``flat`` chain's vector: on the per-tensor chains the profiles ship
+        (ending in zstd) it made encoding slower and, after zstd, the output no smaller (simulations/results/
+        codecs.md before and after, docs/design.md#flat-updates)."""
         varint, bitmap = bitops.varint_nbytes(idx), bitops.packed_nbytes(n, 1)
-        b, rice = bitops.rice_choice(idx)
-        if rice < min(varint, bitmap):
-            return bitops.rice_encode(idx, b), pb.INDEX_ENCODING_RICE, b
+        if rice:
+            b, size = bitops.rice_choice(idx)
+            if size < min(varint, bitmap):
+                return bitops.rice_encode(idx, b), pb.INDEX_ENCODING_RICE, b
         if varint <= bitmap:
             return bitops.varint_encode(idx), pb.INDEX_ENCODING_DELTA_VARINT, 0
         return bitops.bitmap_from_indices(idx, n), pb.INDEX_ENCODING_BITMAP, 0

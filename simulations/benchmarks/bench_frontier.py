@@ -188,7 +188,7 @@ def flat_section(sweep_dir: Path) -> tuple[list[str], list[str], list[str]]:
         "The same runs as above (digits, 20 clients, 50 rounds, every client every round, the same local training, "
         f"seeds {', '.join(map(str, seeds))}), with the wire format's three changes (docs/design.md#flat-updates): "
         "a `flat|` chain sends an update's float tensors as one vector under one header, with one top-k over the "
-        "whole update; sparse indices go in the shortest of varints, a bitmap and a Rice code; a reply's resource "
+        "whole update; its sparse indices go in the shortest of varints, a bitmap and a Rice code; a reply's resource "
         "record travels as two lists of numbers. FedAvg is run again with this code (its own bytes change by the "
         "smaller resource record), and sets the targets. `downlink-start` `seed`: in round 1 a client builds the "
         "starting model from the run's seed instead of receiving it. *Default mix, FedAvg's codec*: the default "

@@ -34,8 +34,14 @@ def main() -> None:
         if not (path / "plan.json").is_file():
             ap.error(f"{label} {path}: no sweep there; run `fedshrink sweep simulations/sweeps/{name}.toml "
                      f"--out runs/sweeps/{name}` first")
-    bench_frontier.main(["--sweep-dir", str(args.frontier_sweep_dir), "--flat-sweep-dir", str(args.sweep_dir),
+    bench_frontier.main(["--sweep-dir", _shown(args.frontier_sweep_dir), "--flat-sweep-dir", str(args.sweep_dir),
                          "--out", str(args.out)])
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the repository when it lies in it (the results file names the command)."""
+    return str(path.resolve().relative_to(bench_frontier.ROOT)) if path.resolve().is_relative_to(
+        bench_frontier.ROOT) else str(path)
 
 
 if __name__ == "__main__":

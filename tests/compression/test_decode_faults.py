@@ -103,9 +103,9 @@ CASES: list[tuple[str, str, Callable[[pb.CompressedTensor], None], str]] = [
     ("topk:0.1", "count > numel", _sparse(count=1000), "sparse values"),
     ("topk:0.1", "index encoding", _sparse(encoding=7), "index encoding"),
     ("topk:0.1", "varint bytes", _sparse(encoding=1, rice_bits=0, nbytes=1), "varint bytes"),
-    ("topk:0.1", "rice bytes", _sparse(nbytes=1), "Rice bytes"),
-    ("topk:0.1", "rice parameter", _sparse(rice_bits=33), "Rice parameter"),
-    ("topk:0.1", "rice_bits on varint", _sparse(encoding=1), "rice_bits set"),
+    ("flat|topk:0.1", "rice bytes", _sparse(nbytes=1), "Rice bytes"),
+    ("flat|topk:0.1", "rice parameter", _sparse(rice_bits=33), "Rice parameter"),
+    ("flat|topk:0.1", "rice_bits on varint", _sparse(encoding=1), "rice_bits set"),
     ("topk:0.1", "ratio", _stage(0, ratio=2.0), "ratio"),
     ("topk:0.1", "no sparse header", lambda ct: ct.ClearField("sparse"), "sparse header"),
     ("int8", "stage order", lambda ct: ct.stages.add(codec="topk", version=1, ratio=0.5), "out of order"),
@@ -137,7 +137,7 @@ def test_out_of_bounds_index() -> None:
 
 
 def test_out_of_bounds_rice_index() -> None:
-    ct = _proto("topk:0.05")  # 5 of 96 elements, Rice coded
+    ct = _proto("flat|topk:0.05")  # 5 of 96 elements, Rice coded (a flat chain's vector)
     assert ct.sparse.encoding == pb.INDEX_ENCODING_RICE
     b = ct.sparse.rice_bits
     section = bitops.rice_encode(np.array([0, 1, 2, 3, 96], dtype=np.int64), b)  # index 96 of 96

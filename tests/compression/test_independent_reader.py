@@ -57,6 +57,9 @@ EXTRA = [
     "int8|zstd",
     "zstd",
     "q6:axis=0|zstd:3",
+    "flat|topk:0.05|int8",  # a flat chain's vector may carry a Rice-coded index section
+    "flat|topk:0.004|int8|zstd",
+    "flat|topk:0.3|q4",
 ]
 CHAINS = sorted({*_bench_chains(), *SHIPPED, *PROFILE_CHAINS, *LADDER_CHAINS, *EXTRA})
 SHAPES = [(), (1,), (7,), (3, 5), (4, 3, 3, 3), (2, 0), (129,), (33, 17)]

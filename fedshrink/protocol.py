@@ -348,13 +348,14 @@ class Expected:
     @functools.cached_property
     def flat_layout(self) -> FlatLayout | None:
         """Where the floating-point tensors sit in the flat vector, when the uplink chain is ``flat``."""
-        if not _chain_config(self.chain).flat:
+        if not chain_config(self.chain).flat:
             return None
         return FlatLayout.expected(self.shapes, self.dtypes)
 
 
 @functools.lru_cache(maxsize=256)
-def _chain_config(chain: str) -> ChainConfig:
+def chain_config(chain: str) -> ChainConfig:
+    """``ChainConfig.parse(chain)``, parsed once per distinct chain (instructions and replies name a few)."""
     return ChainConfig.parse(chain)
 
 

@@ -374,13 +374,13 @@ class Chain:
         A Rice code is tried only for a ``flat`` chain's vector: on the per-tensor chains the profiles ship
         (ending in zstd) it made encoding slower and, after zstd, the output no smaller (simulations/results/
         codecs.md before and after, docs/design.md#flat-updates)."""
-        varint, bitmap = bitops.varint_nbytes(idx), bitops.packed_nbytes(n, 1)
+        varint, bitmap = bitops.varint_encode(idx), bitops.packed_nbytes(n, 1)
         if rice:
             b, size = bitops.rice_choice(idx)
-            if size < min(varint, bitmap):
+            if size < min(len(varint), bitmap):
                 return bitops.rice_encode(idx, b), pb.INDEX_ENCODING_RICE, b
-        if varint <= bitmap:
-            return bitops.varint_encode(idx), pb.INDEX_ENCODING_DELTA_VARINT, 0
+        if len(varint) <= bitmap:
+            return varint, pb.INDEX_ENCODING_DELTA_VARINT, 0
         return bitops.bitmap_from_indices(idx, n), pb.INDEX_ENCODING_BITMAP, 0
 
     def roundtrip(

@@ -134,7 +134,7 @@ class FlatLayout:
         for name, shape, dtype in zip(self.names, self.shapes, self.dtypes, strict=True):
             at = self.offsets[name]
             part = flat[at: at + math.prod(shape)].reshape(shape)
-            out[name] = part if dtype in ("float32", "bool") or part.dtype == bool else _cast(part, dtype)
+            out[name] = part if dtype == "float32" or part.dtype == bool else _cast(part, dtype)
         return out
 
 

@@ -13,6 +13,14 @@ CHAIN_WORDS = "a codec chain such as 'raw', 'int8', 'q4|zlib' or 'topk:0.05|int8
 UPLINK_WORDS = f"{CHAIN_WORDS}, optionally after 'flat|' (one vector for the whole update)"
 
 
+def optional_chain(text: str) -> ChainConfig | None:
+    """'' (off), or a codec chain (``flat|`` allowed)."""
+    return ChainConfig.parse(text) if text else None
+
+
+OPTIONAL_UPLINK = accepted_by(optional_chain, f"'' or {UPLINK_WORDS}")
+
+
 def downlink_chain(text: str) -> ChainConfig:
     """A downlink chain: any chain but a ``flat`` one (a flat vector is an update's carriage only)."""
     config = ChainConfig.parse(text)
@@ -37,7 +45,7 @@ class ChainSettings(Section):
         "", "'' (off), or the codec chain of downlink deltas: each client keeps the model it was sent and is "
         "then sent only what changed, compressed, with error feedback on the server (docs/design.md, Downlink deltas); "
         "downlink-chain, or a profile's downlink chain, then encodes only the first send",
-        rule=accepted_by(lambda text: ChainConfig.parse(text) if text else None, f"'' or {UPLINK_WORDS}"))
+        rule=OPTIONAL_UPLINK)
     downlink_start: str = option(
         "sent", "with downlink-delta, how a client gets the starting model in the run's first round: 'sent' "
         "(through downlink-chain, or its profile's) or 'seed' (it builds the model from the run's seed and checks "

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fedshrink.compression.chain import ChainConfig
+from fedshrink.compression.settings import OPTIONAL_UPLINK
 from fedshrink.devices.profiles import PROFILES, parse_mix
 from fedshrink.fragments.fusion import INITS, TEACHERS, FusionConfig
 from fedshrink.fragments.nested import NestedConfig
@@ -44,8 +44,7 @@ class FragmentSettings(Section):
     profile_uplink: str = option(
         "", "`''` (each profile's own uplink chain) or a codec chain every profile-mix client sends its update "
         "with instead, e.g. `flat|topk:0.004|int8|zstd` (to compare a fleet and FedAvg under one codec)",
-        rule=accepted_by(lambda text: ChainConfig.parse(text) if text else None,
-                         "'' or a codec chain, optionally after 'flat|'"))
+        rule=OPTIONAL_UPLINK)
     fragment_policy: str = option("static", "which channels a client's fragment keeps: `static` (prefix), "
                                   "`rolling` (a window moving each round), `random` (per client and round)",
                                   rule=one_of(lambda: POLICIES))

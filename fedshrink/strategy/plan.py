@@ -29,6 +29,7 @@ Encoded downlinks and derived masks are computed once per round for each
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from fedshrink.fragments.local import derivable, derive_masks
 from fedshrink.fragments.nested import NestedConfig, nested_widths
 from fedshrink.fragments.start import start_state, state_digest
 from fedshrink.models import ModelSpec
-from fedshrink.protocol import Expected, Hello, TrainInstruction, fragment_digest
+from fedshrink.protocol import Expected, Hello, TrainInstruction, chain_config, fragment_digest
 from fedshrink.training import TrainSettings
 
 REPLY_ALLOWANCE = 64 * 1024  # bytes a reply may carry beyond its tensors: metrics, headers, Flower's metadata
@@ -91,6 +92,11 @@ class _Encoded:
     digest: int | None
     shapes: dict[str, tuple[int, ...]]  # of the tensors encoded (what a reply must match)
     dtypes: dict[str, str]
+
+    @functools.cached_property
+    def flat_numel(self) -> int:
+        """The elements of a ``flat`` uplink chain's vector for this fragment (made once per round)."""
+        return FlatLayout.expected(self.shapes, self.dtypes).numel
 
 
 class Planner:
@@ -156,7 +162,7 @@ class Planner:
         shapes = encoded.shapes
         fp32 = sum(4 * max(1, math.prod(s)) for s in shapes.values())
         cap = self.reply_limits.cap(fp32 + (fp32 // 32 if profile is not None else 0))  # + room for mask bitmaps
-        flat = FlatLayout.expected(shapes, encoded.dtypes).numel if ChainConfig.parse(uplink).flat else 0
+        flat = encoded.flat_numel if chain_config(uplink).flat else 0
         expected = Expected(
             server_round, node.partition_id, shapes, encoded.dtypes, uplink,
             fragment_digest(fragment), cap, self.reply_limits.decode_limits(shapes, cap, flat), encoded.digest,

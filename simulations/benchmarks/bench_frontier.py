@@ -165,15 +165,21 @@ def message_rows(runs: Mapping[str, Mapping[int, Rounds]]) -> list[str]:
         if not rounds:
             continue
         up = sum(int(r.get("bytes-up", 0)) for r in rounds) / max(1, sum(int(r.get("clients-good", 0)) for r in rounds))
-        first = [r for r in rounds if int(r["round"]) == 1]
-        later = [r for r in rounds if int(r["round"]) > 1]
-
-        def down(rs: Sequence[Mapping[str, Any]]) -> str:
-            sent = sum(int(r.get("clients-sent", 0)) for r in rs)
-            return f"{sum(int(r.get('bytes-down', 0)) for r in rs) / sent:,.0f}" if sent else "n/a"
-
-        rows.append(f"| {config.removeprefix(GLYPHS)} | {up:,.0f} | {down(first)} | {down(later)} |")
+        first = _down_per_client([r for r in rounds if int(r["round"]) == 1])
+        later = _down_per_client([r for r in rounds if int(r["round"]) > 1])
+        rows.append(f"| {config.removeprefix(GLYPHS)} | {up:,.0f} | {first} | {later} |")
     return rows
+
+
+def _down_per_client(rounds: Rounds) -> str:
+    """Downlink bytes per client sent a message, over ``rounds``."""
+    sent = sum(int(r.get("clients-sent", 0)) for r in rounds)
+    return f"{sum(int(r.get('bytes-down', 0)) for r in rounds) / sent:,.0f}" if sent else "n/a"
+
+
+def _fedavg_uplinks(settings: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """The lossy uplink chains of a sweep's whole-model runs."""
+    return {str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"}
 
 
 def flat_section(sweep_dir: Path) -> tuple[list[str], list[str], list[str]]:
@@ -202,7 +208,7 @@ def flat_section(sweep_dir: Path) -> tuple[list[str], list[str], list[str]]:
                                               "FedAvg and the compressed FedAvg runs again")
     lines += glyph_lines
     verdicts += glyph_verdicts
-    chains = sorted({str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"})
+    chains = sorted(_fedavg_uplinks(settings))
     return lines, [f"* flat: {v.removeprefix('* ')}" for v in verdicts], chains
 
 
@@ -233,8 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                                               "The FedAvg runs again")
     lines += glyph_lines
     verdicts += glyph_verdicts
-    chains = sorted({str(c.get("uplink-chain")) for c in settings.values() if not c.get("profile-mix")} - {"raw"}
-                    | {get_profile(p).uplink for p in ("phone", "laptop", "iot")})
+    chains = sorted(_fedavg_uplinks(settings) | {get_profile(p).uplink for p in ("phone", "laptop", "iot")})
     if args.flat_sweep_dir is not None:
         flat_lines, flat_verdicts, flat_chains = flat_section(args.flat_sweep_dir)
         lines += flat_lines
